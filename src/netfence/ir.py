@@ -1,0 +1,84 @@
+"""The ruleset as data: what `compiler.py` produces and `nftnl.py` sends.
+
+Expressions are tuples close to the kernel's nf_tables expressions, so encoding them is
+mechanical and `render.py` can print them as `nft list` would. Byte strings are hex
+(`"0a000000"`), so a whole table round-trips through JSON unchanged. Every expression
+that loads a value loads it into register 1 (NFT_REG_1); every comparison reads it.
+
+  ("meta", key)                      key: nfproto l4proto skuid oif iif
+  ("payload", base, offset, length)  base: network | transport
+  ("socket", "cgroupv2", level)      the socket's cgroup v2 ancestor id at `level`
+  ("ct", "state")
+  ("bitwise", mask_hex, xor_hex)     reg1 = (reg1 & mask) ^ xor, len = len(mask)
+  ("cmp", op, data_hex)              op: eq neq lt lte gt gte
+  ("range", op, from_hex, to_hex)    op: eq neq
+  ("lookup", set_name)               match when reg1 is an element of the set
+  ("counter",)
+  ("limit", rate, per_seconds, burst)   packets
+  ("log", prefix, flags)             flags: NF_LOG_* bitmask (0x08 = NF_LOG_UID)
+  ("reject", kind)                   kind: tcp-reset | icmpx-port-unreachable
+  ("verdict", kind)                  kind: accept drop return
+  ("verdict", kind, chain)           kind: jump goto
+"""
+
+from dataclasses import asdict, dataclass
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "netfence"
+
+# Set key types, as nftables datatypes: (nft type name, kernel key type id, key length)
+SET_KEY_TYPES = {
+    "uid": ("uid", 24, 4),
+    "cgroupsv2": ("cgroupsv2", 46, 8),
+}
+
+
+@dataclass(frozen=True)
+class SetDef:
+    name: str
+    key: str              # a SET_KEY_TYPES name
+
+
+@dataclass(frozen=True)
+class ChainDef:
+    name: str
+    hook: str = ""        # "" for a regular chain, else "output" or "input"
+    priority: int = 0
+    policy: str = "accept"
+
+
+@dataclass(frozen=True)
+class RuleDef:
+    chain: str
+    exprs: tuple          # expression tuples, see the module docstring
+    comment: str = ""     # where the rule comes from, e.g. "web-only egress 2 (/etc/…:12)"
+
+
+@dataclass(frozen=True)
+class TableDef:
+    sets: tuple           # SetDef...
+    chains: tuple         # ChainDef..., regular chains before the base chains that use them
+    rules: tuple          # RuleDef..., in chain order
+    family: str = TABLE_FAMILY
+    name: str = TABLE_NAME
+
+    def to_json(self):
+        return {
+            "family": self.family,
+            "name": self.name,
+            "sets": [asdict(s) for s in self.sets],
+            "chains": [asdict(c) for c in self.chains],
+            "rules": [{"chain": r.chain, "exprs": [list(e) for e in r.exprs],
+                       "comment": r.comment} for r in self.rules],
+        }
+
+    @classmethod
+    def from_json(cls, data):
+        return cls(
+            family=data["family"],
+            name=data["name"],
+            sets=tuple(SetDef(**s) for s in data["sets"]),
+            chains=tuple(ChainDef(**c) for c in data["chains"]),
+            rules=tuple(RuleDef(r["chain"], tuple(tuple(e) for e in r["exprs"]), r["comment"])
+                        for r in data["rules"]),
+        )
