@@ -19,3 +19,11 @@ def netns():
         pytest.skip("needs root to create a network namespace")
     with NetNS() as ns:
         yield ns
+
+
+@pytest.fixture
+def nf(netns):
+    """A private netfence installation (dirs, CLI, cgroups) inside a fresh netns."""
+    from support.nfenv import NfEnv
+    with NfEnv(netns) as env:
+        yield env

@@ -1,0 +1,129 @@
+"""The `netfence` command."""
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .apply import Paths
+from .errors import NetfenceError, PolicyError, UsageError
+
+DEFAULT_HOOK = "/usr/lib/netfence/netfence-hook"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="netfence", description="Per-user and per-session network policy for logins.")
+    parser.add_argument("--version", action="version", version=f"netfence {__version__}")
+    parser.add_argument("--config-dir", default=Paths.config_dir, metavar="DIR",
+                        help="policy directory (default: %(default)s)")
+    parser.add_argument("--state-dir", default=Paths.state_dir, metavar="DIR",
+                        help="compiled snapshot directory (default: %(default)s)")
+    parser.add_argument("--run-dir", default=Paths.run_dir, metavar="DIR",
+                        help="live session records (default: %(default)s)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("check", help="validate the policy without applying it")
+    commands.add_parser("reload", help="compile the policy and apply it atomically")
+    explain = commands.add_parser("explain", help="what a login would get, without applying")
+    explain.add_argument("user")
+    explain.add_argument("--service", default="sshd", help="PAM service (default: sshd)")
+    explain.add_argument("--rhost", default="", help="remote host (default: none, a local login)")
+    explain.add_argument("--tty", default="", help="PAM_TTY (default: none)")
+    explain.add_argument("--at", default=None, metavar="TIME",
+                         help='login time: "Mo 09:30", "2026-12-01 09:30" or "09:30" (default: now)')
+    status = commands.add_parser("status", help="the table's state: profiles, live entries")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("flush", help="remove netfence's table and live state")
+    commands.add_parser("gc", help="remove entries of sessions and users that are gone")
+    pam_line = commands.add_parser("pam-line", help="print the PAM session line to install")
+    pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
+    install = commands.add_parser("install-hook", help="write the hook program pam_exec runs")
+    install.add_argument("path", nargs="?", default=DEFAULT_HOOK)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    paths = Paths(args.config_dir, args.state_dir, args.run_dir)
+    handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
+    try:
+        return handler(args, paths) or 0
+    except PolicyError as err:
+        for line in str(err).splitlines():
+            print(line, file=sys.stderr)
+        return 1
+    except NetfenceError as err:
+        print(f"netfence {args.command}: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_check(args, paths):
+    from .apply import compile_from
+    policy, snap = compile_from(paths)
+    print(f"{paths.config_dir}: OK: {len(policy.files)} files, {len(policy.profiles)} "
+          f"profiles, {len(policy.rules)} rules (policy {snap['policy_id']})")
+
+
+def cmd_reload(args, paths):
+    from .apply import reload
+    result = reload(paths)
+    print(f"reloaded policy {result.policy_id}: {result.profiles} profiles, "
+          f"{result.rules} rules, {result.kept} live entries kept")
+    for set_name, count in sorted(result.dropped.items()):
+        print(f"dropped {count} live entries of set {set_name}: its profile was removed",
+              file=sys.stderr)
+
+
+def cmd_explain(args, paths):
+    from .explain import explain
+    print(explain(paths, args.user, args.service, args.rhost, args.tty, args.at), end="")
+
+
+def cmd_status(args, paths):
+    from .status import collect, format_text
+    state = collect(paths)
+    if args.json:
+        import json
+        print(json.dumps(state, indent=2, sort_keys=True))
+    else:
+        print(format_text(state), end="")
+
+
+def cmd_flush(args, paths):
+    from .apply import flush
+    existed, forgotten = flush(paths)
+    print(f"{'removed' if existed else 'no'} table inet netfence; "
+          f"{forgotten} session records removed; logins are unrestricted until "
+          f"`netfence reload`")
+
+
+def cmd_gc(args, paths):
+    from .sessions import gc
+    report = gc(paths.run_dir)
+    print(report)
+
+
+def cmd_pam_line(args, paths):
+    print(pam_line(args.hook, paths))
+
+
+def pam_line(hook, paths):
+    extra = []
+    if paths.state_dir != Paths.state_dir:
+        extra.append(f"state_dir={paths.state_dir}")
+    if paths.run_dir != Paths.run_dir:
+        extra.append(f"run_dir={paths.run_dir}")
+    return " ".join(["session", "required", "pam_exec.so", "seteuid", "quiet", hook, *extra])
+
+
+def cmd_install_hook(args, paths):
+    from .hookstub import write_hook
+    if not os.path.isabs(args.path):
+        raise UsageError(f"hook path must be absolute: {args.path!r}")
+    write_hook(args.path, python=sys.executable)
+    print(f"wrote {args.path}; PAM line: {pam_line(args.path, paths)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

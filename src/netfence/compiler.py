@@ -1,0 +1,244 @@
+"""Policy → compiled snapshot: the nftables table and the login-time lookup part.
+
+Pure: no files, no kernel. The table follows docs/architecture.md: per profile P the
+sets uid-P, ucg-P and scg-P, the chains out-P / in-P (and deny-P / reject-P when the
+profile logs), and two static base chains that dispatch on set membership.
+"""
+
+import hashlib
+import ipaddress
+import json
+from dataclasses import asdict
+
+from . import ir
+from .model import LOOPBACK
+
+FORMAT = 1
+SESSION_LEVEL = 3      # /user.slice/user-U.slice/session-N.scope, /netfence/user-U/session-K
+USER_LEVEL = 2
+
+NFPROTO = {4: "02", 6: "0a"}                      # NFPROTO_IPV4, NFPROTO_IPV6 (1 byte)
+L4PROTO = {"tcp": "06", "udp": "11", "icmp": "01", "icmpv6": "3a"}
+ADDR_OFFSET = {("egress", 4): 16, ("egress", 6): 24,     # destination address
+               ("ingress", 4): 12, ("ingress", 6): 8}    # source address
+LOOPBACK_IFINDEX = "01000000"                     # lo is ifindex 1 in every netns
+CT_STATE_NEW = "08000000"
+NF_LOG_UID = 0x08
+
+
+def set_names(profile_name):
+    return {"uid_set": f"uid-{profile_name}", "ucg_set": f"ucg-{profile_name}",
+            "scg_set": f"scg-{profile_name}"}
+
+
+def has_egress(profile):
+    return bool(profile.egress) or profile.egress_default != "allow"
+
+
+def has_ingress(profile):
+    return bool(profile.ingress) or profile.ingress_default != "allow"
+
+
+def compile_policy(policy):
+    """Return the snapshot dict (JSON-serialisable) for a parsed model.Policy."""
+    table = build_table(policy.profiles.values(), policy.settings.log_rate)
+    login = build_login(policy)
+    body = {"format": FORMAT, "files": list(policy.files),
+            "settings": asdict(policy.settings), "table": table.to_json(), "login": login}
+    policy_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    login["policy_id"] = policy_id
+    body["policy_id"] = policy_id
+    # Derived from the rest, and bytes: added after hashing.
+    login["templates"] = _templates(login)
+    return body
+
+
+# ---- the table -------------------------------------------------------------------
+
+def build_table(profiles, log_rate=5):
+    profiles = list(profiles)
+    sets, chains, rules = [], [], []
+    for profile in profiles:
+        names = set_names(profile.name)
+        sets += [ir.SetDef(names["uid_set"], "uid"), ir.SetDef(names["ucg_set"], "cgroupsv2"),
+                 ir.SetDef(names["scg_set"], "cgroupsv2")]
+        if profile.log:
+            chains += [ir.ChainDef(f"deny-{profile.name}"), ir.ChainDef(f"reject-{profile.name}")]
+            rules += _log_chain_rules(profile.name, log_rate)
+        for direction, present in (("egress", has_egress(profile)),
+                                   ("ingress", has_ingress(profile))):
+            if present:
+                chain = _profile_chain(profile.name, direction)
+                chains.append(ir.ChainDef(chain))
+                rules += _profile_rules(profile, direction, chain)
+    chains += [ir.ChainDef("egress", hook="output"), ir.ChainDef("ingress", hook="input")]
+    rules += _dispatch_rules(profiles)
+    return ir.TableDef(sets=tuple(sets), chains=tuple(chains), rules=tuple(rules))
+
+
+def _profile_chain(name, direction):
+    return ("out-" if direction == "egress" else "in-") + name
+
+
+def _dispatch_rules(profiles):
+    rules = []
+    for profile in profiles:
+        names = set_names(profile.name)
+        if has_egress(profile):
+            jump = ("verdict", "jump", _profile_chain(profile.name, "egress"))
+            rules.append(ir.RuleDef("egress", (
+                ("meta", "skuid"), ("lookup", names["uid_set"]), jump)))
+            rules.append(ir.RuleDef("egress", (
+                ("socket", "cgroupv2", SESSION_LEVEL), ("lookup", names["scg_set"]), jump)))
+    for profile in profiles:
+        names = set_names(profile.name)
+        if has_ingress(profile):
+            jump = ("verdict", "jump", _profile_chain(profile.name, "ingress"))
+            new = (("ct", "state"), ("bitwise", CT_STATE_NEW, "00000000"),
+                   ("cmp", "neq", "00000000"))
+            for level, key in ((USER_LEVEL, "ucg_set"), (SESSION_LEVEL, "scg_set")):
+                rules.append(ir.RuleDef("ingress", new + (
+                    ("socket", "cgroupv2", level), ("lookup", names[key]), jump)))
+    return rules
+
+
+def _log_chain_rules(name, log_rate):
+    def log(verdict):
+        return (("limit", log_rate, 1, 2 * log_rate),
+                ("log", f"netfence {verdict} profile={name} ", NF_LOG_UID))
+    return [
+        ir.RuleDef(f"deny-{name}", log("drop")),
+        ir.RuleDef(f"deny-{name}", (("verdict", "drop"),)),
+        ir.RuleDef(f"reject-{name}", log("reject")),
+        ir.RuleDef(f"reject-{name}", (("meta", "l4proto"), ("cmp", "eq", L4PROTO["tcp"]),
+                                      ("reject", "tcp-reset"))),
+        ir.RuleDef(f"reject-{name}", (("reject", "icmpx-port-unreachable"),)),
+    ]
+
+
+def _profile_rules(profile, direction, chain):
+    net_rules = profile.egress if direction == "egress" else profile.ingress
+    default = profile.egress_default if direction == "egress" else profile.ingress_default
+    rules = []
+    for number, net_rule in enumerate(net_rules, 1):
+        comment = f"{profile.name} {direction} rule {number}"
+        verdict = _verdict(profile, net_rule.action, net_rule.protos)
+        for matches in expand_matches(net_rule, direction):
+            rules.append(ir.RuleDef(chain, matches + (("counter",), verdict), comment))
+    verdict = _verdict(profile, default, ())
+    rules.append(ir.RuleDef(chain, (("counter",), verdict),
+                            f"{profile.name} {direction} default"))
+    return rules
+
+
+def _verdict(profile, action, protos):
+    if action == "allow":
+        return ("verdict", "return")     # not accept: later profiles must still be asked
+    if profile.log:
+        return ("verdict", "goto", f"{'deny' if action == 'deny' else 'reject'}-{profile.name}")
+    if action == "deny":
+        return ("verdict", "drop")
+    if tuple(protos) == ("tcp",):
+        return ("reject", "tcp-reset")
+    return ("reject", "icmpx-port-unreachable")
+
+
+def expand_matches(net_rule, direction):
+    """Every (peer × protocol × port) combination of a rule, as match expressions."""
+    peers = list(net_rule.peers) or [None]
+    protos = list(net_rule.protos) or [None]
+    ports = list(net_rule.ports) or [None]
+    combos = []
+    for peer in peers:
+        family = None if peer in (None, LOOPBACK) else ipaddress.ip_network(peer).version
+        for proto in protos:
+            for l4 in _l4_for(proto, family):
+                for port in ports:
+                    combos.append(_peer_match(peer, family, direction)
+                                  + _proto_match(l4) + _port_match(port))
+    return combos
+
+
+def _l4_for(proto, family):
+    if proto != "icmp":
+        return [proto]
+    return {4: ["icmp"], 6: ["icmpv6"]}.get(family, ["icmp", "icmpv6"])
+
+
+def _peer_match(peer, family, direction):
+    if peer is None:
+        return ()
+    if peer == LOOPBACK:
+        key = "oif" if direction == "egress" else "iif"
+        return (("meta", key), ("cmp", "eq", LOOPBACK_IFINDEX))
+    net = ipaddress.ip_network(peer)
+    length = 4 if family == 4 else 16
+    exprs = (("meta", "nfproto"), ("cmp", "eq", NFPROTO[family]),
+             ("payload", "network", ADDR_OFFSET[(direction, family)], length))
+    if net.prefixlen != net.max_prefixlen:
+        exprs += (("bitwise", net.netmask.packed.hex(), "00" * length),)
+    return exprs + (("cmp", "eq", net.network_address.packed.hex()),)
+
+
+def _proto_match(l4):
+    if l4 is None:
+        return ()
+    return (("meta", "l4proto"), ("cmp", "eq", L4PROTO[l4]))
+
+
+def _port_match(port):
+    if port is None:
+        return ()
+    low, high = port
+    load = ("payload", "transport", 2, 2)          # destination port
+    if low == high:
+        return (load, ("cmp", "eq", low.to_bytes(2, "big").hex()))
+    return (load, ("range", "eq", low.to_bytes(2, "big").hex(), high.to_bytes(2, "big").hex()))
+
+
+# ---- the login part --------------------------------------------------------------
+
+def build_login(policy):
+    profiles = {}
+    for profile in policy.profiles.values():
+        profiles[profile.name] = {"egress": has_egress(profile),
+                                  "ingress": has_ingress(profile), **set_names(profile.name)}
+    rules = [_login_rule(rule) for rule in policy.rules]
+    return {"format": FORMAT, "policy_id": "", "settings": asdict(policy.settings),
+            "profiles": profiles, "rules": rules}
+
+
+def _login_rule(rule):
+    return {
+        "index": rule.index, "where": str(rule.where), "scope": rule.scope,
+        "profiles": list(rule.profiles),
+        "users": _pair(rule.users), "groups": _pair(rule.groups),
+        "services": _pair(rule.services), "ttys": _pair(rule.ttys),
+        "rhosts": [[_rhost_item(i) for i in rule.rhosts.include],
+                   [_rhost_item(i) for i in rule.rhosts.exclude]],
+        "time": [[w.days, w.start, w.end] for w in rule.time],
+    }
+
+
+def _pair(patterns):
+    return [list(patterns.include), list(patterns.exclude)]
+
+
+def _rhost_item(text):
+    if text == "local":
+        return ["local"]
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        pass
+    else:
+        return ["net", net.version, int(net.network_address), net.prefixlen]
+    if text.startswith("."):
+        return ["suffix", text.lower()]
+    return ["name", text.lower()]
+
+
+def _templates(login):
+    """Netlink message templates for the hook (see fastpath_py.build_templates)."""
+    from .fastpath_py import build_templates
+    return build_templates(login)

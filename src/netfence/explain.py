@@ -1,0 +1,114 @@
+"""`netfence explain`: what a login would get, and the rules that means, without applying."""
+
+import grp
+import os
+import pwd
+import time
+from datetime import datetime
+
+from . import ir, render
+from .apply import compile_from
+from .errors import UsageError
+from .matcher import match_login
+from .snapshot import read_snapshot
+
+DAYS = ("Mo", "Tu", "We", "Th", "Fr", "Sa", "Su")
+
+
+def explain(paths, user, service, rhost, tty, at):
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"no such user: {user!r}") from None
+    groups = user_groups(entry)
+    weekday, minute = parse_when(at)
+    _, snap = compile_from(paths)
+    login = snap["login"]
+    decision = match_login(login, entry.pw_name, entry.pw_uid, groups, service, rhost, tty,
+                           weekday, minute)
+    lines = [f"login: user {entry.pw_name} (uid {entry.pw_uid}; groups "
+             f"{', '.join(sorted(groups)) or '-'}), service {service}, "
+             f"rhost {rhost or '- (local)'}, tty {tty or '-'}, at {DAYS[weekday]} "
+             f"{minute // 60:02d}:{minute % 60:02d}"]
+    lines += _matched_rules(login, decision)
+    lines += _scopes(entry.pw_uid, decision)
+    if not decision.empty:
+        lines += _chains(snap, decision)
+    applied = read_snapshot(paths.state_dir)
+    if applied is None or applied.get("policy_id") != snap["policy_id"]:
+        lines.append("note: this is the policy in the files, not yet applied: "
+                     "run `netfence reload` to apply it")
+    return "\n".join(lines) + "\n"
+
+
+def user_groups(entry):
+    names = set()
+    for gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            names.add(str(gid))
+    return frozenset(names)
+
+
+def parse_when(text):
+    """(weekday 0=Monday, minute of day) for "Mo 09:30", "2026-12-01 09:30", "09:30"."""
+    if text is None:
+        now = time.localtime()
+        return now.tm_wday, now.tm_hour * 60 + now.tm_min
+    parts = text.split()
+    if len(parts) == 2 and parts[0][:2].capitalize() in DAYS and len(parts[0]) <= 3:
+        return DAYS.index(parts[0][:2].capitalize()), _minute(parts[1], text)
+    if len(parts) == 1 and ":" in text and "-" not in text:
+        return time.localtime().tm_wday, _minute(text, text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f'--at {text!r}: expected "Mo 09:30", "2026-12-01 09:30" '
+                         f'or "09:30"') from None
+    return moment.weekday(), moment.hour * 60 + moment.minute
+
+
+def _minute(clock, text):
+    try:
+        hours, minutes = (int(x) for x in clock.split(":"))
+    except ValueError:
+        raise UsageError(f"--at {text!r}: bad time of day {clock!r}") from None
+    if not (0 <= hours < 24 and 0 <= minutes < 60):
+        raise UsageError(f"--at {text!r}: bad time of day {clock!r}")
+    return hours * 60 + minutes
+
+
+def _matched_rules(login, decision):
+    if not decision.matched:
+        return ["matching rules: none: this login gets no restrictions"]
+    by_index = {rule["index"]: rule for rule in login["rules"]}
+    lines = ["matching rules:"]
+    for index in decision.matched:
+        rule = by_index[index]
+        lines.append(f"  rule {index + 1} ({rule['where']}): scope {rule['scope']}, "
+                     f"profiles {', '.join(rule['profiles'])}")
+    return lines
+
+
+def _scopes(uid, decision):
+    lines = []
+    if decision.user_profiles:
+        lines.append(f"user scope (every socket of uid {uid}, until the uid has no "
+                     f"processes left): {', '.join(decision.user_profiles)}")
+    if decision.session_profiles:
+        lines.append("session scope (this session's cgroup, from login to logout): "
+                     f"{', '.join(decision.session_profiles)}")
+    return lines
+
+
+def _chains(snap, decision):
+    table = ir.TableDef.from_json(snap["table"])
+    wanted = set(decision.user_profiles) | set(decision.session_profiles)
+    names = {f"{prefix}-{p}" for p in wanted for prefix in ("out", "in", "deny", "reject")}
+    lines = ["nftables rules (table inet netfence); a connection passes only if every "
+             "profile returns:"]
+    for chain in table.chains:
+        if chain.name in names:
+            lines.append(render.render_chain(table, chain, counters=False))
+    return lines

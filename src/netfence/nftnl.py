@@ -1,0 +1,376 @@
+"""The reload-side netlink layer: write and read the `inet netfence` table.
+
+Encodes an ir.TableDef with pyroute2's nf_tables message classes (nftnl_msg, patched
+where pyroute2 drops attributes), sends it as one batch with an ack on every message,
+and reads tables, set elements and counters back (nftnl_expr decodes expressions into
+ir tuples). Everything happens in the caller's network namespace.
+
+Element keys are hex strings of the exact key bytes, in the host byte order the kernel
+compares them in: uid `struct.pack("=I", uid).hex()`, cgroup id
+`struct.pack("=Q", os.stat(dir).st_ino).hex()`.
+
+The login hook never imports this module (pyroute2 costs ~200 ms to import).
+"""
+
+import errno
+import itertools
+
+from . import ir, nftnl_msg as m
+from .errors import KernelError
+from .nftnl_expr import counter_values, decode_expr, encode_expr
+from .nftnl_sock import Connection, DumpInterrupted
+
+TABLE_NAME = ir.TABLE_NAME
+HOOKS = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
+POLICIES = {"drop": 0, "accept": 1}
+ELEMENTS_PER_MESSAGE = 256      # keeps each message far below netlink's size limits
+DUMP_RETRIES = 5
+KEYBYTEORDER_HOST = m.udata_tlvs(
+    [(m.NFTNL_UDATA_SET_KEYBYTEORDER, m.NFT_BYTEORDER_HOST.to_bytes(4, "little"))])
+
+
+def _check_family(table):
+    if table.family != "inet":        # every message is sent with NFPROTO_INET
+        raise ValueError(f"only inet tables are supported, not {table.family}")
+
+
+# -- encoding ------------------------------------------------------------------------
+
+class _Batch:
+    """Collects (operation, bytes, seq) from BEGIN to END."""
+
+    def __init__(self, next_seq, genid=None):
+        self.next_seq = next_seq
+        self.messages = []
+        seq = next_seq()
+        self.messages.append(("begin transaction", m.batch_control(
+            m.NFNL_MSG_BATCH_BEGIN, seq, genid), seq))
+
+    def add(self, operation, cls, msg_type, attrs, flags=m.NLM_F_CREATE | m.NLM_F_EXCL):
+        """Queue one message. The default flags create and refuse an existing object:
+        the table was just removed, so a duplicate chain or set name is a bug (EEXIST)."""
+        seq = self.next_seq()
+        data = m.build(cls, msg_type, attrs, seq, flags=m.NLM_F_REQUEST | m.NLM_F_ACK | flags)
+        self.messages.append((operation, data, seq))
+
+    def finish(self):
+        seq = self.next_seq()
+        self.messages.append(("end transaction", m.batch_control(m.NFNL_MSG_BATCH_END, seq), seq))
+        return self.messages
+
+
+def encode_batch(table, elements, genid=None, seq_start=1, delete="destroy"):
+    """The replace_table transaction as [(operation, bytes, seq)], BEGIN to END.
+
+    delete: "destroy" (DESTROYTABLE, no error when absent), "delete" (DELTABLE: the
+    table must exist) or None (nothing to remove).
+    """
+    return _encode_replace(table, elements, genid, itertools.count(seq_start).__next__, delete)
+
+
+def _encode_replace(table, elements, genid, next_seq, delete):
+    _check_family(table)
+    batch = _Batch(next_seq, genid)
+    name = table.name
+    if delete == "destroy":
+        batch.add(f"destroy table inet {name}", m.TableMsg, m.NFT_MSG_DESTROYTABLE,
+                  [('NFTA_TABLE_NAME', name)], flags=0)
+    elif delete == "delete":
+        batch.add(f"delete table inet {name}", m.TableMsg, m.NFT_MSG_DELTABLE,
+                  [('NFTA_TABLE_NAME', name)], flags=0)
+    batch.add(f"add table inet {name}", m.TableMsg, m.NFT_MSG_NEWTABLE,
+              [('NFTA_TABLE_NAME', name), ('NFTA_TABLE_FLAGS', 0)])
+    for set_id, set_def in enumerate(table.sets, 1):
+        batch.add(f"add set {set_def.name}", m.SetMsg, m.NFT_MSG_NEWSET,
+                  _set_attrs(name, set_def, set_id))
+    # Regular chains first (stable order otherwise): the kernel keeps creation order,
+    # which is what `nft list` and read_table() show. Every chain exists before the
+    # first rule, so jumps resolve either way; base chains only see packets after commit.
+    for chain in sorted(table.chains, key=lambda c: bool(c.hook)):
+        batch.add(f"add chain {chain.name}", m.ChainMsg, m.NFT_MSG_NEWCHAIN,
+                  _chain_attrs(name, chain))
+    _add_rules(batch, table)
+    wanted = {s.name for s in table.sets}
+    _add_element_messages(batch, name, {k: v for k, v in elements.items() if k in wanted},
+                          m.NFT_MSG_NEWSETELEM, "add")
+    return batch.finish()
+
+
+def _set_attrs(table_name, set_def, set_id):
+    _nft_name, key_type, key_len = ir.SET_KEY_TYPES[set_def.key]
+    # NFTA_SET_ID (unique within the transaction) is mandatory for NEWSET: EINVAL
+    # without it. KEYBYTEORDER=host: without it `nft list` prints keys byte-swapped.
+    return [('NFTA_SET_TABLE', table_name), ('NFTA_SET_NAME', set_def.name),
+            ('NFTA_SET_FLAGS', 0), ('NFTA_SET_KEY_TYPE', key_type),
+            ('NFTA_SET_KEY_LEN', key_len), ('NFTA_SET_ID', set_id),
+            ('NFTA_SET_USERDATA', KEYBYTEORDER_HOST)]
+
+
+def _chain_attrs(table_name, chain):
+    attrs = [('NFTA_CHAIN_TABLE', table_name), ('NFTA_CHAIN_NAME', chain.name)]
+    if chain.hook:
+        attrs += [('NFTA_CHAIN_HOOK', {'attrs': [('NFTA_HOOK_HOOKNUM', HOOKS[chain.hook]),
+                                                 ('NFTA_HOOK_PRIORITY', chain.priority)]}),
+                  ('NFTA_CHAIN_POLICY', POLICIES[chain.policy]),
+                  ('NFTA_CHAIN_TYPE', 'filter')]
+    return attrs
+
+
+def _add_rules(batch, table):
+    counts = {}
+    for rule in table.rules:
+        counts[rule.chain] = counts.get(rule.chain, 0) + 1
+        attrs = [('NFTA_RULE_TABLE', table.name), ('NFTA_RULE_CHAIN', rule.chain),
+                 ('NFTA_RULE_EXPRESSIONS', [encode_expr(e) for e in rule.exprs])]
+        if rule.comment:
+            attrs.append(('NFTA_RULE_USERDATA', _comment_udata(rule.comment)))
+        batch.add(f"add rule #{counts[rule.chain]} to chain {rule.chain}", m.RuleMsg,
+                  m.NFT_MSG_NEWRULE, attrs, flags=m.NLM_F_CREATE | m.NLM_F_APPEND)
+
+
+MAX_COMMENT = 253      # the kernel caps rule userdata at 256 bytes: 2-byte TLV header + NUL
+
+
+def _comment_udata(comment):
+    """As nft writes it: one NFTNL_UDATA_RULE_COMMENT TLV, NUL-terminated.
+
+    A longer comment is cut (at a character boundary) rather than failing the reload:
+    it only documents where a rule comes from.
+    """
+    raw = comment.encode()
+    if len(raw) > MAX_COMMENT:
+        raw = raw[:MAX_COMMENT].decode("utf-8", "ignore").encode()
+    return m.udata_tlvs([(m.NFTNL_UDATA_RULE_COMMENT, raw + b"\0")])
+
+
+def _add_element_messages(batch, table_name, elements, msg_type, verb):
+    for set_name, keys in elements.items():
+        keys = list(keys)
+        for start in range(0, len(keys), ELEMENTS_PER_MESSAGE):
+            chunk = keys[start:start + ELEMENTS_PER_MESSAGE]
+            items = [{'attrs': [('NFTA_SET_ELEM_KEY',
+                                 {'attrs': [('NFTA_DATA_VALUE', bytes.fromhex(k))]})]}
+                     for k in chunk]
+            attrs = [('NFTA_SET_ELEM_LIST_TABLE', table_name),
+                     ('NFTA_SET_ELEM_LIST_SET', set_name),
+                     ('NFTA_SET_ELEM_LIST_ELEMENTS', items)]
+            # NLM_F_CREATE without EXCL: adding an element that exists is not an error
+            flags = m.NLM_F_CREATE if msg_type == m.NFT_MSG_NEWSETELEM else 0
+            batch.add(f"{verb} {len(chunk)} element(s) of set {set_name}", m.SetElemMsg,
+                      msg_type, attrs, flags=flags)
+
+
+# -- the connection --------------------------------------------------------------------
+
+class Ruleset:
+    """One netlink connection to nf_tables in the current network namespace.
+
+    The socket is bound to the namespace of the thread that creates the Ruleset.
+    """
+
+    def __init__(self):
+        self._conn = Connection()
+        self._destroy_supported = None
+
+    def close(self):
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reads --
+
+    def generation(self):
+        (reply,) = self._conn.request(m.GenMsg, m.NFT_MSG_GETGEN, [], "read ruleset generation",
+                                      family=m.NFPROTO_UNSPEC)
+        return m.attr(reply, 'NFTA_GEN_ID')
+
+    def table_exists(self, table=TABLE_NAME):
+        try:
+            self._conn.request(m.TableMsg, m.NFT_MSG_GETTABLE, [('NFTA_TABLE_NAME', table)],
+                               f"read table inet {table}")
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def read_elements(self, table=TABLE_NAME):
+        """set name -> [key hex] for every set of the table ({} when there is none)."""
+        return self._consistent(lambda: self._elements(table))
+
+    def read_table(self, table=TABLE_NAME):
+        """The table as an ir.TableDef (rules grouped by chain, in kernel order), or None."""
+        return self._consistent(lambda: self._table(table))
+
+    def read_counters(self, table=TABLE_NAME):
+        """[(chain, rule comment, packets, bytes)] for every rule with a counter."""
+        return self._consistent(lambda: self._counters(table))
+
+    def _consistent(self, read):
+        """Run a multi-dump read until no ruleset change happened in between."""
+        for _ in range(DUMP_RETRIES):
+            before = self.generation()
+            try:
+                result = read()
+            except DumpInterrupted:
+                continue
+            if self.generation() == before:
+                return result
+        raise KernelError("read a consistent ruleset", errno.EAGAIN,
+                          "it kept changing while being read")
+
+    def _dump(self, cls, msg_type, attrs, what):
+        try:
+            return self._conn.request(cls, msg_type, attrs, what, dump=True)
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:       # the table vanished meanwhile
+                raise DumpInterrupted() from None
+            raise
+
+    def _sets(self, table):
+        msgs = self._dump(m.SetMsg, m.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],
+                          f"list sets of table inet {table}")
+        return [msg for msg in msgs if m.attr(msg, 'NFTA_SET_TABLE') == table]
+
+    def _elements(self, table):
+        if not self.table_exists(table):
+            return {}
+        result = {}
+        for set_msg in self._sets(table):
+            name = m.attr(set_msg, 'NFTA_SET_NAME')
+            result[name] = self._set_keys(table, name)
+        return result
+
+    def _set_keys(self, table, name):
+        msgs = self._dump(m.SetElemMsg, m.NFT_MSG_GETSETELEM,
+                          [('NFTA_SET_ELEM_LIST_TABLE', table), ('NFTA_SET_ELEM_LIST_SET', name)],
+                          f"list elements of set {name}")
+        keys = []
+        for msg in msgs:
+            for item in m.attr(msg, 'NFTA_SET_ELEM_LIST_ELEMENTS') or ():
+                keys.append(m.attr(m.attr(item, 'NFTA_SET_ELEM_KEY'), 'NFTA_DATA_VALUE').hex())
+        return keys
+
+    def _table(self, table):
+        if not self.table_exists(table):
+            return None
+        sets = tuple(_decode_set(msg) for msg in self._sets(table))
+        chains = tuple(_decode_chain(msg) for msg in self._dump(
+            m.ChainMsg, m.NFT_MSG_GETCHAIN, [('NFTA_CHAIN_TABLE', table)],
+            f"list chains of table inet {table}")
+            if m.attr(msg, 'NFTA_CHAIN_TABLE') == table)
+        # The kernel dumps rules chain by chain, in chain order: ir's rule order.
+        rules = tuple(rule for rule, _counters in self._rules(table))
+        return ir.TableDef(sets=sets, chains=chains, rules=rules, family="inet", name=table)
+
+    def _rules(self, table):
+        """[(RuleDef, [(packets, bytes)...])] in dump order."""
+        msgs = self._dump(m.RuleMsg, m.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
+                          f"list rules of table inet {table}")
+        out = []
+        for msg in msgs:
+            if m.attr(msg, 'NFTA_RULE_TABLE') != table:
+                continue
+            exprs = m.attr(msg, 'NFTA_RULE_EXPRESSIONS') or ()
+            rule = ir.RuleDef(chain=m.attr(msg, 'NFTA_RULE_CHAIN'),
+                              exprs=tuple(decode_expr(e, m.attr) for e in exprs),
+                              comment=_decode_comment(m.attr(msg, 'NFTA_RULE_USERDATA')))
+            counters = [c for c in (counter_values(e, m.attr) for e in exprs) if c is not None]
+            out.append((rule, counters))
+        return out
+
+    def _counters(self, table):
+        if not self.table_exists(table):
+            return []
+        return [(rule.chain, rule.comment, packets, nbytes)
+                for rule, counters in self._rules(table) for packets, nbytes in counters]
+
+    # -- writes --
+
+    def replace_table(self, table, elements, genid=None):
+        """Replace the whole table (and put `elements` in its sets) in one transaction.
+
+        With `genid`, the kernel refuses the transaction if the ruleset changed since
+        that generation was read: GenerationChanged.
+        """
+        if self._supports_destroy():
+            delete = "destroy"
+        else:
+            delete = "delete" if self.table_exists(table.name) else None
+        messages = _encode_replace(table, elements, genid, self._conn.next_seq, delete)
+        self._conn.batch(f"replace table inet {table.name}", messages)
+
+    def add_elements(self, elements, table=TABLE_NAME):
+        self._element_batch(elements, table, m.NFT_MSG_NEWSETELEM, "add")
+
+    def destroy_elements(self, elements, table=TABLE_NAME):
+        """Remove elements; absent ones are not an error (NFT_MSG_DESTROYSETELEM)."""
+        self._element_batch(elements, table, m.NFT_MSG_DESTROYSETELEM, "destroy")
+
+    def _element_batch(self, elements, table, msg_type, verb):
+        batch = _Batch(self._conn.next_seq)
+        _add_element_messages(batch, table, elements, msg_type, verb)
+        messages = batch.finish()
+        if len(messages) > 2:
+            self._conn.batch(f"{verb} elements in table inet {table}", messages)
+
+    def delete_table(self, table=TABLE_NAME):
+        """Delete the table; False when there was none."""
+        batch = _Batch(self._conn.next_seq)
+        batch.add(f"delete table inet {table}", m.TableMsg, m.NFT_MSG_DELTABLE,
+                  [('NFTA_TABLE_NAME', table)], flags=0)
+        try:
+            self._conn.batch(f"delete table inet {table}", batch.finish())
+        except KernelError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
+
+    def _supports_destroy(self):
+        """NFT_MSG_DESTROY* exist from Linux 6.3; older kernels answer EINVAL (unknown
+        message type). Probed with a batch that destroys a table that cannot exist: a
+        transaction without changes does not bump the generation."""
+        if self._destroy_supported is None:
+            batch = _Batch(self._conn.next_seq)
+            batch.add("probe NFT_MSG_DESTROYTABLE", m.TableMsg, m.NFT_MSG_DESTROYTABLE,
+                      [('NFTA_TABLE_NAME', "netfence-probe-absent")], flags=0)
+            try:
+                self._conn.batch("probe NFT_MSG_DESTROYTABLE", batch.finish())
+                self._destroy_supported = True
+            except KernelError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                self._destroy_supported = False
+        return self._destroy_supported
+
+
+def _decode_set(msg):
+    key_type = m.attr(msg, 'NFTA_SET_KEY_TYPE')
+    for name, (_nft_name, type_id, _length) in ir.SET_KEY_TYPES.items():
+        if type_id == key_type:
+            return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key=name)
+    return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key=f"type-{key_type}")
+
+
+def _decode_chain(msg):
+    name = m.attr(msg, 'NFTA_CHAIN_NAME')
+    hook = m.attr(msg, 'NFTA_CHAIN_HOOK')
+    if hook is None:
+        return ir.ChainDef(name=name)
+    hooks = {v: k for k, v in HOOKS.items()}
+    policies = {v: k for k, v in POLICIES.items()}
+    return ir.ChainDef(name=name, hook=hooks.get(m.attr(hook, 'NFTA_HOOK_HOOKNUM'), "?"),
+                       priority=m.attr(hook, 'NFTA_HOOK_PRIORITY'),
+                       policy=policies.get(m.attr(msg, 'NFTA_CHAIN_POLICY'), "?"))
+
+
+def _decode_comment(udata):
+    if not udata:
+        return ""
+    raw = m.parse_udata(udata).get(m.NFTNL_UDATA_RULE_COMMENT, b"")
+    return raw.rstrip(b"\0").decode("utf-8", "replace")

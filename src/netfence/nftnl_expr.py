@@ -1,0 +1,231 @@
+"""ir expression tuples <-> nf_tables expression attributes (pyroute2 nla values).
+
+One table per expression kind, both directions side by side, so a constant can only
+be wrong in one place. Values are the kernel's (include/uapi/linux/netfilter/
+nf_tables.h); each was checked against what `nft --debug=netlink` sends for the same
+rule and against `nft list` reading back what we send (tests/integration/test_nftnl*).
+"""
+
+NFT_REG_VERDICT = 0
+NFT_REG_1 = 1               # every expression loads into / reads from register 1
+
+META_KEYS = {"iif": 4, "oif": 5, "skuid": 10, "nfproto": 15, "l4proto": 16}
+PAYLOAD_BASES = {"network": 1, "transport": 2}
+SOCKET_KEYS = {"cgroupv2": 3}               # NFT_SOCKET_CGROUPV2 (Linux >= 5.13)
+CT_KEYS = {"state": 0}                      # NFT_CT_STATE
+CMP_OPS = {"eq": 0, "neq": 1, "lt": 2, "lte": 3, "gt": 4, "gte": 5}
+RANGE_OPS = {"eq": 0, "neq": 1}
+NFT_LIMIT_PKTS = 0
+REJECT_TYPES = {"tcp-reset": 1, "icmpx-port-unreachable": 2}     # NFT_REJECT_*
+REJECT_CODES = {"icmpx-port-unreachable": 1}    # NFT_REJECT_ICMPX_PORT_UNREACH
+VERDICTS = {"drop": 0, "accept": 1, "jump": -3, "goto": -4, "return": -5}
+
+
+def _reverse(table):
+    return {value: key for key, value in table.items()}
+
+
+def _expr(name, attrs):
+    return {'attrs': [('NFTA_EXPR_NAME', name), ('NFTA_EXPR_DATA', {'attrs': attrs})]}
+
+
+def _data(hex_value):
+    return {'attrs': [('NFTA_DATA_VALUE', bytes.fromhex(hex_value))]}
+
+
+def encode_expr(expr):
+    """One ir expression tuple -> the nla value of one NFTA_RULE_EXPRESSIONS item."""
+    try:
+        encoder = _ENCODERS[expr[0]]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"unknown expression {expr!r}") from None
+    try:
+        return encoder(*expr[1:])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"invalid expression {expr!r}: {exc}") from None
+
+
+def _meta(key):
+    return _expr('meta', [('NFTA_META_KEY', META_KEYS[key]), ('NFTA_META_DREG', NFT_REG_1)])
+
+
+def _payload(base, offset, length):
+    return _expr('payload', [('NFTA_PAYLOAD_DREG', NFT_REG_1),
+                             ('NFTA_PAYLOAD_BASE', PAYLOAD_BASES[base]),
+                             ('NFTA_PAYLOAD_OFFSET', int(offset)),
+                             ('NFTA_PAYLOAD_LEN', int(length))])
+
+
+def _socket(key, level):
+    return _expr('socket', [('NFTA_SOCKET_KEY', SOCKET_KEYS[key]),
+                            ('NFTA_SOCKET_DREG', NFT_REG_1),
+                            ('NFTA_SOCKET_LEVEL', int(level))])
+
+
+def _ct(key):
+    return _expr('ct', [('NFTA_CT_KEY', CT_KEYS[key]), ('NFTA_CT_DREG', NFT_REG_1)])
+
+
+def _bitwise(mask, xor):
+    if len(mask) != len(xor):
+        raise ValueError("mask and xor differ in length")
+    return _expr('bitwise', [('NFTA_BITWISE_SREG', NFT_REG_1),
+                             ('NFTA_BITWISE_DREG', NFT_REG_1),
+                             ('NFTA_BITWISE_LEN', len(mask) // 2),
+                             ('NFTA_BITWISE_MASK', _data(mask)),
+                             ('NFTA_BITWISE_XOR', _data(xor))])
+
+
+def _cmp(op, value):
+    return _expr('cmp', [('NFTA_CMP_SREG', NFT_REG_1), ('NFTA_CMP_OP', CMP_OPS[op]),
+                         ('NFTA_CMP_DATA', _data(value))])
+
+
+def _range(op, low, high):
+    return _expr('range', [('NFTA_RANGE_SREG', NFT_REG_1), ('NFTA_RANGE_OP', RANGE_OPS[op]),
+                           ('NFTA_RANGE_FROM_DATA', _data(low)),
+                           ('NFTA_RANGE_TO_DATA', _data(high))])
+
+
+def _lookup(set_name):
+    # By name only: the kernel finds a set added earlier in the same transaction
+    # by name too (NFTA_LOOKUP_SET_ID is not needed; tested).
+    return _expr('lookup', [('NFTA_LOOKUP_SET', set_name), ('NFTA_LOOKUP_SREG', NFT_REG_1)])
+
+
+def _counter():
+    return _expr('counter', [])
+
+
+def _limit(rate, per_seconds, burst):
+    return _expr('limit', [('NFTA_LIMIT_RATE', int(rate)), ('NFTA_LIMIT_UNIT', int(per_seconds)),
+                           ('NFTA_LIMIT_BURST', int(burst)),
+                           ('NFTA_LIMIT_TYPE', NFT_LIMIT_PKTS), ('NFTA_LIMIT_FLAGS', 0)])
+
+
+def _log(prefix, flags):
+    # No NFTA_LOG_GROUP: the packet goes to the kernel log (nf_log), not nflog.
+    return _expr('log', [('NFTA_LOG_PREFIX', prefix), ('NFTA_LOG_FLAGS', int(flags))])
+
+
+def _reject(kind):
+    attrs = [('NFTA_REJECT_TYPE', REJECT_TYPES[kind])]
+    if kind in REJECT_CODES:
+        attrs.append(('NFTA_REJECT_ICMP_CODE', REJECT_CODES[kind]))
+    return _expr('reject', attrs)
+
+
+def _verdict(kind, chain=None):
+    if (chain is None) != (kind not in ("jump", "goto")):
+        raise ValueError("jump and goto, and only they, name a chain")
+    verdict = [('NFTA_VERDICT_CODE', VERDICTS[kind])]
+    if chain is not None:
+        verdict.append(('NFTA_VERDICT_CHAIN', chain))
+    return _expr('immediate', [('NFTA_IMMEDIATE_DREG', NFT_REG_VERDICT),
+                               ('NFTA_IMMEDIATE_DATA',
+                                {'attrs': [('NFTA_DATA_VERDICT', {'attrs': verdict})]})])
+
+
+_ENCODERS = {
+    "meta": _meta, "payload": _payload, "socket": _socket, "ct": _ct,
+    "bitwise": _bitwise, "cmp": _cmp, "range": _range, "lookup": _lookup,
+    "counter": _counter, "limit": _limit, "log": _log, "reject": _reject,
+    "verdict": _verdict,
+}
+
+
+# -- decoding (what the kernel dumps) -> ir tuples ------------------------------------
+
+def decode_expr(node, attr):
+    """A decoded NFTA_RULE_EXPRESSIONS item -> ir tuple.
+
+    `attr(node, name)` reads one raw attribute (nftnl_msg.attr). Expressions netfence
+    never writes come back as ("unknown", name), so reading a table someone edited by
+    hand does not fail.
+    """
+    name = attr(node, 'NFTA_EXPR_NAME')
+    data = attr(node, 'NFTA_EXPR_DATA')
+    decoder = _DECODERS.get(name)
+    if decoder is None or data is None:
+        return ("unknown", name)
+    try:
+        return decoder(data, attr)
+    except KeyError:
+        return ("unknown", name)
+
+
+def _hex(data_node, attr):
+    return attr(data_node, 'NFTA_DATA_VALUE').hex()
+
+
+def _d_meta(d, a):
+    return ("meta", _reverse(META_KEYS)[a(d, 'NFTA_META_KEY')])
+
+
+def _d_payload(d, a):
+    return ("payload", _reverse(PAYLOAD_BASES)[a(d, 'NFTA_PAYLOAD_BASE')],
+            a(d, 'NFTA_PAYLOAD_OFFSET'), a(d, 'NFTA_PAYLOAD_LEN'))
+
+
+def _d_socket(d, a):
+    return ("socket", _reverse(SOCKET_KEYS)[a(d, 'NFTA_SOCKET_KEY')], a(d, 'NFTA_SOCKET_LEVEL'))
+
+
+def _d_ct(d, a):
+    return ("ct", _reverse(CT_KEYS)[a(d, 'NFTA_CT_KEY')])
+
+
+def _d_bitwise(d, a):
+    return ("bitwise", _hex(a(d, 'NFTA_BITWISE_MASK'), a), _hex(a(d, 'NFTA_BITWISE_XOR'), a))
+
+
+def _d_cmp(d, a):
+    return ("cmp", _reverse(CMP_OPS)[a(d, 'NFTA_CMP_OP')], _hex(a(d, 'NFTA_CMP_DATA'), a))
+
+
+def _d_range(d, a):
+    return ("range", _reverse(RANGE_OPS)[a(d, 'NFTA_RANGE_OP')],
+            _hex(a(d, 'NFTA_RANGE_FROM_DATA'), a), _hex(a(d, 'NFTA_RANGE_TO_DATA'), a))
+
+
+def _d_lookup(d, a):
+    return ("lookup", a(d, 'NFTA_LOOKUP_SET'))
+
+
+def _d_counter(d, a):
+    return ("counter",)
+
+
+def _d_limit(d, a):
+    return ("limit", a(d, 'NFTA_LIMIT_RATE'), a(d, 'NFTA_LIMIT_UNIT'), a(d, 'NFTA_LIMIT_BURST'))
+
+
+def _d_log(d, a):
+    return ("log", a(d, 'NFTA_LOG_PREFIX', ""), a(d, 'NFTA_LOG_FLAGS', 0))
+
+
+def _d_reject(d, a):
+    return ("reject", _reverse(REJECT_TYPES)[a(d, 'NFTA_REJECT_TYPE')])
+
+
+def _d_immediate(d, a):
+    verdict = a(a(d, 'NFTA_IMMEDIATE_DATA'), 'NFTA_DATA_VERDICT')
+    kind = _reverse(VERDICTS)[a(verdict, 'NFTA_VERDICT_CODE')]
+    chain = a(verdict, 'NFTA_VERDICT_CHAIN')
+    return ("verdict", kind, chain) if chain is not None else ("verdict", kind)
+
+
+_DECODERS = {
+    "meta": _d_meta, "payload": _d_payload, "socket": _d_socket, "ct": _d_ct,
+    "bitwise": _d_bitwise, "cmp": _d_cmp, "range": _d_range, "lookup": _d_lookup,
+    "counter": _d_counter, "limit": _d_limit, "log": _d_log, "reject": _d_reject,
+    "immediate": _d_immediate,
+}
+
+
+def counter_values(node, attr):
+    """(packets, bytes) of a decoded counter expression, else None."""
+    if attr(node, 'NFTA_EXPR_NAME') != 'counter':
+        return None
+    data = attr(node, 'NFTA_EXPR_DATA')
+    return attr(data, 'NFTA_COUNTER_PACKETS', 0), attr(data, 'NFTA_COUNTER_BYTES', 0)

@@ -1,0 +1,282 @@
+"""nf_tables netlink messages: pyroute2's message classes, with their gaps closed.
+
+pyroute2 0.9.7 encodes an attribute only if its name is in the class's nla map and
+silently drops every other one (the kernel then answers EINVAL or, worse, accepts a
+rule that means something else). So all patched classes live here, in one place, and
+`build()` re-decodes every message it encodes and refuses one that lost an attribute.
+
+Gaps closed (verified against linux include/uapi/linux/netfilter/nf_tables.h and
+`nft --debug=mnl`):
+- `socket` expression: NFTA_SOCKET_LEVEL (3) and the key NFT_SOCKET_CGROUPV2 (3).
+- `log` flags as a plain be32 (pyroute2 wants a set of flag names).
+- rule and set userdata as raw bytes: pyroute2 encodes rule comments with a 2-byte
+  big-endian length, which only matches nftnl's 1-byte type + 1-byte length TLV by luck.
+- the batch BEGIN message's NFNL_BATCH_GENID attribute.
+- message types NFT_MSG_DESTROYTABLE (26) and NFT_MSG_DESTROYSETELEM (30), kernel >= 6.3.
+"""
+
+import struct
+
+from pyroute2.netlink import nla
+from pyroute2.netlink.nfnetlink import nfgen_msg
+from pyroute2.netlink.nfnetlink.nftsocket import (
+    nft_chain_msg, nft_gen_msg, nft_rule_msg, nft_set_elem_list_msg, nft_set_msg,
+    nft_table_msg)
+
+# netlink / nfnetlink
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10
+NLM_F_DUMP = 0x300
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+NLM_F_APPEND = 0x800
+NFNL_SUBSYS_NFTABLES = 10
+NFNL_MSG_BATCH_BEGIN = 0x10
+NFNL_MSG_BATCH_END = 0x11
+NFPROTO_UNSPEC = 0
+NFPROTO_INET = 1
+
+# enum nf_tables_msg_types
+NFT_MSG_NEWTABLE = 0
+NFT_MSG_GETTABLE = 1
+NFT_MSG_DELTABLE = 2
+NFT_MSG_NEWCHAIN = 3
+NFT_MSG_GETCHAIN = 4
+NFT_MSG_NEWRULE = 6
+NFT_MSG_GETRULE = 7
+NFT_MSG_NEWSET = 9
+NFT_MSG_GETSET = 10
+NFT_MSG_NEWSETELEM = 12
+NFT_MSG_GETSETELEM = 13
+NFT_MSG_NEWGEN = 15
+NFT_MSG_GETGEN = 16
+NFT_MSG_DESTROYTABLE = 26
+NFT_MSG_DESTROYSETELEM = 30
+
+# nftnl userdata TLV types (libnftnl include/udata.h)
+NFTNL_UDATA_RULE_COMMENT = 0
+NFTNL_UDATA_SET_KEYBYTEORDER = 0
+NFT_BYTEORDER_HOST = 1
+
+
+def _fresh(cls):
+    """Give a patched class its own compiled nla tables.
+
+    pyroute2 caches the compiled map on the class and looks the flag up through the
+    MRO: a subclass of an already-compiled class would silently reuse the parent's
+    map (without our additions) unless it carries its own flag.
+    """
+    cls._nlmsg_base__compiled_nla = False
+    cls._nlmsg_base__t_nla_map = None
+    cls._nlmsg_base__r_nla_map = None
+    return cls
+
+
+@_fresh
+class BatchMsg(nfgen_msg):
+    nla_map = (
+        ('NFNL_BATCH_UNSPEC', 'none'),
+        ('NFNL_BATCH_GENID', 'be32'),
+    )
+
+
+@_fresh
+class RuleMsg(nft_rule_msg):
+    nla_map = tuple(
+        (name, 'cdata') if name == 'NFTA_RULE_USERDATA' else (name, kind)
+        for name, kind in nft_rule_msg.nla_map)
+
+    @_fresh
+    class nft_expr(nft_rule_msg.nft_expr):
+        # NFTA_EXPR_DATA is resolved by name at run time (getattr(self, 'nft_<name>')),
+        # so overriding the expression classes here is enough.
+
+        @_fresh
+        class nft_socket(nla):
+            nla_map = (
+                ('NFTA_SOCKET_UNSPEC', 'none'),
+                ('NFTA_SOCKET_KEY', 'be32'),
+                ('NFTA_SOCKET_DREG', 'be32'),
+                ('NFTA_SOCKET_LEVEL', 'be32'),
+            )
+
+        @_fresh
+        class nft_log(nla):
+            nla_map = (
+                ('NFTA_LOG_UNSPEC', 'none'),
+                ('NFTA_LOG_GROUP', 'be16'),
+                ('NFTA_LOG_PREFIX', 'asciiz'),
+                ('NFTA_LOG_SNAPLEN', 'be32'),
+                ('NFTA_LOG_QTHRESHOLD', 'be16'),
+                ('NFTA_LOG_LEVEL', 'be32'),
+                ('NFTA_LOG_FLAGS', 'be32'),
+            )
+
+
+@_fresh
+class SetMsg(nft_set_msg):
+    nla_map = tuple(
+        (name, 'cdata') if name == 'NFTA_SET_USERDATA'
+        else (name, 'be32') if name == 'NFTA_SET_FLAGS' else (name, kind)
+        for name, kind in nft_set_msg.nla_map)
+
+
+TableMsg = nft_table_msg
+ChainMsg = nft_chain_msg
+SetElemMsg = nft_set_elem_list_msg
+GenMsg = nft_gen_msg
+
+# reply message type -> class, for decoding dumps
+REPLY_CLASSES = {
+    NFT_MSG_NEWTABLE: TableMsg,
+    NFT_MSG_NEWCHAIN: ChainMsg,
+    NFT_MSG_NEWRULE: RuleMsg,
+    NFT_MSG_NEWSET: SetMsg,
+    NFT_MSG_NEWSETELEM: SetElemMsg,
+    NFT_MSG_NEWGEN: GenMsg,
+}
+
+
+class EncodingError(Exception):
+    """A message lost attributes while encoding: a bug in netfence, not the kernel's."""
+
+
+def build(cls, msg_type, attrs, seq, flags=NLM_F_REQUEST | NLM_F_ACK,
+          family=NFPROTO_INET, res_id=0, subsys=NFNL_SUBSYS_NFTABLES):
+    """Encode one message; return its bytes. Raises EncodingError on a lost attribute."""
+    msg = cls()
+    msg['header']['type'] = (subsys << 8) | msg_type
+    msg['header']['flags'] = flags
+    msg['header']['sequence_number'] = seq
+    msg['header']['pid'] = 0
+    msg['nfgen_family'] = family
+    msg['version'] = 0
+    msg['res_id'] = res_id
+    msg['attrs'] = list(attrs)
+    msg.encode()
+    data = bytes(msg.data)
+    check_encoded(cls, data, attrs)
+    return data
+
+
+def batch_control(msg_type, seq, genid=None):
+    """BATCH_BEGIN / BATCH_END; res_id names the nf_tables subsystem."""
+    attrs = [('NFNL_BATCH_GENID', genid)] if genid is not None else []
+    return build(BatchMsg, msg_type, attrs, seq, flags=NLM_F_REQUEST,
+                 family=NFPROTO_UNSPEC, res_id=NFNL_SUBSYS_NFTABLES, subsys=0)
+
+
+def check_encoded(cls, data, attrs):
+    decoded = cls(data)
+    decoded.decode()
+    missing = list(_missing(attrs, decoded, ""))
+    if missing:
+        raise EncodingError(f"{cls.__name__}: attributes dropped by the encoder: "
+                            + ", ".join(missing))
+
+
+def _missing(wanted, node, path):
+    present = {}
+    for slot in node['attrs']:
+        present.setdefault(slot[0], slot[1])
+    for name, value in wanted:
+        where = f"{path}/{name}"
+        if name not in present:
+            yield where
+        elif isinstance(value, dict):
+            yield from _missing(value.get('attrs', ()), present[name], where)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            got = present[name]
+            if len(got) != len(value):
+                yield f"{where}[{len(got)} of {len(value)}]"
+                continue
+            for i, (item, cell) in enumerate(zip(value, got)):
+                yield from _missing(item.get('attrs', ()), cell, f"{where}[{i}]")
+
+
+def decode(data):
+    """Split a receive buffer into (header dict, message or None, raw bytes) tuples.
+
+    Error/done messages and unknown types come back with message None; see
+    `parse_error` for the former.
+    """
+    offset = 0
+    out = []
+    while offset + 16 <= len(data):
+        length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
+        if length < 16:
+            break
+        raw = data[offset:offset + length]
+        header = {"type": mtype, "flags": flags, "seq": seq}
+        cls = None
+        if mtype >> 8 == NFNL_SUBSYS_NFTABLES:
+            cls = REPLY_CLASSES.get(mtype & 0xFF)
+        msg = None
+        if cls is not None:
+            msg = cls(raw)
+            msg.decode()
+        out.append((header, msg, raw))
+        offset += (length + 3) & ~3
+    return out
+
+
+def parse_error(raw):
+    """(errno, extack message) of an NLMSG_ERROR message; errno 0 is a plain ack."""
+    (error,) = struct.unpack_from("=i", raw, 16)
+    flags = struct.unpack_from("=H", raw, 6)[0]
+    text = ""
+    if flags & 0x200:                               # NLM_F_ACK_TLVS
+        orig_len = struct.unpack_from("=I", raw, 20)[0]
+        start = 20 + (16 if flags & 0x100 else orig_len)   # NLM_F_CAPPED
+        text = _extack_message(raw, (start + 3) & ~3)
+    return -error, text
+
+
+def _extack_message(raw, offset):
+    while offset + 4 <= len(raw):
+        length, kind = struct.unpack_from("=HH", raw, offset)
+        if length < 4:
+            break
+        if kind == 1:                                # NLMSGERR_ATTR_MSG
+            return raw[offset + 4:offset + length].rstrip(b"\0").decode("utf-8", "replace")
+        offset += (length + 3) & ~3
+    return ""
+
+
+def attr(node, name, default=None):
+    """Raw value of the first attribute `name` in a decoded message or nested nla.
+
+    Raw, i.e. integers rather than pyroute2's names for enumerations (its name tables
+    miss values such as NFT_SOCKET_CGROUPV2 and would decode them as None).
+    """
+    for slot in node['attrs']:
+        if slot[0] != name:
+            continue
+        value = slot[1]
+        cell = slot.nla if hasattr(slot, 'nla') else None
+        if cell is not None and isinstance(cell.get('value'), int):
+            return cell['value']
+        return value
+    return default
+
+
+def udata_tlvs(values):
+    """Encode nftnl userdata: (type, bytes) pairs as 1-byte type, 1-byte length TLVs."""
+    out = b""
+    for kind, value in values:
+        if len(value) > 255:
+            raise ValueError(f"userdata item too long ({len(value)} bytes)")
+        out += struct.pack("BB", kind, len(value)) + value
+    return out
+
+
+def parse_udata(data):
+    items, offset = {}, 0
+    while offset + 2 <= len(data):
+        kind, length = data[offset], data[offset + 1]
+        items.setdefault(kind, data[offset + 2:offset + 2 + length])
+        offset += 2 + length
+    return items

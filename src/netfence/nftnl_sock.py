@@ -1,0 +1,173 @@
+"""The netlink connection to nf_tables: send one batch and read every ack; dumps.
+
+A plain AF_NETLINK socket rather than pyroute2's NFTSocket: its batch reader waits
+for the acks of each request in turn, so an error that the kernel reports on the
+BATCH_BEGIN sequence number (ERESTART for a stale NFNL_BATCH_GENID, or a failed
+commit) would leave it waiting forever. Messages are still encoded and decoded with
+pyroute2's classes (nftnl_msg).
+
+The kernel processes a batch synchronously inside sendmsg(), so once send() returns
+every answer is already queued on the socket: after the last expected ack (or a
+batch-level error) the rest is drained without blocking.
+"""
+
+import errno
+import socket
+
+from . import nftnl_msg as m
+from .errors import GenerationChanged, KernelError
+
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10        # error acks carry only the failing message's header
+NETLINK_EXT_ACK = 11        # ... plus the kernel's text, when it has one
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+BUFFER = 4 << 20            # a batch must fit the send buffer in one sendmsg()
+RECV_SIZE = 1 << 18
+TIMEOUT = 10.0              # the kernel answers in microseconds; this only bounds bugs
+
+
+class DumpInterrupted(Exception):
+    """The ruleset changed during a dump (NLM_F_DUMP_INTR): read again."""
+
+
+class Connection:
+    def __init__(self):
+        self._seq = 0
+        try:
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        except OSError as exc:
+            raise KernelError("open netlink socket to nf_tables", exc.errno or errno.EIO)
+        try:
+            self._setup()
+        except OSError as exc:
+            self.sock.close()
+            raise KernelError("configure netlink socket", exc.errno or errno.EIO)
+
+    def _setup(self):
+        self.sock.bind((0, 0))
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        # The FORCE variants (root) exceed wmem_max/rmem_max (~208 KiB by default):
+        # a whole table goes out in one sendmsg(), and every message is acked.
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                             (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, force, BUFFER)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER)
+        self.sock.settimeout(TIMEOUT)
+
+    def close(self):
+        self.sock.close()
+
+    def next_seq(self):
+        self._seq += 1
+        return self._seq
+
+    # -- requests that are not batches ------------------------------------------
+
+    def request(self, cls, msg_type, attrs, operation, dump=False, family=m.NFPROTO_INET):
+        """Send one GET request; return the decoded replies (a list)."""
+        seq = self.next_seq()
+        flags = m.NLM_F_REQUEST | (m.NLM_F_DUMP if dump else m.NLM_F_ACK)
+        data = m.build(cls, msg_type, attrs, seq, flags=flags, family=family)
+        self._send(data, operation)
+        replies, interrupted = [], False
+        while True:
+            for header, msg, raw in self._recv(operation):
+                if header["seq"] != seq:
+                    continue            # a stale answer to an earlier request
+                interrupted |= bool(header["flags"] & m.NLM_F_DUMP_INTR)
+                if header["type"] == m.NLMSG_DONE:
+                    return self._finish(replies, interrupted)
+                if header["type"] == m.NLMSG_ERROR:
+                    code, text = m.parse_error(raw)
+                    if code:
+                        raise KernelError(operation, code, text)
+                    return self._finish(replies, interrupted)
+                if msg is not None:
+                    replies.append(msg)
+
+    @staticmethod
+    def _finish(replies, interrupted):
+        if interrupted:
+            raise DumpInterrupted()
+        return replies
+
+    # -- batches -----------------------------------------------------------------
+
+    def batch(self, what, messages):
+        """Send one transaction and read every ack.
+
+        `messages`: [(operation, bytes, seq)] from BEGIN to END, with sequence numbers
+        from next_seq(). Raises KernelError naming the first refused message, or
+        `what` when the kernel refused the batch as a whole.
+        """
+        begin_seq, end_seq = messages[0][2], messages[-1][2]
+        described = {seq: operation for operation, _data, seq in messages}
+        expected = {seq for _op, _data, seq in messages[1:-1]}
+        self._send(b"".join(data for _op, data, _seq in messages), "send batch")
+        errors, batch_error = {}, None
+        while expected and batch_error is None:
+            for header, _msg, raw in self._recv("read batch acks"):
+                if header["type"] != m.NLMSG_ERROR:
+                    continue
+                code, text = m.parse_error(raw)
+                seq = header["seq"]
+                if seq == begin_seq or seq == end_seq:
+                    if code:
+                        batch_error = (code, text)
+                    continue
+                if seq in expected:
+                    expected.discard(seq)
+                    if code:
+                        errors[seq] = (code, text)
+        self._drain()
+        self._raise_for(what, batch_error, errors, described)
+
+    @staticmethod
+    def _raise_for(what, batch_error, errors, described):
+        if errors:
+            first = min(errors)
+            code, text = errors[first]
+            others = len(errors) - 1
+            if others:
+                text = (text + "; " if text else "") + f"{others} later message(s) refused too"
+            raise KernelError(described[first], code, text)
+        if batch_error is not None:
+            code, text = batch_error
+            if code == errno.ERESTART:
+                raise GenerationChanged(what, code, "the ruleset changed since it was read")
+            raise KernelError(what, code, text)
+
+    # -- low level -----------------------------------------------------------------
+
+    def _send(self, data, operation):
+        try:
+            self.sock.send(data)
+        except OSError as exc:
+            raise KernelError(operation, exc.errno or errno.EIO)
+
+    def _recv(self, operation):
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except socket.timeout:
+            raise KernelError(operation, errno.ETIMEDOUT, "no answer from the kernel")
+        except OSError as exc:
+            # ENOBUFS: answers were lost; the caller cannot tell what was applied
+            raise KernelError(operation, exc.errno or errno.EIO)
+        return m.decode(data)
+
+    def _drain(self):
+        # Non-blocking for real: with a timeout set, Python polls *before* recv(),
+        # so MSG_DONTWAIT alone would still wait for the whole timeout.
+        self.sock.settimeout(0)
+        try:
+            while True:
+                self.sock.recv(RECV_SIZE)
+        except OSError:     # BlockingIOError: drained; anything else: nothing more to read
+            pass
+        finally:
+            self.sock.settimeout(TIMEOUT)

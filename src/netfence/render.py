@@ -1,0 +1,140 @@
+"""Print an ir.TableDef the way `nft list table` prints the same table.
+
+Used by `netfence explain` (the rules a login would get) and checked against the real
+`nft` listing in the integration tests, so the two never drift apart.
+"""
+
+import ipaddress
+
+from .ir import SET_KEY_TYPES
+
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp"}
+NFPROTO_NAMES = {2: "ip", 10: "ip6"}
+NFPROTO_FAMILIES = {2: "ipv4", 10: "ipv6"}
+ADDRESS_FIELDS = {(2, 16): "daddr", (2, 12): "saddr", (10, 24): "daddr", (10, 8): "saddr"}
+IFNAMES = {1: "lo"}
+
+
+def render_table(table, elements=None, counters=True):
+    elements = elements or {}
+    blocks = [render_set(s, elements.get(s.name, ())) for s in table.sets]
+    blocks += [render_chain(table, c, counters) for c in table.chains]
+    body = "\n\n".join(blocks)
+    return f"table {table.family} {table.name} {{\n{body}\n}}\n"
+
+
+def render_set(set_def, keys=()):
+    lines = [f"\tset {set_def.name} {{", f"\t\ttype {SET_KEY_TYPES[set_def.key][0]}"]
+    if keys:
+        shown = ", ".join(render_key(set_def.key, k) for k in keys)
+        lines.append(f"\t\telements = {{ {shown} }}")
+    lines.append("\t}")
+    return "\n".join(lines)
+
+
+def render_key(key_type, hex_key):
+    return str(int.from_bytes(bytes.fromhex(hex_key), "little"))
+
+
+def render_chain(table, chain, counters=True):
+    lines = [f"\tchain {chain.name} {{"]
+    if chain.hook:
+        lines.append(f"\t\ttype filter hook {chain.hook} priority "
+                     f"{_priority(chain.priority)}; policy {chain.policy};")
+    lines += [f"\t\t{render_rule(r.exprs, r.comment, counters)}"
+              for r in table.rules if r.chain == chain.name]
+    lines.append("\t}")
+    return "\n".join(lines)
+
+
+def _priority(value):
+    if value == 0:
+        return "filter"
+    return f"filter {'+' if value > 0 else '-'} {abs(value)}"
+
+
+def render_rule(exprs, comment="", counters=True):
+    """nft's text for one rule: dependencies folded into the matches that need them."""
+    words, state, i = [], {}, 0
+    while i < len(exprs):
+        consumed, text = _render_at(exprs, i, state, counters)
+        if text:
+            words.append(text)
+        i += consumed
+    if comment:
+        words.append(f'comment "{comment}"')
+    return " ".join(words)
+
+
+def _value(hex_data):
+    return bytes.fromhex(hex_data)
+
+
+def _render_at(exprs, i, state, counters):
+    expr = exprs[i]
+    kind = expr[0]
+    nxt = exprs[i + 1] if i + 1 < len(exprs) else (None,)
+    if kind == "meta" and nxt[0] == "cmp":
+        return 2, _meta_cmp(expr[1], nxt, exprs[i + 2:], state)
+    if kind in ("meta", "socket") and nxt[0] == "lookup":
+        left = "meta skuid" if kind == "meta" else f"socket cgroupv2 level {expr[2]}"
+        return 2, f"{left} @{nxt[1]}"
+    if kind == "ct":              # ct state & new != 0
+        return 3, "ct state new"
+    if kind == "payload":
+        return _payload(exprs, i, state)
+    return 1, _simple(expr, counters)
+
+
+def _meta_cmp(key, cmp, rest, state):
+    value = _value(cmp[2])
+    if key == "nfproto":
+        state["nfproto"] = value[0]
+        return "" if rest and rest[0][0] == "payload" else f"meta nfproto {NFPROTO_FAMILIES[value[0]]}"
+    if key == "l4proto":
+        state["l4proto"] = value[0]
+        if rest and rest[0][0] == "payload" and rest[0][1] == "transport":
+            return ""
+        return f"meta l4proto {PROTO_NAMES.get(value[0], value[0])}"
+    if key in ("oif", "iif"):
+        index = int.from_bytes(value, "little")
+        return f'{key} "{IFNAMES.get(index, index)}"'
+    return f"meta {key} {int.from_bytes(value, 'little')}"
+
+
+def _payload(exprs, i, state):
+    _, base, offset, length = exprs[i]
+    if base == "transport":
+        cmp = exprs[i + 1]
+        proto = PROTO_NAMES.get(state.get("l4proto"), "th")
+        if cmp[0] == "range":
+            text = f"{int(cmp[2], 16)}-{int(cmp[3], 16)}"
+        else:
+            text = str(int(cmp[2], 16))
+        return 2, f"{proto} dport {text}"
+    family = state.get("nfproto", 2)
+    field = ADDRESS_FIELDS[(family, offset)]
+    nxt = exprs[i + 1]
+    if nxt[0] == "bitwise":
+        address = ipaddress.ip_address(_value(exprs[i + 2][2]))
+        prefix = bin(int(nxt[1], 16)).count("1")
+        return 3, f"{NFPROTO_NAMES[family]} {field} {address}/{prefix}"
+    return 2, f"{NFPROTO_NAMES[family]} {field} {ipaddress.ip_address(_value(nxt[2]))}"
+
+
+def _simple(expr, counters):
+    kind = expr[0]
+    if kind == "counter":
+        return "counter packets 0 bytes 0" if counters else "counter"
+    if kind == "limit":
+        _, rate, per, burst = expr
+        unit = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}[per]
+        return f"limit rate {rate}/{unit} burst {burst} packets"
+    if kind == "log":
+        flags = " flags skuid" if expr[2] & 0x08 else ""
+        return f'log prefix "{expr[1]}"{flags}'
+    if kind == "reject":
+        return "reject with tcp reset" if expr[1] == "tcp-reset" else "reject"
+    if kind == "verdict":
+        return " ".join(str(part) for part in expr[1:])
+    raise ValueError(f"cannot render expression {expr!r}")

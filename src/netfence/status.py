@@ -1,0 +1,53 @@
+"""`netfence status`: the table's state, from the kernel and the session records."""
+
+from . import records
+from .snapshot import read_snapshot
+
+
+def collect(paths):
+    from .nftnl import Ruleset
+    applied = read_snapshot(paths.state_dir) or {}
+    with Ruleset() as ruleset:
+        present = ruleset.table_exists()
+        elements = ruleset.read_elements() if present else {}
+        counters = ruleset.read_counters() if present else []
+    profiles = {}
+    for name in (applied.get("login") or {}).get("profiles", {}):
+        profiles[name] = {
+            "uids": sorted(_uid(k) for k in elements.get(f"uid-{name}", [])),
+            "user_cgroups": len(elements.get(f"ucg-{name}", [])),
+            "session_cgroups": len(elements.get(f"scg-{name}", [])),
+        }
+    return {
+        "table": present,
+        "policy_id": applied.get("policy_id"),
+        "flushed": bool(applied.get("flushed")),
+        "profiles": profiles,
+        "sessions": records.list_sessions(paths.run_dir),
+        "counters": [{"chain": c, "rule": r, "packets": p, "bytes": b}
+                     for c, r, p, b in counters],
+    }
+
+
+def _uid(hex_key):
+    return int.from_bytes(bytes.fromhex(hex_key), "little")
+
+
+def format_text(state):
+    lines = [f"table inet netfence: {'present' if state['table'] else 'absent'}",
+             f"applied policy: {state['policy_id'] or 'none'}"
+             + (" (flushed: logins unrestricted)" if state["flushed"] else "")]
+    for name, info in sorted(state["profiles"].items()):
+        uids = ", ".join(str(u) for u in info["uids"]) or "-"
+        lines.append(f"profile {name}: uids {uids}; user cgroups {info['user_cgroups']}; "
+                     f"session cgroups {info['session_cgroups']}")
+    lines.append(f"live sessions: {len(state['sessions'])}")
+    for session in state["sessions"]:
+        lines.append("  " + " ".join(f"{k}={session[k]}" for k in
+                                     ("key", "user", "uid", "service", "rhost", "tty")
+                                     if k in session))
+    denied = [c for c in state["counters"] if c["packets"] and "default" in c["rule"]]
+    for counter in denied:
+        lines.append(f"counter {counter['chain']} {counter['rule']}: "
+                     f"{counter['packets']} packets")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,108 @@
+"""match_login: which rules apply to a login (pure; no root)."""
+
+import pytest
+
+from netfence.matcher import match_login
+from netfence.model import Location, MatchRule, Patterns, TimeWindow
+
+from netfence.compiler import _login_rule
+
+MON, SAT, SUN = 0, 5, 6
+
+
+def login_part(*rules):
+    return {"rules": [_login_rule(r) for r in rules]}
+
+
+def rule(index=0, scope="session", profiles=("p",), **fields):
+    patterns = {k: (Patterns(tuple(i for i in v if not i.startswith("!")),
+                             tuple(i[1:] for i in v if i.startswith("!"))))
+                for k, v in fields.items() if k != "time"}
+    return MatchRule(index=index, scope=scope, profiles=tuple(profiles),
+                     time=fields.get("time", ()), where=Location("t.toml", index + 1),
+                     **patterns)
+
+
+def run(login, user="alice", uid=1001, groups=("alice",), service="sshd", rhost="",
+        tty="", weekday=MON, minute=600):
+    return match_login(login, user, uid, frozenset(groups), service, rhost, tty,
+                       weekday, minute)
+
+
+def test_wildcard_matches_users_but_never_root():
+    login = login_part(rule(users=["*"]))
+    assert run(login).session_profiles == ("p",)
+    assert run(login, user="root", uid=0, groups=("root",)).empty
+
+
+def test_root_matches_only_when_named():
+    login = login_part(rule(users=["root"]))
+    assert run(login, user="root", uid=0).session_profiles == ("p",)
+
+
+def test_groups_never_match_root():
+    login = login_part(rule(groups=["wheel"]))
+    assert run(login, user="root", uid=0, groups=("root", "wheel")).empty
+
+
+def test_group_membership_includes_supplementary_groups():
+    login = login_part(rule(groups=["students"]))
+    assert run(login, groups=("alice", "students")).session_profiles == ("p",)
+    assert run(login, groups=("alice",)).empty
+
+
+def test_negated_user_and_group_exclude():
+    login = login_part(rule(users=["*", "!bob"], groups=["!staff"]))
+    assert not run(login).empty
+    assert run(login, user="bob").empty
+    assert run(login, groups=("alice", "staff")).empty
+
+
+def test_services_and_ttys():
+    login = login_part(rule(users=["*"], services=["sshd", "login"], ttys=["pts/*", "!pts/9"]))
+    assert not run(login, tty="pts/3").empty
+    assert run(login, tty="pts/9").empty
+    assert run(login, service="su-l", tty="pts/3").empty
+    assert run(login, tty="tty1").empty
+
+
+@pytest.mark.parametrize("rhost,expected", [
+    ("203.0.113.9", True), ("10.1.2.3", False), ("::ffff:10.1.2.3", False),
+    ("2001:db8::1", True), ("", True), ("host.example.org", True),
+])
+def test_negated_cidr_is_restrictive_for_names(rhost, expected):
+    login = login_part(rule(users=["*"], rhosts=["!10.0.0.0/8"]))
+    assert (not run(login, rhost=rhost).empty) is expected
+
+
+@pytest.mark.parametrize("rhost,expected", [
+    ("", True), ("127.0.0.1", False), ("gw.campus.example", True), ("CAMPUS.EXAMPLE", False),
+    ("2001:db8::5", True), ("[2001:db8::5]", True), ("2001:db9::5", False),
+])
+def test_positive_rhost_items(rhost, expected):
+    login = login_part(rule(users=["*"], rhosts=["local", ".campus.example", "2001:db8::/32"]))
+    assert (not run(login, rhost=rhost).empty) is expected
+
+
+def test_time_windows_including_midnight_crossing():
+    workday = TimeWindow(days=0b0011111, start=8 * 60, end=20 * 60)
+    night = TimeWindow(days=1 << 4, start=22 * 60, end=6 * 60)        # Fr 22:00-06:00
+    login = login_part(rule(users=["*"], time=(workday, night)))
+    assert not run(login, weekday=MON, minute=8 * 60).empty
+    assert run(login, weekday=MON, minute=20 * 60).empty
+    assert run(login, weekday=SAT, minute=12 * 60).empty
+    assert not run(login, weekday=4, minute=23 * 60).empty               # Friday night
+    assert not run(login, weekday=SAT, minute=5 * 60).empty              # … into Saturday
+    assert run(login, weekday=SUN, minute=5 * 60).empty
+
+
+def test_all_matching_rules_accumulate_and_user_scope_wins_duplicates():
+    login = login_part(
+        rule(0, users=["*"], scope="user", profiles=("a", "b")),
+        rule(1, groups=["students"], profiles=("b", "c")),
+        rule(2, users=["nobody-else"], profiles=("d",)),
+    )
+    decision = run(login, groups=("students",))
+    assert decision.user_profiles == ("a", "b")
+    assert decision.session_profiles == ("c",)
+    assert decision.matched == (0, 1)

@@ -1,0 +1,115 @@
+"""Encoding of nf_tables messages without a kernel: every attribute survives pyroute2."""
+
+import struct
+
+import pytest
+
+pytest.importorskip("pyroute2")
+
+from netfence import ir, nftnl_msg as m  # noqa: E402
+from netfence.nftnl import encode_batch  # noqa: E402
+from netfence.nftnl_expr import decode_expr, encode_expr  # noqa: E402
+
+EVERY_EXPR = [
+    ("meta", "nfproto"), ("meta", "l4proto"), ("meta", "skuid"), ("meta", "oif"),
+    ("meta", "iif"),
+    ("payload", "network", 16, 4), ("payload", "transport", 2, 2),
+    ("socket", "cgroupv2", 3), ("ct", "state"),
+    ("bitwise", "08000000", "00000000"),
+    ("cmp", "eq", "06"), ("cmp", "neq", "00000000"), ("cmp", "lt", "0050"),
+    ("cmp", "lte", "0050"), ("cmp", "gt", "0050"), ("cmp", "gte", "0050"),
+    ("range", "eq", "03e8", "07d0"), ("range", "neq", "03e8", "07d0"),
+    ("lookup", "uid-web"), ("counter",), ("limit", 5, 60, 10), ("log", "deny ", 8),
+    ("reject", "tcp-reset"), ("reject", "icmpx-port-unreachable"),
+    ("verdict", "accept"), ("verdict", "drop"), ("verdict", "return"),
+    ("verdict", "jump", "out-web"), ("verdict", "goto", "deny-web"),
+]
+
+
+def _rule_message(exprs, comment=""):
+    attrs = [('NFTA_RULE_TABLE', 'netfence'), ('NFTA_RULE_CHAIN', 'c'),
+             ('NFTA_RULE_EXPRESSIONS', [encode_expr(e) for e in exprs])]
+    if comment:
+        attrs.append(('NFTA_RULE_USERDATA', m.udata_tlvs([(0, comment.encode() + b"\0")])))
+    return m.build(m.RuleMsg, m.NFT_MSG_NEWRULE, attrs, seq=7)
+
+
+@pytest.mark.parametrize("expr", EVERY_EXPR, ids=lambda e: "-".join(map(str, e)))
+def test_expression_survives_encoding(expr):
+    data = _rule_message([expr])
+    ((_header, msg, _raw),) = m.decode(data)
+    (item,) = m.attr(msg, 'NFTA_RULE_EXPRESSIONS')
+    assert decode_expr(item, m.attr) == expr
+
+
+def test_socket_level_is_encoded():
+    """The attribute pyroute2 0.9.7 lacks: NFTA_SOCKET_LEVEL (3) = 2, key 3 = cgroupv2."""
+    data = _rule_message([("socket", "cgroupv2", 2)])
+    assert bytes.fromhex("0800010000000003" "0800020000000001" "0800030000000002") in data
+
+
+def test_rule_comment_is_an_nftnl_tlv():
+    data = _rule_message([("counter",)], comment="web 1")
+    assert b"\x00\x06web 1\x00" in data
+
+
+def test_long_comment_is_cut_to_fit_the_kernel_limit():
+    table = ir.TableDef(sets=(), chains=(ir.ChainDef("c"),),
+                        rules=(ir.RuleDef("c", (("counter",),), "é" * 200),))
+    rule = [data for op, data, _seq in encode_batch(table, {}) if op.startswith("add rule")][0]
+    ((_header, msg, _raw),) = m.decode(rule)
+    udata = m.attr(msg, 'NFTA_RULE_USERDATA')
+    assert udata[:2] == bytes([0, 253])             # 126 two-byte characters + NUL
+    assert udata[2:] == ("é" * 126).encode() + b"\0"
+
+
+def test_dropped_attribute_is_refused():
+    with pytest.raises(m.EncodingError, match="NFTA_META_KEYX"):
+        m.build(m.RuleMsg, m.NFT_MSG_NEWRULE, [
+            ('NFTA_RULE_TABLE', 't'), ('NFTA_RULE_CHAIN', 'c'),
+            ('NFTA_RULE_EXPRESSIONS', [{'attrs': [
+                ('NFTA_EXPR_NAME', 'meta'),
+                ('NFTA_EXPR_DATA', {'attrs': [('NFTA_META_KEYX', 10)]})]}])], seq=1)
+    with pytest.raises(m.EncodingError, match="NFTA_TABLE_BOGUS"):
+        m.build(m.TableMsg, m.NFT_MSG_NEWTABLE, [('NFTA_TABLE_BOGUS', 1)], seq=1)
+
+
+@pytest.mark.parametrize("bad", [("meta", "mark"), ("cmp", "approx", "00"), ("verdict", "jump"),
+                                 ("verdict", "accept", "c"), ("bitwise", "ff", "0000"),
+                                 ("nosuch",), ()])
+def test_invalid_expression(bad):
+    with pytest.raises(ValueError):
+        encode_expr(bad)
+
+
+def test_batch_shape():
+    table = ir.TableDef(
+        sets=(ir.SetDef("uid-web", "uid"), ir.SetDef("scg-web", "cgroupsv2")),
+        chains=(ir.ChainDef("egress", hook="output"), ir.ChainDef("out-web")),
+        rules=(ir.RuleDef("out-web", (("counter",), ("verdict", "drop"))),
+               ir.RuleDef("egress", (("meta", "skuid"), ("lookup", "uid-web"),
+                                     ("verdict", "jump", "out-web")))))
+    uid = struct.pack("=I", 1000).hex()
+    messages = encode_batch(table, {"uid-web": [uid], "gone": [uid]}, genid=42, seq_start=100)
+    ops = [op for op, _data, _seq in messages]
+    assert ops == ["begin transaction", "destroy table inet netfence", "add table inet netfence",
+                   "add set uid-web", "add set scg-web",
+                   "add chain out-web", "add chain egress",     # regular chain first
+                   "add rule #1 to chain out-web", "add rule #1 to chain egress",
+                   "add 1 element(s) of set uid-web",          # "gone" is not in the table
+                   "end transaction"]
+    assert [seq for _op, _data, seq in messages] == list(range(100, 111))
+    begin = messages[0][1]
+    assert struct.unpack_from("=H", begin, 4)[0] == m.NFNL_MSG_BATCH_BEGIN
+    assert begin[-8:] == bytes.fromhex("080001000000002a")      # NFNL_BATCH_GENID = 42
+    add_set = messages[3][1]
+    assert bytes.fromhex("0a000d00" "000401000000") in add_set  # KEYBYTEORDER = host
+
+
+def test_element_chunks():
+    table = ir.TableDef(sets=(ir.SetDef("uid-x", "uid"),), chains=(), rules=())
+    keys = [struct.pack("=I", i).hex() for i in range(600)]
+    messages = encode_batch(table, {"uid-x": keys}, delete=None)
+    ops = [op for op, _data, _seq in messages]
+    assert ops[-4:-1] == ["add 256 element(s) of set uid-x"] * 2 + [
+        "add 88 element(s) of set uid-x"]
