@@ -8,29 +8,18 @@ raised as one PolicyError of (path, line, message). The language is in docs/poli
 """
 
 import difflib
-import errno
-import os
-import stat
 
 from . import model
 from .errors import PolicyError
+from .policy_files import MAX_FILE_BYTES, read_files  # noqa: F401 (re-exported)
 from .policy_text import (ItemError, Locator, TomlSyntaxError, account_name, boolean,
                           check_profile_name, choice, integer, items_of, load_toml,
                           path_component, peer, port_range, rhost, service_name, shown,
                           tty_glob, unique)
 from .timespec import TimeSpecError, parse_window
 
-MAIN_FILE = "netfence.toml"
-DROPIN_DIR = "netfence.d"
-DROPIN_SUFFIX = ".toml"
-MAX_FILE_BYTES = 1 << 20
-NO_SUCH_DIRECTORY = "no such directory"
+__all__ = ["MAX_FILE_BYTES", "load_policy", "parse_policy_text"]
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-
-
-# ---- reading files -------------------------------------------------------------------
 
 def load_policy(config_dir, check_ownership=True):
     """Read, check and parse the policy in config_dir; raise PolicyError listing problems.
@@ -39,7 +28,7 @@ def load_policy(config_dir, check_ownership=True):
     symbolic links to policy files are refused either way.
     """
     problems = []
-    files = _read_files(config_dir, check_ownership, problems)
+    files = read_files(config_dir, check_ownership, problems)
     try:
         policy = parse_policy_text(files)
     except PolicyError as err:
@@ -47,157 +36,6 @@ def load_policy(config_dir, check_ownership=True):
     if problems:
         raise PolicyError(problems)
     return policy
-
-
-class _Refused(Exception):
-    def __init__(self, path, message):
-        super().__init__(message)
-        self.problem = (path, 0, message)
-
-
-def _read_files(config_dir, check, problems):
-    root = os.path.abspath(config_dir)
-    try:
-        dir_fd = _open_config_dir(root, check)
-    except _Refused as err:
-        raise PolicyError([err.problem]) from None
-    files = []
-    try:
-        _read_one(dir_fd, root, MAIN_FILE, check, files, problems, missing_ok=True)
-        dropin_fd = _open_dropins(dir_fd, root, check, problems)
-    finally:
-        os.close(dir_fd)
-    if dropin_fd is None:
-        return files
-    dropin_path = os.path.join(root, DROPIN_DIR)
-    try:                     # files are opened relative to the checked directory fd
-        for name in _policy_names(os.listdir(dropin_fd)):
-            _read_one(dropin_fd, dropin_path, name, check, files, problems)
-    finally:
-        os.close(dropin_fd)
-    return files
-
-
-def _open_config_dir(root, check):
-    """An fd on config_dir; with check, every directory from / down must be safe."""
-    if not check:
-        return _open_dir(None, root, root, nofollow=False)
-    fd = _open_dir(None, "/", "/", nofollow=False)
-    path = "/"
-    try:
-        _check_fd(fd, path)
-        for part in [p for p in root.split("/") if p]:
-            path = os.path.join(path, part)
-            child = _open_dir(fd, part, path, nofollow=True)
-            os.close(fd)
-            fd = child
-            _check_fd(fd, path)
-    except _Refused:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_dir(dir_fd, name, path, nofollow):
-    """Open a directory (relative to dir_fd); a symbolic link is refused with nofollow."""
-    try:
-        if nofollow and stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
-            raise _Refused(path, "refusing: is a symbolic link")
-        return os.open(name, _DIR_FLAGS | (os.O_NOFOLLOW if nofollow else 0), dir_fd=dir_fd)
-    except FileNotFoundError:
-        raise _Refused(path, NO_SUCH_DIRECTORY) from None
-    except OSError as err:
-        raise _Refused(path, _open_failure(err, "directory")) from None
-
-
-def _open_failure(err, kind):
-    if err.errno == errno.ELOOP:
-        return "refusing: is a symbolic link"
-    if err.errno == errno.ENOTDIR:
-        return f"not a {kind}"
-    return f"cannot open: {err.strerror}"
-
-
-def _check_fd(fd, path, regular=False, check=True):
-    """Refuse what is not a regular file (if asked), not root's, or group/other writable."""
-    st = os.fstat(fd)
-    if regular and not stat.S_ISREG(st.st_mode):
-        raise _Refused(path, "refusing: not a regular file")
-    if not check:
-        return
-    if st.st_uid != 0:
-        raise _Refused(path, f"refusing: not owned by root (owner uid {st.st_uid})")
-    writers = [who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
-               if st.st_mode & bit]
-    if writers:
-        raise _Refused(path, f"refusing: writable by {' and '.join(writers)} "
-                             f"(mode {stat.S_IMODE(st.st_mode):04o})")
-
-
-def _open_dropins(dir_fd, root, check, problems):
-    """An fd on netfence.d, or None when it is absent or refused (refusal recorded)."""
-    path = os.path.join(root, DROPIN_DIR)
-    try:
-        fd = _open_dir(dir_fd, DROPIN_DIR, path, nofollow=True)
-    except _Refused as err:
-        if err.problem[2] != NO_SUCH_DIRECTORY:
-            problems.append(err.problem)
-        return None
-    try:
-        _check_fd(fd, path, check=check)
-    except _Refused as err:
-        os.close(fd)
-        problems.append(err.problem)
-        return None
-    return fd
-
-
-def _policy_names(names):
-    """*.toml in bytewise (C locale) order; names starting with "." are editor files."""
-    wanted = [n for n in names if n.endswith(DROPIN_SUFFIX) and not n.startswith(".")]
-    return sorted(wanted, key=os.fsencode)
-
-
-def _read_one(dir_fd, root, name, check, files, problems, missing_ok=False):
-    path = os.path.join(root, name)
-    try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    except FileNotFoundError:
-        if not missing_ok:
-            problems.append((path, 0, "vanished while reading"))
-        return
-    except OSError as err:
-        problems.append((path, 0, _open_failure(err, "regular file")))
-        return
-    try:
-        _check_fd(fd, path, regular=True, check=check)
-        data = _read_limited(fd, path)
-    except _Refused as err:
-        problems.append(err.problem)
-        return
-    finally:
-        os.close(fd)
-    try:
-        files.append((path, _decode(data)))
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        problems.append((path, line, f"not valid UTF-8 (byte 0x{data[err.start]:02x})"))
-
-
-def _read_limited(fd, path):
-    chunks, size = [], 0
-    while size <= MAX_FILE_BYTES:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-    raise _Refused(path, f"refusing: larger than {MAX_FILE_BYTES} bytes")
-
-
-def _decode(data):
-    text = data.decode("utf-8")
-    return text[1:] if text.startswith("\ufeff") else text
 
 
 # ---- parsing -------------------------------------------------------------------------
