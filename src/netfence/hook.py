@@ -1,0 +1,444 @@
+"""The program pam_exec runs at every session open and close (docs/hook.md).
+
+    session required pam_exec.so seteuid quiet /usr/lib/netfence/netfence-hook [ARGS]
+
+ARGS: state_dir=DIR run_dir=DIR on_error=deny|allow timeout_ms=N debug fastpath=c|python
+(unknown or invalid ones are logged and ignored, as PAM modules do).
+
+Reads only PAM_TYPE, PAM_USER, PAM_SERVICE, PAM_TTY and PAM_RHOST from the
+environment, and only the copies pam_exec itself appended (see pam_items). Exit 0 lets the session go on; exit 1 makes pam_exec fail, which with
+`required` refuses the login.
+
+Import cost is the point of this module's shape: it runs under `python3 -I -S` before
+every login, within 1.5x of a bare interpreter start. So: `posix` not `os` (~2 ms),
+`_signal` not `signal` (~10 ms, enum), no json, re, socket, ipaddress, dataclasses;
+grp only when a rule names groups, the C extension only when there is something to
+send, time.localtime only when a rule has a time window, syslog by hand over _socket.
+"""
+
+import posix
+import sys
+import time
+
+import _signal
+
+from .errors import HookInputError, NetfenceError, StateError
+
+STATE_DIR = "/var/lib/netfence"
+RUN_DIR = "/run/netfence"
+LOGIN_FILE = "login.marshal"
+DEFAULT_TIMEOUT_MS = 2000
+MAX_TIMEOUT_MS = 60000
+LOG_ERR, LOG_WARNING, LOG_INFO = 3, 4, 6
+
+ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+USER_CHARS = ALNUM | frozenset("_.@-")
+SERVICE_CHARS = ALNUM | frozenset("_.-")
+RHOST_CHARS = ALNUM | frozenset(".:%_-")
+TTY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset("\"'`;\\")
+
+
+class HookTimeout(NetfenceError):
+    """The hook ran out of its time budget (timeout_ms)."""
+
+
+# ---- arguments and PAM items ------------------------------------------------------
+
+def parse_args(argv):
+    """(options, warnings): lenient like PAM modules; bad arguments are ignored."""
+    opts = {"state_dir": STATE_DIR, "run_dir": RUN_DIR, "on_error": None,
+            "timeout_ms": None, "debug": False, "fastpath": "c"}
+    warnings = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if arg == "debug":
+            opts["debug"] = True
+        elif name in ("state_dir", "run_dir") and sep and _abs_path(value):
+            opts[name] = value.rstrip("/") or "/"
+        elif name == "on_error" and value in ("deny", "allow"):
+            opts["on_error"] = value
+        elif (name == "timeout_ms" and value.isascii() and value.isdigit()
+              and 1 <= int(value) <= MAX_TIMEOUT_MS):
+            opts["timeout_ms"] = int(value)
+        elif name == "fastpath" and value in ("c", "python"):
+            opts["fastpath"] = value
+        else:
+            warnings.append(f"ignored argument {_show(arg)}")
+    return opts, warnings
+
+
+def _abs_path(value):
+    return (value.startswith("/") and len(value) < 4096 and "\0" not in value
+            and value.isprintable())
+
+
+def _show(value, limit=64):
+    """repr of a truncated value: safe to put in a log line."""
+    return repr(value[:limit] + ("..." if len(value) > limit else ""))
+
+
+def validate_items(user, service, tty, rhost):
+    """Raise HookInputError naming the first invalid PAM item."""
+    if not (0 < len(user) <= 256 and set(user) <= USER_CHARS and user[0] != "-"):
+        raise HookInputError(f"invalid PAM_USER {_show(user)}")
+    if not (0 < len(service) <= 64 and set(service) <= SERVICE_CHARS):
+        raise HookInputError(f"invalid PAM_SERVICE {_show(service)}")
+    if not (len(tty) <= 64 and set(tty) <= TTY_CHARS):
+        raise HookInputError(f"invalid PAM_TTY {_show(tty)}")
+    if not _valid_rhost(rhost):
+        raise HookInputError(f"invalid PAM_RHOST {_show(rhost)}")
+
+
+def _valid_rhost(rhost):
+    if len(rhost) > 255:
+        return False
+    if rhost.startswith("[") and rhost.endswith("]") and len(rhost) > 2:
+        rhost = rhost[1:-1]
+    return set(rhost) <= RHOST_CHARS
+
+
+# pam_exec appends these after the PAM environment, in this order (unset ones
+# skipped), then PAM_TYPE: see pam_exec.c. Anything named PAM_* before that block came
+# from the PAM environment (pam_env reads ~/.pam_environment with user_readenv=1) and
+# must not be taken for the real item. os.environ cannot tell: it keeps the first of
+# duplicate names; so the hook reads the environment block as the kernel gave it.
+PAM_EXEC_ITEMS = ("PAM_SERVICE", "PAM_USER", "PAM_TTY", "PAM_RHOST", "PAM_RUSER")
+
+
+def pam_items(entries):
+    """(items, ignored names) from environment entries (bytes "NAME=value", in order).
+
+    items holds PAM_TYPE and those of PAM_EXEC_ITEMS that pam_exec itself set.
+    """
+    names = [e.partition(b"=")[0] for e in entries]
+    if b"PAM_TYPE" not in names:
+        return {}, []
+    end = len(names) - 1 - names[::-1].index(b"PAM_TYPE")
+    items = {"PAM_TYPE": _text(entries[end].partition(b"=")[2])}
+    rank = len(PAM_EXEC_ITEMS)
+    first = end
+    while first > 0:
+        name = names[first - 1].decode("ascii", "replace")
+        if name not in PAM_EXEC_ITEMS or PAM_EXEC_ITEMS.index(name) >= rank:
+            break
+        rank = PAM_EXEC_ITEMS.index(name)
+        items[name] = _text(entries[first - 1].partition(b"=")[2])
+        first -= 1
+    ignored = sorted({n.decode("ascii", "replace") for i, n in enumerate(names)
+                      if n.startswith(b"PAM_") and not first <= i <= end})
+    return items, ignored
+
+
+def read_environment():
+    """The environment block as the kernel passed it: [b"NAME=value", ...]."""
+    try:
+        fd = posix.open("/proc/self/environ", posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while True:
+            chunk = posix.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        posix.close(fd)
+    return [e for e in b"".join(chunks).split(b"\0") if e]
+
+
+def _text(value):
+    return value.decode("utf-8", "surrogateescape")
+
+
+# ---- time budget ------------------------------------------------------------------
+
+class _Budget:
+    def __init__(self, start):
+        self.start = start
+        self.ms = DEFAULT_TIMEOUT_MS
+        self.done = False
+
+    def arm(self, ms):
+        """(Re)arm the one-shot alarm so that it fires `ms` after the hook started."""
+        self.ms = ms
+        left = ms / 1000 - (time.monotonic() - self.start)
+        _signal.signal(_signal.SIGALRM, self._expired)
+        _signal.setitimer(_signal.ITIMER_REAL, max(left, 0.001))
+
+    def disarm(self):
+        self.done = True
+        _signal.setitimer(_signal.ITIMER_REAL, 0)
+
+    def left_ms(self):
+        return max(1, int(self.ms - (time.monotonic() - self.start) * 1000))
+
+    def _expired(self, signum, frame):
+        if not self.done:
+            raise HookTimeout(f"timed out after {self.ms} ms")
+
+
+# ---- main -------------------------------------------------------------------------
+
+def main(argv):
+    start = time.monotonic()
+    opts, warnings = parse_args(argv)
+    entries = read_environment()
+    if entries is None:                     # no /proc: the best we can do
+        warnings.append("/proc/self/environ unreadable: using os.environ")
+        entries = [k + b"=" + v for k, v in posix.environ.items()]
+    env, ignored = pam_items(entries)
+    warnings += [f"PAM environment sets {name}: ignored" for name in ignored]
+    pam_type = env.get("PAM_TYPE", "")
+    if pam_type not in ("open_session", "close_session"):
+        return 0
+    event = "open" if pam_type == "open_session" else "close"
+    log = _Log(opts["debug"], event, start)
+    budget = _Budget(start)
+    budget.arm(opts["timeout_ms"] or DEFAULT_TIMEOUT_MS)
+    on_error = opts["on_error"] or "deny"
+    try:
+        for warning in warnings:
+            log.warn(warning)
+        items = {"user": env.get("PAM_USER", ""), "service": env.get("PAM_SERVICE", ""),
+                 "tty": env.get("PAM_TTY", ""), "rhost": env.get("PAM_RHOST", "")}
+        validate_items(items["user"], items["service"], items["tty"], items["rhost"])
+        log.fields.update(user=items["user"], service=items["service"],
+                          rhost=items["rhost"], tty=items["tty"])
+        if event == "open":
+            login = load_login(opts["state_dir"])
+            settings = login["settings"]
+            if opts["on_error"] is None and settings.get("on_error") == "allow":
+                on_error = "allow"              # anything but a clear "allow" denies
+            timeout = settings.get("hook_timeout_ms")
+            if opts["timeout_ms"] is None and isinstance(timeout, int):
+                budget.arm(min(max(timeout, 1), MAX_TIMEOUT_MS))
+            do_open(opts, login, items, budget, log)
+        else:
+            do_close(opts, budget, log)
+        budget.disarm()
+    except HookInputError as err:
+        budget.disarm()
+        log.line(LOG_ERR, result="invalid", error=str(err))
+        return 1                            # whatever on_error says: hostile input
+    except (NetfenceError, OSError) as err:
+        budget.disarm()
+        return log.failed(on_error, err)
+    except Exception as err:                # noqa: BLE001 - a bug must not hang or
+        budget.disarm()                     # crash the login; on_error decides
+        return log.failed(on_error, err, internal=True)
+    log.line(LOG_INFO)
+    return 0
+
+
+def load_login(state_dir):
+    """The login part of the last applied snapshot; StateError when unusable."""
+    import marshal
+    path = f"{state_dir}/{LOGIN_FILE}"
+    try:
+        # O_NONBLOCK: a FIFO planted there must not hang the login
+        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NOFOLLOW
+                        | posix.O_NONBLOCK)
+    except OSError as err:
+        raise StateError(f"{path}: {err.strerror}") from None
+    try:
+        st = posix.fstat(fd)
+        if st.st_mode & 0o170000 != 0o100000 or st.st_uid != 0 or st.st_mode & 0o022:
+            raise StateError(f"{path}: not a regular file owned by root and writable "
+                             f"only by root")
+        chunks = []
+        while True:
+            chunk = posix.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        posix.close(fd)
+    try:
+        login = marshal.loads(b"".join(chunks))
+    except (EOFError, ValueError, TypeError):
+        raise StateError(f"{path}: damaged snapshot") from None
+    if (not isinstance(login, dict) or login.get("format") != 1
+            or not isinstance(login.get("rules"), list)
+            or not isinstance(login.get("profiles"), dict)
+            or not isinstance(login.get("settings"), dict)):
+        raise StateError(f"{path}: not a format 1 login part")
+    return login
+
+
+def do_open(opts, login, items, budget, log):
+    import pwd
+
+    from . import matcher
+    try:
+        entry = pwd.getpwnam(items["user"])
+    except KeyError:
+        raise NetfenceError(f"unknown user {_show(items['user'])}") from None
+    user, uid = entry.pw_name, entry.pw_uid
+    log.fields.update(user=user, uid=uid)
+    weekday = minute = 0
+    if any(rule["time"] for rule in login["rules"]):    # tzset reads /etc/localtime
+        now = time.localtime()
+        weekday, minute = now.tm_wday, now.tm_hour * 60 + now.tm_min
+    decision = matcher.match_login(login, user, uid, _Groups(user, entry.pw_gid),
+                                   items["service"], items["rhost"], items["tty"],
+                                   weekday, minute)
+    log.fields["profiles"] = _profiles_field(decision)
+    if decision.empty:
+        log.fields["result"] = "none"
+        return
+    log.use(opts["fastpath"])                 # loads the C extension: only now
+    from . import sessions
+    ppid = posix.getppid()
+    info = dict(items, user=user, uid=uid)
+    record = sessions.open_session(opts["run_dir"], login, info, decision.user_profiles,
+                                   decision.session_profiles, ppid=ppid,
+                                   timeout_ms=budget.left_ms())
+    budget.disarm()                         # committed: a late alarm must not undo it
+    log.fields.update(session=record["key"], cgroup=record["cgroup"] or "-",
+                      rules=",".join(str(i) for i in decision.matched), result="ok")
+
+
+def do_close(opts, budget, log):
+    from . import records, sessions
+    ppid = posix.getppid()
+    key, _ = sessions.session_key(ppid)
+    log.fields["session"] = key
+    if not records.exists(opts["run_dir"], key):
+        log.fields["result"] = "none"
+        return
+    log.use(opts["fastpath"])
+    result = sessions.close_session(opts["run_dir"], key, pids=(ppid, posix.getpid()),
+                                    timeout_ms=budget.left_ms(), detach=True)
+    if result["result"] == "absent":
+        log.fields["result"] = "none"
+        return
+    record = result["record"]
+    log.fields.update(uid=record["uid"], result="ok", cgroup=result["cgroup"],
+                      released=int(result["released"]),
+                      elements=sum(len(k) for k in result["destroyed"].values()))
+    if result["gone_sets"]:
+        log.fields["gone_sets"] = ",".join(result["gone_sets"])
+
+
+def _profiles_field(decision):
+    parts = []
+    if decision.user_profiles:
+        parts.append("user:" + ",".join(decision.user_profiles))
+    if decision.session_profiles:
+        parts.append("session:" + ",".join(decision.session_profiles))
+    return " ".join(parts) or "-"
+
+
+class _Groups:
+    """The user's group names (NSS, supplementary included), looked up on first use:
+    most policies never ask, and `grp` costs an extension module load."""
+
+    __slots__ = ("_user", "_gid", "_names")
+
+    def __init__(self, user, gid):
+        self._user, self._gid, self._names = user, gid, None
+
+    def _load(self):
+        if self._names is None:
+            import grp
+            names = set()
+            for gid in posix.getgrouplist(self._user, self._gid):
+                try:
+                    names.add(grp.getgrgid(gid).gr_name)
+                except KeyError:
+                    names.add(str(gid))
+            self._names = frozenset(names)
+        return self._names
+
+    def __contains__(self, name):
+        return name in self._load()
+
+    def __iter__(self):
+        return iter(self._load())
+
+    def __len__(self):
+        return len(self._load())
+
+
+# ---- logging ----------------------------------------------------------------------
+
+class _Log:
+    """One key=value line per event to syslog (authpriv), and to stderr with debug."""
+
+    def __init__(self, debug, event, start):
+        self.debug, self.start, self.impl = debug, start, None
+        self.fields = {"event": event}
+
+    def use(self, prefer):
+        from . import fastpath
+        self.impl = fastpath.get(prefer)
+
+    def warn(self, message):
+        self._emit(LOG_WARNING, f"event={self.fields['event']} warning={_show(message, 200)}")
+
+    def failed(self, on_error, err, internal=False):
+        code = 0 if on_error == "allow" else 1
+        kind = "internal" if internal else type(err).__name__
+        self.line(LOG_ERR, result="refused" if code else "allowed-after-error",
+                  on_error=on_error, error=f"{kind}: {err}")
+        return code
+
+    def line(self, priority, **extra):
+        fields = dict(self.fields, **extra)
+        fields.setdefault("result", "ok")
+        fields["ms"] = f"{(time.monotonic() - self.start) * 1000:.1f}"
+        if self.impl is not None:
+            fields["fastpath"] = self.impl.name
+            if self.impl.reason and self.impl.reason != "requested":
+                fields["fastpath_reason"] = self.impl.reason
+        self._emit(priority, " ".join(f"{k}={_field(v)}" for k, v in fields.items()))
+
+    def _emit(self, priority, text):
+        syslog(priority, text)
+        if self.debug:
+            try:
+                posix.write(2, f"netfence: {text}\n".encode("utf-8", "backslashreplace"))
+            except OSError:
+                pass
+
+
+LOG_AUTHPRIV = 10 << 3
+SYSLOG_SOCKET = "/dev/log"
+
+
+def syslog(priority, text, path=SYSLOG_SOCKET):
+    """What glibc's syslog(3) sends (RFC 3164 framing, ident "netfence", the pid), over
+    `_socket`, which matcher has loaded already: no syslog or cffi import for the
+    logins that match nothing. A missing /dev/log drops the line, as glibc does."""
+    import _socket
+    stamp = time.strftime("%b %e %H:%M:%S")
+    data = (f"<{LOG_AUTHPRIV | priority}>{stamp} netfence[{posix.getpid()}]: {text}"
+            .encode("utf-8", "backslashreplace"))
+    for kind in (_socket.SOCK_DGRAM, _socket.SOCK_STREAM):
+        try:
+            sock = _socket.socket(_socket.AF_UNIX, kind | _socket.SOCK_CLOEXEC)
+        except OSError:
+            return
+        try:
+            sock.connect(path)
+            sock.send(data if kind == _socket.SOCK_DGRAM else data + b"\0")
+            return
+        except OSError as err:
+            if err.errno != 91:              # EPROTOTYPE: a stream socket, try again
+                return
+        finally:
+            sock.close()
+
+
+def _field(value):
+    text = str(value)
+    if text == "":
+        return "-"
+    if " " in text or "=" in text or '"' in text or not text.isprintable():
+        return repr(text)
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,258 @@
+"""The PAM hook's input handling, without root: arguments, PAM items, the environment
+block, the snapshot loader, log lines, and the hook program text."""
+
+import marshal
+import os
+import stat
+
+import pytest
+
+from netfence import hook, hookstub
+from netfence.errors import HookInputError, StateError, UsageError
+
+
+# ---- arguments --------------------------------------------------------------------
+
+def test_defaults():
+    opts, warnings = hook.parse_args([])
+    assert opts == {"state_dir": "/var/lib/netfence", "run_dir": "/run/netfence",
+                    "on_error": None, "timeout_ms": None, "debug": False, "fastpath": "c"}
+    assert warnings == []
+
+
+def test_known_arguments():
+    opts, warnings = hook.parse_args(["state_dir=/s/", "run_dir=/r", "on_error=allow",
+                                      "timeout_ms=150", "debug", "fastpath=python"])
+    assert warnings == []
+    assert opts == {"state_dir": "/s", "run_dir": "/r", "on_error": "allow",
+                    "timeout_ms": 150, "debug": True, "fastpath": "python"}
+
+
+@pytest.mark.parametrize("arg", [
+    "state_dir=relative", "run_dir=", "on_error=maybe", "timeout_ms=0", "timeout_ms=-5",
+    "timeout_ms=1e3", "timeout_ms=99999999", "timeout_ms=١٢", "fastpath=rust", "verbose",
+    "state_dir=/a\nb", "=", "",
+])
+def test_bad_arguments_are_ignored_with_a_warning(arg):
+    opts, warnings = hook.parse_args([arg])
+    defaults, _ = hook.parse_args([])
+    assert opts == defaults
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+
+
+# ---- PAM items --------------------------------------------------------------------
+
+GOOD = {"user": "alice", "service": "sshd", "tty": "/dev/pts/3", "rhost": "192.0.2.7"}
+
+
+@pytest.mark.parametrize("field,value", [
+    ("user", "alice.smith@EXAMPLE.org"), ("user", "a_b-c"), ("user", "u" * 256),
+    ("service", "su-l"), ("service", "cron"), ("tty", ""), ("tty", "ssh"), ("tty", ":0"),
+    ("rhost", ""), ("rhost", "host-1.example.org"), ("rhost", "fe80::1%eth0"),
+    ("rhost", "[2001:db8::1]"), ("rhost", "::ffff:10.0.0.1"),
+])
+def test_valid_items(field, value):
+    hook.validate_items(**dict(GOOD, **{field: value}))
+
+
+HOSTILE = ["x'; drop", 'a"b', "a;b", "a\nb", "a b", "a\tb", "a\0b", "\x1b[31m", "é",
+           "$(id)", "`id`", "a\\b"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("user", ""), ("user", "-rf"), ("user", "--help"), ("user", "u" * 257),
+    ("user", "a" * 4096), ("service", ""), ("service", "s" * 65), ("service", "a/b"),
+    ("tty", "t" * 65), ("rhost", "h" * 256), ("rhost", "[]"), ("rhost", "a/b"),
+    ("rhost", "[::1"), ("rhost", "a[::1]"),
+] + [(f, v) for f in ("user", "service", "rhost") for v in HOSTILE]
+  # a tty may hold $ ( ) ` is refused: PAM items are data, never shell or rule text
+  + [("tty", v) for v in HOSTILE if v != "$(id)"])
+def test_invalid_items_are_refused(field, value):
+    with pytest.raises(HookInputError) as info:
+        hook.validate_items(**dict(GOOD, **{field: value}))
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 120
+
+
+# ---- the environment block --------------------------------------------------------
+
+def env(*pairs):
+    return [f"{k}={v}".encode() for k, v in pairs]
+
+
+def test_pam_exec_items_are_taken_from_the_trailing_block():
+    entries = env(("LANG", "C"), ("PAM_SERVICE", "sshd"), ("PAM_USER", "alice"),
+                  ("PAM_TTY", "ssh"), ("PAM_RHOST", "192.0.2.1"), ("PAM_TYPE", "open_session"))
+    items, ignored = hook.pam_items(entries)
+    assert items == {"PAM_TYPE": "open_session", "PAM_SERVICE": "sshd", "PAM_USER": "alice",
+                     "PAM_TTY": "ssh", "PAM_RHOST": "192.0.2.1"}
+    assert ignored == []
+
+
+def test_lookalikes_from_the_pam_environment_are_ignored():
+    """pam_env (user_readenv=1) can put PAM_* names into the PAM environment, which
+    pam_exec places before its own items; os.environ would keep the first copy."""
+    entries = env(("PAM_RHOST", "10.0.0.1"), ("PAM_USER", "root"), ("PAM_TYPE", "x"),
+                  ("PAM_SERVICE", "su-l"), ("PAM_USER", "alice"), ("PAM_TTY", "/dev/pts/1"),
+                  ("PAM_RUSER", "bob"), ("PAM_TYPE", "open_session"))
+    items, ignored = hook.pam_items(entries)
+    assert items["PAM_USER"] == "alice" and items["PAM_TYPE"] == "open_session"
+    assert "PAM_RHOST" not in items                      # su sets none: not 10.0.0.1
+    assert ignored == ["PAM_RHOST", "PAM_TYPE", "PAM_USER"]
+
+
+def test_block_walk_stops_at_an_out_of_order_name():
+    entries = env(("PAM_USER", "evil"), ("PAM_SERVICE", "sshd"), ("PAM_TYPE", "open_session"))
+    items, _ = hook.pam_items(entries)
+    assert "PAM_USER" not in items                       # would come after SERVICE
+
+
+def test_no_pam_type_means_nothing():
+    assert hook.pam_items(env(("PAM_USER", "a"))) == ({}, [])
+
+
+def test_main_ignores_other_pam_types(monkeypatch):
+    monkeypatch.setattr(hook, "read_environment",
+                        lambda: env(("PAM_SERVICE", "sshd"), ("PAM_USER", "a"),
+                                    ("PAM_TYPE", "auth")))
+    assert hook.main(["state_dir=/nonexistent"]) == 0
+
+
+def test_main_refuses_hostile_items_whatever_on_error(monkeypatch):
+    lines = []
+    monkeypatch.setattr(hook, "syslog", lambda prio, text: lines.append((prio, text)))
+    monkeypatch.setattr(hook, "read_environment",
+                        lambda: env(("PAM_SERVICE", "sshd"), ("PAM_USER", "a;reboot"),
+                                    ("PAM_TYPE", "open_session")))
+    assert hook.main(["on_error=allow", "state_dir=/nonexistent"]) == 1
+    assert len(lines) == 1 and "result=invalid" in lines[0][1]
+    assert "reboot" in lines[0][1] and "\n" not in lines[0][1]
+
+
+def test_missing_snapshot_follows_on_error(monkeypatch, tmp_path):
+    lines = []
+    monkeypatch.setattr(hook, "syslog", lambda prio, text: lines.append(text))
+    monkeypatch.setattr(hook, "read_environment",
+                        lambda: env(("PAM_SERVICE", "sshd"), ("PAM_USER", "nobody"),
+                                    ("PAM_TYPE", "open_session")))
+    assert hook.main([f"state_dir={tmp_path}"]) == 1
+    assert hook.main([f"state_dir={tmp_path}", "on_error=allow"]) == 0
+    assert "result=refused" in lines[0] and "result=allowed-after-error" in lines[1]
+
+
+def test_log_fields_cannot_break_the_line():
+    assert hook._field("") == "-"
+    assert hook._field("a b") == "'a b'"
+    assert "\n" not in hook._field("a\nb=c")
+    assert hook._field("user:a,b") == "user:a,b"
+
+
+def test_syslog_without_dev_log_is_silent(tmp_path):
+    hook.syslog(6, "event=test", path=str(tmp_path / "no-such-socket"))
+
+
+def test_syslog_line_format(tmp_path):
+    import socket
+    path = str(tmp_path / "log")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    try:
+        hook.syslog(hook.LOG_ERR, "event=open result=ok", path=path)
+        data = server.recv(4096).decode()
+    finally:
+        server.close()
+    assert data.startswith("<83>")                       # authpriv.err
+    assert f" netfence[{os.getpid()}]: event=open result=ok" in data
+
+
+# ---- the snapshot -----------------------------------------------------------------
+
+def login_part():
+    return {"format": 1, "policy_id": "x", "settings": {}, "profiles": {}, "rules": []}
+
+
+def test_load_login(tmp_path):
+    (tmp_path / "login.marshal").write_bytes(marshal.dumps(login_part()))
+    if os.geteuid() != 0:
+        pytest.skip("the snapshot must be root's: only root can make one")
+    assert hook.load_login(str(tmp_path))["policy_id"] == "x"
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", marshal.dumps([1, 2]),
+                                     marshal.dumps({"format": 2}),
+                                     marshal.dumps(dict(login_part(), rules={}))])
+def test_damaged_snapshots_are_refused(tmp_path, content):
+    (tmp_path / "login.marshal").write_bytes(content)
+    with pytest.raises(StateError):
+        hook.load_login(str(tmp_path))
+
+
+def test_snapshot_writable_by_others_is_refused(tmp_path):
+    path = tmp_path / "login.marshal"
+    path.write_bytes(marshal.dumps(login_part()))
+    path.chmod(0o666)
+    with pytest.raises(StateError, match="writable only by root"):
+        hook.load_login(str(tmp_path))
+
+
+def test_snapshot_fifo_does_not_block(tmp_path):
+    os.mkfifo(tmp_path / "login.marshal")
+    with pytest.raises(StateError, match="regular file"):
+        hook.load_login(str(tmp_path))
+
+
+def test_snapshot_symlink_is_refused(tmp_path):
+    (tmp_path / "real").write_bytes(marshal.dumps(login_part()))
+    (tmp_path / "login.marshal").symlink_to(tmp_path / "real")
+    with pytest.raises(StateError):
+        hook.load_login(str(tmp_path))
+
+
+def test_groups_are_looked_up_lazily():
+    import pwd
+    root = pwd.getpwuid(0)
+    groups = hook._Groups(root.pw_name, root.pw_gid)
+    assert groups._names is None
+    assert "root" in groups and groups._names is not None
+
+
+# ---- the hook program -------------------------------------------------------------
+
+def test_script_shebang_is_one_argument():
+    text = hookstub.script_text("/usr/bin/python3", ["/opt/netfence/lib"])
+    first = text.splitlines()[0]
+    assert first == "#!/usr/bin/python3 -IS"
+    assert "sys.path[:0] = ['/opt/netfence/lib']" in text
+    assert text.rstrip().endswith("raise SystemExit(main(sys.argv[1:]))")
+    compile(text, "hook", "exec")
+
+
+def test_unusable_interpreter_paths():
+    with pytest.raises(UsageError):
+        hookstub.script_text("/opt/my python/bin/python3", [])
+    with pytest.raises(UsageError):
+        hookstub.script_text("/" + "p" * 300, [])
+
+
+def test_write_hook_without_launcher(tmp_path):
+    path = tmp_path / "hook"
+    written = hookstub.write_hook(str(path), launcher=False, check_owner=False)
+    assert written == [str(path)]
+    mode = path.stat().st_mode
+    assert stat.S_IMODE(mode) == 0o755
+    assert path.read_text().startswith("#!")
+
+
+def test_untrusted_directories_are_refused(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root-owned directories to compare with")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    hookstub.check_trusted(str(shared))
+    shared.chmod(0o777)
+    with pytest.raises(UsageError, match="writable by others"):
+        hookstub.check_trusted(str(shared))
+    shared.chmod(0o755)
+    os.chown(shared, 65534, 65534)
+    with pytest.raises(UsageError, match="not root's"):
+        hookstub.check_trusted(str(shared))

@@ -1,0 +1,164 @@
+"""Session and user records, and the /proc parsing sessions.py relies on (no root)."""
+
+import os
+
+import pytest
+
+from netfence import records, sessions
+from netfence.errors import StateError
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    path = str(tmp_path / "run")
+    records.ensure_dirs(path)
+    return path
+
+
+def session(key="100-200", uid=1001, **extra):
+    record = {"key": key, "user": "alice", "uid": uid, "service": "sshd", "rhost": "",
+              "tty": "ssh", "ppid": int(key.split("-")[0]), "starttime": int(key.split("-")[1]),
+              "cgroup": "/nf/user-1001/session-" + key, "cgroup_id": 77, "created": True,
+              "session_elements": {"scg-web": ["4d00000000000000"]},
+              "user_elements": {"uid-web": ["e9030000"]}, "opened_at": 1.5}
+    record.update(extra)
+    return record
+
+
+def test_round_trip(run_dir):
+    record = session()
+    records.write(records.session_path(run_dir, record["key"]), record)
+    assert records.read_session(run_dir, "100-200") == dict(record, format=records.FORMAT)
+    assert records.exists(run_dir, "100-200")
+    assert records.list_sessions(run_dir)[0]["key"] == "100-200"
+    mode = os.stat(records.session_path(run_dir, "100-200")).st_mode & 0o777
+    assert mode == 0o600
+
+
+def test_absent_and_damaged(run_dir):
+    assert records.read_session(run_dir, "1-2") is None
+    path = records.session_path(run_dir, "1-2")
+    with open(path, "wb") as handle:
+        handle.write(b"\x00not marshal")
+    with pytest.raises(StateError):
+        records.read_session(run_dir, "1-2")
+    assert records.list_sessions(run_dir) == []          # damaged ones are skipped
+
+
+@pytest.mark.parametrize("key", ["", "../x", "1/2", "a-b", "1-2\n"])
+def test_keys_are_checked(run_dir, key):
+    with pytest.raises(StateError):
+        records.session_path(run_dir, key)
+
+
+def test_no_temp_files_left(run_dir):
+    records.write(records.user_path(run_dir, 5), {"uid": 5})
+    assert records.stale_temp_files(run_dir) == []
+
+
+def test_live_elements_union(run_dir):
+    records.write(records.session_path(run_dir, "1-2"), session("1-2"))
+    records.write(records.session_path(run_dir, "3-4"),
+                  session("3-4", session_elements={"scg-web": ["0100000000000000"]}))
+    records.write(records.user_path(run_dir, 1001),
+                  {"uid": 1001, "elements": {"uid-web": ["e9030000"]}, "sessions": []})
+    live = records.live_elements(run_dir)
+    assert sorted(live["scg-web"]) == ["0100000000000000", "4d00000000000000"]
+    assert live["uid-web"] == ["e9030000"]
+
+
+def test_refs(run_dir):
+    assert records.read_refs(run_dir, 9) == []
+    records.write_refs(run_dir, 9, ["1-2", "3-4"])
+    assert records.read_refs(run_dir, 9) == ["1-2", "3-4"]
+    records.write_refs(run_dir, 9, [])
+    assert not os.path.exists(records.refs_path(run_dir, 9))
+
+
+def test_run_dir_writable_by_others_is_refused(tmp_path):
+    path = tmp_path / "open"
+    path.mkdir(mode=0o777)
+    path.chmod(0o777)
+    with pytest.raises(StateError, match="writable only"):
+        records.ensure_dirs(str(path))
+
+
+def test_lock_is_exclusive_across_processes(run_dir):
+    import multiprocessing
+    with records.Lock(run_dir):
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+
+        def try_lock():
+            import posix
+            fd = posix.open(f"{run_dir}/lock", posix.O_RDWR)
+            try:
+                posix.lockf(fd, posix.F_TLOCK, 0)
+                queue.put("locked")
+            except OSError:
+                queue.put("busy")
+        child = ctx.Process(target=try_lock)
+        child.start()
+        child.join(10)
+        assert queue.get(timeout=5) == "busy"
+
+
+def test_set_arithmetic():
+    a = {"s": ["1", "2"], "t": ["3"]}
+    assert records.subtract(a, {"s": ["2"], "t": ["3"]}) == {"s": ["1"]}
+    assert records.merge_into({"s": ["1"]}, {"s": ["1", "4"], "u": ["5"]}) == \
+        {"s": ["1", "4"], "u": ["5"]}
+
+
+# ---- /proc parsing ----------------------------------------------------------------
+
+def test_starttime_with_a_hostile_command_name():
+    stat = "4242 (evil) 1 2 3 (x) S) R 1 4242 4242 0 -1 4194560 " + " ".join(
+        str(n) for n in range(10, 60))
+    fields = stat[stat.rindex(")") + 2:].split(" ")
+    assert sessions.parse_starttime(stat) == int(fields[19])
+
+
+def test_own_starttime_is_stable():
+    start = sessions.proc_starttime(os.getpid())
+    assert start is not None and start == sessions.proc_starttime(os.getpid())
+    assert sessions.proc_starttime(2**22 + 12345) is None
+
+
+def test_status_uids():
+    text = "Name:\tsu\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n"
+    assert sessions.parse_status_uids(text) == {1000, 0}
+
+
+def test_uids_in_use_sees_ourselves():
+    assert os.getuid() in sessions.uids_in_use()
+
+
+def test_elements_for_a_login():
+    profiles = {"web": {"egress": True, "ingress": False, "uid_set": "uid-web",
+                        "ucg_set": "ucg-web", "scg_set": "scg-web"},
+                "srv": {"egress": False, "ingress": True, "uid_set": "uid-srv",
+                        "ucg_set": "ucg-srv", "scg_set": "scg-srv"}}
+    cgroup = {"id": 0x0102, "user_id": 0x0A}
+    user, sess = sessions.elements_for(profiles, ["web", "srv"], ["srv"], 1001, cgroup)
+    order = "little" if (1).to_bytes(2, __import__("sys").byteorder) == b"\1\0" else "big"
+    assert user == {"uid-web": [(1001).to_bytes(4, order).hex()],
+                    "ucg-srv": [(0x0A).to_bytes(8, order).hex()]}
+    assert sess == {"scg-srv": [(0x0102).to_bytes(8, order).hex()]}
+    assert sessions.needs_cgroup(profiles, ["web"], []) is False
+    assert sessions.needs_cgroup(profiles, ["srv"], []) is True
+
+
+def test_gc_on_an_empty_run_dir(tmp_path):
+    import secrets
+    report = sessions.gc(str(tmp_path / "run"), cgroup_base=f"nftest-{secrets.token_hex(4)}")
+    assert (report.sessions, report.users, report.cgroups) == (0, 0, 0)
+    assert str(report).startswith("gc: 0 dead sessions closed")
+
+
+def test_forget_all(run_dir):
+    records.write(records.session_path(run_dir, "1-2"), session("1-2"))
+    records.write(records.user_path(run_dir, 1001), {"uid": 1001})
+    assert sessions.forget_all(run_dir) == 1
+    assert records.list_sessions(run_dir) == [] and records.list_users(run_dir) == []
+    assert sessions.forget_all(run_dir + "-missing") == 0
