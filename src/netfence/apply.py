@@ -104,16 +104,18 @@ def flush(paths):
         with Ruleset() as ruleset:
             existed = ruleset.delete_table()
         forgotten = forget_all(paths.run_dir)
-        empty = compiler.compile_policy(_empty_policy())
+        empty = compiler.compile_policy(_empty_policy(snapshot.read_snapshot(paths.state_dir)))
         empty["flushed"] = True
         snapshot.write_snapshot(paths.state_dir, empty)
     _log(f"event=flush table_existed={int(existed)} sessions={forgotten}")
     return existed, forgotten
 
 
-def _empty_policy():
+def _empty_policy(applied):
+    """No rules; the settings (cgroup_base above all, which gc needs) stay as applied."""
     from .model import Policy, Settings
-    return Policy(Settings(), {}, ())
+    settings = Settings(**applied["settings"]) if applied else Settings()
+    return Policy(settings, {}, ())
 
 
 @contextmanager

@@ -100,8 +100,12 @@ def cmd_flush(args, paths):
 
 def cmd_gc(args, paths):
     from .sessions import gc
-    report = gc(paths.run_dir)
+    from .snapshot import read_snapshot
+    applied = read_snapshot(paths.state_dir) or {}
+    base = applied.get("settings", {}).get("cgroup_base")
+    report = gc(paths.run_dir, cgroup_base=base)
     print(report)
+    return 1 if report.errors else 0
 
 
 def cmd_pam_line(args, paths):
