@@ -1,7 +1,5 @@
 """`netfence explain`: what a login would get, and the rules that means, without applying."""
 
-import grp
-import os
 import pwd
 import time
 from datetime import datetime
@@ -9,6 +7,7 @@ from datetime import datetime
 from . import ir, render
 from .apply import compile_from
 from .errors import UsageError
+from .hook import group_names
 from .matcher import match_login
 from .snapshot import read_snapshot
 
@@ -20,7 +19,7 @@ def explain(paths, user, service, rhost, tty, at):
         entry = pwd.getpwnam(user)
     except KeyError:
         raise UsageError(f"no such user: {user!r}") from None
-    groups = user_groups(entry)
+    groups = group_names(entry.pw_name, entry.pw_gid)
     weekday, minute = parse_when(at)
     _, snap = compile_from(paths)
     login = snap["login"]
@@ -41,14 +40,6 @@ def explain(paths, user, service, rhost, tty, at):
     return "\n".join(lines) + "\n"
 
 
-def user_groups(entry):
-    names = set()
-    for gid in os.getgrouplist(entry.pw_name, entry.pw_gid):
-        try:
-            names.add(grp.getgrgid(gid).gr_name)
-        except KeyError:
-            names.add(str(gid))
-    return frozenset(names)
 
 
 def parse_when(text):

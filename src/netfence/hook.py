@@ -135,16 +135,8 @@ def read_environment():
         fd = posix.open("/proc/self/environ", posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError:
         return None
-    try:
-        chunks = []
-        while True:
-            chunk = posix.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        posix.close(fd)
-    return [e for e in b"".join(chunks).split(b"\0") if e]
+    from .records import read_all
+    return [e for e in read_all(fd).split(b"\0") if e]
 
 
 def _text(value):
@@ -246,16 +238,12 @@ def load_login(state_dir):
         if st.st_mode & 0o170000 != 0o100000 or st.st_uid != 0 or st.st_mode & 0o022:
             raise StateError(f"{path}: not a regular file owned by root and writable "
                              f"only by root")
-        chunks = []
-        while True:
-            chunk = posix.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
+    except BaseException:
         posix.close(fd)
+        raise
+    from .records import read_all
     try:
-        login = marshal.loads(b"".join(chunks))
+        login = marshal.loads(read_all(fd, 1 << 20))
     except (EOFError, ValueError, TypeError):
         raise StateError(f"{path}: damaged snapshot") from None
     if (not isinstance(login, dict) or login.get("format") != 1
@@ -330,6 +318,19 @@ def _profiles_field(decision):
     return " ".join(parts) or "-"
 
 
+def group_names(user, gid):
+    """Names of every group of the user (NSS, supplementary included); a gid without a
+    name stands as its number."""
+    import grp
+    names = set()
+    for group in posix.getgrouplist(user, gid):
+        try:
+            names.add(grp.getgrgid(group).gr_name)
+        except KeyError:
+            names.add(str(group))
+    return frozenset(names)
+
+
 class _Groups:
     """The user's group names (NSS, supplementary included), looked up on first use:
     most policies never ask, and `grp` costs an extension module load."""
@@ -341,14 +342,7 @@ class _Groups:
 
     def _load(self):
         if self._names is None:
-            import grp
-            names = set()
-            for gid in posix.getgrouplist(self._user, self._gid):
-                try:
-                    names.add(grp.getgrgid(gid).gr_name)
-                except KeyError:
-                    names.add(str(gid))
-            self._names = frozenset(names)
+            self._names = group_names(self._user, self._gid)
         return self._names
 
     def __contains__(self, name):

@@ -74,6 +74,20 @@ class Lock:
 
 # ---- files ------------------------------------------------------------------------
 
+def read_all(fd, chunk_size=65536):
+    """Everything readable from fd, which is closed afterwards."""
+    try:
+        chunks = []
+        while True:
+            chunk = posix.read(fd, chunk_size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        posix.close(fd)
+    return b"".join(chunks)
+
+
 def read(path):
     """The record at path, or None when there is none. StateError when damaged."""
     try:
@@ -83,16 +97,7 @@ def read(path):
     except OSError as err:
         raise StateError(f"{path}: {err.strerror}") from None
     try:
-        chunks = []
-        while True:
-            chunk = posix.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        posix.close(fd)
-    try:
-        data = marshal.loads(b"".join(chunks))
+        data = marshal.loads(read_all(fd))
     except (EOFError, ValueError, TypeError):
         raise StateError(f"{path}: damaged record") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
