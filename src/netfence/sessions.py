@@ -72,9 +72,8 @@ def parse_status_uids(status_text):
     return set()
 
 
-def uids_in_use(exclude=()):
-    """Every uid (real, effective, saved, fs) of every process but the excluded pids."""
-    uids = set()
+def _process_uids(exclude):
+    """(pid, {real, effective, saved, fs uid}) of every process but the excluded pids."""
     excluded = {str(p) for p in exclude}
     for name in posix.listdir("/proc"):
         if not name.isdigit() or name in excluded:
@@ -89,8 +88,26 @@ def uids_in_use(exclude=()):
             continue
         finally:
             posix.close(fd)
-        uids |= parse_status_uids(text)
+        yield name, parse_status_uids(text)
+
+
+def uids_in_use(exclude=()):
+    """Every uid (real, effective, saved, fs) of every process but the excluded pids."""
+    uids = set()
+    for _, found in _process_uids(exclude):
+        uids |= found
     return uids
+
+
+class _UidProbe:
+    """Membership test for one uid that stops scanning /proc at its first process, for
+    close_session: its one question is whether this uid still has any."""
+
+    def __init__(self, exclude):
+        self._exclude = exclude
+
+    def __contains__(self, uid):
+        return any(uid in found for _, found in _process_uids(self._exclude))
 
 
 # ---- open -------------------------------------------------------------------------
@@ -271,9 +288,14 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
     if record is None:
         return {"result": "absent"}
     if uids_busy is None:
-        # Outside the lock: a uid with no process now can only get one by a new
-        # login, whose record (written under the lock) is checked below.
-        uids_busy = uids_in_use(exclude=pids)
+        # Outside the lock, and only for a uid with user-scope elements: a login that
+        # matched session rules only scans nothing, and the scan stops at the uid's
+        # first process. A uid with no process now can only get one by a new login,
+        # whose record (written under the lock) counts as a live session below.
+        uids_busy = set()
+        if records.read_user(run_dir, record["uid"]) is not None:
+            if record["uid"] in _UidProbe(exclude=pids):
+                uids_busy.add(record["uid"])
     with Lock(run_dir):
         record = records.read_session(run_dir, key)
         if record is None:
