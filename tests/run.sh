@@ -18,9 +18,10 @@ VENV="$REPO/.venv-test"
 
 # nftables, iptables: rulesets in test namespaces; openssh-*: a real sshd and client;
 # util-linux: su, runuser, unshare, nsenter, setpriv; passwd: useradd/groupadd;
-# procps: pkill; iproute2: ip, ss; gcc/python3-dev/libffi-dev: the cffi extension.
+# procps: pkill; iproute2: ip, ss; gcc/python3-dev/libffi-dev: the cffi extension;
+# pamtester: real pam_exec without a login program; cron: a real cron PAM session.
 PACKAGES=(nftables iptables openssh-server openssh-client gcc libc6-dev python3-dev
-          python3-venv libffi-dev libpam0g util-linux passwd procps iproute2)
+          python3-venv libffi-dev libpam0g util-linux passwd procps iproute2 pamtester cron)
 
 log() { printf '==> %s\n' "$*"; }
 

@@ -84,11 +84,11 @@ def _recorded_elements(run_dir):
 
 
 def _merge(first, second):
-    merged = {name: list(keys) for name, keys in first.items()}
+    """Union per set, in first-seen order (dicts as ordered sets: linear time)."""
+    merged = {name: dict.fromkeys(keys) for name, keys in first.items()}
     for name, keys in second.items():
-        target = merged.setdefault(name, [])
-        target.extend(k for k in keys if k not in target)
-    return merged
+        merged.setdefault(name, {}).update(dict.fromkeys(keys))
+    return {name: list(keys) for name, keys in merged.items()}
 
 
 def flush(paths):

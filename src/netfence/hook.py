@@ -284,7 +284,7 @@ def do_open(opts, login, items, budget, log):
                                    timeout_ms=budget.left_ms())
     budget.disarm()                         # committed: a late alarm must not undo it
     log.fields.update(session=record["key"], cgroup=record["cgroup"] or "-",
-                      rules=",".join(str(i) for i in decision.matched), result="ok")
+                      rules=",".join(str(i + 1) for i in decision.matched), result="ok")
 
 
 def do_close(opts, budget, log):

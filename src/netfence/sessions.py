@@ -66,10 +66,15 @@ def is_alive(record):
 
 
 def parse_status_uids(status_text):
+    """The uids of a /proc/PID/status text; none for a zombie, which has exited and
+    can open no socket any more (init may take a while to reap it)."""
+    uids = set()
     for line in status_text.splitlines():
+        if line.startswith("State:") and line.split()[1:2] == ["Z"]:
+            return set()
         if line.startswith("Uid:"):
-            return {int(u) for u in line[4:].split()}
-    return set()
+            uids = {int(u) for u in line[4:].split()}
+    return uids
 
 
 def _process_uids(exclude):
