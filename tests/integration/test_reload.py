@@ -8,6 +8,7 @@ must pass or fail as the policy says.
 import json
 import os
 import struct
+import subprocess
 
 import pytest
 
@@ -179,3 +180,35 @@ def test_flush_removes_the_table_and_unrestricts(loaded):
     assert nf.netns.nft("list", "ruleset").stdout.strip() == ""
     status = json.loads(nf.cli("status", "--json").stdout)
     assert status["table"] is False and status["flushed"] is True
+
+
+CLIENT = """
+import socket, sys
+sock = socket.create_connection(("127.0.0.1", 80), timeout=1)
+sock.sendall(b"one\\n"); assert sock.recv(16) == b"one\\n"
+print("connected", flush=True)
+sys.stdin.readline()
+try:
+    sock.sendall(b"two\\n")
+    print("ok" if sock.recv(16) == b"two\\n" else "closed", flush=True)
+except OSError as err:
+    print(type(err).__name__, flush=True)
+"""
+
+
+def test_a_connection_opened_before_the_rules_is_caught_by_its_next_packet(loaded):
+    """Threat model #6: no `ct state established accept` ahead of the profiles."""
+    nf = loaded
+    nf.echo_server(["tcp:127.0.0.1:80"])
+    client = nf.netns.popen(["setpriv", "--reuid=60001", "--regid=60001", "--clear-groups",
+                             os.sys.executable, "-c", CLIENT],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "connected"
+        add_uid(nf, "uid-no-plain-http", 60001)
+        client.stdin.write("\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() in ("ConnectionResetError", "closed")
+    finally:
+        client.kill()
+        client.wait()
