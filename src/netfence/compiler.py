@@ -26,6 +26,11 @@ CT_STATE_NEW = "08000000"
 NF_LOG_UID = 0x08
 
 
+# Guard sets: the union of the profiles' sets, tested first by the base chains. No
+# profile's set can be named like them (those start with uid-, ucg- or scg-).
+GUARDS = {"uid_set": "any-uid", "ucg_set": "any-ucg", "scg_set": "any-scg"}
+
+
 def set_names(profile_name):
     return {"uid_set": f"uid-{profile_name}", "ucg_set": f"ucg-{profile_name}",
             "scg_set": f"scg-{profile_name}"}
@@ -57,7 +62,9 @@ def compile_policy(policy):
 
 def build_table(profiles, log_rate=5):
     profiles = list(profiles)
-    sets, chains, rules = [], [], []
+    sets = [ir.SetDef(GUARDS["uid_set"], "uid"), ir.SetDef(GUARDS["ucg_set"], "cgroupsv2"),
+            ir.SetDef(GUARDS["scg_set"], "cgroupsv2")]
+    chains, rules = [], []
     for profile in profiles:
         names = set_names(profile.name)
         sets += [ir.SetDef(names["uid_set"], "uid"), ir.SetDef(names["ucg_set"], "cgroupsv2"),
@@ -71,8 +78,9 @@ def build_table(profiles, log_rate=5):
                 chain = _profile_chain(profile.name, direction)
                 chains.append(ir.ChainDef(chain))
                 rules += _profile_rules(profile, direction, chain)
-    chains += [ir.ChainDef("egress", hook="output"), ir.ChainDef("ingress", hook="input")]
-    rules += _dispatch_rules(profiles)
+    dispatch_chains, dispatch_rules = _dispatch(profiles)
+    chains += dispatch_chains
+    rules += dispatch_rules
     return ir.TableDef(sets=tuple(sets), chains=tuple(chains), rules=tuple(rules))
 
 
@@ -80,26 +88,36 @@ def _profile_chain(name, direction):
     return ("out-" if direction == "egress" else "in-") + name
 
 
-def _dispatch_rules(profiles):
-    rules = []
-    for profile in profiles:
-        names = set_names(profile.name)
-        if has_egress(profile):
-            jump = ("verdict", "jump", _profile_chain(profile.name, "egress"))
-            rules.append(ir.RuleDef("egress", (
-                ("meta", "skuid"), ("lookup", names["uid_set"]), jump)))
-            rules.append(ir.RuleDef("egress", (
-                ("socket", "cgroupv2", SESSION_LEVEL), ("lookup", names["scg_set"]), jump)))
-    for profile in profiles:
-        names = set_names(profile.name)
-        if has_ingress(profile):
-            jump = ("verdict", "jump", _profile_chain(profile.name, "ingress"))
-            new = (("ct", "state"), ("bitwise", CT_STATE_NEW, "00000000"),
-                   ("cmp", "neq", "00000000"))
-            for level, key in ((USER_LEVEL, "ucg_set"), (SESSION_LEVEL, "scg_set")):
-                rules.append(ir.RuleDef("ingress", new + (
-                    ("socket", "cgroupv2", level), ("lookup", names[key]), jump)))
-    return rules
+def _dispatch(profiles):
+    """Base chains test the guard sets; only keys found there go on to the per-profile
+    tests. Per packet: two lookups for traffic netfence does not restrict, whatever the
+    number of profiles or sessions."""
+    egress = [p for p in profiles if has_egress(p)]
+    ingress = [p for p in profiles if has_ingress(p)]
+    uid = (("meta", "skuid"),)
+    session = (("socket", "cgroupv2", SESSION_LEVEL),)
+    user_cg = (("socket", "cgroupv2", USER_LEVEL),)
+    new = (("ct", "state"), ("bitwise", CT_STATE_NEW, "00000000"), ("cmp", "neq", "00000000"))
+    plan = [  # (base chain, hook, guard key, guard set, sub-chain, profiles, set field, dir)
+        ("egress", "output", uid, "uid_set", "egress-uid", egress, "egress"),
+        ("egress", "output", session, "scg_set", "egress-session", egress, "egress"),
+        ("ingress", "input", new + user_cg, "ucg_set", "ingress-user", ingress, "ingress"),
+        ("ingress", "input", new + session, "scg_set", "ingress-session", ingress, "ingress"),
+    ]
+    chains, rules = [], []
+    for base, _, load, field, sub, members, direction in plan:
+        if not members:
+            continue
+        chains.append(ir.ChainDef(sub))
+        rules.append(ir.RuleDef(base, load + (("lookup", GUARDS[field]),
+                                              ("verdict", "jump", sub))))
+        key = load[-1:]                       # the key alone: ct state was tested above
+        for profile in members:
+            rules.append(ir.RuleDef(sub, key + (
+                ("lookup", set_names(profile.name)[field]),
+                ("verdict", "jump", _profile_chain(profile.name, direction)))))
+    chains += [ir.ChainDef("egress", hook="output"), ir.ChainDef("ingress", hook="input")]
+    return chains, rules
 
 
 def _log_chain_rules(name, log_rate):
@@ -205,7 +223,7 @@ def build_login(policy):
                                   "ingress": has_ingress(profile), **set_names(profile.name)}
     rules = [_login_rule(rule) for rule in policy.rules]
     return {"format": FORMAT, "policy_id": "", "settings": asdict(policy.settings),
-            "profiles": profiles, "rules": rules}
+            "profiles": profiles, "guards": dict(GUARDS), "rules": rules}
 
 
 def _login_rule(rule):

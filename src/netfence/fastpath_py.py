@@ -76,10 +76,12 @@ def build_templates(login, table=TABLE):
     "sets": {set name: {"key_len", "key_offset", "new", "destroy"}}}.
     """
     sets = {}
-    for name in sorted(login["profiles"]):
-        profile = login["profiles"][name]
+    owners = [login["profiles"][name] for name in sorted(login["profiles"])]
+    if login.get("guards"):
+        owners.append(login["guards"])
+    for owner in owners:
         for field, key_len in KEY_LENGTHS.items():
-            sets[profile[field]] = set_templates(profile[field], key_len, table)
+            sets[owner[field]] = set_templates(owner[field], key_len, table)
     return {"format": TEMPLATE_FORMAT, "table": table, "family": NFPROTO_INET,
             "seq_offset": SEQ_OFFSET, "begin": batch_message(NFNL_MSG_BATCH_BEGIN),
             "end": batch_message(NFNL_MSG_BATCH_END), "sets": sets}

@@ -117,20 +117,33 @@ class _UidProbe:
 
 # ---- open -------------------------------------------------------------------------
 
-def elements_for(profiles, user_profiles, session_profiles, uid, cgroup):
-    """(user elements, session elements) of one login, as {set: [hex key]}."""
+def elements_for(profiles, user_profiles, session_profiles, uid, cgroup, guards=None):
+    """(user elements, session elements) of one login, as {set: [hex key]}.
+
+    guards: the login part's "guards" ({"uid_set", "ucg_set", "scg_set"}): every key
+    that goes into a profile's set goes into the matching guard set too, which the
+    base chains test first, so that unrestricted traffic costs two lookups however
+    many profiles there are. Being ordinary elements of the login, they are shared
+    and released exactly like the profile elements.
+    """
     uid_key = uid.to_bytes(4, sys.byteorder).hex()
     user, session = {}, {}
+
+    def add(target, profile, field, key):
+        merge_into(target, {profile[field]: [key]})
+        if guards:
+            merge_into(target, {guards[field]: [key]})
+
     for name in user_profiles:
         profile = profiles[name]
         if profile["egress"]:
-            merge_into(user, {profile["uid_set"]: [uid_key]})
+            add(user, profile, "uid_set", uid_key)
         if profile["ingress"]:
-            merge_into(user, {profile["ucg_set"]: [_cg_key(cgroup["user_id"])]})
+            add(user, profile, "ucg_set", _cg_key(cgroup["user_id"]))
     for name in session_profiles:
         profile = profiles[name]
         if profile["egress"] or profile["ingress"]:
-            merge_into(session, {profile["scg_set"]: [_cg_key(cgroup["id"])]})
+            add(session, profile, "scg_set", _cg_key(cgroup["id"]))
     return user, session
 
 
@@ -164,7 +177,8 @@ def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
         undo = _Undo(run_dir, key, uid, cgroup, mount, ppid)
         try:
             user_elements, session_elements = elements_for(
-                profiles, user_profiles, session_profiles, uid, cgroup)
+                profiles, user_profiles, session_profiles, uid, cgroup,
+                login.get("guards"))
             record = {
                 "key": key, "user": info["user"], "uid": uid, "service": info["service"],
                 "rhost": info["rhost"], "tty": info["tty"], "ppid": ppid,

@@ -310,8 +310,15 @@ class Fence:
         return self.sets()[set_name]
 
     def filled(self):
-        """Only the non-empty sets."""
-        return {name: elems for name, elems in self.sets().items() if elems}
+        """The non-empty profile sets. The guard sets (any-uid, any-ucg, any-scg) must
+        hold exactly the union of the profile sets of their kind: checked here."""
+        sets = self.sets()
+        for kind in ("uid", "ucg", "scg"):
+            union = {e for name, elems in sets.items() if name.startswith(f"{kind}-")
+                     for e in elems}
+            assert set(sets.get(f"any-{kind}", [])) == union, (kind, sets)
+        return {name: elems for name, elems in sets.items()
+                if elems and not name.startswith("any-")}
 
     def status(self):
         return json.loads(self.nf.cli("status", "--json").stdout)

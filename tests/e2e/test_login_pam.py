@@ -106,7 +106,8 @@ profiles = ["lab"]
     (opened,) = fence.events("open")
     assert "result=ok" in opened and "rhost=192.0.2.1" in opened and "tty=pts/1" in opened
     first, second = fence.events("close")
-    assert "result=ok" in first and "elements=1" in first
+    # one profile element and its guard element (any-scg)
+    assert "result=ok" in first and "elements=2" in first
     assert "result=none" in second
     fence.wait_clean(timeout=1)
 

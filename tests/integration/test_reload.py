@@ -60,15 +60,25 @@ def uid_key(uid):
     return struct.pack("=I", uid).hex()
 
 
+def guard_of(set_name):
+    """The guard set the hook fills alongside a profile set (uid-P → any-uid …)."""
+    return "any-" + set_name.split("-", 1)[0]
+
+
 def add_uid(nf, set_name, uid):
-    nf.netns.nft("add", "element", "inet", "netfence", set_name, f"{{ {uid} }}")
+    """What a login's hook adds for a user-scope egress profile: the uid in the
+    profile's set and in the guard set."""
+    for name in (set_name, guard_of(set_name)):
+        nf.netns.nft("add", "element", "inet", "netfence", name, f"{{ {uid} }}")
 
 
 def add_cgroup(nf, set_name, cgroup_id):
     # The nft CLI only takes cgroup paths; go through our netlink layer for raw ids.
     script = ("from netfence.nftnl import Ruleset; import struct,sys; "
-              "r=Ruleset(); r.add_elements({sys.argv[1]: [struct.pack('=Q', int(sys.argv[2])).hex()]})")
-    nf.netns.run([os.sys.executable, "-c", script, set_name, str(cgroup_id)])
+              "key = struct.pack('=Q', int(sys.argv[3])).hex(); "
+              "Ruleset().add_elements({sys.argv[1]: [key], sys.argv[2]: [key]})")
+    nf.netns.run([os.sys.executable, "-c", script, set_name, guard_of(set_name),
+                  str(cgroup_id)])
 
 
 @pytest.fixture

@@ -65,9 +65,12 @@ def test_ingress_matches_sources_and_loopback_by_input_interface():
     assert lo[:2] == (("meta", "iif"), ("cmp", "eq", "01000000"))
     assert ("payload", "network", 12, 4) in ssh          # source address
     assert default[-1] == ("verdict", "drop")
-    dispatch = rules_in(table, "ingress")
-    assert [e for r in dispatch for e in r if e[0] == "socket"] == [
-        ("socket", "cgroupv2", 2), ("socket", "cgroupv2", 3)]
+    guards = rules_in(table, "ingress")
+    assert [e for r in guards for e in r if e[0] in ("socket", "lookup")] == [
+        ("socket", "cgroupv2", 2), ("lookup", "any-ucg"),
+        ("socket", "cgroupv2", 3), ("lookup", "any-scg")]
+    assert rules_in(table, "ingress-user") == [(
+        ("socket", "cgroupv2", 2), ("lookup", "ucg-p"), ("verdict", "jump", "in-p"))]
     assert rules_in(table, "egress") == []                # nothing to do on output
 
 
@@ -80,14 +83,23 @@ def test_logging_profiles_go_to_logging_chains():
     assert log[0] == ("limit", 5, 1, 10) and log[1][0] == "log" and log[1][2] == 0x08
 
 
-def test_dispatch_is_two_lookups_per_profile_whatever_the_sessions():
+def test_unrestricted_traffic_costs_two_guard_lookups_whatever_the_profiles():
     profiles = [Profile(f"p{i}", egress=(NetRule("deny", ("tcp",), ((25, 25),)),))
                 for i in range(5)]
     table = table_of(*profiles)
-    assert len(rules_in(table, "egress")) == 10
+    assert rules_in(table, "egress") == [
+        (("meta", "skuid"), ("lookup", "any-uid"), ("verdict", "jump", "egress-uid")),
+        (("socket", "cgroupv2", 3), ("lookup", "any-scg"),
+         ("verdict", "jump", "egress-session"))]
+    assert rules_in(table, "egress-uid")[4] == (
+        ("meta", "skuid"), ("lookup", "uid-p4"), ("verdict", "jump", "out-p4"))
+    assert len(rules_in(table, "egress-session")) == 5
     assert {c.name: c.hook for c in table.chains}["egress"] == "output"
     assert {c.name: c.hook for c in table.chains}["ingress"] == "input"
-    assert len(table.sets) == 15
+    assert len(table.sets) == 3 + 15
+    # regular chains exist before the chains that jump to them
+    names = [c.name for c in table.chains]
+    assert names.index("out-p0") < names.index("egress-uid") < names.index("egress")
 
 
 def test_compile_is_deterministic_and_json_round_trips():
@@ -100,6 +112,8 @@ def test_compile_is_deterministic_and_json_round_trips():
     assert first["login"]["profiles"]["p"] == {
         "egress": True, "ingress": False, "uid_set": "uid-p", "ucg_set": "ucg-p",
         "scg_set": "scg-p"}
+    assert first["login"]["guards"] == {
+        "uid_set": "any-uid", "ucg_set": "any-ucg", "scg_set": "any-scg"}
 
 
 def test_login_rules_carry_compiled_rhosts():

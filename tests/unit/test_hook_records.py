@@ -145,6 +145,15 @@ def test_elements_for_a_login():
     assert user == {"uid-web": [(1001).to_bytes(4, order).hex()],
                     "ucg-srv": [(0x0A).to_bytes(8, order).hex()]}
     assert sess == {"scg-srv": [(0x0102).to_bytes(8, order).hex()]}
+    guards = {"uid_set": "any-uid", "ucg_set": "any-ucg", "scg_set": "any-scg"}
+    user, sess = sessions.elements_for(profiles, ["web", "srv"], ["srv"], 1001, cgroup,
+                                       guards)
+    assert user == {"uid-web": [(1001).to_bytes(4, order).hex()],
+                    "any-uid": [(1001).to_bytes(4, order).hex()],
+                    "ucg-srv": [(0x0A).to_bytes(8, order).hex()],
+                    "any-ucg": [(0x0A).to_bytes(8, order).hex()]}
+    assert sess == {"scg-srv": [(0x0102).to_bytes(8, order).hex()],
+                    "any-scg": [(0x0102).to_bytes(8, order).hex()]}
     assert sessions.needs_cgroup(profiles, ["web"], []) is False
     assert sessions.needs_cgroup(profiles, ["srv"], []) is True
 
