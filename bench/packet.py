@@ -1,0 +1,169 @@
+"""Section 3: per-packet cost, as new TCP connections per second over loopback.
+
+Five namespaces, each with a C accept-and-close server on 127.0.0.1:8080:
+  empty     no ruleset at all;
+  empty_again  another empty one: its ratio to `empty` shows the noise floor (A/A);
+  conntrack one input rule `ct state new`: connection tracking on, nothing else (the
+            part of netfence's cost that is conntrack's: its ingress chain uses ct);
+  netfence  the login policy, N live sessions loaded (N fake elements in each of
+            scg-web-only, uid-no-mail, ucg-no-servers), and one real session of the
+            restricted user opened by the hook;
+  linear    the blog's way: one `meta skuid <other uid> counter drop` rule per live
+            session (N of them), then the restricted user's own owner rules, in one
+            output chain of its own table, loaded with `nft -f`.
+Clients (bench/c/netbench.c, a C connect/close loop) run as
+  unrestricted  nobody (65534), in no profile;
+  restricted    the benchmark user, inside its session cgroup: its connection to
+                port 8080 walks out-no-mail (9 rules and the default allow) and
+                out-web-only up to its 8th nftables rule (net rule 6).
+Every (variant, client) pair is measured once per round, the order reversed every other
+round; ratios are taken within a round (variant / empty) and their median reported.
+Client and server are pinned to CPUs 0 and 1 (taskset).
+"""
+
+import os
+import subprocess
+
+import policies
+from common import log, median, rnd
+from login import HeldLogin, setup_env
+from scale import FAKE_UID, fill_sessions
+
+PORT = policies.ALLOWED_PORT
+BLOCKED_PORT = 25              # no-mail rule 1 (uid set): rejected with a TCP reset
+ALLOW_COMMENT = 'comment "web-only egress rule 6"'
+NOBODY = 65534
+
+
+def _pin(cpu):
+    """taskset prefix: server and client on CPUs of their own (less scheduler noise)."""
+    cpus = os.cpu_count() or 1
+    return ["taskset", "-c", str(cpu % cpus)] if cpus > 1 else []
+
+
+def start_server(ws, ns, port):
+    proc = ws.popen(ns.wrap(_pin(1) + [ws.netbench, "serve", str(port)]),
+                    stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"server on port {port} did not start")
+    return proc
+
+
+def client_argv(ws, who, port, seconds):
+    uid, gid, cgroup = who
+    argv = _pin(0) + ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+                      ws.netbench, "connect", str(port), str(seconds)]
+    if cgroup:
+        argv = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', f"{cgroup}/cgroup.procs", *argv]
+    return argv
+
+
+def connect_rate(ws, ns, who, seconds, port=PORT):
+    out = ns.run(client_argv(ws, who, port, seconds), timeout=seconds + 30).stdout.split()
+    ok, failed, elapsed = int(out[0]), int(out[1]), float(out[2])
+    return ok / elapsed, ok, failed
+
+
+def allow_counter(ns):
+    """Packets counted by web-only's rule 6 (tcp 8000-8099 allow)."""
+    text = ns.nft("list", "chain", "inet", "netfence", "out-web-only").stdout
+    for line in text.splitlines():
+        if ALLOW_COMMENT in line:
+            words = line.split()
+            return int(words[words.index("packets") + 1])
+    raise RuntimeError(f"no rule with {ALLOW_COMMENT} in out-web-only")
+
+
+def linear_table(ws, ns, user, sessions):
+    path = ws.path("linear.nft")
+    other = range(FAKE_UID, FAKE_UID + sessions)       # the same uids as netfence's
+    with open(path, "w") as handle:
+        handle.write(policies.linear_ruleset(other, user.uid))
+    ns.nft("-f", path)
+    text = ns.nft("list", "chain", "inet", "linear", "output").stdout
+    return sum(1 for line in text.splitlines() if " counter " in f" {line.strip()} ")
+
+
+def conntrack_table(ws, ns):
+    """Only what turns connection tracking on (netfence's ingress chain matches
+    `ct state new`): one input rule, to split netfence's cost into conntrack's and its
+    own rules'."""
+    path = ws.path("conntrack.nft")
+    with open(path, "w") as handle:
+        handle.write("table inet tracking {\n  chain input {\n"
+                     "    type filter hook input priority filter; policy accept;\n"
+                     "    ct state new\n  }\n}\n")
+    ns.nft("-f", path)
+
+
+def conntrack_setup(ns):
+    """A TCP connection closed by RST sits in conntrack for 10 s (CLOSE); at tens of
+    thousands of connections per second that would fill the table (drops): shorten
+    it in this namespace only (netfence's ingress chain uses `ct state`)."""
+    ns.run(["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_timeout_close=1"],
+           check=False)
+
+
+def packet_section(ws, user, sessions, rounds, seconds):
+    # netfence: the login policy, `sessions` live sessions, one real session of the user
+    env = setup_env(ws, "packet", user)
+    fill_sessions(env, sessions)
+    login = HeldLogin(ws, env, user)
+    empty = ws.netns()
+    empty_again = ws.netns()
+    tracked = ws.netns()
+    conntrack_table(ws, tracked)
+    linear = ws.netns()
+    linear_rules = linear_table(ws, linear, user, sessions)
+    variants = {"empty": empty, "empty_again": empty_again, "conntrack": tracked,
+                "netfence": env.netns, "linear": linear}
+    for ns in variants.values():
+        conntrack_setup(ns)
+        start_server(ws, ns, PORT)
+    start_server(ws, env.netns, BLOCKED_PORT)      # root may bind port 25
+    clients = {"unrestricted": (NOBODY, NOBODY, None),
+               "restricted": (user.uid, user.gid, login.cgroup_dir)}
+
+    # the policy is live for this very client: its uid is refused port 25, and its
+    # connections to 8080 go through web-only (session cgroup) up to rule 6
+    _, ok_blocked, _ = connect_rate(ws, env.netns, clients["restricted"], 0.2, BLOCKED_PORT)
+    _, ok_free, _ = connect_rate(ws, env.netns, clients["unrestricted"], 0.2, BLOCKED_PORT)
+    before = allow_counter(env.netns)
+    _, ok_allowed, _ = connect_rate(ws, env.netns, clients["restricted"], 0.2, PORT)
+    counted = allow_counter(env.netns) - before
+    if ok_blocked or not ok_free or not ok_allowed or counted < ok_allowed:
+        raise RuntimeError(f"netfence namespace does not enforce the policy: port 25 "
+                           f"restricted={ok_blocked} unrestricted={ok_free}; port {PORT} "
+                           f"restricted={ok_allowed}, web-only rule 6 counted {counted}")
+
+    pairs = [(v, c) for v in variants for c in clients]
+    rates = {pair: [] for pair in pairs}
+    failures = 0
+    log(f"  {rounds} rounds x {len(pairs)} runs of {seconds} s, {sessions} live sessions, "
+        f"linear chain of {linear_rules} rules ...")
+    for r in range(rounds):
+        for variant, client in (pairs if r % 2 == 0 else pairs[::-1]):
+            rate, _, failed = connect_rate(ws, variants[variant], clients[client], seconds)
+            rates[(variant, client)].append(rate)
+            failures += failed
+    login.close()
+
+    out = {"packet_live_sessions": sessions, "linear_chain_rules": linear_rules,
+           "connect_failures": failures}
+    for variant, client in pairs:
+        out[f"connect_rate_{variant}_{client}"] = rnd(median(rates[(variant, client)]), 0)
+    for variant, base in (("netfence", "empty"), ("linear", "empty"), ("conntrack", "empty"),
+                          ("netfence", "conntrack"), ("empty_again", "empty")):
+        for client in clients:
+            ratios = [a / b for a, b in zip(rates[(variant, client)], rates[(base, client)])]
+            suffix = "" if client == "restricted" else "_unrestricted"
+            middle = "" if base == "empty" else f"_vs_{base}"
+            out[f"connect_rate_ratio_{variant}{middle}{suffix}"] = rnd(median(ratios), 3)
+    out["conntrack_entries_netfence"] = _conntrack_count(env.netns)
+    return out
+
+
+def _conntrack_count(ns):
+    proc = ns.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], check=False)
+    return int(proc.stdout.strip()) if proc.returncode == 0 and proc.stdout.strip() else None
+
