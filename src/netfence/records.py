@@ -204,12 +204,13 @@ def list_users(run_dir):
 
 def live_elements(run_dir):
     """{set: [hex key]}: every element the records say should be in the kernel."""
-    merged = {}
-    for record in list_sessions(run_dir):
-        merge_into(merged, record.get("session_elements", {}))
-    for record in list_users(run_dir):
-        merge_into(merged, record.get("elements", {}))
-    return merged
+    merged = {}                 # {set: {key: None}}: ordered, and linear over records
+    parts = [r.get("session_elements", {}) for r in list_sessions(run_dir)]
+    parts += [r.get("elements", {}) for r in list_users(run_dir)]
+    for elements in parts:
+        for set_name, keys in elements.items():
+            merged.setdefault(set_name, {}).update(dict.fromkeys(keys))
+    return {set_name: list(keys) for set_name, keys in merged.items()}
 
 
 def stale_temp_files(run_dir):

@@ -307,12 +307,13 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
     if record is None:
         return {"result": "absent"}
     if uids_busy is None:
-        # Outside the lock, and only for a uid with user-scope elements: a login that
-        # matched session rules only scans nothing, and the scan stops at the uid's
-        # first process. A uid with no process now can only get one by a new login,
+        # Outside the lock, and only for the last live session of a uid with
+        # user-scope elements: other closes scan nothing, and the scan stops at the
+        # uid's first process. A uid with no process now can only get one by a new login,
         # whose record (written under the lock) counts as a live session below.
         uids_busy = set()
-        if records.read_user(run_dir, record["uid"]) is not None:
+        user = records.read_user(run_dir, record["uid"])
+        if user is not None and not _live_sessions(run_dir, user["sessions"], skip=key):
             if record["uid"] in _UidProbe(exclude=pids):
                 uids_busy.add(record["uid"])
     with Lock(run_dir):
