@@ -175,7 +175,7 @@ def test_ssh_to_localhost_from_a_session_is_a_login_of_its_own(ssh_fence, user):
     """`ssh localhost` from inside a session does NOT join that session: sshd's new
     monitor is forked by the listener, outside the session cgroup, so the inner login
     gets a cgroup (or none) and restrictions of its own rules, decided by its own
-    items (rhost 127.0.0.1 here). docs/hook.md's "Session cgroups" table says it joins."""
+    items (rhost 127.0.0.1 here), as docs/hook.md ("Session cgroups") says."""
     fence, server, _ = ssh_fence
     fence.echo()
     fence.load(f"""
