@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import compiler, ir, snapshot
-from .errors import GenerationChanged, KernelError
+from .errors import GenerationChanged
 from .policy import load_policy
+from .records import live_elements, union
 
 RETRIES = 5
 
@@ -62,7 +63,9 @@ def _replace_with_retry(table, run_dir):
         with Ruleset() as ruleset:
             generation = ruleset.generation()
             live = ruleset.read_elements() if ruleset.table_exists() else {}
-            live = _merge(live, _recorded_elements(run_dir))
+            # Plus what the session records say is live: restores it after someone
+            # else flushed the ruleset (threat model #12).
+            live = union([live, live_elements(run_dir)])
             kept = {name: keys for name, keys in live.items() if name in wanted}
             dropped = {name: len(keys) for name, keys in live.items()
                        if name not in wanted and keys}
@@ -76,21 +79,6 @@ def _replace_with_retry(table, run_dir):
             return sum(len(keys) for name, keys in kept.items()
                        if name not in compiler.GUARDS.values()), dropped
     raise AssertionError("unreachable")
-
-
-def _recorded_elements(run_dir):
-    """Elements the session records say should be live: restores them after a flush
-    of the ruleset by someone else (threat model #12)."""
-    from .records import live_elements
-    return live_elements(run_dir)
-
-
-def _merge(first, second):
-    """Union per set, in first-seen order (dicts as ordered sets: linear time)."""
-    merged = {name: dict.fromkeys(keys) for name, keys in first.items()}
-    for name, keys in second.items():
-        merged.setdefault(name, {}).update(dict.fromkeys(keys))
-    return {name: list(keys) for name, keys in merged.items()}
 
 
 def flush(paths):
@@ -136,5 +124,3 @@ def _log(message):
     syslog.openlog("netfence", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
     syslog.syslog(syslog.LOG_INFO, message)
 
-
-__all__ = ["Paths", "ReloadResult", "reload", "flush", "compile_from", "KernelError"]

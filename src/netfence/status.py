@@ -46,8 +46,7 @@ def format_text(state):
         lines.append("  " + " ".join(f"{k}={session[k]}" for k in
                                      ("key", "user", "uid", "service", "rhost", "tty")
                                      if k in session))
-    denied = [c for c in state["counters"] if c["packets"] and "default" in c["rule"]]
-    for counter in denied:
+    for counter in (c for c in state["counters"] if c["packets"]):
         lines.append(f"counter {counter['chain']} {counter['rule']}: "
                      f"{counter['packets']} packets")
     return "\n".join(lines) + "\n"

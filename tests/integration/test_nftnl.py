@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("pyroute2")
 
 from netfence import ir  # noqa: E402
+from netfence.cgroups import cgroup2_mount  # noqa: E402
 from netfence.errors import GenerationChanged, KernelError  # noqa: E402
 from netfence.nftnl import Ruleset  # noqa: E402
 
@@ -59,15 +60,6 @@ def uid_key(uid):
 
 def cgroup_key(cgroup_id):
     return struct.pack("=Q", cgroup_id).hex()
-
-
-def cgroup2_mount():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[0] == "cgroup2":
-                return left.split()[4]
-    pytest.skip("no cgroup2 mount")
 
 
 @pytest.fixture

@@ -12,17 +12,9 @@ import subprocess
 import sys
 import time
 
+from netfence.cgroups import cgroup2_mount
+
 SUPPORT = os.path.dirname(os.path.abspath(__file__))
-
-
-def cgroup2_mount():
-    with open("/proc/self/mountinfo") as handle:
-        for line in handle:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "cgroup2":
-                return fields[4]
-    raise RuntimeError("no cgroup2 mount")
 
 
 class NfEnv:
