@@ -4,8 +4,15 @@ added, so that its close removes exactly that, and gc and reload can find it.
     run_dir/            root 0700
       lock              lockf() lock held around record updates + the netlink batch
       sessions/KEY      one per open session, KEY = "<ppid>-<ppid start time>"
-      users/UID         per uid: user-scope elements (union) and the uid's sessions
+      users/UID         per uid: user-scope elements (union), the uid's sessions and
+                        the user cgroups whose processes keep those elements
       cgroups/ID        session keys sharing one session cgroup (nested logins)
+
+Records are written before the kernel changes (intent first, docs/security.md): a
+record may carry "destroy" ({set: [key]}, elements a close or a failed open is
+removing) and "closing" (the record goes once they are gone). Readers that rebuild
+the kernel's state (reload, gc) count neither; gc finishes what an interrupted writer
+left pending.
 
 Records are `marshal` dicts: built in, while `import json` costs ~10 ms under
 `python3 -I -S` (it imports `re`); loading one record takes ~4 us either way. Each is
@@ -171,7 +178,7 @@ def write_refs(run_dir, cgroup_id, keys):
         delete(refs_path(run_dir, cgroup_id))
 
 
-def _names(run_dir, kind):
+def names(run_dir, kind):
     try:
         names = posix.listdir(f"{run_dir}/{kind}")
     except FileNotFoundError:
@@ -181,7 +188,7 @@ def _names(run_dir, kind):
 
 def _all(run_dir, kind):
     out = []
-    for name in _names(run_dir, kind):
+    for name in names(run_dir, kind):
         try:
             record = read(f"{run_dir}/{kind}/{name}")
         except StateError:
@@ -203,9 +210,14 @@ def list_users(run_dir):
 
 
 def live_elements(run_dir):
-    """{set: [hex key]}: every element the records say should be in the kernel."""
-    parts = [r.get("session_elements", {}) for r in list_sessions(run_dir)]
-    parts += [r.get("elements", {}) for r in list_users(run_dir)]
+    """{set: [hex key]}: every element the records say should be in the kernel.
+
+    A record marked closing is on its way out (its elements are being, or are to be,
+    destroyed) and counts for nothing; a pending "destroy" never counts either.
+    """
+    parts = [r.get("session_elements", {}) for r in list_sessions(run_dir)
+             if not r.get("closing")]
+    parts += [r.get("elements", {}) for r in list_users(run_dir) if not r.get("closing")]
     return union(parts)
 
 

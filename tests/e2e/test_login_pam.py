@@ -73,7 +73,11 @@ scope = "user"
                     ("198.51.100.1", "pts/8"), ("203.0.113.9", "pts/7")]
                 assert fence.filled() == {"scg-lab": [fence.nft_cgroup(cg)],
                                           "uid-everywhere": [user.uid]}
-                assert not proc_cgroup(second.pid).startswith(f"/{fence.nf.cgroup_base}/")
+                # a cgroup of its own, under the same user cgroup: its processes keep
+                # the user-scope elements alive after logout (docs/security.md)
+                second_cg = proc_cgroup(second.pid)
+                assert second_cg != cg and second_cg.startswith(
+                    f"/{fence.nf.cgroup_base}/user-{user.uid}/session-")
             # its close leaves the first session's elements, the uid's included
             assert fence.filled() == {"scg-lab": [fence.nft_cgroup(cg)],
                                       "uid-everywhere": [user.uid]}

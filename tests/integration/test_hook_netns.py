@@ -299,16 +299,23 @@ def test_no_matching_rule_touches_nothing(world):
     assert not os.path.exists(f"{world.mount}/{world.base}")
 
 
-def test_user_scope_only_needs_no_cgroup(world):
+def test_user_scope_only_login_gets_a_cgroup_too(world):
+    """Even an egress-only user-scope login gets a session cgroup: the user cgroup above
+    it is what keeps the user's elements alive after logout (docs/security.md)."""
     login = login_part(world.base, rules=[rule(1, "user", ["srv"], [USER])])
     world.write_login(login)
     parent = world.parent()
     origin = parent.cgroup()
     assert parent.open() == 0
     assert world.elements("uid-srv") == [UID]
-    assert parent.cgroup() == origin
+    record = records.read_session(str(world.run_dir), parent.key())
+    assert parent.cgroup() == record["cgroup"] != origin
+    assert records.read_user(str(world.run_dir), UID)["live_cgroups"] == [
+        record["user_cgroup"]]
     assert parent.close() == 0
     assert world.elements("uid-srv") == []
+    assert parent.cgroup() == origin
+    assert not os.path.exists(world.mount + record["cgroup"])
 
 
 # ---- failures --------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""Session and user records, and the /proc parsing sessions.py relies on (no root)."""
+"""Session and user records, and the liveness checks close and gc rely on (no root)."""
 
 import os
 
 import pytest
 
-from netfence import records, sessions
+from netfence import liveness, records, sessions
 from netfence.errors import StateError
 
 
@@ -110,28 +110,67 @@ def test_set_arithmetic():
         {"s": ["1", "4"], "u": ["5"]}
 
 
-# ---- /proc parsing ----------------------------------------------------------------
+# ---- liveness: /proc/PID/stat and cgroup accounting -------------------------------
 
 def test_starttime_with_a_hostile_command_name():
     stat = "4242 (evil) 1 2 3 (x) S) R 1 4242 4242 0 -1 4194560 " + " ".join(
         str(n) for n in range(10, 60))
     fields = stat[stat.rindex(")") + 2:].split(" ")
-    assert sessions.parse_starttime(stat) == int(fields[19])
+    assert liveness.parse_starttime(stat) == int(fields[19])
 
 
 def test_own_starttime_is_stable():
-    start = sessions.proc_starttime(os.getpid())
-    assert start is not None and start == sessions.proc_starttime(os.getpid())
-    assert sessions.proc_starttime(2**22 + 12345) is None
+    start = liveness.proc_starttime(os.getpid())
+    assert start is not None and start == liveness.proc_starttime(os.getpid())
+    assert liveness.proc_starttime(2**22 + 12345) is None
 
 
-def test_status_uids():
-    text = "Name:\tsu\nUid:\t1000\t0\t0\t0\nGid:\t1000\t1000\t1000\t1000\n"
-    assert sessions.parse_status_uids(text) == {1000, 0}
+def test_populated():
+    assert liveness.parse_populated("populated 1\nfrozen 0\n") is True
+    assert liveness.parse_populated("populated 0\nfrozen 0\n") is False
+    with pytest.raises(ValueError):
+        liveness.parse_populated("frozen 0\n")
 
 
-def test_uids_in_use_sees_ourselves():
-    assert os.getuid() in sessions.uids_in_use()
+def fake_cgroup(path, populated, procs=()):
+    """A directory shaped like a cgroup v2 directory (no root needed)."""
+    path.mkdir(parents=True)
+    (path / "cgroup.events").write_text(f"populated {int(populated)}\nfrozen 0\n")
+    (path / "cgroup.procs").write_text("".join(f"{p}\n" for p in procs))
+
+
+def test_has_processes_walks_the_subtree_but_not_excluded_pids(tmp_path):
+    fake_cgroup(tmp_path / "u", True, procs=[10])           # the closing PAM app
+    fake_cgroup(tmp_path / "u" / "s1", True, procs=[11])    # the hook
+    fake_cgroup(tmp_path / "u" / "s2", False)
+    mount = str(tmp_path)
+    assert liveness.has_processes(mount, "/u", exclude=(10, 11)) is False
+    assert liveness.has_processes(mount, "/u", exclude=(10,)) is True
+    fake_cgroup(tmp_path / "u" / "s1" / "nested", True, procs=[12])
+    assert liveness.has_processes(mount, "/u", exclude=(10, 11)) is True
+    assert liveness.has_processes(mount, "/missing") is False
+
+
+def test_an_unpopulated_cgroup_is_not_read_further(tmp_path):
+    fake_cgroup(tmp_path / "u", False, procs=[99])     # stale list: populated decides
+    assert liveness.has_processes(str(tmp_path), "/u") is False
+
+
+def test_unreadable_accounting_counts_as_alive(tmp_path):
+    fake_cgroup(tmp_path / "u", True)
+    (tmp_path / "u" / "cgroup.events").write_text("garbage\n")
+    assert liveness.has_processes(str(tmp_path), "/u") is True
+
+
+def test_closing_records_are_not_live(run_dir):
+    records.write(records.session_path(run_dir, "1-2"), session("1-2"))
+    records.write(records.session_path(run_dir, "3-4"),
+                  session("3-4", session_elements={"scg-web": ["0100000000000000"]},
+                          closing=True, destroy={"scg-web": ["0100000000000000"]}))
+    records.write(records.user_path(run_dir, 1002),
+                  {"uid": 1002, "elements": {"uid-web": ["ea030000"]}, "sessions": [],
+                   "closing": True, "destroy": {"uid-web": ["ea030000"]}})
+    assert records.live_elements(run_dir) == {"scg-web": ["4d00000000000000"]}
 
 
 def test_elements_for_a_login():
@@ -154,8 +193,6 @@ def test_elements_for_a_login():
                     "any-ucg": [(0x0A).to_bytes(8, order).hex()]}
     assert sess == {"scg-srv": [(0x0102).to_bytes(8, order).hex()],
                     "any-scg": [(0x0102).to_bytes(8, order).hex()]}
-    assert sessions.needs_cgroup(profiles, ["web"], []) is False
-    assert sessions.needs_cgroup(profiles, ["srv"], []) is True
 
 
 def test_gc_on_an_empty_run_dir(tmp_path):

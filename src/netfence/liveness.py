@@ -1,0 +1,103 @@
+"""Is a session, or a user's processes, still alive? Asked by close and gc.
+
+A session is its PAM application: alive while the process with the recorded pid and
+start time is (pids are reused; the pair is not).
+
+A user's user-scope restrictions live while any task remains in one of the user cgroups
+its fenced logins used (netfence's /<cgroup_base>/user-UID, or logind's
+/user.slice/user-UID.slice). That is the kernel's own accounting (`cgroup.events`
+"populated"), not a reading of /proc:
+  - it counts every task, so a thread-group leader that exited (state Z) while its
+    threads run keeps the user alive (cgroup.procs lists such a leader too);
+  - its cost is the user's own cgroups and processes, whatever else runs on the host;
+  - a process cannot leave these cgroups: their cgroup.procs files are root's, and
+    moving a process needs write access to the common ancestor.
+
+Light on purpose (the hook imports it at close): posix only.
+"""
+
+import posix
+
+from .errors import CgroupError
+from .records import read_all
+
+
+# ---- the PAM application ---------------------------------------------------------
+
+def parse_starttime(stat_text):
+    """Field 22 of /proc/PID/stat (after the parenthesised command, which may hold
+    spaces and parentheses)."""
+    rest = stat_text[stat_text.rindex(")") + 2:].split(" ")
+    return int(rest[19])
+
+
+def proc_starttime(pid):
+    try:
+        fd = posix.open(f"/proc/{pid}/stat", posix.O_RDONLY | posix.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = posix.read(fd, 4096).decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+    finally:
+        posix.close(fd)
+    try:
+        return parse_starttime(text)
+    except (ValueError, IndexError):
+        return None
+
+
+def session_key(ppid):
+    """(key, start time) of the PAM application: stable between its open and close."""
+    start = proc_starttime(ppid)
+    if start is None:
+        raise CgroupError(f"PAM application {ppid} is gone")
+    return f"{ppid}-{start}", start
+
+
+def is_alive(record):
+    return proc_starttime(record["ppid"]) == record["starttime"]
+
+
+# ---- processes in a cgroup subtree -----------------------------------------------
+
+def parse_populated(events_text):
+    """The "populated" field of a cgroup.events text (1 while any task is inside the
+    cgroup or below it)."""
+    for line in events_text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == "populated":
+            return value.strip() == "1"
+    raise ValueError("no populated field")
+
+
+def has_processes(mount, path, exclude=()):
+    """True while a task lives in the cgroup at path or below it, not counting the
+    processes in exclude (the closing PAM application and the hook itself).
+
+    A cgroup that does not exist has none. An unreadable cgroup.events or
+    cgroup.procs counts as "has processes": releasing restrictions on a guess would
+    be the unsafe mistake.
+    """
+    return _busy(mount + path, {str(pid) for pid in exclude})
+
+
+def _busy(directory, excluded):
+    try:
+        if not parse_populated(_read(f"{directory}/cgroup.events")):
+            return False
+        procs = _read(f"{directory}/cgroup.procs").split()
+        children = [e.name for e in posix.scandir(directory) if e.is_dir()]
+    except FileNotFoundError:
+        return False                     # removed meanwhile: nothing lives in it
+    except (OSError, ValueError):
+        return True
+    if any(pid not in excluded for pid in procs):
+        return True
+    return any(_busy(f"{directory}/{child}", excluded) for child in children)
+
+
+def _read(path):
+    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+    return read_all(fd).decode("ascii", "replace")
