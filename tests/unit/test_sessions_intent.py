@@ -1,0 +1,154 @@
+"""Records are written before every kernel change (issue 7, finding 3), checked by
+looking at the records at the moment each batch would be sent (no root: the kernel
+and cgroup calls are replaced by recorders)."""
+
+import os
+
+import pytest
+
+from netfence import records, sessions
+from netfence.errors import KernelError
+
+PROFILES = {"web": {"egress": True, "ingress": True, "uid_set": "uid-web",
+                    "ucg_set": "ucg-web", "scg_set": "scg-web"}}
+LOGIN = {"profiles": PROFILES, "settings": {"cgroup_base": "nf"}, "templates": None}
+INFO = {"user": "alice", "uid": 1001, "service": "sshd", "rhost": "", "tty": "ssh"}
+
+
+class Kernel:
+    """Stands in for fastpath and cgroups; remembers the records at each batch."""
+
+    def __init__(self, run_dir, monkeypatch):
+        self.run_dir, self.calls = run_dir, []
+        self.fail_add = None
+        self.busy = False
+        fp, cg = sessions.fastpath, sessions.cgroups
+        monkeypatch.setattr(fp, "add_elements", self.add)
+        monkeypatch.setattr(fp, "destroy_elements", self.destroy)
+        monkeypatch.setattr(cg, "cgroup2_mount", lambda: "/fake")
+        monkeypatch.setattr(cg, "open_session_cgroup", self.open_cgroup)
+        monkeypatch.setattr(cg, "undo_open", lambda *a: None)
+        monkeypatch.setattr(cg, "leave", lambda *a: None)
+        monkeypatch.setattr(cg, "remove", lambda *a: "removed")
+        monkeypatch.setattr(sessions, "has_processes", lambda *a: self.busy)
+
+    def open_cgroup(self, mount, base, uid, key, ppid):
+        return {"path": f"/{base}/user-{uid}/session-{key}", "id": 0x10,
+                "user_path": f"/{base}/user-{uid}", "user_id": 0x20, "created": True,
+                "origin": "/"}
+
+    def state(self):
+        return {"sessions": records.list_sessions(self.run_dir),
+                "users": records.list_users(self.run_dir)}
+
+    def add(self, templates, elements, timeout_ms):
+        self.calls.append(("add", elements, self.state()))
+        if self.fail_add:
+            raise self.fail_add
+
+    def destroy(self, elements, timeout_ms, detach=False):
+        self.calls.append(("destroy", elements, self.state()))
+        return []
+
+
+@pytest.fixture
+def kernel(tmp_path, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    return Kernel(run_dir, monkeypatch)
+
+
+def open_one(kernel, **kw):
+    return sessions.open_session(kernel.run_dir, LOGIN, INFO, ["web"], [], ppid=os.getpid(),
+                                 **kw)
+
+
+def test_open_writes_the_records_before_the_batch(kernel):
+    record = open_one(kernel)
+    (op, elements, state), = kernel.calls
+    assert op == "add"
+    assert [s["key"] for s in state["sessions"]] == [record["key"]]
+    assert state["users"][0]["elements"] == records.union([elements])
+    assert records.live_elements(kernel.run_dir) == records.union([elements])
+
+
+def test_close_marks_the_record_closing_before_the_batch(kernel):
+    record = open_one(kernel)
+    result = sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    assert result["released"] is True
+    op, elements, state = kernel.calls[-1]
+    assert op == "destroy" and elements == records.union([record["user_elements"]])
+    (closing,) = state["sessions"]
+    assert closing["closing"] is True and closing["destroy"] == elements
+    assert state["users"] == []                    # released before the batch
+    assert records.list_sessions(kernel.run_dir) == []
+
+
+def test_a_close_whose_batch_fails_is_finished_by_gc(kernel, monkeypatch):
+    record = open_one(kernel)
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements",
+                        lambda *a, **k: (_ for _ in ()).throw(KernelError("destroy", 105)))
+    with pytest.raises(KernelError):
+        sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    assert records.live_elements(kernel.run_dir) == {}     # nothing for reload to keep
+    (left,) = records.list_sessions(kernel.run_dir)
+    assert left["closing"] and left["destroy"]
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements", kernel.destroy)
+    report = sessions.gc(kernel.run_dir, mount="/fake")
+    assert report.pending == 1, str(report)
+    assert kernel.calls[-1][:2] == ("destroy", left["destroy"])
+    assert records.list_sessions(kernel.run_dir) == []
+
+
+def test_a_pending_destroy_spares_what_a_new_login_needs(kernel, monkeypatch):
+    record = open_one(kernel)
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements",
+                        lambda *a, **k: (_ for _ in ()).throw(KernelError("destroy", 105)))
+    with pytest.raises(KernelError):
+        sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements", kernel.destroy)
+    records.delete(records.session_path(kernel.run_dir, record["key"]))
+    pending = dict(record, key="1-2", ppid=1, starttime=2, closing=True,
+                   destroy=records.union([record["user_elements"]]))
+    records.write(records.session_path(kernel.run_dir, "1-2"), pending)
+    again = open_one(kernel)                              # same uid, same elements
+    sessions.gc(kernel.run_dir, mount="/fake")
+    destroyed = [c[1] for c in kernel.calls if c[0] == "destroy"]
+    assert destroyed[-1] == {}                            # all still needed
+    assert records.live_elements(kernel.run_dir) == records.union(
+        [again["user_elements"]])
+
+
+def test_an_open_with_an_unknown_outcome_keeps_a_pending_destroy(kernel, monkeypatch):
+    kernel.fail_add = KernelError("add", 110)            # ETIMEDOUT: maybe applied
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements",
+                        lambda *a, **k: (_ for _ in ()).throw(KernelError("destroy", 110)))
+    with pytest.raises(KernelError):
+        open_one(kernel)
+    (left,) = records.list_sessions(kernel.run_dir)
+    assert left["closing"] and left["destroy"]
+    assert records.list_users(kernel.run_dir) == []
+    assert records.live_elements(kernel.run_dir) == {}
+
+
+def test_an_open_the_kernel_refused_leaves_nothing(kernel):
+    kernel.fail_add = KernelError("add", 2)               # ENOENT: nothing applied
+    with pytest.raises(KernelError):
+        open_one(kernel)
+    assert kernel.state() == {"sessions": [], "users": []}
+    assert [c[0] for c in kernel.calls] == ["add"]
+
+
+def test_user_elements_stay_while_the_user_cgroup_has_tasks(kernel):
+    record = open_one(kernel)
+    kernel.busy = True
+    result = sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    assert result["released"] is False
+    (user,) = records.list_users(kernel.run_dir)
+    assert user["sessions"] == [] and user["live_cgroups"] == ["/nf/user-1001"]
+    assert sessions.release_user(kernel.run_dir, 1001, mount="/fake") is False
+    kernel.busy = False
+    assert sessions.release_user(kernel.run_dir, 1001, mount="/fake") is True
+    op, elements, state = kernel.calls[-1]
+    assert op == "destroy" and elements == user["elements"]
+    assert state["users"][0]["closing"] is True           # intent before the batch
+    assert records.list_users(kernel.run_dir) == []
