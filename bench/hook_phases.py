@@ -61,8 +61,8 @@ def main():
     fastpath.get()                                        # loads the C extension
     for module, names in ((fastpath, ("cg_move", "cg_mkdir", "cg_rmdir", "cg_id",
                                       "add_elements", "destroy_elements")),
-                          (sessions, ("uids_in_use", "session_key", "_write_open",
-                                      "_write_close", "_live_sessions")),
+                          (sessions, ("session_key", "_write_open", "_write_closing",
+                                      "_live_sessions", "has_processes")),
                           (cgroups, ("cgroup2_mount", "proc_cgroup")),
                           (matcher, ("match_login",)),
                           (records, ("ensure_dirs",)),

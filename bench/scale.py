@@ -1,5 +1,6 @@
 """Section 2: login time with 0, 1,000 and 10,000 live sessions, and with the
-processes such sessions bring (close scans /proc).
+processes such sessions bring (close must not depend on them: it asks the user's
+cgroups, not /proc).
 
 Other users' live sessions are faked where the hook would see them: their elements in
 the kernel (added with netfence's own Ruleset.add_elements) and their records in
@@ -122,11 +123,12 @@ def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_round
     largest = max(sizes)
     out["open_scale_ratio"] = out[f"open_ms_median_at_{largest}"] / out["open_ms_median_at_0"]
     out["close_scale_ratio"] = out[f"close_ms_median_at_{largest}"] / out["close_ms_median_at_0"]
-    # Live sessions come with processes, and close scans /proc (uids_in_use): the same
-    # logins at the largest size with `processes` more (sleeping) processes on the host.
+    # Live sessions come with processes; close asks the kernel's cgroup accounting of
+    # the closing user only, so `processes` more (sleeping) processes on the host must
+    # not change its cost: the same logins at the largest size with them.
     processes = min(processes, process_headroom())
     if processes:
-        proc_rounds = process_rounds          # a close costs up to ~1 s here
+        proc_rounds = process_rounds
         log(f"  {proc_rounds} rounds x {per_round} logins at {largest} sessions with "
             f"{processes} extra processes ...")
         idle = idle_processes(ws, processes)

@@ -49,7 +49,15 @@ def proc_starttime(pid):
 
 
 def session_key(ppid):
-    """(key, start time) of the PAM application: stable between its open and close."""
+    """(key, start time) of the PAM application: stable between its open and close.
+
+    A parent that is pid 1 is not a PAM application: the application died while
+    pam_exec's child was starting and init adopted the hook. Taking init for the
+    session would move init into the user's session cgroup, fencing every service it
+    starts from then on, and keep the session alive forever (found by the chaos test).
+    """
+    if ppid <= 1:
+        raise CgroupError(f"PAM application gone: the hook's parent is pid {ppid}")
     start = proc_starttime(ppid)
     if start is None:
         raise CgroupError(f"PAM application {ppid} is gone")
