@@ -66,7 +66,7 @@ TABLE = [
                       "close_ms_median_at_1000", "close_ms_median_at_10000",
                       "open_scale_ratio", "close_scale_ratio", "scale_extra_processes",
                       "open_ms_median_with_processes", "close_ms_median_with_processes",
-                      "close_processes_ratio", "reload_ms_at_0_sessions",
+                      "close_processes_ratio", "open_processes_ratio", "reload_ms_at_0_sessions",
                       "reload_ms_at_1000_sessions", "reload_ms_at_10000_sessions"]),
     ("3 packet (connections/s)", [
         "packet_live_sessions", "linear_chain_rules", "connect_rate_empty_unrestricted",

@@ -146,6 +146,10 @@ def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_round
         out["close_ms_median_with_processes"] = median(with_procs["close"])
         out["close_processes_ratio"] = (out["close_ms_median_with_processes"]
                                         / out[f"close_ms_median_at_{largest}"])
+        # the same for open, which never looked at other processes: how much slower
+        # the machine itself is with them (process start, page faults, scheduling)
+        out["open_processes_ratio"] = (out["open_ms_median_with_processes"]
+                                       / out[f"open_ms_median_at_{largest}"])
     # reload with live sessions: it reads every element back and every record
     for size in sizes:
         env = envs[size]
