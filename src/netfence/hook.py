@@ -236,15 +236,22 @@ def main(argv):
         log.fields.update(user=items["user"], service=items["service"],
                           rhost=items["rhost"], tty=items["tty"])
         if event == "open":
-            account = lookup_account(items["user"])     # first: a non-account is
-            login = load_login(opts["state_dir"])       # refused whatever the snapshot
-            settings = login["settings"]
+            try:
+                login, unusable = load_login(opts["state_dir"]), None
+            except StateError as err:
+                login, unusable = None, err
+            settings = login["settings"] if login else {}
             if opts["on_error"] is None and settings.get("on_error") == "allow":
                 on_error = "allow"              # anything but a clear "allow" denies
             timeout = settings.get("hook_timeout_ms")
             if opts["timeout_ms"] is None and isinstance(timeout, int):
                 budget.arm(min(max(timeout, 1), MAX_TIMEOUT_MS))
+            # before the user lookup, which may hang in NSS: the launcher then applies
+            # the policy's budget and on_error
             report_fd = tell_launcher(report_fd, budget.ms, on_error)
+            account = lookup_account(items["user"])     # a non-account is refused
+            if unusable is not None:                    # whatever the snapshot
+                raise unusable
             do_open(opts, login, items, account, pam_application(launcher), budget, log)
         else:
             report_fd = tell_launcher(report_fd, budget.ms, on_error)

@@ -218,11 +218,13 @@ def nss_module_target():
     return None
 
 
-@pytest.mark.parametrize("on_error", ["deny", "allow"])
-def test_stuck_nss_lookup_is_cut_off_by_the_launcher(fence, user, on_error):
+@pytest.mark.parametrize("on_error,source", [("deny", "pam-line"), ("allow", "policy"),
+                                             ("allow", "pam-line")])
+def test_stuck_nss_lookup_is_cut_off_by_the_launcher(fence, user, on_error, source):
     """A user lookup that never returns and blocks every signal (a hung LDAP/sssd
     answer): nothing inside the Python hook can end it. The static launcher kills it
-    at the deadline and applies on_error; its own log line names the timeout."""
+    at the deadline and applies on_error, from the PAM line or, as the hook reported
+    before the lookup, from the policy; its own log line names the timeout."""
     if not fence.launcher:
         pytest.skip("no static hook launcher built: no hard deadline")
     target = nss_module_target()
@@ -237,9 +239,14 @@ def test_stuck_nss_lookup_is_cut_off_by_the_launcher(fence, user, on_error):
         f.write("passwd: hesiod files\ngroup: files\nshadow: files\nhosts: files\n")
     binds = [(f"{root}/libnss_hang.so.2", target), (f"{root}/nsswitch.conf",
                                                     "/etc/nsswitch.conf")]
-    fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"'))
+    if source == "policy":
+        fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"'), on_error=on_error,
+                   hook_timeout_ms=400)
+        stack = fence.stack()
+    else:
+        fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"'))
+        stack = fence.stack("timeout_ms=400", f"on_error={on_error}")
     kmsg = Kmsg()
-    stack = fence.stack("timeout_ms=400", f"on_error={on_error}")
     argv = su_argv(fence, user, "echo RAN", stack, binds=binds)
     took, r = timed_login(fence, argv, _Nothing(), limit=10)
     assert took < 0.4 + 2.5, took
