@@ -112,6 +112,57 @@ static void log_line(int priority, const char *fmt, ...)
     }
 }
 
+/* A PAM item for the log line: "-" when empty, bare when plain printable ASCII
+   without quotes, = or backslash, else quoted with \xNN escapes; at most 64 bytes
+   (the items are the user's text: nothing in them may split or forge a field) */
+static void show(char *out, size_t cap, const char *value)
+{
+    size_t n = 0, len = strnlen(value, 64);
+    int plain = len > 0;
+
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if (c <= 0x20 || c >= 0x7f || c == '=' || c == '"' || c == '\'' || c == '\\')
+            plain = 0;
+    }
+    if (!len) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    if (plain) {
+        snprintf(out, cap, "%.*s", (int)len, value);
+        return;
+    }
+    out[n++] = '\'';
+    for (size_t i = 0; i < len && n + 6 < cap; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if (c < 0x20 || c >= 0x7f || c == '\'' || c == '\\')
+            n += snprintf(out + n, cap - n, "\\x%02x", c);
+        else
+            out[n++] = (char)c;
+    }
+    out[n++] = '\'';
+    out[n] = 0;
+}
+
+/* "user=U service=S" from the last PAM_USER and PAM_SERVICE: pam_exec appends its
+   own after the PAM environment, so the last ones are its (for the log only) */
+static void describe(char *out, size_t cap, char **env, size_t count)
+{
+    const char *user = "", *service = "";
+    char u[300], sv[300];
+
+    for (size_t i = 0; i < count; i++) {
+        if (strncmp(env[i], "PAM_USER=", 9) == 0)
+            user = env[i] + 9;
+        else if (strncmp(env[i], "PAM_SERVICE=", 12) == 0)
+            service = env[i] + 12;
+    }
+    show(u, sizeof u, user);
+    show(sv, sizeof sv, service);
+    snprintf(out, cap, "user=%s service=%s", u, sv);
+}
+
 /* "timeout_ms=N" (1..MAX) -> N, else 0 */
 static int parse_timeout(const char *value)
 {
@@ -162,7 +213,7 @@ static void reset_signals(void)
 int main(int argc, char **argv, char **envp)
 {
     long long start = now_ms(), deadline;
-    char script[PATH_MAX + 4], fdarg[32], report[128];
+    char script[PATH_MAX + 4], fdarg[32], report[128], who[640];
     const char *event = "-";
     char **clean, **args;
     size_t count = 0, kept = 0, got = 0;
@@ -196,6 +247,7 @@ int main(int argc, char **argv, char **envp)
         if (strncmp(*e, "PAM_", 4) == 0)
             clean[kept++] = *e;
     clean[kept] = NULL;
+    describe(who, sizeof who, clean, kept);
     if (kept && strcmp(clean[kept - 1], "PAM_TYPE=open_session") == 0)
         event = "open";
     else if (kept && strcmp(clean[kept - 1], "PAM_TYPE=close_session") == 0)
@@ -259,8 +311,8 @@ int main(int argc, char **argv, char **envp)
             until = now_ms() + REAP_MS;
             while (waitpid(pid, &status, WNOHANG) != pid && now_ms() < until)
                 poll(NULL, 0, 5);
-            log_line(LOG_ERR, "event=%s result=%s on_error=%s error=timeout "
-                     "timeout_ms=%d ms=%lld killed=%d", event,
+            log_line(LOG_ERR, "event=%s %s result=%s on_error=%s error=timeout "
+                     "timeout_ms=%d ms=%lld killed=%d", event, who,
                      allow ? "allowed-after-error" : "refused", allow ? "allow" : "deny",
                      timeout_ms, now_ms() - start, (int)pid);
             return allow ? 0 : 1;
@@ -291,8 +343,8 @@ int main(int argc, char **argv, char **envp)
     }
     if (WIFEXITED(status))
         return WEXITSTATUS(status);
-    log_line(LOG_ERR, "event=%s result=%s on_error=%s error='hook killed by signal %d' "
-             "ms=%lld", event, allow ? "allowed-after-error" : "refused",
+    log_line(LOG_ERR, "event=%s %s result=%s on_error=%s error='hook killed by signal %d' "
+             "ms=%lld", event, who, allow ? "allowed-after-error" : "refused",
              allow ? "allow" : "deny", WTERMSIG(status), now_ms() - start);
     return allow ? 0 : 1;
 }

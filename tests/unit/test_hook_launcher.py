@@ -122,8 +122,8 @@ def test_hard_deadline_kills_a_hook_deaf_to_signals(launcher, tmp_path, on_error
     assert code == status
     assert 0.3 <= took < 0.3 + 0.2 + 0.5, took           # budget + grace + margin
     result = "refused" if status else "allowed-after-error"
-    assert (f"netfence: event=open result={result} on_error={on_error} error=timeout "
-            f"timeout_ms=300 ") in err, err
+    assert (f"netfence: event=open user=alice service=su-l result={result} "
+            f"on_error={on_error} error=timeout timeout_ms=300 ") in err, err
     assert not os.path.exists(f"/proc/{seen['pid']}"), "the hook was left running"
 
 
@@ -172,4 +172,32 @@ def test_timeout_line_reaches_the_kernel_log_without_syslog(launcher, tmp_path):
     found = [r for r in records if "netfence[" in r and "error=timeout timeout_ms=100" in r]
     assert found, records[-5:]
     assert found[0].startswith("83,")                    # authpriv.err
-    assert ";netfence[" in found[0] and "event=close result=refused" in found[0]
+    assert ";netfence[" in found[0]
+    assert "event=close user=- service=- result=refused" in found[0]
+
+
+EXECVE = """
+import ctypes, sys
+entries = [e for e in sys.stdin.buffer.read().split(b"\\0") if e]
+argv = (ctypes.c_char_p * (len(sys.argv)))(*[a.encode() for a in sys.argv[1:]], None)
+envp = (ctypes.c_char_p * (len(entries) + 1))(*entries, None)
+ctypes.CDLL(None, use_errno=True).execve(argv[0], argv, envp)
+sys.exit(f"execve: errno {ctypes.get_errno()}")
+"""
+
+
+def test_timeout_line_shows_pam_items_safely(launcher, tmp_path):
+    """The items in the launcher's line are the user's text: quoted with escapes, cut
+    at 64 bytes, and pam_exec's copies (the last ones), not look-alikes."""
+    entries = [("PAM_USER", "root"), ("PAM_SERVICE", "sshd"), ("PAM_SERVICE", "su-l"),
+               ("PAM_USER", "a b'c\\d\nevent=open result=ok é" + "x" * 100),
+               ("PAM_TYPE", "open_session")]
+    block = b"".join(f"{k}={v}".encode() + b"\0" for k, v in entries)
+    argv = [launcher, f"out={tmp_path}/child.out", "timeout_ms=100", "debug", "hang"]
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", EXECVE, *argv], input=block,
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = [l for l in proc.stderr.decode().splitlines() if "error=timeout" in l]
+    assert line.startswith("netfence: event=open user='a b\\x27c\\x5cd\\x0aevent=open "
+                           "result=ok \\xc3\\xa9xxx"), line
+    assert "x" * 40 not in line and "' service=su-l result=refused on_error=deny " in line
