@@ -170,13 +170,24 @@ def timed_login(fence, argv, hold, limit):
     return took, subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def test_blocked_sigalrm_cannot_stretch_the_time_bound(fence, user):
+@pytest.mark.parametrize("program", ["launcher", "python-only"])
+def test_blocked_sigalrm_cannot_stretch_the_time_bound(fence, user, program):
     """SIGALRM blocked and ignored before exec'ing setuid su: the mask and the
     disposition survive into pam_exec's child. The hook must still give up after
-    timeout_ms (while the run_dir lock is held) and refuse under on_error=deny."""
+    timeout_ms (while the run_dir lock is held) and refuse under on_error=deny, with
+    the static launcher (which resets the signal state) and without it (the Python
+    hook takes SIGALRM back itself)."""
     fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"'))
     records.ensure_dirs(fence.nf.run_dir)
     stack = fence.stack("timeout_ms=500")
+    if program == "python-only":
+        from netfence.hookstub import write_hook
+        path = f"{fence.nf.root}/bin/netfence-hook-python"
+        assert write_hook(path, launcher=False) == [path]
+        assert f" {fence.hook} " in stack
+        stack = stack.replace(f" {fence.hook} ", f" {path} ")
+    elif not fence.launcher:
+        pytest.skip("no static hook launcher built")
     argv = su_argv(fence, user, "echo RAN", stack, wrapper=BLOCK_SIGALRM)
     took, r = timed_login(fence, argv, records.Lock(fence.nf.run_dir), limit=8)
     assert refused(r), (r.stdout, r.stderr)
