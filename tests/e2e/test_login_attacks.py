@@ -104,12 +104,28 @@ FLOODS = {
 }
 
 
+def python_only(fence, stack):
+    """`stack` with the hook installed without the static launcher (the Python
+    program alone, as on machines without a static libc)."""
+    from netfence.hookstub import write_hook
+    path = f"{fence.nf.root}/bin/netfence-hook-python"
+    if not os.path.exists(path):
+        assert write_hook(path, launcher=False) == [path]
+    assert f" {fence.hook} " in stack
+    return stack.replace(f" {fence.hook} ", f" {path} ")
+
+
+@pytest.mark.parametrize("program", ["launcher", "python-only"])
 @pytest.mark.parametrize("flood", sorted(FLOODS))
-def test_flooded_pam_environment_cannot_skip_the_hook(fence, user, flood):
+def test_flooded_pam_environment_cannot_skip_the_hook(fence, user, flood, program):
     fence.echo()
     fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"'))
     write_pam_environment(user, FLOODS[flood])
     stack = fence.stack(before=[PAM_ENV])
+    if program == "python-only":
+        stack = python_only(fence, stack)
+    elif not fence.launcher:
+        pytest.skip("no static hook launcher built")
     r = su(fence, user, fence.view() + '; echo "x99=${PAM_X89:-unset}"', stack)
     # pam_env did read the file (Debian 12, linux-pam 1.5.2: user_readenv is honoured)
     assert parse_view(r.stdout).get("x99") == "1", (r.stdout, r.stderr)
@@ -181,11 +197,7 @@ def test_blocked_sigalrm_cannot_stretch_the_time_bound(fence, user, program):
     records.ensure_dirs(fence.nf.run_dir)
     stack = fence.stack("timeout_ms=500")
     if program == "python-only":
-        from netfence.hookstub import write_hook
-        path = f"{fence.nf.root}/bin/netfence-hook-python"
-        assert write_hook(path, launcher=False) == [path]
-        assert f" {fence.hook} " in stack
-        stack = stack.replace(f" {fence.hook} ", f" {path} ")
+        stack = python_only(fence, stack)
     elif not fence.launcher:
         pytest.skip("no static hook launcher built")
     argv = su_argv(fence, user, "echo RAN", stack, wrapper=BLOCK_SIGALRM)
