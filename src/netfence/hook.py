@@ -206,6 +206,7 @@ class _Budget:
 def main(argv):
     start = time.monotonic()
     _own_alarm()
+    _machine_timezone()
     argv, report_fd = launcher_pipe(argv)
     launcher = posix.getppid() if report_fd >= 0 else 0
     opts, warnings = parse_args(argv)
@@ -340,6 +341,15 @@ def tell_launcher(fd, timeout_ms, on_error):
     except OSError:
         pass
     return -1
+
+
+def _machine_timezone():
+    """Local time is the machine's, never the PAM environment's TZ: pam_env can set TZ
+    from ~/.pam_environment, and without the launcher (which passes only PAM_*) libc
+    would take it, letting a user move the clock out of a rule's time window."""
+    if b"TZ" in posix.environ:
+        posix.unsetenv(b"TZ")
+        time.tzset()
 
 
 def _own_alarm():

@@ -139,6 +139,42 @@ def test_flooded_pam_environment_cannot_skip_the_hook(fence, user, flood, progra
     assert 2 <= len(fence.warnings()) <= 2 * 10, fence.warnings()
 
 
+def clock_window(span_min=120):
+    """A time window of the policy language around the machine's local time now."""
+    now = time.localtime()
+    minute = now.tm_hour * 60 + now.tm_min
+    start, end = (minute - span_min) % 1440, (minute + span_min) % 1440
+    return f"* {start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+
+
+def shifted_tz(hours=12):
+    """A POSIX TZ string whose local time is `hours` away from the machine's."""
+    east = (time.localtime().tm_gmtoff // 3600 + hours + 12) % 24 - 12
+    return f"NFT{-east:+d}"
+
+
+@pytest.mark.parametrize("program", ["launcher", "python-only"])
+def test_pam_environment_tz_cannot_move_the_clock_out_of_a_rule(fence, user, program):
+    """A rule with a time window is evaluated in the machine's local time. TZ from
+    ~/.pam_environment (pam_env user_readenv=1) reaches a hook run without the
+    launcher; libc would take it for the local time zone, and a user could shift the
+    clock 12 h, out of the window, and log in unrestricted."""
+    fence.echo()
+    fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"')
+               + f'time = "{clock_window()}"\n')
+    write_pam_environment(user, [f"TZ DEFAULT={shifted_tz()}"])
+    stack = fence.stack(before=[PAM_ENV])
+    if program == "python-only":
+        stack = python_only(fence, stack)
+    elif not fence.launcher:
+        pytest.skip("no static hook launcher built")
+    r = su(fence, user, fence.view() + '; echo "tz=$TZ"', stack)
+    assert parse_view(r.stdout).get("tz") == shifted_tz(), r.stdout   # pam_env set it
+    assert fenced(fence, r, user), (r.stdout, fence.log())
+    (opened,) = fence.events("open")
+    assert "result=ok" in opened and "rules=1" in opened, opened
+
+
 # ---- finding 5: the time bound ----------------------------------------------------------
 
 BLOCK_SIGALRM = [sys.executable, "-I", "-S", "-c",
