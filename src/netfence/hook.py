@@ -206,7 +206,7 @@ class _Budget:
 def main(argv):
     start = time.monotonic()
     _own_alarm()
-    _machine_timezone()
+    _clean_environment()
     argv, report_fd = launcher_pipe(argv)
     launcher = posix.getppid() if report_fd >= 0 else 0
     opts, warnings = parse_args(argv)
@@ -343,13 +343,19 @@ def tell_launcher(fd, timeout_ms, on_error):
     return -1
 
 
-def _machine_timezone():
-    """Local time is the machine's, never the PAM environment's TZ: pam_env can set TZ
-    from ~/.pam_environment, and without the launcher (which passes only PAM_*) libc
-    would take it, letting a user move the clock out of a rule's time window."""
-    if b"TZ" in posix.environ:
-        posix.unsetenv(b"TZ")
-        time.tzset()
+def _clean_environment():
+    """Keep only PAM_* in the process environment, as the launcher does (a hook run
+    without it gets the whole PAM environment, which pam_env fills from
+    ~/.pam_environment). libc and NSS modules read variables on their own: TZ would
+    move the clock out of a rule's time window, LDAPCONF/LDAPRC redirect an in-process
+    LDAP user lookup, LOCALDOMAIN/RES_OPTIONS the resolver. The hook itself reads the
+    items from /proc/self/environ, which this does not change."""
+    names = [name for name in posix.environ if not name.startswith(b"PAM_")]
+    for name in names:
+        posix.unsetenv(name)
+        del posix.environ[name]
+    if b"TZ" in names:
+        time.tzset()                        # the machine's /etc/localtime again
 
 
 def _own_alarm():

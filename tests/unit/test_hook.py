@@ -282,6 +282,36 @@ def test_inherited_blocked_sigalrm_is_undone(own):
         assert word == "slept", out
 
 
+CLEAN_SCRIPT = """
+import ctypes, sys, time
+sys.path.insert(0, {path!r})
+from netfence import hook
+before = time.localtime().tm_gmtoff
+hook._clean_environment()
+getenv = ctypes.CDLL(None).getenv
+getenv.restype = ctypes.c_char_p
+print(before, time.localtime().tm_gmtoff, getenv(b"TZ"), getenv(b"LDAPRC"),
+      getenv(b"PAM_USER"), sorted(__import__("posix").environ))
+"""
+
+
+def test_only_pam_variables_are_left_in_the_process_environment():
+    """Without the launcher the whole PAM environment reaches the hook: TZ (a rule's
+    time window), LDAPRC (an in-process LDAP lookup) and the like are dropped before
+    libc or an NSS module can read them."""
+    import subprocess
+    import sys
+    import netfence
+    path = os.path.dirname(os.path.dirname(netfence.__file__))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", CLEAN_SCRIPT.format(path=path)],
+                         capture_output=True, text=True, timeout=30, check=True,
+                         env={"TZ": "NFT-13", "LDAPRC": "/home/u/ldaprc", "PAM_USER": "a"})
+    before, after, tz, ldaprc, user, names = out.stdout.split(" ", 5)
+    assert before == str(13 * 3600) and after != before
+    assert (tz, ldaprc, user) == ("None", "None", "b'a'")
+    assert names.strip() == "[b'PAM_USER']"
+
+
 def test_launcher_pipe_is_taken_only_when_last_and_a_pipe(tmp_path):
     read_end, write_end = os.pipe()
     regular = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
