@@ -11,6 +11,13 @@ from netfence import hook, hookstub
 from netfence.errors import HookInputError, StateError, UsageError
 
 
+@pytest.fixture(autouse=True)
+def keep_test_environment(monkeypatch):
+    """hook.main() empties its process environment of everything but PAM_* (tested in
+    a subprocess below): not pytest's."""
+    monkeypatch.setattr(hook, "_clean_environment", lambda: None)
+
+
 # ---- arguments --------------------------------------------------------------------
 
 def test_defaults():
