@@ -34,13 +34,13 @@ FULL = {"logins": 100, "unseed_logins": 5, "scale_sizes": (0, 1000, 10000),
         "scale_rounds": 5, "scale_processes": 20000, "scale_process_rounds": 2,
         "scale_reloads": 3,
         "scale_per_round": 20, "packet_rounds": 10, "packet_seconds": 1,
-        "reload_sizes": (10, 100, 1000), "reload_rounds": 10}
+        "reload_sizes": (10, 100, 1000), "reload_rounds": 10, "launcher_logins": 60}
 QUICK = {"logins": 50, "unseed_logins": 2, "scale_sizes": (0, 1000),
          "scale_rounds": 2, "scale_processes": 2000, "scale_process_rounds": 1,
          "scale_reloads": 2,
          "scale_per_round": 10, "packet_rounds": 3, "packet_seconds": 0.5,
-         "reload_sizes": (10, 100, 1000), "reload_rounds": 3}
-SECTIONS = ("login", "scale", "packet", "reload")
+         "reload_sizes": (10, 100, 1000), "reload_rounds": 3, "launcher_logins": 30}
+SECTIONS = ("login", "scale", "packet", "reload", "launcher")
 
 # key, goal text, check (None: no goal)
 GOALS = {
@@ -84,6 +84,14 @@ TABLE = [
                        "reload_nft_rules_10", "reload_nft_rules_100", "reload_nft_rules_1000"]),
     ("5 memory (MiB)", ["hook_peak_rss_mb", "hook_peak_rss_mb_median",
                         "bare_python_peak_rss_mb"]),
+    ("6 launcher (ms; supervised vs exec-only launcher, same run)", [
+        "launcher_logins", "launcher_open_ms_median_supervised",
+        "launcher_open_ms_median_exec_only", "launcher_open_ms_median_python",
+        "launcher_open_added_ms", "launcher_open_ratio_vs_exec_only",
+        "launcher_open_ratio_vs_python", "launcher_close_ms_median_supervised",
+        "launcher_close_ms_median_exec_only", "launcher_close_ms_median_python",
+        "launcher_close_added_ms", "launcher_close_ratio_vs_exec_only",
+        "launcher_close_ratio_vs_python"]),
 ]
 
 
@@ -94,6 +102,7 @@ def _interrupt(signum, frame):
 def run_sections(cfg, sections, results, errors, state):
     from support.users import throwaway_user
 
+    import launcher
     import login
     import packet
     import profile_hook
@@ -119,6 +128,7 @@ def run_sections(cfg, sections, results, errors, state):
             "reload": lambda: reloads.reload_section(ws, list(cfg["reload_sizes"]),
                                                      cfg["reload_rounds"]),
             "profile": lambda: {"profile": profile_hook.profile(ws, user)},
+            "launcher": lambda: launcher.launcher_section(ws, user, cfg["launcher_logins"]),
         }
         for name in sections:
             log(f"== {name}")

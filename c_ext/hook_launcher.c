@@ -1,43 +1,350 @@
 /*
  * netfence-hook launcher: what pam_exec runs when netfence's static launcher is
- * installed (docs/hook.md, "Environment").
+ * installed (docs/hook.md, "Environment" and "Time bound").
  *
- * pam_exec passes the whole PAM environment to the program it runs, and pam_env with
- * user_readenv=1 (Debian's sshd stack) fills it from the user's ~/.pam_environment.
- * A dynamically linked program (python3, /bin/sh, env) would honour LD_PRELOAD or
- * LD_LIBRARY_PATH from there and run the user's code as root before main(). This
- * launcher is linked statically, so no dynamic loader runs; it keeps only the PAM_*
- * variables, in their order (the hook tells pam_exec's own items from look-alikes by
- * their position), and executes the Python hook program "<its own path>.py".
+ * 1. Environment. pam_exec passes the whole PAM environment to the program it runs,
+ *    and pam_env with user_readenv=1 fills it from the user's ~/.pam_environment. A
+ *    dynamically linked program (python3, /bin/sh, env) would honour LD_PRELOAD or
+ *    LD_LIBRARY_PATH from there and run the user's code as root before main(). This
+ *    launcher is linked statically, so no dynamic loader runs; it keeps every PAM_*
+ *    variable, in order and without any fixed limit (the hook tells pam_exec's own
+ *    items from look-alikes by their position, and needs pam_exec's trailing PAM_TYPE:
+ *    a table that drops entries past a limit lets a user flood them away), and drops
+ *    everything else.
+ *
+ * 2. Time bound. pam_exec waits for its program forever. The Python hook bounds its
+ *    own time with SIGALRM, but a signal mask or disposition inherited through the
+ *    login program (masks survive exec of setuid su) or a C call that never returns
+ *    (a hung NSS lookup) defeats that. So the launcher resets the signal mask and
+ *    every disposition to the default, forks, runs the Python hook "<own path>.py" in
+ *    the child, and enforces the deadline in the parent: timeout_ms (argument, else
+ *    2000) + GRACE_MS after its own start, GRACE_MS leaving the hook's own alarm the
+ *    first word (it cleans up and logs the details). The child reports the budget
+ *    and on_error it settled on (the snapshot's settings) over a pipe whose write end
+ *    it gets as the argument launcher_fd=N, appended here (any such argument from the
+ *    PAM line is dropped). At the deadline the child is SIGKILLed, one key=value line
+ *    is logged, and the exit status follows on_error (deny: 1, allow: 0).
+ *
+ * 3. Logging: syslog (/dev/log, authpriv), else the kernel log (/dev/kmsg), as the
+ *    Python hook does; with the `debug` argument also to stderr.
  *
  * Build: cc -static -O2 -o netfence-hook c_ext/hook_launcher.c (setup.py does it).
  */
 
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
-#define MAX_KEEP 64
+#define DEFAULT_TIMEOUT_MS 2000
+#define MAX_TIMEOUT_MS 60000
+#define GRACE_MS 200            /* after timeout_ms: the hook's own alarm goes first */
+#define REAP_MS 200             /* how long to wait for a SIGKILLed child to go */
+#define LOG_AUTHPRIV (10 << 3)
+#define LOG_ERR 3
+#define FD_ARG "launcher_fd="
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+static const char *syslog_path = "/dev/log";
+static const char *kmsg_path = "/dev/kmsg";
+static int debug;
+
+static long long now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* One log line: syslog over /dev/log (datagram, else stream), else /dev/kmsg. */
+static void log_line(int priority, const char *fmt, ...)
+{
+    char text[900], msg[1024];
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    va_list ap;
+    int len, fd, sent = 0;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (debug) {
+        len = snprintf(msg, sizeof msg, "netfence: %s\n", text);
+        if (write(2, msg, len) < 0) { /* nothing to do */ }
+    }
+    len = snprintf(msg, sizeof msg, "<%d>netfence[%d]: %s", LOG_AUTHPRIV | priority,
+                   (int)getpid(), text);
+    strncpy(addr.sun_path, syslog_path, sizeof addr.sun_path - 1);
+    for (int attempt = 0; attempt < 2 && !sent; attempt++) {
+        int kind = attempt ? SOCK_STREAM : SOCK_DGRAM, err;
+        fd = socket(AF_UNIX, kind | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            break;
+        if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0)
+            sent = send(fd, msg, len + (kind == SOCK_STREAM), MSG_NOSIGNAL) > 0;
+        err = errno;
+        close(fd);
+        if (!sent && err != EPROTOTYPE)     /* a stream socket: try again; else give up */
+            break;
+    }
+    if (sent)
+        return;
+    fd = open(kmsg_path, O_WRONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd >= 0) {
+        msg[len] = '\n';
+        if (write(fd, msg, len + 1) < 0) { /* nowhere left to say it */ }
+        close(fd);
+    }
+}
+
+/* A PAM item for the log line: "-" when empty, bare when plain printable ASCII
+   without quotes, = or backslash, else quoted with \xNN escapes; at most 64 bytes
+   (the items are the user's text: nothing in them may split or forge a field) */
+static void show(char *out, size_t cap, const char *value)
+{
+    size_t n = 0, len = strnlen(value, 64);
+    int plain = len > 0;
+
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if (c <= 0x20 || c >= 0x7f || c == '=' || c == '"' || c == '\'' || c == '\\')
+            plain = 0;
+    }
+    if (!len) {
+        snprintf(out, cap, "-");
+        return;
+    }
+    if (plain) {
+        snprintf(out, cap, "%.*s", (int)len, value);
+        return;
+    }
+    out[n++] = '\'';
+    for (size_t i = 0; i < len && n + 6 < cap; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if (c < 0x20 || c >= 0x7f || c == '\'' || c == '\\')
+            n += snprintf(out + n, cap - n, "\\x%02x", c);
+        else
+            out[n++] = (char)c;
+    }
+    out[n++] = '\'';
+    out[n] = 0;
+}
+
+/* "user=U service=S" from the last PAM_USER and PAM_SERVICE: pam_exec appends its
+   own after the PAM environment, so the last ones are its (for the log only) */
+static void describe(char *out, size_t cap, char **env, size_t count)
+{
+    const char *user = "", *service = "";
+    char u[300], sv[300];
+
+    for (size_t i = 0; i < count; i++) {
+        if (strncmp(env[i], "PAM_USER=", 9) == 0)
+            user = env[i] + 9;
+        else if (strncmp(env[i], "PAM_SERVICE=", 12) == 0)
+            service = env[i] + 12;
+    }
+    show(u, sizeof u, user);
+    show(sv, sizeof sv, service);
+    snprintf(out, cap, "user=%s service=%s", u, sv);
+}
+
+/* "timeout_ms=N" (1..MAX) -> N, else 0 */
+static int parse_timeout(const char *value)
+{
+    long n = 0;
+    if (!*value)
+        return 0;
+    for (const char *p = value; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return 0;
+        n = n * 10 + (*p - '0');
+        if (n > MAX_TIMEOUT_MS)
+            return 0;
+    }
+    return n >= 1 ? (int)n : 0;
+}
+
+/* The child's report: "timeout_ms=N on_error=deny|allow\n" */
+static void read_report(const char *buf, int *timeout_ms, int *allow)
+{
+    char copy[128], *save = NULL;
+    snprintf(copy, sizeof copy, "%s", buf);
+    for (char *word = strtok_r(copy, " \n", &save); word; word = strtok_r(NULL, " \n", &save)) {
+        int n;
+        if (strncmp(word, "timeout_ms=", 11) == 0 && (n = parse_timeout(word + 11)))
+            *timeout_ms = n;
+        else if (strcmp(word, "on_error=allow") == 0)
+            *allow = 1;
+        else if (strcmp(word, "on_error=deny") == 0)
+            *allow = 0;
+    }
+}
+
+static void reset_signals(void)
+{
+    struct sigaction dfl;
+    sigset_t none;
+
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            sigaction(sig, &dfl, NULL);     /* EINVAL for glibc's reserved ones: fine */
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    alarm(0);                           /* an interval timer survives exec: cancel it */
+}
 
 int main(int argc, char **argv, char **envp)
 {
-    char *clean[MAX_KEEP + 1];
-    char script[PATH_MAX + 4];
+    long long start = now_ms(), deadline;
+    char script[PATH_MAX + 4], fdarg[32], report[128], who[640];
+    const char *event = "-";
+    char **clean, **args;
+    size_t count = 0, kept = 0, got = 0;
+    int timeout_ms = DEFAULT_TIMEOUT_MS, allow = 0, nargs = 0, fds[2], pidfd, status;
     ssize_t n;
-    int kept = 0;
+    pid_t pid, parent;
 
-    (void)argc;
-    for (char **e = envp; *e && kept < MAX_KEEP; e++)
+    reset_signals();
+    for (int i = 1; i < argc; i++) {
+        int t;
+        if (strncmp(argv[i], "timeout_ms=", 11) == 0 && (t = parse_timeout(argv[i] + 11)))
+            timeout_ms = t;
+        else if (strcmp(argv[i], "on_error=allow") == 0)
+            allow = 1;
+        else if (strcmp(argv[i], "on_error=deny") == 0)
+            allow = 0;
+        else if (strcmp(argv[i], "debug") == 0)
+            debug = 1;
+    }
+
+    for (char **e = envp; *e; e++)
+        count += strncmp(*e, "PAM_", 4) == 0;
+    clean = calloc(count + 1, sizeof *clean);
+    args = calloc(argc + 2, sizeof *args);
+    if (!clean || !args) {
+        log_line(LOG_ERR, "event=- result=refused error='launcher: out of memory for "
+                 "%zu PAM_* variables'", count);
+        return 1;
+    }
+    for (char **e = envp; *e; e++)
         if (strncmp(*e, "PAM_", 4) == 0)
             clean[kept++] = *e;
     clean[kept] = NULL;
+    describe(who, sizeof who, clean, kept);
+    if (kept && strcmp(clean[kept - 1], "PAM_TYPE=open_session") == 0)
+        event = "open";
+    else if (kept && strcmp(clean[kept - 1], "PAM_TYPE=close_session") == 0)
+        event = "close";
 
     n = readlink("/proc/self/exe", script, PATH_MAX);
-    if (n <= 0 || n >= PATH_MAX)
+    if (n <= 0 || n >= PATH_MAX) {
+        log_line(LOG_ERR, "event=%s result=refused error='launcher: cannot read "
+                 "/proc/self/exe'", event);
         return 1;
+    }
     memcpy(script + n, ".py", 4);
-    argv[0] = script;
-    execve(script, argv, clean);
-    return 1;       /* exit 1: pam_exec reports PAM_SYSTEM_ERR, the login is refused */
+
+    if (pipe2(fds, O_CLOEXEC) < 0) {
+        log_line(LOG_ERR, "event=%s result=refused error='launcher: pipe: %s'", event,
+                 strerror(errno));
+        return 1;
+    }
+    parent = getpid();
+    pid = fork();
+    if (pid < 0) {
+        log_line(LOG_ERR, "event=%s result=refused error='launcher: fork: %s'", event,
+                 strerror(errno));
+        return 1;
+    }
+    if (pid == 0) {
+        /* the hook dies with the launcher: nothing runs on unsupervised */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(1);
+        int w = fcntl(fds[1], F_DUPFD, 3);       /* without FD_CLOEXEC: inherited */
+        if (w < 0)
+            _exit(1);
+        snprintf(fdarg, sizeof fdarg, FD_ARG "%d", w);
+        args[nargs++] = script;
+        for (int i = 1; i < argc; i++)
+            if (strncmp(argv[i], FD_ARG, sizeof FD_ARG - 1) != 0)
+                args[nargs++] = argv[i];
+        args[nargs++] = fdarg;
+        args[nargs] = NULL;
+        execve(script, args, clean);
+        _exit(1);      /* exit 1: pam_exec reports PAM_SYSTEM_ERR, the login is refused */
+    }
+    close(fds[1]);
+    pidfd = (int)syscall(SYS_pidfd_open, pid, 0);   /* < 0 before Linux 5.3: poll */
+
+    deadline = start + timeout_ms + GRACE_MS;
+    for (;;) {
+        struct pollfd pfd[2];
+        int nfds = 0, wait_ms;
+        long long left;
+        pid_t done = waitpid(pid, &status, WNOHANG);
+
+        if (done == pid)
+            break;
+        left = deadline - now_ms();
+        if (left <= 0) {
+            long long until;
+            kill(pid, SIGKILL);
+            /* not an unbounded wait: a child stuck in the kernel (D state) dies late */
+            until = now_ms() + REAP_MS;
+            while (waitpid(pid, &status, WNOHANG) != pid && now_ms() < until)
+                poll(NULL, 0, 5);
+            log_line(LOG_ERR, "event=%s %s result=%s on_error=%s error=timeout "
+                     "timeout_ms=%d ms=%lld killed=%d", event, who,
+                     allow ? "allowed-after-error" : "refused", allow ? "allow" : "deny",
+                     timeout_ms, now_ms() - start, (int)pid);
+            return allow ? 0 : 1;
+        }
+        if (fds[0] >= 0) {
+            pfd[nfds].fd = fds[0];
+            pfd[nfds++].events = POLLIN;
+        }
+        if (pidfd >= 0) {
+            pfd[nfds].fd = pidfd;
+            pfd[nfds++].events = POLLIN;
+        }
+        wait_ms = pidfd >= 0 ? (int)left : (int)(left < 10 ? left : 10);
+        if (poll(pfd, nfds, wait_ms) < 0 && errno != EINTR)
+            poll(NULL, 0, 5);
+        if (fds[0] >= 0 && pfd[0].revents) {
+            n = read(fds[0], report + got, sizeof report - 1 - got);
+            if (n > 0)
+                got += n;
+            if (n <= 0 || got == sizeof report - 1 || memchr(report, '\n', got)) {
+                report[got] = 0;
+                read_report(report, &timeout_ms, &allow);
+                deadline = start + timeout_ms + GRACE_MS;
+                close(fds[0]);
+                fds[0] = -1;
+            }
+        }
+    }
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    log_line(LOG_ERR, "event=%s %s result=%s on_error=%s error='hook killed by signal %d' "
+             "ms=%lld", event, who, allow ? "allowed-after-error" : "refused",
+             allow ? "allow" : "deny", WTERMSIG(status), now_ms() - start);
+    return allow ? 0 : 1;
 }

@@ -6,8 +6,12 @@ ARGS: state_dir=DIR run_dir=DIR on_error=deny|allow timeout_ms=N debug fastpath=
 (unknown or invalid ones are logged and ignored, as PAM modules do).
 
 Reads only PAM_TYPE, PAM_USER, PAM_SERVICE, PAM_TTY and PAM_RHOST from the
-environment, and only the copies pam_exec itself appended (see pam_items). Exit 0 lets the session go on; exit 1 makes pam_exec fail, which with
-`required` refuses the login.
+environment, and only the copies pam_exec itself appended (see pam_items); an
+environment that is not pam_exec's for a session (no PAM_TYPE, not last, another type,
+unreadable) is a failure, never "nothing to do". Exit 0 lets the session go on; exit 1
+makes pam_exec fail, which with `required` refuses the login. Under the static launcher
+(c_ext/hook_launcher.c) the last argument is `launcher_fd=N`: the hook reports its
+budget and on_error there, and the launcher kills it if it overruns (tell_launcher).
 
 Import cost is the point of this module's shape: it runs under `python3 -I -S` before
 every login, within 1.5x of a bare interpreter start. So: `posix` not `os` (~2 ms),
@@ -32,7 +36,6 @@ MAX_TIMEOUT_MS = 60000
 LOG_ERR, LOG_WARNING, LOG_INFO = 3, 4, 6
 
 ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-USER_CHARS = ALNUM | frozenset("_.@-")
 SERVICE_CHARS = ALNUM | frozenset("_.-")
 RHOST_CHARS = ALNUM | frozenset(".:%_-")
 TTY_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - frozenset("\"'`;\\")
@@ -78,15 +81,38 @@ def _show(value, limit=64):
 
 
 def validate_items(user, service, tty, rhost):
-    """Raise HookInputError naming the first invalid PAM item."""
-    if not (0 < len(user) <= 256 and set(user) <= USER_CHARS and user[0] != "-"):
-        raise HookInputError(f"invalid PAM_USER {_show(user)}")
+    """Raise HookInputError naming the first invalid PAM item.
+
+    PAM_USER is only ever given to getpwnam (the account's canonical name and uid are
+    used afterwards), so any name NSS may resolve passes: `host$` (Samba machine
+    accounts), `DOMAIN\\user` (winbind), `a+b`, non-ASCII. Refused is only what
+    cannot be a name: empty, over USER_MAX_BYTES bytes, or holding a control
+    character (NUL, newline, tab, ESC, DEL, C1)."""
+    problem = user_name_problem(user)
+    if problem:
+        raise HookInputError(f"invalid PAM_USER {_show(user)}: {problem}")
     if not (0 < len(service) <= 64 and set(service) <= SERVICE_CHARS):
         raise HookInputError(f"invalid PAM_SERVICE {_show(service)}")
     if not (len(tty) <= 64 and set(tty) <= TTY_CHARS):
         raise HookInputError(f"invalid PAM_TTY {_show(tty)}")
     if not _valid_rhost(rhost):
         raise HookInputError(f"invalid PAM_RHOST {_show(rhost)}")
+
+
+USER_MAX_BYTES = 256
+
+
+def user_name_problem(user):
+    """Why `user` cannot be an account name, or "" when it can be."""
+    if not user:
+        return "empty"
+    if len(user.encode("utf-8", "surrogateescape")) > USER_MAX_BYTES:
+        return f"longer than {USER_MAX_BYTES} bytes"
+    for char in user:
+        code = ord(char)
+        if code < 0x20 or 0x7F <= code < 0xA0:
+            return "control character"
+    return ""
 
 
 def _valid_rhost(rhost):
@@ -130,13 +156,18 @@ def pam_items(entries):
 
 
 def read_environment():
-    """The environment block as the kernel passed it: [b"NAME=value", ...]."""
+    """The environment block as the kernel passed it: [b"NAME=value", ...], all of
+    it; None when it cannot be read."""
     try:
         fd = posix.open("/proc/self/environ", posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError:
         return None
     from .records import read_all
-    return [e for e in read_all(fd).split(b"\0") if e]
+    try:
+        data = read_all(fd)
+    except OSError:
+        return None
+    return [e for e in data.split(b"\0") if e]
 
 
 def _text(value):
@@ -174,18 +205,26 @@ class _Budget:
 
 def main(argv):
     start = time.monotonic()
+    _own_alarm()
+    _clean_environment()
+    argv, report_fd = launcher_pipe(argv)
+    launcher = posix.getppid() if report_fd >= 0 else 0
     opts, warnings = parse_args(argv)
     entries = read_environment()
-    if entries is None:                     # no /proc: the best we can do
-        warnings.append("/proc/self/environ unreadable: using os.environ")
-        entries = [k + b"=" + v for k, v in posix.environ.items()]
+    problem = None
+    if entries is None:
+        problem = "cannot read the environment (/proc/self/environ)"
+        entries = []
     env, ignored = pam_items(entries)
-    warnings += [f"PAM environment sets {name}: ignored" for name in ignored]
-    pam_type = env.get("PAM_TYPE", "")
-    if pam_type not in ("open_session", "close_session"):
-        return 0
-    event = "open" if pam_type == "open_session" else "close"
+    pam_type = env.get("PAM_TYPE")
+    if problem is None:
+        problem = environment_problem(entries, pam_type)
+    event = {"open_session": "open", "close_session": "close"}.get(pam_type, "-")
     log = _Log(opts["debug"], event, start)
+    if problem:                             # not a session this hook can act on: never
+        log.line(LOG_ERR, result="invalid", error=problem)      # exit 0 for it
+        return 1
+    warnings += ignored_warnings(ignored)
     budget = _Budget(start)
     budget.arm(opts["timeout_ms"] or DEFAULT_TIMEOUT_MS)
     on_error = opts["on_error"] or "deny"
@@ -198,16 +237,26 @@ def main(argv):
         log.fields.update(user=items["user"], service=items["service"],
                           rhost=items["rhost"], tty=items["tty"])
         if event == "open":
-            login = load_login(opts["state_dir"])
-            settings = login["settings"]
+            try:
+                login, unusable = load_login(opts["state_dir"]), None
+            except StateError as err:
+                login, unusable = None, err
+            settings = login["settings"] if login else {}
             if opts["on_error"] is None and settings.get("on_error") == "allow":
                 on_error = "allow"              # anything but a clear "allow" denies
             timeout = settings.get("hook_timeout_ms")
             if opts["timeout_ms"] is None and isinstance(timeout, int):
                 budget.arm(min(max(timeout, 1), MAX_TIMEOUT_MS))
-            do_open(opts, login, items, budget, log)
+            # before the user lookup, which may hang in NSS: the launcher then applies
+            # the policy's budget and on_error
+            report_fd = tell_launcher(report_fd, budget.ms, on_error)
+            account = lookup_account(items["user"])     # a non-account is refused
+            if unusable is not None:                    # whatever the snapshot
+                raise unusable
+            do_open(opts, login, items, account, pam_application(launcher), budget, log)
         else:
-            do_close(opts, budget, log)
+            report_fd = tell_launcher(report_fd, budget.ms, on_error)
+            do_close(opts, pam_application(launcher), launcher, budget, log)
         budget.disarm()
     except HookInputError as err:
         budget.disarm()
@@ -221,6 +270,101 @@ def main(argv):
         return log.failed(on_error, err, internal=True)
     log.line(LOG_INFO)
     return 0
+
+
+def environment_problem(entries, pam_type):
+    """Why the environment is not one pam_exec made for a session, or None.
+
+    pam_exec appends PAM_TYPE last; anything else at the end means the block was cut
+    or rearranged (a launcher that truncates, a flood of PAM_* names), and the items
+    before it cannot be trusted."""
+    if pam_type is None:
+        return "no PAM_TYPE in the environment: not run by pam_exec, or its items lost"
+    if not entries or not entries[-1].startswith(b"PAM_TYPE="):
+        return "the environment does not end with pam_exec's PAM_TYPE: cut or rearranged"
+    if pam_type not in ("open_session", "close_session"):
+        return (f"PAM_TYPE {_show(pam_type)}: the hook runs for session open and close "
+                f"only (a `session` line of pam_exec)")
+    return None
+
+
+MAX_IGNORED_LINES = 8
+
+
+def ignored_warnings(ignored):
+    """One warning per look-alike PAM_* name from the PAM environment, at most
+    MAX_IGNORED_LINES, then one line with the count of the rest."""
+    lines = [f"PAM environment sets {name}: ignored" for name in ignored[:MAX_IGNORED_LINES]]
+    if len(ignored) > MAX_IGNORED_LINES:
+        lines.append(f"PAM environment sets {len(ignored) - MAX_IGNORED_LINES} more PAM_* "
+                     f"names: ignored")
+    return lines
+
+
+# ---- the static launcher's deadline -------------------------------------------------
+
+LAUNCHER_FD_ARG = "launcher_fd="
+
+
+def launcher_pipe(argv):
+    """(argv without the launcher's argument, fd of the launcher's pipe or -1).
+
+    The static launcher appends `launcher_fd=N` (last), N the write end of a pipe it
+    reads the effective budget from. Only a last argument naming an inherited pipe is
+    taken; the environment plays no part."""
+    if not argv or not argv[-1].startswith(LAUNCHER_FD_ARG):
+        return argv, -1
+    value = argv[-1][len(LAUNCHER_FD_ARG):]
+    argv = argv[:-1]
+    if not (value.isascii() and value.isdigit() and 3 <= int(value) < 65536):
+        return argv, -1
+    try:
+        st = posix.fstat(int(value))
+    except OSError:
+        return argv, -1
+    if st.st_mode & 0o170000 != 0o010000:       # S_IFIFO
+        return argv, -1
+    return argv, int(value)
+
+
+def tell_launcher(fd, timeout_ms, on_error):
+    """Send the launcher the budget and on_error in effect (once; then the pipe is
+    closed, so forked helpers do not hold it). Returns -1, the new value of fd."""
+    if fd < 0:
+        return -1
+    try:
+        posix.write(fd, f"timeout_ms={timeout_ms} on_error={on_error}\n".encode())
+    except OSError:
+        pass
+    try:
+        posix.close(fd)
+    except OSError:
+        pass
+    return -1
+
+
+def _clean_environment():
+    """Keep only PAM_* in the process environment, as the launcher does (a hook run
+    without it gets the whole PAM environment, which pam_env fills from
+    ~/.pam_environment). libc and NSS modules read variables on their own: TZ would
+    move the clock out of a rule's time window, LDAPCONF/LDAPRC redirect an in-process
+    LDAP user lookup, LOCALDOMAIN/RES_OPTIONS the resolver. The hook itself reads the
+    items from /proc/self/environ, which this does not change."""
+    names = [name for name in posix.environ if not name.startswith(b"PAM_")]
+    for name in names:
+        posix.unsetenv(name)
+        del posix.environ[name]
+    if b"TZ" in names:
+        time.tzset()                        # the machine's /etc/localtime again
+
+
+def _own_alarm():
+    """SIGALRM delivered and handled here whatever the login program left: a blocked
+    mask and SIG_IGN survive exec of setuid su (without the launcher, which resets
+    both, nothing else would)."""
+    _signal.setitimer(_signal.ITIMER_REAL, 0)            # none inherited either
+    _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, [_signal.SIGALRM])
 
 
 def load_login(state_dir):
@@ -254,14 +398,38 @@ def load_login(state_dir):
     return login
 
 
-def do_open(opts, login, items, budget, log):
+def lookup_account(name):
+    """The passwd entry of PAM_USER: the only use of the name as given. Everything
+    after (matching, records, log) uses the entry's canonical pw_name and uid."""
     import pwd
-
-    from . import matcher
     try:
-        entry = pwd.getpwnam(items["user"])
+        return pwd.getpwnam(name)
     except KeyError:
-        raise NetfenceError(f"unknown user {_show(items['user'])}") from None
+        # not an account (or NSS cannot answer, which pwd does not tell apart): no
+        # login program gets this far for it, and there is no uid to fence
+        raise HookInputError(f"invalid PAM_USER {_show(name)}: no such account") from None
+
+
+def pam_application(launcher):
+    """pid of the PAM application (su, sshd's monitor): the hook's parent, or with the
+    static launcher in between (launcher = its pid) the launcher's parent, which waits
+    for the launcher while the hook runs."""
+    if launcher:
+        try:
+            fd = posix.open(f"/proc/{launcher}/stat", posix.O_RDONLY | posix.O_CLOEXEC)
+        except OSError:
+            raise NetfenceError(f"launcher {launcher} is gone") from None
+        from .records import read_all
+        ppid = int(read_all(fd).rpartition(b")")[2].split()[1])
+    else:
+        ppid = posix.getppid()
+    if ppid <= 1:
+        raise NetfenceError("the PAM application is gone (the hook's parent is init)")
+    return ppid
+
+
+def do_open(opts, login, items, entry, ppid, budget, log):
+    from . import matcher
     user, uid = entry.pw_name, entry.pw_uid
     log.fields.update(user=user, uid=uid)
     weekday = minute = 0
@@ -277,7 +445,6 @@ def do_open(opts, login, items, budget, log):
         return
     log.use(opts["fastpath"])                 # loads the C extension: only now
     from . import sessions
-    ppid = posix.getppid()
     info = dict(items, user=user, uid=uid)
     record = sessions.open_session(opts["run_dir"], login, info, decision.user_profiles,
                                    decision.session_profiles, ppid=ppid,
@@ -287,16 +454,18 @@ def do_open(opts, login, items, budget, log):
                       rules=",".join(str(i + 1) for i in decision.matched), result="ok")
 
 
-def do_close(opts, budget, log):
+def do_close(opts, ppid, launcher, budget, log):
     from . import records, sessions
-    ppid = posix.getppid()
     key, _ = sessions.session_key(ppid)
     log.fields["session"] = key
     if not records.exists(opts["run_dir"], key):
         log.fields["result"] = "none"
         return
     log.use(opts["fastpath"])
-    result = sessions.close_session(opts["run_dir"], key, pids=(ppid, posix.getpid()),
+    # the processes to move out of the session cgroup (pam_exec forked the launcher
+    # and the hook inside it); none of them keeps the uid alive
+    pids = (ppid, launcher, posix.getpid()) if launcher else (ppid, posix.getpid())
+    result = sessions.close_session(opts["run_dir"], key, pids=pids,
                                     timeout_ms=budget.left_ms(), detach=True)
     if result["result"] == "absent":
         log.fields["result"] = "none"
@@ -399,30 +568,53 @@ class _Log:
 
 LOG_AUTHPRIV = 10 << 3
 SYSLOG_SOCKET = "/dev/log"
+KMSG = "/dev/kmsg"
+KMSG_MAX = 960                  # bytes of text per kernel log record (1024 with header)
 
 
-def syslog(priority, text, path=SYSLOG_SOCKET):
-    """What glibc's syslog(3) sends (RFC 3164 framing, ident "netfence", the pid), over
-    `_socket`, which matcher has loaded already: no syslog or cffi import for the
-    logins that match nothing. A missing /dev/log drops the line, as glibc does."""
+def syslog(priority, text, path=None, kmsg=None):
+    """Log one line; returns where it went: "syslog", "kmsg" or None.
+
+    First what glibc's syslog(3) sends (RFC 3164 framing, ident "netfence", the pid),
+    over `_socket`, which matcher has loaded already: no syslog or cffi import for the
+    logins that match nothing. When /dev/log is missing or refuses (no syslog daemon),
+    the kernel log: "<PRI>netfence[PID]: text" written to /dev/kmsg keeps facility and
+    priority (dmesg -x, journald and rsyslog's imklog read it), so a refusal always
+    leaves a record. `path` and `kmsg` default to SYSLOG_SOCKET and KMSG, read at call
+    time (tests point them elsewhere)."""
     import _socket
-    stamp = time.strftime("%b %e %H:%M:%S")
-    data = (f"<{LOG_AUTHPRIV | priority}>{stamp} netfence[{posix.getpid()}]: {text}"
-            .encode("utf-8", "backslashreplace"))
+    path = SYSLOG_SOCKET if path is None else path
+    head = f"<{LOG_AUTHPRIV | priority}>"
+    tag = f"netfence[{posix.getpid()}]: "
+    stamp = time.strftime("%b %e %H:%M:%S ")
+    data = (head + stamp + tag + text).encode("utf-8", "backslashreplace")
     for kind in (_socket.SOCK_DGRAM, _socket.SOCK_STREAM):
         try:
             sock = _socket.socket(_socket.AF_UNIX, kind | _socket.SOCK_CLOEXEC)
         except OSError:
-            return
+            break
         try:
             sock.connect(path)
             sock.send(data if kind == _socket.SOCK_DGRAM else data + b"\0")
-            return
+            return "syslog"
         except OSError as err:
             if err.errno != 91:              # EPROTOTYPE: a stream socket, try again
-                return
+                break
         finally:
             sock.close()
+    line = (head + tag).encode() + text.encode("utf-8", "backslashreplace")[:KMSG_MAX]
+    try:
+        fd = posix.open(KMSG if kmsg is None else kmsg,
+                        posix.O_WRONLY | posix.O_CLOEXEC | posix.O_NOCTTY | posix.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        posix.write(fd, line + b"\n")
+        return "kmsg"
+    except OSError:
+        return None
+    finally:
+        posix.close(fd)
 
 
 def _field(value):

@@ -1,8 +1,10 @@
 """Write the hook program that pam_exec runs (`netfence install-hook`).
 
     PATH      the static launcher (c_ext/hook_launcher.c) when the build produced one:
-              drops every environment variable but PAM_*, so LD_PRELOAD and friends
-              from the PAM environment never reach a dynamic loader; then runs PATH.py
+              keeps every PAM_* variable (in order, no limit) and nothing else, so
+              LD_PRELOAD and friends from the PAM environment never reach a dynamic
+              loader; resets the signal state and runs PATH.py in a child it kills at
+              the deadline (timeout_ms + 200 ms), applying on_error
     PATH.py   the Python hook program (PATH itself when there is no launcher):
 
         #!<python> -IS

@@ -125,8 +125,11 @@ def throwaway_group(prefix="nftg"):
 
 
 @contextmanager
-def throwaway_user(prefix="nft", groups=(), password=None, shell="/bin/bash"):
-    """A new local user ``<prefix>u<hex>`` with a home directory and the given shell.
+def throwaway_user(prefix="nft", groups=(), password=None, shell="/bin/bash", suffix=""):
+    """A new local user ``<prefix>u<hex><suffix>`` with a home directory and the given
+    shell. `prefix`/`suffix` may hold characters Debian's useradd accepts beyond the
+    portable set (``$`` as in Samba machine accounts, ``+``, ``\\`` as in winbind's
+    ``DOMAIN\\user``), for tests of such names.
 
     `groups`: supplementary groups. A string creates a new throwaway group named
     ``<string>-<hex>`` (yielded as ``user.groups[string]``); a Group (for instance from
@@ -146,6 +149,7 @@ def throwaway_user(prefix="nft", groups=(), password=None, shell="/bin/bash"):
                 created = stack.enter_context(throwaway_group(f"{g}-"))
                 real_groups[g] = created.name
         name = _unique(f"{prefix}u")
+        name = name[:NAME_MAX - len(suffix)] + suffix
         if _exists_user(name) or _exists_group(name):
             raise RuntimeError(f"random name collision: {name}")
         argv = ["useradd", "-m", "-s", shell]

@@ -11,6 +11,13 @@ from netfence import hook, hookstub
 from netfence.errors import HookInputError, StateError, UsageError
 
 
+@pytest.fixture(autouse=True)
+def keep_test_environment(monkeypatch):
+    """hook.main() empties its process environment of everything but PAM_* (tested in
+    a subprocess below): not pytest's."""
+    monkeypatch.setattr(hook, "_clean_environment", lambda: None)
+
+
 # ---- arguments --------------------------------------------------------------------
 
 def test_defaults():
@@ -60,18 +67,35 @@ HOSTILE = ["x'; drop", 'a"b', "a;b", "a\nb", "a b", "a\tb", "a\0b", "\x1b[31m", 
 
 
 @pytest.mark.parametrize("field,value", [
-    ("user", ""), ("user", "-rf"), ("user", "--help"), ("user", "u" * 257),
-    ("user", "a" * 4096), ("service", ""), ("service", "s" * 65), ("service", "a/b"),
+    ("user", ""), ("user", "u" * 257), ("user", "é" * 129), ("user", "a" * 4096),
+    ("service", ""), ("service", "s" * 65), ("service", "a/b"),
     ("tty", "t" * 65), ("rhost", "h" * 256), ("rhost", "[]"), ("rhost", "a/b"),
     ("rhost", "[::1"), ("rhost", "a[::1]"),
-] + [(f, v) for f in ("user", "service", "rhost") for v in HOSTILE]
+] + [(f, v) for f in ("service", "rhost") for v in HOSTILE]
+  + [("user", v) for v in ("a\nb", "a\tb", "a\0b", "\x1b[31m", "a\x7fb", "a\x85b", "\n")]
   # a tty may hold $ ( ) ` is refused: PAM items are data, never shell or rule text
   + [("tty", v) for v in HOSTILE if v != "$(id)"])
 def test_invalid_items_are_refused(field, value):
     with pytest.raises(HookInputError) as info:
         hook.validate_items(**dict(GOOD, **{field: value}))
     message = str(info.value)
-    assert "\n" not in message and len(message) < 120
+    assert "\n" not in message and len(message) < 160
+
+
+@pytest.mark.parametrize("name", [
+    "rtuser5$", "DOMAIN\\user", "a+b", "-rf", "--help", "é", "x'; drop", 'a"b', "a;b",
+    "a b", "$(id)", "`id`", "u" * 256, "é" * 128, "user@EXAMPLE.ORG",
+])
+def test_any_name_nss_could_resolve_passes_validation(name):
+    """PAM_USER only ever reaches getpwnam: refused is only what cannot be a name."""
+    hook.validate_items(**dict(GOOD, user=name))
+
+
+@pytest.mark.parametrize("name", ["nf-no-such-account$", "NOSUCHDOM\\nobody9"])
+def test_a_name_nss_does_not_know_is_invalid_input(name):
+    with pytest.raises(HookInputError, match="no such account"):
+        hook.lookup_account(name)
+    assert hook.lookup_account("root").pw_uid == 0
 
 
 # ---- the environment block --------------------------------------------------------
@@ -111,11 +135,41 @@ def test_no_pam_type_means_nothing():
     assert hook.pam_items(env(("PAM_USER", "a"))) == ({}, [])
 
 
-def test_main_ignores_other_pam_types(monkeypatch):
-    monkeypatch.setattr(hook, "read_environment",
-                        lambda: env(("PAM_SERVICE", "sshd"), ("PAM_USER", "a"),
-                                    ("PAM_TYPE", "auth")))
-    assert hook.main(["state_dir=/nonexistent"]) == 0
+def run_main(monkeypatch, entries, argv=("state_dir=/nonexistent", "on_error=allow")):
+    lines = []
+    monkeypatch.setattr(hook, "syslog", lambda prio, text: lines.append((prio, text)))
+    monkeypatch.setattr(hook, "read_environment", lambda: entries)
+    return hook.main(list(argv)), lines
+
+
+@pytest.mark.parametrize("entries,problem", [
+    (env(("PAM_SERVICE", "sshd"), ("PAM_USER", "a"), ("PAM_TYPE", "auth")), "PAM_TYPE 'auth'"),
+    (env(("PAM_SERVICE", "sshd"), ("PAM_USER", "a")), "no PAM_TYPE"),
+    ([], "no PAM_TYPE"),
+    (None, "cannot read the environment"),
+    # a PAM_TYPE that is not the last entry: the block was cut or rearranged
+    (env(("PAM_SERVICE", "sshd"), ("PAM_USER", "a"), ("PAM_TYPE", "open_session"),
+         ("PAM_X1", "1")), "does not end with pam_exec's PAM_TYPE"),
+])
+def test_main_never_exits_0_for_a_session_it_did_not_act_on(monkeypatch, entries, problem):
+    """Whatever on_error says: no session this hook can act on is a failure."""
+    code, lines = run_main(monkeypatch, entries)
+    assert code == 1
+    ((prio, text),) = lines
+    assert prio == hook.LOG_ERR and "result=invalid" in text and problem in text, text
+
+
+def test_flooded_environment_keeps_pam_exec_items_and_bounds_the_warnings():
+    flood = [(f"PAM_X{i}", "1") for i in range(500)] + [("PAM_USER", "root")]
+    entries = env(*flood, ("PAM_SERVICE", "su-l"), ("PAM_USER", "alice"),
+                  ("PAM_TYPE", "open_session"))
+    items, ignored = hook.pam_items(entries)
+    assert items == {"PAM_TYPE": "open_session", "PAM_SERVICE": "su-l", "PAM_USER": "alice"}
+    assert len(ignored) == 501
+    warnings = hook.ignored_warnings(ignored)
+    assert len(warnings) == hook.MAX_IGNORED_LINES + 1
+    assert warnings[-1] == "PAM environment sets 493 more PAM_* names: ignored"
+    assert hook.environment_problem(entries, items["PAM_TYPE"]) is None
 
 
 def test_main_refuses_hostile_items_whatever_on_error(monkeypatch):
@@ -147,8 +201,39 @@ def test_log_fields_cannot_break_the_line():
     assert hook._field("user:a,b") == "user:a,b"
 
 
-def test_syslog_without_dev_log_is_silent(tmp_path):
-    hook.syslog(6, "event=test", path=str(tmp_path / "no-such-socket"))
+def test_syslog_without_dev_log_falls_back_to_the_kernel_log(tmp_path, monkeypatch):
+    """No /dev/log (no syslog daemon), or one that refuses: the line goes to the kernel
+    log, with its priority; nowhere at all only when /dev/kmsg cannot be written."""
+    import socket
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_bytes(b"")
+    monkeypatch.setattr(hook, "SYSLOG_SOCKET", str(tmp_path / "no-such-socket"))
+    monkeypatch.setattr(hook, "KMSG", str(kmsg))
+    assert hook.syslog(hook.LOG_ERR, "event=open result=refused") == "kmsg"
+    assert kmsg.read_bytes() == f"<83>netfence[{os.getpid()}]: event=open result=refused\n".encode()
+
+    refusing = tmp_path / "refusing"                      # bound, then closed: ECONNREFUSED
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(refusing))
+    sock.close()
+    monkeypatch.setattr(hook, "SYSLOG_SOCKET", str(refusing))
+    assert hook.syslog(hook.LOG_INFO, "event=close " + "x" * 5000) == "kmsg"
+    last = kmsg.read_bytes().splitlines()[-1]
+    assert last.startswith(b"<86>netfence[") and len(last) < 1024
+
+    monkeypatch.setattr(hook, "KMSG", str(tmp_path / "no-such-kmsg"))
+    assert hook.syslog(6, "event=test") is None           # nowhere: no exception
+
+
+def test_log_line_reaches_the_kernel_log_through_main(tmp_path, monkeypatch):
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_bytes(b"")
+    monkeypatch.setattr(hook, "SYSLOG_SOCKET", str(tmp_path / "no-such-socket"))
+    monkeypatch.setattr(hook, "KMSG", str(kmsg))
+    monkeypatch.setattr(hook, "read_environment", lambda: env(("PAM_USER", "a")))
+    assert hook.main([]) == 1
+    text = kmsg.read_text()
+    assert text.startswith("<83>netfence[") and "result=invalid" in text
 
 
 def test_syslog_line_format(tmp_path):
@@ -163,6 +248,93 @@ def test_syslog_line_format(tmp_path):
         server.close()
     assert data.startswith("<83>")                       # authpriv.err
     assert f" netfence[{os.getpid()}]: event=open result=ok" in data
+
+
+# ---- the time bound ---------------------------------------------------------------
+
+ALARM_SCRIPT = """
+import signal, sys, time
+sys.path.insert(0, {path!r})
+signal.signal(signal.SIGALRM, signal.SIG_IGN)          # what a login program can leave
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+from netfence import hook
+if {own!r}:
+    hook._own_alarm()
+budget = hook._Budget(time.monotonic())
+budget.arm(200)
+start = time.monotonic()
+try:
+    time.sleep(3)
+    print("slept", round(time.monotonic() - start, 2))
+except hook.HookTimeout:
+    print("timeout", round(time.monotonic() - start, 2))
+"""
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_inherited_blocked_sigalrm_is_undone(own):
+    """The hook unblocks SIGALRM and takes it back from SIG_IGN (installs without the
+    launcher rely on it); without that, the budget is not kept (the control)."""
+    import subprocess
+    import sys
+    import netfence
+    path = os.path.dirname(os.path.dirname(netfence.__file__))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c",
+                          ALARM_SCRIPT.format(path=path, own=own)],
+                         capture_output=True, text=True, timeout=30, env={})
+    word, seconds = out.stdout.split()
+    if own:
+        assert word == "timeout" and float(seconds) < 1.0, out
+    else:
+        assert word == "slept", out
+
+
+CLEAN_SCRIPT = """
+import ctypes, sys, time
+sys.path.insert(0, {path!r})
+from netfence import hook
+before = time.localtime().tm_gmtoff
+hook._clean_environment()
+getenv = ctypes.CDLL(None).getenv
+getenv.restype = ctypes.c_char_p
+print(before, time.localtime().tm_gmtoff, getenv(b"TZ"), getenv(b"LDAPRC"),
+      getenv(b"PAM_USER"), sorted(__import__("posix").environ))
+"""
+
+
+def test_only_pam_variables_are_left_in_the_process_environment():
+    """Without the launcher the whole PAM environment reaches the hook: TZ (a rule's
+    time window), LDAPRC (an in-process LDAP lookup) and the like are dropped before
+    libc or an NSS module can read them."""
+    import subprocess
+    import sys
+    import netfence
+    path = os.path.dirname(os.path.dirname(netfence.__file__))
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", CLEAN_SCRIPT.format(path=path)],
+                         capture_output=True, text=True, timeout=30, check=True,
+                         env={"TZ": "NFT-13", "LDAPRC": "/home/u/ldaprc", "PAM_USER": "a"})
+    before, after, tz, ldaprc, user, names = out.stdout.split(" ", 5)
+    assert before == str(13 * 3600) and after != before
+    assert (tz, ldaprc, user) == ("None", "None", "b'a'")
+    assert names.strip() == "[b'PAM_USER']"
+
+
+def test_launcher_pipe_is_taken_only_when_last_and_a_pipe(tmp_path):
+    read_end, write_end = os.pipe()
+    regular = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT)
+    try:
+        argv, fd = hook.launcher_pipe(["debug", f"launcher_fd={write_end}"])
+        assert (argv, fd) == (["debug"], write_end)
+        assert hook.launcher_pipe(["debug", f"launcher_fd={regular}"]) == (["debug"], -1)
+        assert hook.launcher_pipe(["launcher_fd=99999", "debug"])[1] == -1
+        assert hook.launcher_pipe(["launcher_fd=1"]) == ([], -1)
+        assert hook.launcher_pipe([]) == ([], -1)
+        assert hook.tell_launcher(write_end, 350, "allow") == -1
+        assert os.read(read_end, 100) == b"timeout_ms=350 on_error=allow\n"
+        assert os.read(read_end, 100) == b""            # closed after the one report
+    finally:
+        os.close(read_end)
+        os.close(regular)
 
 
 # ---- the snapshot -----------------------------------------------------------------
