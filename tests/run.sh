@@ -19,9 +19,11 @@ VENV="$REPO/.venv-test"
 # nftables, iptables: rulesets in test namespaces; openssh-*: a real sshd and client;
 # util-linux: su, runuser, unshare, nsenter, setpriv; passwd: useradd/groupadd;
 # procps: pkill; iproute2: ip, ss; gcc/python3-dev/libffi-dev: the cffi extension;
-# pamtester: real pam_exec without a login program; cron: a real cron PAM session.
+# pamtester: real pam_exec without a login program; cron: a real cron PAM session;
+# strace: fault injection that holds a logout open (tests/e2e/test_login_liveness.py).
 PACKAGES=(nftables iptables openssh-server openssh-client gcc libc6-dev python3-dev
-          python3-venv libffi-dev libpam0g util-linux passwd procps iproute2 pamtester cron)
+          python3-venv libffi-dev libpam0g util-linux passwd procps iproute2 pamtester cron
+          strace)
 
 log() { printf '==> %s\n' "$*"; }
 
