@@ -183,6 +183,13 @@ def _shape(attrs):
     return tuple(out)
 
 
+def raw_message(msg_type, flags, seq, body, family=NFPROTO_INET):
+    """An nf_tables message from already encoded attributes (see nftnl_expr.nla)."""
+    head = struct.pack("=IHHIIBBH", 20 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
+                       flags, seq, 0, family, 0, 0)
+    return head + body
+
+
 def batch_control(msg_type, seq, genid=None):
     """BATCH_BEGIN / BATCH_END; res_id names the nf_tables subsystem."""
     attrs = [('NFNL_BATCH_GENID', genid)] if genid is not None else []
