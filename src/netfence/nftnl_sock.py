@@ -75,26 +75,30 @@ class Connection:
 
     # -- requests that are not batches ------------------------------------------
 
-    def request(self, cls, msg_type, attrs, operation, dump=False, family=m.NFPROTO_INET):
-        """Send one GET request; return the decoded replies (a list)."""
+    def request(self, cls, msg_type, attrs, operation, dump=False, family=m.NFPROTO_INET,
+                raw=False):
+        """Send one GET request; return the decoded replies (a list), or with raw=True
+        the replies' bytes undecoded (see nftnl_msg.parse_attrs)."""
         seq = self.next_seq()
         flags = m.NLM_F_REQUEST | (m.NLM_F_DUMP if dump else m.NLM_F_ACK)
         data = m.build(cls, msg_type, attrs, seq, flags=flags, family=family)
         self._send(data, operation)
         replies, interrupted = [], False
         while True:
-            for header, msg, raw in self._recv(operation):
+            for header, msg, data in self._recv(operation, raw=raw):
                 if header["seq"] != seq:
                     continue            # a stale answer to an earlier request
                 interrupted |= bool(header["flags"] & m.NLM_F_DUMP_INTR)
                 if header["type"] == m.NLMSG_DONE:
                     return self._finish(replies, interrupted)
                 if header["type"] == m.NLMSG_ERROR:
-                    code, text = m.parse_error(raw)
+                    code, text = m.parse_error(data)
                     if code:
                         raise KernelError(operation, code, text)
                     return self._finish(replies, interrupted)
-                if msg is not None:
+                if raw and header["type"] >> 8 == m.NFNL_SUBSYS_NFTABLES:
+                    replies.append(data)
+                elif msg is not None:
                     replies.append(msg)
 
     @staticmethod
@@ -121,7 +125,7 @@ class Connection:
         del data
         errors, batch_error = {}, None
         while expected and batch_error is None:
-            for header, _msg, raw in self._recv("read batch acks", batch=True):
+            for header, _msg, raw in self._recv("read batch acks", batch=True, raw=True):
                 if header["type"] != m.NLMSG_ERROR:
                     continue
                 code, text = m.parse_error(raw)
@@ -177,7 +181,7 @@ class Connection:
         except OSError as exc:
             raise KernelError(operation, exc.errno or errno.EIO)
 
-    def _recv(self, operation, batch=False):
+    def _recv(self, operation, batch=False, raw=False):
         try:
             data = self.sock.recv(RECV_SIZE)
         except socket.timeout:
@@ -189,7 +193,7 @@ class Connection:
                                "answers were lost; the ruleset says what was applied")
             # ENOBUFS: answers were lost; the caller cannot tell what was applied
             raise KernelError(operation, exc.errno or errno.EIO)
-        return m.decode(data)
+        return m.decode(data, raw_only=raw)
 
     def _drain(self):
         # Non-blocking for real: with a timeout set, Python polls *before* recv(),

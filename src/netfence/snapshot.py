@@ -1,8 +1,14 @@
 """The last known-good compiled policy under state_dir (default /var/lib/netfence).
 
 compiled.json is for the command line; login.marshal holds only the login part, for
-the hook (marshal is built into the interpreter, json would import `re`). Both are
-replaced atomically, and only after the kernel has accepted the ruleset.
+the hook (marshal is built into the interpreter, json would import `re`).
+
+A reload changes the kernel and these files together or not at all: `stage()` writes
+and fsyncs both as temp files next to them before the kernel is touched (a full,
+read-only or unwritable state dir fails there, with nothing changed), and
+`Staged.promote()` renames them into place once the kernel has accepted the table:
+compiled.json first, login.marshal (what logins read) last, then an fsync of the
+directory.
 """
 
 import json
@@ -16,13 +22,67 @@ LOGIN = "login.marshal"
 
 
 def write_snapshot(state_dir, snapshot):
-    os.makedirs(state_dir, mode=0o755, exist_ok=True)
-    _write_atomic(os.path.join(state_dir, LOGIN), marshal.dumps(_plain(snapshot["login"])))
+    staged = stage(state_dir, snapshot)
+    staged.promote()
+
+
+def stage(state_dir, snapshot):
+    """Write the snapshot's files as fsynced temp files; StateError (nothing left
+    behind) when that fails."""
+    try:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    except OSError as err:
+        raise StateError(f"{state_dir}: cannot create the state directory: "
+                         f"{err.strerror}") from None
     # The templates are bytes for the hook only; the JSON copy leaves them out.
     login = {k: v for k, v in snapshot["login"].items() if k != "templates"}
     readable = dict(snapshot, login=login)
-    _write_atomic(os.path.join(state_dir, COMPILED),
-                  json.dumps(readable, indent=1, sort_keys=True).encode() + b"\n")
+    staged = Staged(state_dir)
+    try:
+        staged.add(COMPILED, json.dumps(readable, indent=1, sort_keys=True).encode() + b"\n")
+        staged.add(LOGIN, marshal.dumps(_plain(snapshot["login"])))
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
+
+
+class Staged:
+    """Temp files waiting to become the snapshot, in the order they are renamed."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.files = []                     # (temp path, final path)
+
+    def add(self, name, data):
+        path = os.path.join(self.state_dir, name)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        self.files.append((tmp, path))
+        try:
+            _write_synced(tmp, data)
+        except OSError as err:
+            raise StateError(f"{path}: cannot write the new snapshot: {err.strerror} "
+                             f"(errno {err.errno}); nothing was changed") from None
+
+    def promote(self):
+        """Make the staged files current (after the kernel accepted the table)."""
+        try:
+            for tmp, path in self.files:
+                os.replace(tmp, path)
+            _fsync_dir(self.state_dir)
+        except OSError as err:
+            self.discard()
+            raise StateError(f"{self.state_dir}: cannot make the new snapshot current: "
+                             f"{err.strerror} (errno {err.errno})") from None
+        self.files = []
+
+    def discard(self):
+        for tmp, _path in self.files:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        self.files = []
 
 
 def read_snapshot(state_dir):
@@ -46,12 +106,21 @@ def _plain(value):
     return value
 
 
-def _write_atomic(path, data):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+def _write_synced(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchmod(fd, 0o644)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
