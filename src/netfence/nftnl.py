@@ -398,19 +398,35 @@ class Ruleset:
         if not self.table_exists(table):
             return {}
         result = {}
-        for set_msg in self._sets(table):
-            name = m.attr(set_msg, 'NFTA_SET_NAME')
-            result[name] = self._set_keys(table, name)
+        for raw in self._raw_dump(m.SetMsg, m.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],
+                                  f"list sets of table inet {table}"):
+            attrs = m.parse_attrs(raw)
+            if _cstr(attrs.get(1)) == table:                    # NFTA_SET_TABLE
+                name = _cstr(attrs.get(2))                      # NFTA_SET_NAME
+                result[name] = self._set_keys(table, name)
         return result
 
     def _set_keys(self, table, name):
-        msgs = self._dump(m.SetElemMsg, m.NFT_MSG_GETSETELEM,
-                          [('NFTA_SET_ELEM_LIST_TABLE', table), ('NFTA_SET_ELEM_LIST_SET', name)],
-                          f"list elements of set {name}")
+        # Raw parsing (no pyroute2 decoding): gc and status read every live element
+        # every minute. NFTA_SET_ELEM_LIST_ELEMENTS (3) > NFTA_LIST_ELEM (1) >
+        # NFTA_SET_ELEM_KEY (1) > NFTA_DATA_VALUE (1).
+        msgs = self._raw_dump(m.SetElemMsg, m.NFT_MSG_GETSETELEM,
+                              [('NFTA_SET_ELEM_LIST_TABLE', table),
+                               ('NFTA_SET_ELEM_LIST_SET', name)],
+                              f"list elements of set {name}")
         keys = []
-        for msg in msgs:
-            for item in m.attr(msg, 'NFTA_SET_ELEM_LIST_ELEMENTS') or ():
-                keys.append(m.attr(m.attr(item, 'NFTA_SET_ELEM_KEY'), 'NFTA_DATA_VALUE').hex())
+        for raw in msgs:
+            for kind, items in m.iter_attrs(raw, 20):
+                if kind != 3:
+                    continue
+                for item_kind, item in m.iter_attrs(items):
+                    if item_kind != 1:
+                        continue
+                    key = m.parse_attrs(item, 0).get(1)
+                    if key is not None:
+                        value = m.parse_attrs(key, 0).get(1)
+                        if value is not None:
+                            keys.append(value.hex())
         return keys
 
     def _table(self, table):

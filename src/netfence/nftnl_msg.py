@@ -275,6 +275,16 @@ def parse_attrs(data, offset=20):
     return out
 
 
+def iter_attrs(data, offset=0):
+    """(attribute type, payload bytes) of every attribute from offset on, in order."""
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        yield kind & 0x3FFF, data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+
+
 def parse_error(raw):
     """(errno, extack message) of an NLMSG_ERROR message; errno 0 is a plain ack."""
     (error,) = struct.unpack_from("=i", raw, 16)
