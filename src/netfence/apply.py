@@ -21,6 +21,7 @@ messages are encoded before any lock; under the lock only the records are read, 
 elements encoded and the transaction sent.
 """
 
+import errno
 import fcntl
 import os
 import secrets
@@ -65,7 +66,7 @@ def reload(paths, check_ownership=True):
     table = ir.TableDef.from_json(snap["table"])
     prepared = PreparedTable(table, new_marker(snap["policy_id"]))
     with _state_lock(paths.state_dir):
-        previous = snapshot.read_snapshot(paths.state_dir)
+        previous = snapshot.read_raw(paths.state_dir)     # parsed only for a roll back
         staged = snapshot.stage(paths.state_dir, snap)
         try:
             outcome = _replace(prepared, paths.run_dir)
@@ -140,6 +141,7 @@ def _roll_back(previous, run_dir):
     """After the kernel took a table whose snapshot could not be made current: put the
     table of the snapshot still in force back. Returns what happened, for the error."""
     try:
+        previous = snapshot.parse_raw(previous) if previous else None
         if previous and previous.get("table") and not previous.get("flushed"):
             restore_table(previous, run_dir)
             return "the previous table was restored"
@@ -355,7 +357,14 @@ def _state_lock(state_dir):
     path = os.path.join(state_dir, ".lock")
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            if err.errno not in (errno.EROFS, errno.EACCES, errno.ENOSPC):
+                raise
+            # flock needs no write access: a read-only state dir still serialises us
+            # (and the caller then fails where it writes, with nothing changed)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         raise StateError(f"{path}: cannot open the state lock: {err.strerror} "
                          f"(errno {err.errno}); nothing was changed") from None

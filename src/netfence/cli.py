@@ -108,13 +108,19 @@ def cmd_gc(args, paths):
     from .snapshot import read_snapshot
     # First the table: after a foreign `nft flush ruleset` every restricted login is
     # unrestricted (or refused) until it is back.
-    repair = repair_table(paths)
-    print(repair)
+    failed = False
+    try:
+        repair = repair_table(paths)
+        failed = repair.action == "failed"
+        print(repair)
+    except NetfenceError as err:          # the sessions below are still collected
+        failed = True
+        print(f"gc: table: check failed: {err}")
     applied = read_snapshot(paths.state_dir) or {}
     base = applied.get("settings", {}).get("cgroup_base")
     report = gc(paths.run_dir, cgroup_base=base)
     print(report)
-    return 1 if report.errors or repair.action == "failed" else 0
+    return 1 if report.errors or failed else 0
 
 
 def cmd_pam_line(args, paths):

@@ -39,7 +39,9 @@ def stage(state_dir, snapshot):
     readable = dict(snapshot, login=login)
     staged = Staged(state_dir)
     try:
-        staged.add(COMPILED, json.dumps(readable, indent=1, sort_keys=True).encode() + b"\n")
+        # No indent: json's C encoder only runs without one (20,000 rules: 0.1 s
+        # instead of 0.6 s); `python3 -m json.tool` pretty-prints it.
+        staged.add(COMPILED, json.dumps(readable, sort_keys=True).encode() + b"\n")
         staged.add(LOGIN, marshal.dumps(_plain(snapshot["login"])))
     except BaseException:
         staged.discard()
@@ -83,6 +85,25 @@ class Staged:
             except OSError:
                 pass
         self.files = []
+
+
+def read_raw(state_dir):
+    """compiled.json's bytes (None when there is none), for parse_raw."""
+    path = os.path.join(state_dir, COMPILED)
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise StateError(f"{path}: unreadable snapshot: {err.strerror}") from None
+
+
+def parse_raw(data):
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise StateError(f"{COMPILED}: unreadable snapshot: {err}") from None
 
 
 def read_snapshot(state_dir):
