@@ -75,8 +75,8 @@ def reload(paths, check_ownership=True):
             raise
         try:
             staged.promote()
-        except StateError as err:
-            raise StateError(f"{err}; {_roll_back(previous, paths.run_dir)}") from None
+        except snapshot.PromoteError as err:
+            raise StateError(f"{err}; {_roll_back(previous, err.renamed, paths)}") from None
     kept, dropped, attempts, held = outcome
     for set_name, count in sorted(dropped.items()):
         _log(f"event=reload-drop set={set_name} elements={count} reason=profile-removed")
@@ -137,21 +137,28 @@ def _attempt(prepared, run_dir):
                if name not in compiler.GUARDS.values()), dropped
 
 
-def _roll_back(previous, run_dir):
+def _roll_back(previous, renamed, paths):
     """After the kernel took a table whose snapshot could not be made current: put the
-    table of the snapshot still in force back. Returns what happened, for the error."""
+    previous compiled.json and the previous table back, so that the kernel, gc and the
+    logins all follow the snapshot still in force. Returns what happened."""
+    done = []
     try:
+        if previous is not None and snapshot.COMPILED in renamed:
+            snapshot.put_back(paths.state_dir, snapshot.COMPILED, previous)
+            done.append("the previous compiled.json was put back")
         previous = snapshot.parse_raw(previous) if previous else None
         if previous and previous.get("table") and not previous.get("flushed"):
-            restore_table(previous, run_dir)
-            return "the previous table was restored"
-        from .nftnl import Ruleset
-        with Ruleset() as ruleset:
-            ruleset.delete_table()
-        return "the table was removed (no previous snapshot)"
+            restore_table(previous, paths.run_dir)
+            done.append("the previous table was restored")
+        else:
+            from .nftnl import Ruleset
+            with Ruleset() as ruleset:
+                ruleset.delete_table()
+            done.append("the table was removed (no policy was applied before)")
     except NetfenceError as err:
-        return (f"restoring the previous table failed too ({err}): "
-                f"run `netfence reload` once the state dir is writable")
+        done.append(f"rolling back failed ({err}): run `netfence reload` once the state "
+                    f"dir is writable")
+    return "; ".join(done)
 
 
 def restore_table(applied, run_dir):
@@ -173,14 +180,18 @@ class Drift:
     altered: list = field(default_factory=list)       # phrases: what differs
     missing_elements: dict = field(default_factory=dict)   # set -> count
     leaked_elements: dict = field(default_factory=dict)    # set -> count
+    login_policy: str = ""            # login.marshal's policy id when it is not compiled.json's
 
     @property
     def ok(self):
         return not (self.table_missing or self.altered or self.missing_elements
-                    or self.leaked_elements)
+                    or self.leaked_elements or self.login_policy)
 
     def problems(self):
         out = []
+        if self.login_policy:
+            out.append(f"login.marshal holds policy {self.login_policy}, not the applied "
+                       f"one: a reload was interrupted")
         if self.table_missing:
             out.append("table inet netfence is missing: nothing is enforced")
         if self.altered:
@@ -198,13 +209,19 @@ class Drift:
                 "altered": list(self.altered),
                 "missing_elements": dict(self.missing_elements),
                 "leaked_elements": dict(self.leaked_elements),
+                "login_policy": self.login_policy or None,
                 "problems": self.problems()}
 
 
-def check_table(applied, run_dir, ruleset):
-    """Compare the kernel with the applied snapshot and the records (read only)."""
+def check_table(applied, run_dir, ruleset, state_dir=None):
+    """Compare the kernel with the applied snapshot and the records, and login.marshal
+    with compiled.json (read only)."""
     from .nftnl import differences, expected_summary
     drift = Drift()
+    if state_dir is not None and applied:
+        login_id = snapshot.login_policy_id(state_dir)
+        if login_id != applied.get("policy_id"):
+            drift.login_policy = login_id or "none"
     if not applied or applied.get("flushed") or not applied.get("table"):
         return drift
     drift.applied = True
@@ -243,9 +260,17 @@ class Repair:
     restored_elements: int = 0
     added: int = 0
     removed: int = 0
+    rolled_forward: bool = False
     error: str = ""
 
     def __str__(self):
+        text = self._text()
+        if self.rolled_forward:
+            text = ("gc: snapshot: finished an interrupted reload (login.marshal made "
+                    "current)\n" + text)
+        return text
+
+    def _text(self):
         if self.action == "failed":
             return f"gc: table: restore failed: {self.error}"
         if self.action == "restored":
@@ -269,12 +294,19 @@ def repair_table(paths):
     from .nftnl import Ruleset
     with _state_lock(paths.state_dir):
         applied = snapshot.read_snapshot(paths.state_dir)
-        if not applied or applied.get("flushed") or not applied.get("table"):
+        if not applied:
             return Repair(Drift())
         records.ensure_dirs(paths.run_dir)
         with Ruleset() as ruleset:
-            drift = check_table(applied, paths.run_dir, ruleset)
+            drift = check_table(applied, paths.run_dir, ruleset, paths.state_dir)
         repair = Repair(drift)
+        if drift.login_policy:
+            if not snapshot.roll_forward(paths.state_dir, applied["policy_id"]):
+                repair.action = "failed"
+                repair.error = (f"login.marshal holds policy {drift.login_policy}, "
+                                f"compiled.json {applied['policy_id']}: run `netfence reload`")
+                return repair
+            repair.rolled_forward = True
         try:
             if drift.table_missing or drift.altered:
                 repair.restored_elements = restore_table(applied, paths.run_dir)

@@ -49,6 +49,12 @@ def stage(state_dir, snapshot):
     return staged
 
 
+class PromoteError(StateError):
+    def __init__(self, message, renamed):
+        super().__init__(message)
+        self.renamed = renamed
+
+
 class Staged:
     """Temp files waiting to become the snapshot, in the order they are renamed."""
 
@@ -67,16 +73,23 @@ class Staged:
                              f"(errno {err.errno}); nothing was changed") from None
 
     def promote(self):
-        """Make the staged files current (after the kernel accepted the table)."""
+        """Make the staged files current (after the kernel accepted the table).
+        PromoteError names the files already renamed when one rename fails."""
+        renamed = []
         try:
             for tmp, path in self.files:
                 os.replace(tmp, path)
-            _fsync_dir(self.state_dir)
+                renamed.append(os.path.basename(path))
         except OSError as err:
+            self.files = self.files[len(renamed):]
             self.discard()
-            raise StateError(f"{self.state_dir}: cannot make the new snapshot current: "
-                             f"{err.strerror} (errno {err.errno})") from None
+            raise PromoteError(f"{self.state_dir}: cannot make the new snapshot current: "
+                               f"{err.strerror} (errno {err.errno})", renamed) from None
         self.files = []
+        try:
+            _fsync_dir(self.state_dir)
+        except OSError:
+            pass            # the files are current; only their durability is at stake
 
     def discard(self):
         for tmp, _path in self.files:
@@ -104,6 +117,49 @@ def parse_raw(data):
         return json.loads(data)
     except ValueError as err:
         raise StateError(f"{COMPILED}: unreadable snapshot: {err}") from None
+
+
+def put_back(state_dir, name, data):
+    """Write `data` back as state_dir/name (after a failed promote)."""
+    staged = Staged(state_dir)
+    staged.add(name, data)
+    staged.promote()
+
+
+def login_policy_id(state_dir):
+    """The policy id in login.marshal (what logins use), or None without one."""
+    try:
+        with open(os.path.join(state_dir, LOGIN), "rb") as handle:
+            data = marshal.loads(handle.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, ValueError, TypeError) as err:
+        raise StateError(f"{os.path.join(state_dir, LOGIN)}: unreadable: {err}") from None
+    return data.get("policy_id") if isinstance(data, dict) else None
+
+
+def roll_forward(state_dir, policy_id):
+    """Finish a reload interrupted between its two renames (compiled.json already
+    current, login.marshal not): rename the staged login.marshal whose policy id is
+    compiled.json's into place. True when one was found."""
+    prefix = LOGIN + ".tmp."
+    for name in sorted(os.listdir(state_dir)):
+        if not name.startswith(prefix):
+            continue
+        path = os.path.join(state_dir, name)
+        try:
+            with open(path, "rb") as handle:
+                data = marshal.loads(handle.read())
+        except (OSError, EOFError, ValueError, TypeError):
+            continue
+        if isinstance(data, dict) and data.get("policy_id") == policy_id:
+            os.replace(path, os.path.join(state_dir, LOGIN))
+            try:
+                _fsync_dir(state_dir)
+            except OSError:
+                pass
+            return True
+    return False
 
 
 def read_snapshot(state_dir):

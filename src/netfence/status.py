@@ -12,7 +12,7 @@ def collect(paths):
         present = ruleset.table_exists()
         elements = ruleset.read_elements() if present else {}
         counters = ruleset.read_counters() if present else []
-        drift = check_table(applied, paths.run_dir, ruleset)
+        drift = check_table(applied, paths.run_dir, ruleset, paths.state_dir)
     profiles = {}
     for name in (applied.get("login") or {}).get("profiles", {}):
         profiles[name] = {
@@ -36,6 +36,8 @@ def collect(paths):
 def _fix(drift):
     if drift.ok:
         return None
+    if drift.login_policy:
+        return ("run `netfence gc` (finishes the interrupted reload) or `netfence reload`")
     if drift.table_missing or drift.altered:
         return ("run `netfence gc` (restores the applied policy's table with the live "
                 "entries; it runs every minute) or `netfence reload` (applies the policy "

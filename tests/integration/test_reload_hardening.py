@@ -359,3 +359,68 @@ def test_leaked_elements_are_reported_and_removed(loaded):
     out = nf.cli("gc")
     assert "1 entries without a record removed" in out.stdout
     assert elements(nf, "uid-dns") == [] and elements(nf, "uid-web") == [60001]
+
+
+# ---- finding 4, the window between the kernel commit and the renames -----------------
+
+RELOAD_WITH_FAILING_RENAME = r"""
+import os, sys
+from netfence import apply, snapshot
+from netfence.errors import NetfenceError
+config_dir, state_dir, run_dir, mode = sys.argv[1:5]
+real = os.replace
+def replace(src, dst):
+    if dst.endswith("/login.marshal") and ".tmp." in src:
+        if mode == "crash":
+            os._exit(9)                      # killed between the two renames
+        raise OSError(5, "Input/output error")
+    return real(src, dst)
+os.replace = replace
+try:
+    apply.reload(apply.Paths(config_dir, state_dir, run_dir))
+except NetfenceError as err:
+    print(err)
+    sys.exit(1)
+"""
+
+
+def reload_with_failing_rename(nf, mode):
+    return nf.netns.run([sys.executable, "-c", RELOAD_WITH_FAILING_RENAME, nf.config_dir,
+                         nf.state_dir, nf.run_dir, mode], check=False)
+
+
+def test_failed_rename_after_the_commit_rolls_the_kernel_back(loaded):
+    """The kernel accepted the new table but login.marshal could not be made current:
+    the previous table and compiled.json are put back, so all three agree again."""
+    nf = loaded
+    before_table, before_state = table_listing(nf), state_digest(nf)
+    login(nf, 60001, ["web"])
+    nf.write_policy(policy(nf, name="www"))
+    out = reload_with_failing_rename(nf, "error")
+    assert out.returncode == 1, out
+    assert "cannot make the new snapshot current: Input/output error" in out.stdout
+    assert "the previous compiled.json was put back" in out.stdout
+    assert "the previous table was restored" in out.stdout
+    assert state_digest(nf) == before_state
+    no_elements = lambda text: re.sub(r"\s*elements = \{[^}]*\}", "", text)  # noqa: E731
+    assert no_elements(table_listing(nf)) == no_elements(before_table)
+    assert elements(nf, "uid-web") == [60001]
+    assert status(nf)["drift"]["ok"]
+
+
+def test_reload_killed_between_the_renames_is_finished_by_gc(loaded):
+    nf = loaded
+    nf.write_policy(policy(nf, name="www"))
+    out = reload_with_failing_rename(nf, "crash")
+    assert out.returncode == 9
+    applied = json.load(open(os.path.join(nf.state_dir, "compiled.json")))
+    state = status(nf)
+    assert any("a reload was interrupted" in p for p in state["drift"]["problems"]), state
+    assert "uid-www" in table_listing(nf)
+    out = nf.cli("gc")
+    assert "gc: snapshot: finished an interrupted reload" in out.stdout
+    assert status(nf)["drift"]["ok"]
+    from support.livesession import login_part
+    assert login_part(nf)["policy_id"] == applied["policy_id"]
+    login(nf, 60001, ["www"])
+    assert elements(nf, "uid-www") == [60001]
