@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from . import compiler, ir, records, snapshot
-from .errors import GenerationChanged, NetfenceError, StateError
+from .errors import GenerationChanged, KernelError, NetfenceError, StateError
 from .policy import load_policy
 
 RETRIES = 5          # under the records lock: only foreign changes can refuse us
@@ -253,6 +253,22 @@ def check_table(applied, run_dir, ruleset, state_dir=None):
     return drift
 
 
+def check_steadily(applied, paths):
+    """check_table, first without the records lock; if logins keep changing the
+    ruleset while it is read (each read is retried until the generation holds still),
+    again under the lock, where no netfence writer changes it."""
+    from .nftnl import Ruleset
+    try:
+        with Ruleset() as ruleset:
+            return check_table(applied, paths.run_dir, ruleset, paths.state_dir)
+    except KernelError as err:
+        if err.errno != errno.EAGAIN:
+            raise
+    records.ensure_dirs(paths.run_dir)
+    with records.Lock(paths.run_dir), Ruleset() as ruleset:
+        return check_table(applied, paths.run_dir, ruleset, paths.state_dir)
+
+
 @dataclass
 class Repair:
     drift: Drift
@@ -291,14 +307,12 @@ def repair_table(paths):
     (what the last reload applied, not /etc) and the records; add back missing live
     elements. Holds the state lock (no reload meanwhile) and, while it compares and
     writes, the records lock (no login meanwhile), so it never races a writer."""
-    from .nftnl import Ruleset
     with _state_lock(paths.state_dir):
         applied = snapshot.read_snapshot(paths.state_dir)
         if not applied:
             return Repair(Drift())
         records.ensure_dirs(paths.run_dir)
-        with Ruleset() as ruleset:
-            drift = check_table(applied, paths.run_dir, ruleset, paths.state_dir)
+        drift = check_steadily(applied, paths)
         repair = Repair(drift)
         if drift.login_policy:
             if not snapshot.roll_forward(paths.state_dir, applied["policy_id"]):
@@ -307,6 +321,7 @@ def repair_table(paths):
                                 f"compiled.json {applied['policy_id']}: run `netfence reload`")
                 return repair
             repair.rolled_forward = True
+        snapshot.remove_stale(paths.state_dir)       # we hold the state lock: leftovers
         try:
             if drift.table_missing or drift.altered:
                 repair.restored_elements = restore_table(applied, paths.run_dir)

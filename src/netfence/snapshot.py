@@ -143,7 +143,11 @@ def roll_forward(state_dir, policy_id):
     current, login.marshal not): rename the staged login.marshal whose policy id is
     compiled.json's into place. True when one was found."""
     prefix = LOGIN + ".tmp."
-    for name in sorted(os.listdir(state_dir)):
+    try:
+        names = sorted(os.listdir(state_dir))
+    except OSError as err:
+        raise StateError(f"{state_dir}: {err.strerror}") from None
+    for name in names:
         if not name.startswith(prefix):
             continue
         path = os.path.join(state_dir, name)
@@ -153,13 +157,34 @@ def roll_forward(state_dir, policy_id):
         except (OSError, EOFError, ValueError, TypeError):
             continue
         if isinstance(data, dict) and data.get("policy_id") == policy_id:
-            os.replace(path, os.path.join(state_dir, LOGIN))
+            try:
+                os.replace(path, os.path.join(state_dir, LOGIN))
+            except OSError as err:
+                raise StateError(f"{path}: cannot make it current: {err.strerror}") from None
             try:
                 _fsync_dir(state_dir)
             except OSError:
                 pass
             return True
     return False
+
+
+def remove_stale(state_dir):
+    """Remove staged files a killed reload left (call with the state lock held, after
+    roll_forward). Returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(state_dir)
+    except OSError:
+        return 0
+    for name in names:
+        if name.startswith((COMPILED + ".tmp.", LOGIN + ".tmp.")):
+            try:
+                os.unlink(os.path.join(state_dir, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def read_snapshot(state_dir):

@@ -5,14 +5,14 @@ from .snapshot import read_snapshot
 
 
 def collect(paths):
-    from .apply import check_table
+    from .apply import check_steadily
     from .nftnl import Ruleset
     applied = read_snapshot(paths.state_dir) or {}
     with Ruleset() as ruleset:
         present = ruleset.table_exists()
         elements = ruleset.read_elements() if present else {}
         counters = ruleset.read_counters() if present else []
-        drift = check_table(applied, paths.run_dir, ruleset, paths.state_dir)
+    drift = check_steadily(applied, paths)
     profiles = {}
     for name in (applied.get("login") or {}).get("profiles", {}):
         profiles[name] = {

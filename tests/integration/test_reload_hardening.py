@@ -420,6 +420,7 @@ def test_reload_killed_between_the_renames_is_finished_by_gc(loaded):
     out = nf.cli("gc")
     assert "gc: snapshot: finished an interrupted reload" in out.stdout
     assert status(nf)["drift"]["ok"]
+    assert sorted(os.listdir(nf.state_dir)) == [".lock", "compiled.json", "login.marshal"]
     from support.livesession import login_part
     assert login_part(nf)["policy_id"] == applied["policy_id"]
     login(nf, 60001, ["www"])
