@@ -97,11 +97,19 @@ def big_reload_section(ws, rules=20000, rounds=3):
             step()
             (ours if name == "netfence" else theirs).append(time.monotonic() - started)
     parts = ns.run([sys.executable, "-c", PHASES, env.config_dir], check=True).stdout
+    env.cli("reload")                           # PHASES left a table of its own mark
+    checks = {}
+    for command in ("status", "gc"):            # both compare the whole table
+        started = time.monotonic()
+        out = env.cli(command, *(["--json"] if command == "status" else []))
+        checks[f"reload_big_{command}_ms"] = rnd((time.monotonic() - started) * 1000, 1)
+        if command == "gc" and "gc: table: ok" not in out.stdout:
+            raise RuntimeError(f"gc after reload: {out.stdout}")
     return {"reload_big_rules": rules, "reload_big_nft_rules": nft_rules,
             "reload_big_ms": rnd(median(_ms(ours)), 1),
             "reload_big_nft_f_ms": rnd(median(_ms(theirs)), 1),
             "reload_big_ratio_vs_nft_f": rnd(median(ours) / median(theirs), 2),
-            "reload_big_phases_ms": json.loads(parts)}
+            "reload_big_phases_ms": json.loads(parts), **checks}
 
 
 PHASES = r"""

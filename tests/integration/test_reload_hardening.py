@@ -278,13 +278,22 @@ def break_policy(nf):
     return "chain egress changed"
 
 
+def break_replace_rule(nf):
+    """Same place, same comment, another verdict: only the expressions tell."""
+    text = nf.netns.nft("-a", "list", "chain", "inet", "netfence", "out-web").stdout
+    handle = re.search(r"reject .*# handle (\d+)", text).group(1)
+    nf.netns.nft("replace", "rule", "inet", "netfence", "out-web", "handle", handle,
+                 "tcp", "dport", "80", "counter", "accept", "comment", '"web egress rule 1"')
+    return "chain out-web: rule 1 changed"
+
+
 def break_elements(nf):
     nf.netns.nft("delete", "element", "inet", "netfence", "uid-web", "{ 60001 }")
     return "live entries missing from the kernel: 1 in uid-web"
 
 
 @pytest.mark.parametrize("attack", [break_flush, break_delete_rule, break_foreign_rule,
-                                    break_policy, break_elements])
+                                    break_policy, break_replace_rule, break_elements])
 def test_status_reports_and_gc_restores(loaded, attack):
     nf = loaded
     nf.echo_server(["tcp:127.0.0.1:80"])
