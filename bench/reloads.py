@@ -8,7 +8,7 @@ alternate round by round.
 """
 
 import policies
-from common import SRC, DriverSpec, log, median, ms, rnd, run_driver
+from common import SRC, DriverSpec, log, median, ms, percentile, rnd, run_driver
 from login import reload_argv
 
 
@@ -131,13 +131,16 @@ print(json.dumps({"parse_compile": round((t1 - t0) * 1000, 1),
 
 LOGIN_LOOP = r"""
 import json, marshal, os, sys, time
-from netfence import sessions
+from netfence import records, sessions
 state_dir, run_dir, uid, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 info = {"user": "nobody", "uid": uid, "service": "sshd", "rhost": "", "tty": "ssh"}
-samples, failed = [], 0
+samples, waits, failed = [], [], 0
 while not os.path.exists(stop):
     with open(state_dir + "/login.marshal", "rb") as handle:
         login = marshal.loads(handle.read())
+    start = time.monotonic()
+    with records.Lock(run_dir):        # what open_session waits for first, timed alone
+        waits.append((start, time.monotonic() - start))
     start = time.monotonic()
     try:
         record = sessions.open_session(run_dir, login, info, ["web"], [], ppid=os.getpid())
@@ -147,7 +150,7 @@ while not os.path.exists(stop):
     except Exception as err:
         failed += 1
         print(repr(err), file=sys.stderr)
-print(json.dumps({"samples": samples, "failed": failed}))
+print(json.dumps({"samples": samples, "waits": waits, "failed": failed}))
 """
 
 RELOAD = r"""
@@ -201,6 +204,13 @@ def reload_under_load_section(ws, reloads=10, loops=4, bulk_rules=2000, baseline
     alone = [d for r in reports for s, d in r["samples"] if s < split]
     during = [d for r in reports for s, d in r["samples"] if s >= split]
     held = [r["lock_held_ms"] for r in results if r.get("ok")]
+    wait_alone = [d for r in reports for s, d in r["waits"] if s < split]
+    wait_during = [d for r in reports for s, d in r["waits"] if s >= split]
+    # logins that started while a reload held or waited for the records lock
+    locked = [(r["end"] - r["lock_held_ms"] / 1000, r["end"]) for r in results
+              if r.get("ok") and r.get("lock_held_ms")]
+    wait_in_lock = [d for r in reports for s, d in r["waits"]
+                    if any(a - 0.1 <= s <= b for a, b in locked)]
     return {"load_reloads": len(results),
             "load_reloads_failed": sum(1 for r in results if not r.get("ok")),
             "load_reload_errors": [r["error"] for r in results if not r.get("ok")],
@@ -208,6 +218,12 @@ def reload_under_load_section(ws, reloads=10, loops=4, bulk_rules=2000, baseline
             "load_reload_attempts_max": max((r.get("attempts", 0) for r in results), default=0),
             "load_lock_held_ms_max": rnd(max(held, default=0.0), 1),
             "load_lock_held_ms_median": rnd(median([h for h in held if h]) or 0.0, 1),
+            "load_lock_wait_ms_max_alone": rnd(max(_ms(wait_alone), default=None), 1),
+            "load_lock_wait_ms_p99_alone": rnd(percentile(_ms(wait_alone), 99), 1),
+            "load_lock_wait_ms_max_during_reloads": rnd(max(_ms(wait_during), default=None), 1),
+            "load_lock_wait_ms_p99_during_reloads": rnd(percentile(_ms(wait_during), 99), 1),
+            "load_lock_wait_ms_max_while_reload_held_it": rnd(max(_ms(wait_in_lock),
+                                                                  default=None), 1),
             "load_logins": len(alone) + len(during),
             "load_login_failures": sum(r["failed"] for r in reports),
             "load_login_open_ms_median_alone": rnd(median(_ms(alone)), 2),

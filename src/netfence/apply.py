@@ -105,33 +105,46 @@ def _replace(prepared, run_dir):
     except GenerationChanged:
         pass
     records.ensure_dirs(run_dir)
-    with records.Lock(run_dir):
-        started = time.monotonic()
-        for attempt in range(RETRIES):
-            try:
-                kept, dropped = _attempt(prepared, run_dir)
-            except GenerationChanged:
-                if attempt == RETRIES - 1:
-                    raise GenerationChanged(
-                        "replace table inet netfence", 85,
-                        f"something outside netfence kept changing the ruleset "
-                        f"({RETRIES + 1} attempts, the last {RETRIES} with logins held off)"
-                    ) from None
-                continue
-            return kept, dropped, attempt + 2, time.monotonic() - started
+    sockets = []        # closed after the lock: a close after a delete waits 8-16 ms
+    try:
+        with records.Lock(run_dir):
+            started = time.monotonic()
+            for attempt in range(RETRIES):
+                try:
+                    kept, dropped = _attempt(prepared, run_dir, sockets)
+                except GenerationChanged:
+                    if attempt == RETRIES - 1:
+                        raise GenerationChanged(
+                            "replace table inet netfence", errno.ERESTART,
+                            f"something outside netfence kept changing the ruleset "
+                            f"({RETRIES + 1} attempts, the last {RETRIES} with logins "
+                            f"held off)") from None
+                    continue
+                return kept, dropped, attempt + 2, time.monotonic() - started
+    finally:
+        for ruleset in sockets:
+            ruleset.close()
     raise AssertionError("unreachable")
 
 
-def _attempt(prepared, run_dir):
+def _attempt(prepared, run_dir, sockets=None):
+    """One transaction. sockets: a list to leave the connection in (the caller closes
+    it) instead of closing it here."""
     from .nftnl import Ruleset
     wanted = {s.name for s in prepared.table.sets}
-    with Ruleset() as ruleset:
+    ruleset = Ruleset()
+    try:
         generation = ruleset.generation()
         live = records.live_elements(run_dir)
         kept = {name: keys for name, keys in live.items() if name in wanted}
         dropped = {name: len(keys) for name, keys in live.items()
                    if name not in wanted and keys}
         ruleset.replace_table(prepared.table, kept, genid=generation, prepared=prepared)
+    finally:
+        if sockets is None:
+            ruleset.close()
+        else:
+            sockets.append(ruleset)
     # Counted as the admin thinks of them: guard sets mirror the others.
     return sum(len(keys) for name, keys in kept.items()
                if name not in compiler.GUARDS.values()), dropped
