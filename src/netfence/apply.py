@@ -66,7 +66,10 @@ def reload(paths, check_ownership=True):
     table = ir.TableDef.from_json(snap["table"])
     prepared = PreparedTable(table, new_marker(snap["policy_id"]))
     with _state_lock(paths.state_dir):
-        previous = snapshot.read_raw(paths.state_dir)     # parsed only for a roll back
+        try:
+            previous = snapshot.read_raw(paths.state_dir)  # parsed only for a roll back
+        except StateError:
+            previous = None           # damaged: this reload is what replaces it
         staged = snapshot.stage(paths.state_dir, snap)
         try:
             outcome = _replace(prepared, paths.run_dir)
@@ -202,7 +205,9 @@ class Drift:
 
     def problems(self):
         out = []
-        if self.login_policy:
+        if self.login_policy.startswith("unreadable"):
+            out.append(f"login.marshal is {self.login_policy}: logins follow on_error")
+        elif self.login_policy:
             out.append(f"login.marshal holds policy {self.login_policy}, not the applied "
                        f"one: a reload was interrupted")
         if self.table_missing:
@@ -232,9 +237,12 @@ def check_table(applied, run_dir, ruleset, state_dir=None):
     from .nftnl import differences, expected_summary
     drift = Drift()
     if state_dir is not None and applied:
-        login_id = snapshot.login_policy_id(state_dir)
+        try:
+            login_id = snapshot.login_policy_id(state_dir) or "none"
+        except StateError as err:
+            login_id = f"unreadable ({err})"
         if login_id != applied.get("policy_id"):
-            drift.login_policy = login_id or "none"
+            drift.login_policy = login_id
     if not applied or applied.get("flushed") or not applied.get("table"):
         return drift
     drift.applied = True

@@ -287,10 +287,11 @@ def _attrs_within(want, have, depth, path=()):
     want_attrs = m.parse_attrs(want, 0)
     have_attrs = m.parse_attrs(have, 0)
     if not path:                                    # an NFTA_LIST_ELEM item
-        name = want_attrs.get(1)
-        if name != have_attrs.get(1):
+        name = want_attrs.get(m.NFTA_EXPR_NAME)
+        if name != have_attrs.get(m.NFTA_EXPR_NAME):
             return False
-        return _attrs_within(want_attrs.get(2, b""), have_attrs.get(2, b""), depth,
+        return _attrs_within(want_attrs.get(m.NFTA_EXPR_DATA, b""),
+                             have_attrs.get(m.NFTA_EXPR_DATA, b""), depth,
                              (_cstr(name),))
     for kind, value in want_attrs.items():
         got = have_attrs.get(kind)
@@ -369,38 +370,43 @@ class Ruleset:
             if exc.errno == errno.ENOENT:
                 return None
             raise
-        udata = m.parse_attrs(raw_table).get(_TABLE_USERDATA, b"")
+        udata = m.parse_attrs(raw_table).get(m.NFTA_TABLE_USERDATA, b"")
         marker = m.parse_udata(udata).get(MARKER_TYPE)
         out = {"marker": marker.decode("utf-8", "replace") if marker is not None else None,
                "sets": {}, "chains": {}, "rules": {}}
         for raw in self._raw_dump(m.SetMsg, m.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],
                                   f"list sets of table inet {table}"):
             attrs = m.parse_attrs(raw)
-            if _cstr(attrs.get(1)) == table:                    # NFTA_SET_TABLE
-                out["sets"][_cstr(attrs.get(2))] = _be32(attrs.get(4))  # NAME, KEY_TYPE
+            if _cstr(attrs.get(m.NFTA_SET_TABLE)) == table:
+                out["sets"][_cstr(attrs.get(m.NFTA_SET_NAME))] = _be32(
+                    attrs.get(m.NFTA_SET_KEY_TYPE))
         for raw in self._raw_dump(m.ChainMsg, m.NFT_MSG_GETCHAIN,
                                   [('NFTA_CHAIN_TABLE', table)],
                                   f"list chains of table inet {table}"):
             attrs = m.parse_attrs(raw)
-            if _cstr(attrs.get(1)) != table:                    # NFTA_CHAIN_TABLE
+            if _cstr(attrs.get(m.NFTA_CHAIN_TABLE)) != table:
                 continue
-            hook = attrs.get(4)                                 # NFTA_CHAIN_HOOK
+            hook = attrs.get(m.NFTA_CHAIN_HOOK)
             base = None
             if hook is not None:
                 hook_attrs = m.parse_attrs(hook, 0)
-                base = (_be32(hook_attrs.get(1)), _be32s(hook_attrs.get(2)),
-                        _be32(attrs.get(5)))                    # HOOKNUM, PRIORITY, POLICY
-            out["chains"][_cstr(attrs.get(3))] = base           # NFTA_CHAIN_NAME
-            out["rules"].setdefault(_cstr(attrs.get(3)), [])
+                base = (_be32(hook_attrs.get(m.NFTA_HOOK_HOOKNUM)),
+                        _be32s(hook_attrs.get(m.NFTA_HOOK_PRIORITY)),
+                        _be32(attrs.get(m.NFTA_CHAIN_POLICY)))
+            name = _cstr(attrs.get(m.NFTA_CHAIN_NAME))
+            out["chains"][name] = base
+            out["rules"].setdefault(name, [])
         for raw in self._raw_dump(m.RuleMsg, m.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
                                   f"list rules of table inet {table}"):
             attrs = m.parse_attrs(raw)
-            if _cstr(attrs.get(1)) != table:                    # NFTA_RULE_TABLE
+            if _cstr(attrs.get(m.NFTA_RULE_TABLE)) != table:
                 continue
-            comment = _decode_comment(attrs.get(7))             # NFTA_RULE_USERDATA
-            exprs = tuple(item for kind, item in m.iter_attrs(attrs.get(4, b""))
-                          if kind == 1)                         # EXPRESSIONS > LIST_ELEM
-            out["rules"].setdefault(_cstr(attrs.get(2)), []).append((comment, exprs))
+            comment = _decode_comment(attrs.get(m.NFTA_RULE_USERDATA))
+            exprs = tuple(item for kind, item
+                          in m.iter_attrs(attrs.get(m.NFTA_RULE_EXPRESSIONS, b""))
+                          if kind == m.NFTA_LIST_ELEM)
+            out["rules"].setdefault(_cstr(attrs.get(m.NFTA_RULE_CHAIN)), []).append(
+                (comment, exprs))
         return out
 
     def _raw_dump(self, cls, msg_type, attrs, what):
@@ -444,15 +450,14 @@ class Ruleset:
         for raw in self._raw_dump(m.SetMsg, m.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],
                                   f"list sets of table inet {table}"):
             attrs = m.parse_attrs(raw)
-            if _cstr(attrs.get(1)) == table:                    # NFTA_SET_TABLE
-                name = _cstr(attrs.get(2))                      # NFTA_SET_NAME
+            if _cstr(attrs.get(m.NFTA_SET_TABLE)) == table:
+                name = _cstr(attrs.get(m.NFTA_SET_NAME))
                 result[name] = self._set_keys(table, name)
         return result
 
     def _set_keys(self, table, name):
         # Raw parsing (no pyroute2 decoding): gc and status read every live element
-        # every minute. NFTA_SET_ELEM_LIST_ELEMENTS (3) > NFTA_LIST_ELEM (1) >
-        # NFTA_SET_ELEM_KEY (1) > NFTA_DATA_VALUE (1).
+        # every minute.
         msgs = self._raw_dump(m.SetElemMsg, m.NFT_MSG_GETSETELEM,
                               [('NFTA_SET_ELEM_LIST_TABLE', table),
                                ('NFTA_SET_ELEM_LIST_SET', name)],
@@ -460,14 +465,14 @@ class Ruleset:
         keys = []
         for raw in msgs:
             for kind, items in m.iter_attrs(raw, 20):
-                if kind != 3:
+                if kind != m.NFTA_SET_ELEM_LIST_ELEMENTS:
                     continue
                 for item_kind, item in m.iter_attrs(items):
-                    if item_kind != 1:
+                    if item_kind != m.NFTA_LIST_ELEM:
                         continue
-                    key = m.parse_attrs(item, 0).get(1)
+                    key = m.parse_attrs(item, 0).get(m.NFTA_SET_ELEM_KEY)
                     if key is not None:
-                        value = m.parse_attrs(key, 0).get(1)
+                        value = m.parse_attrs(key, 0).get(m.NFTA_DATA_VALUE)
                         if value is not None:
                             keys.append(value.hex())
         return keys
@@ -508,15 +513,17 @@ class Ruleset:
         for raw in self._raw_dump(m.RuleMsg, m.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
                                   f"list rules of table inet {table}"):
             attrs = m.parse_attrs(raw)
-            if _cstr(attrs.get(1)) != table:                    # NFTA_RULE_TABLE
+            if _cstr(attrs.get(m.NFTA_RULE_TABLE)) != table:
                 continue
-            chain, comment = _cstr(attrs.get(2)), _decode_comment(attrs.get(7))
-            for kind, item in m.iter_attrs(attrs.get(4, b"")):  # EXPRESSIONS > LIST_ELEM
+            chain = _cstr(attrs.get(m.NFTA_RULE_CHAIN))
+            comment = _decode_comment(attrs.get(m.NFTA_RULE_USERDATA))
+            for kind, item in m.iter_attrs(attrs.get(m.NFTA_RULE_EXPRESSIONS, b"")):
                 expr = m.parse_attrs(item, 0)
-                if kind != 1 or _cstr(expr.get(1)) != "counter":
+                if kind != m.NFTA_LIST_ELEM or _cstr(expr.get(m.NFTA_EXPR_NAME)) != "counter":
                     continue
-                data = m.parse_attrs(expr.get(2, b""), 0)       # BYTES 1, PACKETS 2
-                out.append((chain, comment, _be64(data.get(2)), _be64(data.get(1))))
+                data = m.parse_attrs(expr.get(m.NFTA_EXPR_DATA, b""), 0)
+                out.append((chain, comment, _be64(data.get(m.NFTA_COUNTER_PACKETS)),
+                            _be64(data.get(m.NFTA_COUNTER_BYTES))))
         return out
 
     # -- writes --
@@ -614,9 +621,6 @@ def _decode_chain(msg):
     return ir.ChainDef(name=name, hook=hooks.get(m.attr(hook, 'NFTA_HOOK_HOOKNUM'), "?"),
                        priority=m.attr(hook, 'NFTA_HOOK_PRIORITY'),
                        policy=policies.get(m.attr(msg, 'NFTA_CHAIN_POLICY'), "?"))
-
-
-_TABLE_USERDATA = 6     # NFTA_TABLE_USERDATA
 
 
 def _cstr(data):

@@ -14,6 +14,7 @@ directory.
 import json
 import marshal
 import os
+import stat
 
 from .errors import StateError
 
@@ -102,14 +103,31 @@ class Staged:
 
 def read_raw(state_dir):
     """compiled.json's bytes (None when there is none), for parse_raw."""
-    path = os.path.join(state_dir, COMPILED)
+    return _read_regular(os.path.join(state_dir, COMPILED))
+
+
+def _read_regular(path):
+    """A regular file's bytes, None when absent. Never blocks: a FIFO or device
+    planted in its place is refused (StateError), not opened for reading."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise StateError(f"{path}: unreadable snapshot: {err.strerror}") from None
+        raise StateError(f"{path}: unreadable: {err.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateError(f"{path}: not a regular file")
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError as err:
+        raise StateError(f"{path}: unreadable: {err.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def parse_raw(data):
@@ -128,14 +146,15 @@ def put_back(state_dir, name, data):
 
 def login_policy_id(state_dir):
     """The policy id in login.marshal (what logins use), or None without one."""
-    try:
-        with open(os.path.join(state_dir, LOGIN), "rb") as handle:
-            data = marshal.loads(handle.read())
-    except FileNotFoundError:
+    path = os.path.join(state_dir, LOGIN)
+    data = _read_regular(path)
+    if data is None:
         return None
-    except (OSError, EOFError, ValueError, TypeError) as err:
-        raise StateError(f"{os.path.join(state_dir, LOGIN)}: unreadable: {err}") from None
-    return data.get("policy_id") if isinstance(data, dict) else None
+    try:
+        login = marshal.loads(data)
+    except (EOFError, ValueError, TypeError):
+        raise StateError(f"{path}: damaged") from None
+    return login.get("policy_id") if isinstance(login, dict) else None
 
 
 def roll_forward(state_dir, policy_id):
@@ -152,9 +171,8 @@ def roll_forward(state_dir, policy_id):
             continue
         path = os.path.join(state_dir, name)
         try:
-            with open(path, "rb") as handle:
-                data = marshal.loads(handle.read())
-        except (OSError, EOFError, ValueError, TypeError):
+            data = marshal.loads(_read_regular(path) or b"")
+        except (StateError, EOFError, ValueError, TypeError):
             continue
         if isinstance(data, dict) and data.get("policy_id") == policy_id:
             try:
@@ -190,13 +208,13 @@ def remove_stale(state_dir):
 def read_snapshot(state_dir):
     """The applied snapshot, or None when none was ever applied."""
     path = os.path.join(state_dir, COMPILED)
-    try:
-        with open(path, "rb") as handle:
-            return json.loads(handle.read())
-    except FileNotFoundError:
+    data = _read_regular(path)
+    if data is None:
         return None
-    except (OSError, ValueError) as err:
-        raise StateError(f"{path}: unreadable snapshot: {err}") from err
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise StateError(f"{path}: unreadable snapshot: {err}") from None
 
 
 def _plain(value):

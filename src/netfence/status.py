@@ -36,8 +36,10 @@ def collect(paths):
 def _fix(drift):
     if drift.ok:
         return None
+    if drift.login_policy.startswith("unreadable"):
+        return "run `netfence reload` (writes login.marshal again)"
     if drift.login_policy:
-        return ("run `netfence gc` (finishes the interrupted reload) or `netfence reload`")
+        return "run `netfence gc` (finishes the interrupted reload) or `netfence reload`"
     if drift.table_missing or drift.altered:
         return ("run `netfence gc` (restores the applied policy's table with the live "
                 "entries; it runs every minute) or `netfence reload` (applies the policy "

@@ -434,3 +434,31 @@ def test_reload_killed_between_the_renames_is_finished_by_gc(loaded):
     assert login_part(nf)["policy_id"] == applied["policy_id"]
     login(nf, 60001, ["www"])
     assert elements(nf, "uid-www") == [60001]
+
+
+def test_a_fifo_planted_as_the_snapshot_hangs_neither_status_nor_gc_nor_reload(loaded):
+    """status and gc read login.marshal too (to spot an interrupted reload): a FIFO in
+    its place is reported, not opened for a read that never returns."""
+    nf = loaded
+    path = os.path.join(nf.state_dir, "login.marshal")
+    os.unlink(path)
+    os.mkfifo(path, 0o644)
+    guard = ["timeout", "60"]                 # a hang fails the test instead of the run
+    out = nf.netns.run(guard + nf.cli_argv("status", "--json"), check=False)
+    assert out.returncode == 0, out
+    state = json.loads(out.stdout)
+    assert any("login.marshal is unreadable" in p and "not a regular file" in p
+               for p in state["drift"]["problems"]), state["drift"]
+    assert state["fix"] == "run `netfence reload` (writes login.marshal again)"
+    out = nf.netns.run(guard + nf.cli_argv("gc"), check=False)
+    assert out.returncode == 1 and "run `netfence reload`" in out.stdout, out
+    out = nf.netns.run(guard + nf.cli_argv("reload"), check=False)
+    assert out.returncode == 0, out
+    assert status(nf)["drift"]["ok"]
+    os.unlink(os.path.join(nf.state_dir, "compiled.json"))
+    os.mkfifo(os.path.join(nf.state_dir, "compiled.json"), 0o644)
+    out = nf.netns.run(guard + nf.cli_argv("status"), check=False)
+    assert out.returncode == 1 and "compiled.json: not a regular file" in out.stderr, out
+    out = nf.netns.run(guard + nf.cli_argv("reload"), check=False)
+    assert out.returncode == 0, out
+    assert status(nf)["drift"]["ok"]
