@@ -8,7 +8,7 @@ alternate round by round.
 """
 
 import policies
-from common import SRC, DriverSpec, log, median, ms, rnd, run_driver
+from common import SRC, DriverSpec, log, median, ms, percentile, rnd, run_driver
 from login import reload_argv
 
 
@@ -39,3 +39,221 @@ def reload_section(ws, sizes, rounds):
     for size in sizes:
         out[f"reload_ms_{size}"] = rnd(median(samples[size]), 3)
     return out
+
+
+# ---- issue 7: a 20,000-rule profile, and reloads under login load ---------------------
+#
+#   sudo python3 bench/reloads.py [--rules 20000] [--rounds 3] [--reloads 10]
+#
+# Standalone (bench/run.py's sections are unchanged). Both parts use their own
+# namespaces and private installations, like the sections above.
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+
+def _ms(seconds):
+    return [s * 1000 for s in seconds]
+
+
+def huge_profile_policy(env, rules):
+    """One profile of `rules` net rules (one nftables rule each), compact TOML: the
+    policy reader refuses files over 1 MiB."""
+    env.write_policy(f'[settings]\ncgroup_base = "{env.cgroup_base}"\n'
+                     '[[rule]]\nusers = ["*"]\nprofiles = ["huge"]\nscope = "user"\n')
+    lines = [f'{{action="deny",proto="udp",ports=[{1024 + i}]}},' for i in range(rules)]
+    env.write_policy("[profile.huge]\negress = [\n" + "\n".join(lines) + "\n]\n",
+                     name="netfence.d/huge.toml")
+
+
+def big_reload_section(ws, rules=20000, rounds=3):
+    """`netfence reload` of one `rules`-rule profile (CLI wall time: interpreter, policy
+    parsing and compiling included) against `nft -f` of the very same table (the listing
+    netfence's table gives, loaded into a second namespace as a delete + create), round
+    by round in the same run."""
+    ns = ws.netns()
+    env = ws.env(ns, "reloadbig")
+    huge_profile_policy(env, rules)
+    out = env.cli("reload", check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"reload of {rules} rules failed: {out.stderr}")
+    listing = ns.nft("list", "table", "inet", "netfence").stdout
+    nft_rules = sum(1 for line in listing.splitlines() if " counter " in f" {line.strip()} ")
+    nft_ns = ws.netns()
+    script = ws.path("reloadbig.nft")
+    with open(script, "w") as handle:
+        handle.write("table inet netfence { }\ndelete table inet netfence\n" + listing)
+    nft_ns.run(["nft", "-f", script])
+    ours, theirs = [], []
+    log(f"  {rounds} rounds: netfence reload vs nft -f, {nft_rules} nftables rules ...")
+    for r in range(rounds):
+        order = [("netfence", lambda: env.cli("reload")),
+                 ("nft", lambda: nft_ns.run(["nft", "-f", script]))]
+        for name, step in (order if r % 2 == 0 else order[::-1]):
+            started = time.monotonic()
+            step()
+            (ours if name == "netfence" else theirs).append(time.monotonic() - started)
+    parts = ns.run([sys.executable, "-c", PHASES, env.config_dir], check=True).stdout
+    env.cli("reload")                           # PHASES left a table of its own mark
+    checks = {}
+    for command in ("status", "gc"):            # both compare the whole table
+        started = time.monotonic()
+        out = env.cli(command, *(["--json"] if command == "status" else []))
+        checks[f"reload_big_{command}_ms"] = rnd((time.monotonic() - started) * 1000, 1)
+        if command == "gc" and "gc: table: ok" not in out.stdout:
+            raise RuntimeError(f"gc after reload: {out.stdout}")
+    return {"reload_big_rules": rules, "reload_big_nft_rules": nft_rules,
+            "reload_big_ms": rnd(median(_ms(ours)), 1),
+            "reload_big_nft_f_ms": rnd(median(_ms(theirs)), 1),
+            "reload_big_ratio_vs_nft_f": rnd(median(ours) / median(theirs), 2),
+            "reload_big_phases_ms": json.loads(parts), **checks}
+
+
+PHASES = r"""
+import json, sys, time
+from netfence import apply, ir
+from netfence.nftnl import PreparedTable, Ruleset
+t0 = time.monotonic()
+policy, snap = apply.compile_from(apply.Paths(config_dir=sys.argv[1]), check_ownership=False)
+t1 = time.monotonic()
+prepared = PreparedTable(ir.TableDef.from_json(snap["table"]), "bench x")
+t2 = time.monotonic()
+with Ruleset() as ruleset:
+    ruleset.replace_table(prepared.table, {}, genid=ruleset.generation(), prepared=prepared)
+t3 = time.monotonic()
+print(json.dumps({"parse_compile": round((t1 - t0) * 1000, 1),
+                  "encode": round((t2 - t1) * 1000, 1),
+                  "kernel_commit_and_acks": round((t3 - t2) * 1000, 1)}))
+"""
+
+LOGIN_LOOP = r"""
+import json, marshal, os, sys, time
+from netfence import records, sessions
+state_dir, run_dir, uid, stop = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+info = {"user": "nobody", "uid": uid, "service": "sshd", "rhost": "", "tty": "ssh"}
+samples, waits, failed = [], [], 0
+while not os.path.exists(stop):
+    with open(state_dir + "/login.marshal", "rb") as handle:
+        login = marshal.loads(handle.read())
+    start = time.monotonic()
+    with records.Lock(run_dir):        # what open_session waits for first, timed alone
+        waits.append((start, time.monotonic() - start))
+    start = time.monotonic()
+    try:
+        record = sessions.open_session(run_dir, login, info, ["web"], [], ppid=os.getpid())
+        opened = time.monotonic()
+        sessions.close_session(run_dir, record["key"], uids_busy=set())
+        samples.append((start, opened - start))
+    except Exception as err:
+        failed += 1
+        print(repr(err), file=sys.stderr)
+print(json.dumps({"samples": samples, "waits": waits, "failed": failed}))
+"""
+
+RELOAD = r"""
+import json, sys, time
+from netfence import apply
+start = time.monotonic()
+try:
+    r = apply.reload(apply.Paths(*sys.argv[1:4]))
+    out = {"ok": True, "attempts": r.attempts, "lock_held_ms": r.lock_held_ms}
+except Exception as err:
+    out = {"ok": False, "error": str(err)}
+out["start"], out["end"] = start, time.monotonic()
+print(json.dumps(out))
+"""
+
+
+def load_policy_text(env, bulk_rules):
+    deny = ", ".join(f'{{ action = "deny", proto = "udp", ports = [{2000 + i}] }}'
+                     for i in range(bulk_rules))
+    return (f'[settings]\ncgroup_base = "{env.cgroup_base}"\n'
+            '[profile.web]\negress = [ { action = "reject", proto = "tcp", ports = [80] } ]\n'
+            f'[profile.bulk]\negress = [ {deny} ]\n'
+            '[[rule]]\nusers = ["*"]\nprofiles = ["web"]\nscope = "user"\n')
+
+
+def reload_under_load_section(ws, reloads=10, loops=4, bulk_rules=2000, baseline_s=5.0):
+    """`loops` processes open and close sessions (netfence.sessions, the hook's own
+    code) as fast as they can; first alone for baseline_s, then while `reloads` reloads
+    of a (1 + bulk_rules)-rule policy run one after the other. Reports failed reloads,
+    how long each reload held the records lock (what a login can wait for), and the
+    open times of logins alone vs during reloads."""
+    ns = ws.netns()
+    env = ws.env(ns, "reloadload")
+    env.write_policy(load_policy_text(env, bulk_rules))
+    env.cli("reload")
+    stop = ws.path("reloadload.stop")
+    procs = [ns.popen([sys.executable, "-c", LOGIN_LOOP, env.state_dir, env.run_dir,
+                       str(62000 + i), stop], stdout=subprocess.PIPE, text=True)
+             for i in range(loops)]
+    time.sleep(baseline_s)
+    split = time.monotonic()
+    results = []
+    for _ in range(reloads):
+        out = ns.run([sys.executable, "-c", RELOAD, env.config_dir, env.state_dir,
+                      env.run_dir], check=False)
+        results.append(json.loads(out.stdout) if out.stdout else
+                       {"ok": False, "error": out.stderr})
+    with open(stop, "w"):
+        pass
+    reports = [json.loads(p.communicate()[0]) for p in procs]
+    alone = [d for r in reports for s, d in r["samples"] if s < split]
+    during = [d for r in reports for s, d in r["samples"] if s >= split]
+    held = [r["lock_held_ms"] for r in results if r.get("ok")]
+    wait_alone = [d for r in reports for s, d in r["waits"] if s < split]
+    wait_during = [d for r in reports for s, d in r["waits"] if s >= split]
+    # logins that started while a reload held or waited for the records lock
+    locked = [(r["end"] - r["lock_held_ms"] / 1000, r["end"]) for r in results
+              if r.get("ok") and r.get("lock_held_ms")]
+    wait_in_lock = [d for r in reports for s, d in r["waits"]
+                    if any(a - 0.1 <= s <= b for a, b in locked)]
+    return {"load_reloads": len(results),
+            "load_reloads_failed": sum(1 for r in results if not r.get("ok")),
+            "load_reload_errors": [r["error"] for r in results if not r.get("ok")],
+            "load_reloads_locked": sum(1 for r in results if r.get("attempts", 1) > 1),
+            "load_reload_attempts_max": max((r.get("attempts", 0) for r in results), default=0),
+            "load_lock_held_ms_max": rnd(max(held, default=0.0), 1),
+            "load_lock_held_ms_median": rnd(median([h for h in held if h]) or 0.0, 1),
+            "load_lock_wait_ms_max_alone": rnd(max(_ms(wait_alone), default=None), 1),
+            "load_lock_wait_ms_p99_alone": rnd(percentile(_ms(wait_alone), 99), 1),
+            "load_lock_wait_ms_max_during_reloads": rnd(max(_ms(wait_during), default=None), 1),
+            "load_lock_wait_ms_p99_during_reloads": rnd(percentile(_ms(wait_during), 99), 1),
+            "load_lock_wait_ms_max_while_reload_held_it": rnd(max(_ms(wait_in_lock),
+                                                                  default=None), 1),
+            "load_logins": len(alone) + len(during),
+            "load_login_failures": sum(r["failed"] for r in reports),
+            "load_login_open_ms_median_alone": rnd(median(_ms(alone)), 2),
+            "load_login_open_ms_max_alone": rnd(max(_ms(alone), default=None), 1),
+            "load_login_open_ms_median_during_reloads": rnd(median(_ms(during)), 2),
+            "load_login_open_ms_max_during_reloads": rnd(max(_ms(during), default=None), 1)}
+
+
+def main(argv):
+    import argparse
+    import contextlib
+
+    from common import Workspace
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rules", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reloads", type=int, default=10)
+    parser.add_argument("--only", default="big,load")
+    args = parser.parse_args(argv)
+    results = {}
+    with contextlib.ExitStack() as stack:
+        ws = Workspace(stack)
+        if "big" in args.only:
+            results.update(big_reload_section(ws, args.rules, args.rounds))
+        if "load" in args.only:
+            results.update(reload_under_load_section(ws, args.reloads))
+    print(json.dumps(results, indent=1))
+    return 1 if results.get("load_reloads_failed") else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.exit(main(sys.argv[1:]))

@@ -35,7 +35,8 @@ def build_parser():
     status = commands.add_parser("status", help="the table's state: profiles, live entries")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("flush", help="remove netfence's table and live state")
-    commands.add_parser("gc", help="remove entries of sessions and users that are gone")
+    commands.add_parser("gc", help="restore a missing or altered table; remove entries of "
+                                   "sessions and users that are gone")
     pam_line = commands.add_parser("pam-line", help="print the PAM session line to install")
     pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
     install = commands.add_parser("install-hook", help="write the hook program pam_exec runs")
@@ -70,6 +71,9 @@ def cmd_reload(args, paths):
     result = reload(paths)
     print(f"reloaded policy {result.policy_id}: {result.profiles} profiles, "
           f"{result.rules} rules, {result.kept} live entries kept")
+    if result.attempts > 1:
+        print(f"the ruleset changed while reading it: {result.attempts} attempts, logins "
+              f"held off for {result.lock_held_ms:.1f} ms")
     for set_name, count in sorted(result.dropped.items()):
         print(f"dropped {count} live entries of set {set_name}: its profile was removed",
               file=sys.stderr)
@@ -99,13 +103,24 @@ def cmd_flush(args, paths):
 
 
 def cmd_gc(args, paths):
+    from .apply import repair_table
     from .sessions import gc
     from .snapshot import read_snapshot
+    # First the table: after a foreign `nft flush ruleset` every restricted login is
+    # unrestricted (or refused) until it is back.
+    failed = False
+    try:
+        repair = repair_table(paths)
+        failed = repair.action == "failed"
+        print(repair)
+    except NetfenceError as err:          # the sessions below are still collected
+        failed = True
+        print(f"gc: table: check failed: {err}")
     applied = read_snapshot(paths.state_dir) or {}
     base = applied.get("settings", {}).get("cgroup_base")
     report = gc(paths.run_dir, cgroup_base=base)
     print(report)
-    return 1 if report.errors else 0
+    return 1 if report.errors or failed else 0
 
 
 def cmd_pam_line(args, paths):

@@ -56,9 +56,23 @@ NFT_MSG_GETGEN = 16
 NFT_MSG_DESTROYTABLE = 26
 NFT_MSG_DESTROYSETELEM = 30
 
+# attribute numbers, for raw parsing (parse_attrs / iter_attrs)
+NFTA_TABLE_USERDATA = 6
+NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_KEY_TYPE = 1, 2, 4
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY = 1, 3, 4, 5
+NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
+NFTA_LIST_ELEM = 1
+NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
+NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
+NFTA_SET_ELEM_LIST_ELEMENTS = 3
+NFTA_SET_ELEM_KEY = 1
+NFTA_DATA_VALUE = 1
+
 # nftnl userdata TLV types (libnftnl include/udata.h)
 NFTNL_UDATA_RULE_COMMENT = 0
 NFTNL_UDATA_SET_KEYBYTEORDER = 0
+NFTNL_UDATA_TABLE_COMMENT = 0
 NFT_BYTEORDER_HOST = 1
 
 
@@ -124,7 +138,15 @@ class SetMsg(nft_set_msg):
         for name, kind in nft_set_msg.nla_map)
 
 
-TableMsg = nft_table_msg
+@_fresh
+class TableMsg(nft_table_msg):
+    # userdata as raw bytes (pyroute2's 'comment' type is its own format): nftnl TLVs,
+    # NFTNL_UDATA_TABLE_COMMENT, which `nft list` prints as the table's comment.
+    nla_map = tuple(
+        (name, 'cdata') if name == 'NFTA_TABLE_USERDATA' else (name, kind)
+        for name, kind in nft_table_msg.nla_map)
+
+
 ChainMsg = nft_chain_msg
 SetElemMsg = nft_set_elem_list_msg
 GenMsg = nft_gen_msg
@@ -183,6 +205,13 @@ def _shape(attrs):
     return tuple(out)
 
 
+def raw_message(msg_type, flags, seq, body, family=NFPROTO_INET):
+    """An nf_tables message from already encoded attributes (see nftnl_expr.nla)."""
+    head = struct.pack("=IHHIIBBH", 20 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
+                       flags, seq, 0, family, 0, 0)
+    return head + body
+
+
 def batch_control(msg_type, seq, genid=None):
     """BATCH_BEGIN / BATCH_END; res_id names the nf_tables subsystem."""
     attrs = [('NFNL_BATCH_GENID', genid)] if genid is not None else []
@@ -218,11 +247,12 @@ def _missing(wanted, node, path):
                 yield from _missing(item.get('attrs', ()), cell, f"{where}[{i}]")
 
 
-def decode(data):
+def decode(data, raw_only=False):
     """Split a receive buffer into (header dict, message or None, raw bytes) tuples.
 
     Error/done messages and unknown types come back with message None; see
-    `parse_error` for the former.
+    `parse_error` for the former. raw_only=True decodes nothing (message always None):
+    for dumps read with `parse_attrs`, which is ~100x cheaper than pyroute2.
     """
     offset = 0
     out = []
@@ -233,7 +263,7 @@ def decode(data):
         raw = data[offset:offset + length]
         header = {"type": mtype, "flags": flags, "seq": seq}
         cls = None
-        if mtype >> 8 == NFNL_SUBSYS_NFTABLES:
+        if mtype >> 8 == NFNL_SUBSYS_NFTABLES and not raw_only:
             cls = REPLY_CLASSES.get(mtype & 0xFF)
         msg = None
         if cls is not None:
@@ -242,6 +272,30 @@ def decode(data):
         out.append((header, msg, raw))
         offset += (length + 3) & ~3
     return out
+
+
+def parse_attrs(data, offset=20):
+    """{attribute type: bytes} of the top-level attributes of one raw nf_tables
+    message (after nlmsghdr + nfgenmsg), or of a nested attribute's payload with
+    offset=0. The first occurrence of each type wins."""
+    out = {}
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        out.setdefault(kind & 0x3FFF, data[offset + 4:offset + length])
+        offset += (length + 3) & ~3
+    return out
+
+
+def iter_attrs(data, offset=0):
+    """(attribute type, payload bytes) of every attribute from offset on, in order."""
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        yield kind & 0x3FFF, data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
 
 
 def parse_error(raw):

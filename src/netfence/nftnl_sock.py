@@ -24,12 +24,19 @@ NETLINK_EXT_ACK = 11        # ... plus the kernel's text, when it has one
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 BUFFER = 4 << 20            # a batch must fit the send buffer in one sendmsg()
+ACK_ROOM = 1024             # receive buffer per acked message, as nft sizes it: an ack
+                            # is a small skb, but its truesize is what counts
 RECV_SIZE = 1 << 18
 TIMEOUT = 10.0              # the kernel answers in microseconds; this only bounds bugs
 
 
 class DumpInterrupted(Exception):
     """The ruleset changed during a dump (NLM_F_DUMP_INTR): read again."""
+
+
+class AcksLost(KernelError):
+    """The kernel dropped answers to a batch (ENOBUFS): whether the transaction was
+    committed is unknown from the socket; the caller has to look at the ruleset."""
 
 
 class Connection:
@@ -68,26 +75,30 @@ class Connection:
 
     # -- requests that are not batches ------------------------------------------
 
-    def request(self, cls, msg_type, attrs, operation, dump=False, family=m.NFPROTO_INET):
-        """Send one GET request; return the decoded replies (a list)."""
+    def request(self, cls, msg_type, attrs, operation, dump=False, family=m.NFPROTO_INET,
+                raw=False):
+        """Send one GET request; return the decoded replies (a list), or with raw=True
+        the replies' bytes undecoded (see nftnl_msg.parse_attrs)."""
         seq = self.next_seq()
         flags = m.NLM_F_REQUEST | (m.NLM_F_DUMP if dump else m.NLM_F_ACK)
         data = m.build(cls, msg_type, attrs, seq, flags=flags, family=family)
         self._send(data, operation)
         replies, interrupted = [], False
         while True:
-            for header, msg, raw in self._recv(operation):
+            for header, msg, data in self._recv(operation, raw=raw):
                 if header["seq"] != seq:
                     continue            # a stale answer to an earlier request
                 interrupted |= bool(header["flags"] & m.NLM_F_DUMP_INTR)
                 if header["type"] == m.NLMSG_DONE:
                     return self._finish(replies, interrupted)
                 if header["type"] == m.NLMSG_ERROR:
-                    code, text = m.parse_error(raw)
+                    code, text = m.parse_error(data)
                     if code:
                         raise KernelError(operation, code, text)
                     return self._finish(replies, interrupted)
-                if msg is not None:
+                if raw and header["type"] >> 8 == m.NFNL_SUBSYS_NFTABLES:
+                    replies.append(data)
+                elif msg is not None:
                     replies.append(msg)
 
     @staticmethod
@@ -108,10 +119,13 @@ class Connection:
         begin_seq, end_seq = messages[0][2], messages[-1][2]
         described = {seq: operation for operation, _data, seq in messages}
         expected = {seq for _op, _data, seq in messages[1:-1]}
-        self._send(b"".join(data for _op, data, _seq in messages), "send batch")
+        data = b"".join(data for _op, data, _seq in messages)
+        self._size_buffers(len(data), len(messages))
+        self._send(data, "send batch")
+        del data
         errors, batch_error = {}, None
         while expected and batch_error is None:
-            for header, _msg, raw in self._recv("read batch acks"):
+            for header, _msg, raw in self._recv("read batch acks", batch=True, raw=True):
                 if header["type"] != m.NLMSG_ERROR:
                     continue
                 code, text = m.parse_error(raw)
@@ -144,21 +158,42 @@ class Connection:
 
     # -- low level -----------------------------------------------------------------
 
+    def _size_buffers(self, length, count):
+        """Room for the whole batch in one sendmsg() (netlink refuses a message larger
+        than the send buffer: EMSGSIZE) and for every ack, which the kernel queues
+        during that sendmsg() (beyond the receive buffer they are dropped: ENOBUFS).
+        The kernel doubles what it is given; root may exceed wmem_max/rmem_max."""
+        for force, plain, want in ((SO_SNDBUFFORCE, socket.SO_SNDBUF, length + (64 << 10)),
+                                   (SO_RCVBUFFORCE, socket.SO_RCVBUF, count * ACK_ROOM)):
+            want = min(max(BUFFER, want), 1 << 30)
+            if self.sock.getsockopt(socket.SOL_SOCKET, plain) >= 2 * want:
+                continue
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, force, want)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, plain, want)
+            except OSError as exc:
+                raise KernelError("size netlink socket buffers", exc.errno or errno.EIO)
+
     def _send(self, data, operation):
         try:
             self.sock.send(data)
         except OSError as exc:
             raise KernelError(operation, exc.errno or errno.EIO)
 
-    def _recv(self, operation):
+    def _recv(self, operation, batch=False, raw=False):
         try:
             data = self.sock.recv(RECV_SIZE)
         except socket.timeout:
             raise KernelError(operation, errno.ETIMEDOUT, "no answer from the kernel")
         except OSError as exc:
+            if batch and exc.errno == errno.ENOBUFS:
+                self._drain()
+                raise AcksLost(operation, errno.ENOBUFS,
+                               "answers were lost; the ruleset says what was applied")
             # ENOBUFS: answers were lost; the caller cannot tell what was applied
             raise KernelError(operation, exc.errno or errno.EIO)
-        return m.decode(data)
+        return m.decode(data, raw_only=raw)
 
     def _drain(self):
         # Non-blocking for real: with a timeout set, Python polls *before* recv(),

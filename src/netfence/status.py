@@ -5,12 +5,14 @@ from .snapshot import read_snapshot
 
 
 def collect(paths):
+    from .apply import check_steadily
     from .nftnl import Ruleset
     applied = read_snapshot(paths.state_dir) or {}
     with Ruleset() as ruleset:
         present = ruleset.table_exists()
         elements = ruleset.read_elements() if present else {}
         counters = ruleset.read_counters() if present else []
+    drift = check_steadily(applied, paths)
     profiles = {}
     for name in (applied.get("login") or {}).get("profiles", {}):
         profiles[name] = {
@@ -26,7 +28,23 @@ def collect(paths):
         "sessions": records.list_sessions(paths.run_dir),
         "counters": [{"chain": c, "rule": r, "packets": p, "bytes": b}
                      for c, r, p, b in counters],
+        "drift": drift.as_dict(),
+        "fix": _fix(drift),
     }
+
+
+def _fix(drift):
+    if drift.ok:
+        return None
+    if drift.login_policy.startswith("unreadable"):
+        return "run `netfence reload` (writes login.marshal again)"
+    if drift.login_policy:
+        return "run `netfence gc` (finishes the interrupted reload) or `netfence reload`"
+    if drift.table_missing or drift.altered:
+        return ("run `netfence gc` (restores the applied policy's table with the live "
+                "entries; it runs every minute) or `netfence reload` (applies the policy "
+                "in the config dir)")
+    return "run `netfence gc` (adds the missing live entries, removes unrecorded ones)"
 
 
 def _uid(hex_key):
@@ -49,4 +67,8 @@ def format_text(state):
     for counter in (c for c in state["counters"] if c["packets"]):
         lines.append(f"counter {counter['chain']} {counter['rule']}: "
                      f"{counter['packets']} packets")
+    for problem in state["drift"]["problems"]:
+        lines.append(f"PROBLEM: {problem}")
+    if state["fix"]:
+        lines.append(f"fix: {state['fix']}")
     return "\n".join(lines) + "\n"

@@ -155,9 +155,11 @@ def test_ingress_blocks_other_hosts_but_not_loopback(loaded, netns):
 
 
 def test_live_entries_survive_reload_and_removed_profiles_are_reported(loaded):
+    """Live entries are those of the session records (real logins here)."""
+    from support.livesession import login
     nf = loaded
-    add_uid(nf, "uid-lab", 60002)
-    add_uid(nf, "uid-quiet-dns", 60003)
+    login(nf, 60002, ["lab"])
+    login(nf, 60003, ["quiet-dns"])
     nf.write_policy(POLICY.format(base=nf.cgroup_base).replace(
         '[profile.quiet-dns]\negress = [ { action = "deny", proto = "udp", ports = [53] } ]\n',
         ""))
