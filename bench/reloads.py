@@ -145,7 +145,7 @@ while not os.path.exists(stop):
     try:
         record = sessions.open_session(run_dir, login, info, ["web"], [], ppid=os.getpid())
         opened = time.monotonic()
-        sessions.close_session(run_dir, record["key"], uids_busy=set())
+        sessions.close_session(run_dir, record["key"], pids=(os.getpid(),))
         samples.append((start, opened - start))
     except Exception as err:
         failed += 1

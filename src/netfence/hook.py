@@ -20,13 +20,14 @@ grp only when a rule names groups, the C extension only when there is something 
 send, time.localtime only when a rule has a time window, syslog by hand over _socket.
 """
 
+import errno
 import posix
 import sys
 import time
 
 import _signal
 
-from .errors import HookInputError, NetfenceError, StateError
+from .errors import HookInputError, KernelError, NetfenceError, StateError
 
 STATE_DIR = "/var/lib/netfence"
 RUN_DIR = "/run/netfence"
@@ -428,7 +429,7 @@ def pam_application(launcher):
     return ppid
 
 
-def do_open(opts, login, items, entry, ppid, budget, log):
+def do_open(opts, login, items, entry, ppid, budget, log, retry=True):
     from . import matcher
     user, uid = entry.pw_name, entry.pw_uid
     log.fields.update(user=user, uid=uid)
@@ -446,12 +447,31 @@ def do_open(opts, login, items, entry, ppid, budget, log):
     log.use(opts["fastpath"])                 # loads the C extension: only now
     from . import sessions
     info = dict(items, user=user, uid=uid)
-    record = sessions.open_session(opts["run_dir"], login, info, decision.user_profiles,
-                                   decision.session_profiles, ppid=ppid,
-                                   timeout_ms=budget.left_ms())
+    try:
+        record = sessions.open_session(opts["run_dir"], login, info,
+                                       decision.user_profiles, decision.session_profiles,
+                                       ppid=ppid, timeout_ms=budget.left_ms())
+    except KernelError as err:
+        # A reload that renamed or removed a profile committed between our reading
+        # login.marshal and our batch: its sets are gone (ENOENT), the open was put
+        # back, and the new snapshot is in place. Match again against it, once.
+        fresh = _changed_login(opts, login) if retry and err.errno == errno.ENOENT else None
+        if fresh is None:
+            raise
+        log.fields["policy_changed"] = fresh.get("policy_id", "-")
+        return do_open(opts, fresh, items, entry, ppid, budget, log, retry=False)
     budget.disarm()                         # committed: a late alarm must not undo it
     log.fields.update(session=record["key"], cgroup=record["cgroup"] or "-",
                       rules=",".join(str(i + 1) for i in decision.matched), result="ok")
+
+
+def _changed_login(opts, login):
+    """The snapshot now in place when a reload replaced the one `login` came from."""
+    try:
+        fresh = load_login(opts["state_dir"])
+    except StateError:
+        return None
+    return fresh if fresh.get("policy_id") != login.get("policy_id") else None
 
 
 def do_close(opts, ppid, launcher, budget, log):
@@ -598,7 +618,7 @@ def syslog(priority, text, path=None, kmsg=None):
             sock.send(data if kind == _socket.SOCK_DGRAM else data + b"\0")
             return "syslog"
         except OSError as err:
-            if err.errno != 91:              # EPROTOTYPE: a stream socket, try again
+            if err.errno != errno.EPROTOTYPE:    # a stream socket: try again
                 break
         finally:
             sock.close()

@@ -336,6 +336,38 @@ def test_refused_batch_follows_on_error(world):
     assert records.list_sessions(str(world.run_dir)) == []
 
 
+def test_a_login_racing_a_reload_that_renamed_its_profile_is_matched_again(world):
+    """The hook read login.marshal, then a reload renamed the profile (its old sets are
+    gone from the kernel, a new snapshot is in place) before the hook's batch: the
+    batch gets ENOENT, and the hook matches the login again against the new snapshot
+    instead of refusing it."""
+    import threading
+    old = login_part(world.base, rules=[rule(1, "user", ["web"], [USER])])
+    old["policy_id"] = "before-rename"
+    old["profiles"]["web"].update(uid_set="uid-old", ucg_set="ucg-old", scg_set="scg-old")
+    old["templates"] = build_templates(old)
+    for name, kind in (("uid-old", "uid"), ("ucg-old", "cgroupsv2"), ("scg-old", "cgroupsv2")):
+        world.ns.nft("add", "set", "inet", "netfence", name, f"{{ type {kind}; }}")
+    world.write_login(old)
+    parent = world.parent()
+    records.ensure_dirs(str(world.run_dir))
+    result = {}
+    with records.Lock(str(world.run_dir)):                # the hook waits here ...
+        opener = threading.Thread(target=lambda: result.update(rc=parent.open()))
+        opener.start()
+        time.sleep(1.0)                                  # ... after reading the snapshot
+        for name in ("uid-old", "ucg-old", "scg-old"):   # the reload's commit
+            world.ns.nft("delete", "set", "inet", "netfence", name)
+        world.write_login(login_part(world.base, rules=[rule(1, "user", ["web"], [USER])]))
+    opener.join(30)
+    assert result == {"rc": 0}
+    assert world.elements("uid-web") == [UID]
+    (record,) = records.list_sessions(str(world.run_dir))
+    assert record["policy_id"] == "test-policy"
+    assert parent.close() == 0
+    assert all(v == [] for v in world.all_elements().values())
+
+
 def test_missing_snapshot_follows_on_error(world):
     (world.state / "login.marshal").unlink()
     parent = world.parent()

@@ -204,7 +204,7 @@ while not os.path.exists(stop):
     start = time.monotonic()
     try:
         record = sessions.open_session(run_dir, login, info, ["web"], [], ppid=os.getpid())
-        sessions.close_session(run_dir, record["key"], uids_busy=set())
+        sessions.close_session(run_dir, record["key"], pids=(os.getpid(),))
         done += 1
     except Exception as err:
         failed += 1

@@ -25,7 +25,7 @@ print(json.dumps({"key": record["key"]}))
 CLOSE = r"""
 import sys
 from netfence import sessions
-print(sessions.close_session(sys.argv[1], sys.argv[2], uids_busy=set())["result"])
+print(sessions.close_session(sys.argv[1], sys.argv[2])["result"])
 """
 
 
