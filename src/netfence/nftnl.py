@@ -396,11 +396,7 @@ class Ruleset:
             name = _cstr(attrs.get(m.NFTA_CHAIN_NAME))
             out["chains"][name] = base
             out["rules"].setdefault(name, [])
-        for raw in self._raw_dump(m.RuleMsg, m.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
-                                  f"list rules of table inet {table}"):
-            attrs = m.parse_attrs(raw)
-            if _cstr(attrs.get(m.NFTA_RULE_TABLE)) != table:
-                continue
+        for attrs in self._rule_attrs(table):
             comment = _decode_comment(attrs.get(m.NFTA_RULE_USERDATA))
             exprs = tuple(item for kind, item
                           in m.iter_attrs(attrs.get(m.NFTA_RULE_EXPRESSIONS, b""))
@@ -408,6 +404,14 @@ class Ruleset:
             out["rules"].setdefault(_cstr(attrs.get(m.NFTA_RULE_CHAIN)), []).append(
                 (comment, exprs))
         return out
+
+    def _rule_attrs(self, table):
+        """The attributes of every rule of the table, parsed from the raw dump."""
+        for raw in self._raw_dump(m.RuleMsg, m.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
+                                  f"list rules of table inet {table}"):
+            attrs = m.parse_attrs(raw)
+            if _cstr(attrs.get(m.NFTA_RULE_TABLE)) == table:
+                yield attrs
 
     def _raw_dump(self, cls, msg_type, attrs, what):
         try:
@@ -510,11 +514,7 @@ class Ruleset:
         if not self.table_exists(table):
             return []
         out = []
-        for raw in self._raw_dump(m.RuleMsg, m.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
-                                  f"list rules of table inet {table}"):
-            attrs = m.parse_attrs(raw)
-            if _cstr(attrs.get(m.NFTA_RULE_TABLE)) != table:
-                continue
+        for attrs in self._rule_attrs(table):
             chain = _cstr(attrs.get(m.NFTA_RULE_CHAIN))
             comment = _decode_comment(attrs.get(m.NFTA_RULE_USERDATA))
             for kind, item in m.iter_attrs(attrs.get(m.NFTA_RULE_EXPRESSIONS, b"")):
