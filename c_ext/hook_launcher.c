@@ -42,6 +42,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -210,6 +212,114 @@ static void reset_signals(void)
     alarm(0);                           /* an interval timer survives exec: cancel it */
 }
 
+/*
+ * Resource limits survive exec of setuid su like signal masks do: a user could run
+ * `prlimit --fsize=1 su - $USER` so that the hook's records are cut, or starve it of
+ * memory, stack, CPU time or file descriptors at a moment of their choosing. Root may
+ * raise the hard limits (with CAP_SYS_RESOURCE): put back what a login program would
+ * have. A record that still cannot be written whole fails the hook (records.write),
+ * never leaves a cut one in place.
+ */
+static void reset_limits(void)
+{
+    static const struct { int resource; rlim_t at_least; } wanted[] = {
+        {RLIMIT_FSIZE, RLIM_INFINITY}, {RLIMIT_CPU, RLIM_INFINITY},
+        {RLIMIT_AS, RLIM_INFINITY}, {RLIMIT_DATA, RLIM_INFINITY},
+        {RLIMIT_STACK, 8 << 20}, {RLIMIT_NOFILE, 1024},
+    };
+    for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++) {
+        struct rlimit now;
+        rlim_t want = wanted[i].at_least;
+        if (getrlimit(wanted[i].resource, &now) != 0 || now.rlim_cur == RLIM_INFINITY
+                || (want != RLIM_INFINITY && now.rlim_cur >= want))
+            continue;
+        struct rlimit raised = {want, now.rlim_max};
+        if (now.rlim_max != RLIM_INFINITY && (want == RLIM_INFINITY || now.rlim_max < want))
+            raised.rlim_max = want;
+        if (setrlimit(wanted[i].resource, &raised) != 0) {
+            /* no CAP_SYS_RESOURCE (a container): the soft limit up to the hard one;
+               what is still too low makes the hook fail cleanly, per on_error */
+            now.rlim_cur = now.rlim_max;
+            setrlimit(wanted[i].resource, &now);
+        }
+    }
+}
+
+/* The cgroup2 mount point (first "cgroup2" line of mountinfo) into out. */
+static int cgroup2_mount(char *out, size_t cap)
+{
+    char line[4096];
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    int found = 0;
+
+    if (!f)
+        return 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        char *sep = strstr(line, " - "), *field = line;
+        if (!sep || strncmp(sep + 3, "cgroup2 ", 8) != 0)
+            continue;
+        for (int i = 0; i < 4 && field; i++) {       /* field 5: the mount point */
+            field = strchr(field, ' ');
+            field = field ? field + 1 : NULL;
+        }
+        char *end = field ? strchr(field, ' ') : NULL;
+        if (end && (size_t)(end - field) < cap && !memchr(field, '\\', end - field)) {
+            memcpy(out, field, end - field);
+            out[end - field] = 0;
+            found = 1;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+/*
+ * The hook must not run in a cgroup the user controls: in a delegated subtree (say
+ * `systemd-run --user --scope su - $USER`) the user could freeze it (cgroup.freeze)
+ * while it holds the records lock, stopping every login on the host and the deadline
+ * with it, or OOM-kill it at a chosen point (memory.max). If the cgroup we were
+ * started in, or one above it, is not root's, move to the root cgroup, which has no
+ * such controls. Returns 0, or -errno when a move was needed and failed.
+ */
+static int leave_user_cgroup(void)
+{
+    char mount[PATH_MAX], own[PATH_MAX] = "", line[PATH_MAX], walk[PATH_MAX * 2];
+    char file[PATH_MAX * 2 + 16];
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    int user_owned = 0, fd, rc = 0;
+    struct stat st;
+
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "0::", 3) == 0) {
+            line[strcspn(line, "\n")] = 0;
+            snprintf(own, sizeof own, "%s", line + 3);
+        }
+    fclose(f);
+    if (!own[0] || strcmp(own, "/") == 0 || !cgroup2_mount(mount, sizeof mount))
+        return 0;
+    /* from our cgroup up to (not including) the root: a directory or a freeze file
+       that is not root's, or that others may write, is the user's to control */
+    snprintf(walk, sizeof walk, "%s%s", mount, own);
+    while (!user_owned && strlen(walk) > strlen(mount)) {
+        snprintf(file, sizeof file, "%s/cgroup.freeze", walk);
+        if ((stat(walk, &st) == 0 && (st.st_uid != 0 || (st.st_mode & 022)))
+                || (stat(file, &st) == 0 && (st.st_uid != 0 || (st.st_mode & 022))))
+            user_owned = 1;
+        *strrchr(walk, '/') = 0;
+    }
+    if (!user_owned)
+        return 0;
+    snprintf(file, sizeof file, "%s/cgroup.procs", mount);
+    fd = open(file, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || write(fd, "0", 1) != 1)
+        rc = -errno;
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
 int main(int argc, char **argv, char **envp)
 {
     long long start = now_ms(), deadline;
@@ -222,6 +332,7 @@ int main(int argc, char **argv, char **envp)
     pid_t pid, parent;
 
     reset_signals();
+    reset_limits();
     for (int i = 1; i < argc; i++) {
         int t;
         if (strncmp(argv[i], "timeout_ms=", 11) == 0 && (t = parse_timeout(argv[i] + 11)))
@@ -264,6 +375,11 @@ int main(int argc, char **argv, char **envp)
     if (pipe2(fds, O_CLOEXEC) < 0) {
         log_line(LOG_ERR, "event=%s result=refused error='launcher: pipe: %s'", event,
                  strerror(errno));
+        return 1;
+    }
+    if ((n = leave_user_cgroup()) < 0) {
+        log_line(LOG_ERR, "event=%s %s result=refused error='launcher: cannot leave a "
+                 "cgroup the user controls: %s'", event, who, strerror((int)-n));
         return 1;
     }
     parent = getpid();

@@ -138,7 +138,14 @@ def _attempt(prepared, run_dir, sockets=None):
     ruleset = Ruleset()
     try:
         generation = ruleset.generation()
-        live = records.live_elements(run_dir)
+        unsettled = []
+        live = records.live_elements(run_dir, unsettled)
+        if unsettled and sockets is None:
+            # An interrupted close's elements may still be in the kernel: a login
+            # that adds one again changes nothing, so the generation would not tell
+            # us about it. Only under the records lock can no login do that.
+            raise GenerationChanged("replace table inet netfence", errno.ERESTART,
+                                    f"{len(unsettled)} records with pending changes")
         kept = {name: keys for name, keys in live.items() if name in wanted}
         dropped = {name: len(keys) for name, keys in live.items()
                    if name not in wanted and keys}

@@ -107,6 +107,14 @@ def is_logind_scope(path):
             and parts[2].startswith("session-") and parts[2].endswith(".scope"))
 
 
+def is_logind_slice(path):
+    """/user.slice/user-N.slice (level 2): logind's user cgroup, which a login of
+    another uid (su inside a logind session) shares."""
+    parts = components(path)
+    return (len(parts) == 2 and parts[0] == "user.slice" and parts[1].startswith("user-")
+            and parts[1].endswith(".slice") and parts[1][5:-6].isdigit())
+
+
 def is_own_session(path, base, uid):
     """/<base>/user-UID/session-KEY of this very uid (level 3)."""
     parts = components(path)

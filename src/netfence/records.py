@@ -65,8 +65,11 @@ class Lock:
         self.fd = -1
 
     def __enter__(self):
-        self.fd = posix.open(self.path, posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC
-                             | posix.O_NOFOLLOW, 0o600)
+        try:
+            self.fd = posix.open(self.path, posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC
+                                 | posix.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise StateError(f"{self.path}: {err.strerror}") from None
         try:
             posix.lockf(self.fd, posix.F_LOCK, 0)
         except BaseException:
@@ -113,15 +116,24 @@ def read(path):
 
 
 def write(path, data):
-    data = dict(data, format=FORMAT)
+    """Write the record whole (temp file, then rename) or raise StateError: a short
+    write (a file-size limit inherited from the login program, a full /run) must never
+    leave a cut record in place, which readers would skip as damaged."""
+    blob = marshal.dumps(dict(data, format=FORMAT))
     tmp = f"{path}.tmp{posix.getpid()}"
-    fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_CLOEXEC
-                    | posix.O_NOFOLLOW, 0o600)
     try:
-        posix.write(fd, marshal.dumps(data))
-    finally:
-        posix.close(fd)
-    posix.replace(tmp, path)
+        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC
+                        | posix.O_CLOEXEC | posix.O_NOFOLLOW, 0o600)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[posix.write(fd, view):]
+        finally:
+            posix.close(fd)
+        posix.replace(tmp, path)
+    except OSError as err:
+        delete(tmp)
+        raise StateError(f"write {path}: {err.strerror}") from None
 
 
 def delete(path):
@@ -129,6 +141,8 @@ def delete(path):
         posix.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as err:
+        raise StateError(f"remove {path}: {err.strerror}") from None
 
 
 def _check_key(key):
@@ -186,12 +200,14 @@ def names(run_dir, kind):
     return sorted(n for n in names if ".tmp" not in n)
 
 
-def _all(run_dir, kind):
+def _all(run_dir, kind, strict=False):
     out = []
     for name in names(run_dir, kind):
         try:
             record = read(f"{run_dir}/{kind}/{name}")
         except StateError:
+            if strict:
+                raise
             continue
         if record is not None:
             out.append(record)
@@ -209,15 +225,25 @@ def list_users(run_dir):
     return sorted(_all(run_dir, USERS), key=lambda r: r["uid"])
 
 
-def live_elements(run_dir):
+def live_elements(run_dir, unsettled=None):
     """{set: [hex key]}: every element the records say should be in the kernel.
 
     A record marked closing is on its way out (its elements are being, or are to be,
     destroyed) and counts for nothing; a pending "destroy" never counts either.
+    A damaged record raises StateError naming it: what it held cannot be known, and
+    whoever asks (reload, gc, the undo of a login) would otherwise remove its elements
+    as unrecorded, unfencing a live session. Failing leaves the kernel as it is.
+
+    unsettled: a list that gets the records with a pending destroy (an interrupted
+    close or undo), whose elements may still be in the kernel although no live
+    record needs them.
     """
-    parts = [r.get("session_elements", {}) for r in list_sessions(run_dir)
-             if not r.get("closing")]
-    parts += [r.get("elements", {}) for r in list_users(run_dir) if not r.get("closing")]
+    sessions = _all(run_dir, SESSIONS, strict=True)
+    users = _all(run_dir, USERS, strict=True)
+    if unsettled is not None:
+        unsettled += [r for r in sessions + users if "destroy" in r]
+    parts = [r.get("session_elements", {}) for r in sessions if not r.get("closing")]
+    parts += [r.get("elements", {}) for r in users if not r.get("closing")]
     return union(parts)
 
 

@@ -194,20 +194,22 @@ class _Undo:
         pending = self.added if self.sent and not _known_refused(err) else {}
         session_file = records.session_path(self.run_dir, self.key)
         try:
+            if pending:     # intent first: what to take back, before any record goes
+                before = dict(self.restore).get(session_file)
+                records.write(session_file, dict(before or dict(self.record, closing=True),
+                                                 destroy=pending))
             for path, content in reversed(self.restore):
                 if path == session_file and pending:
-                    before = content or dict(self.record, closing=True)
-                    records.write(path, dict(before, destroy=pending))
-                elif content is None:
+                    continue
+                if content is None:
                     records.delete(path)
                 else:
                     records.write(path, content)
-            if pending:                           # outcome unknown: take it back
+            if pending:     # outcome unknown: take back what no live record needs
                 try:
-                    fastpath.destroy_elements(pending, UNDO_TIMEOUT_MS)
+                    _finish_pending(self.run_dir, session_file, UNDO_TIMEOUT_MS)
                 except Exception:                 # noqa: BLE001 - gc finishes it
                     return
-                _clear_pending(session_file, records.read(session_file))
         finally:
             cgroups.undo_open(self.mount, self.cgroup, self.ppid)
 
@@ -304,6 +306,12 @@ def _close_plan(run_dir, record, pids, mount):
                and not _user_busy(user, mount, pids))
     if release:
         merge_into(destroy, user["elements"])
+        if cgroups.is_logind_slice(record.get("user_cgroup", "")):
+            # su to another user inside a logind session shares the caller's user
+            # slice, so another uid's user record may hold the same user cgroup key
+            destroy = subtract(destroy, union([
+                other["elements"] for other in records.list_users(run_dir)
+                if other["uid"] != record["uid"] and not other.get("closing")]))
     ours = bool(record.get("created") and record.get("cgroup") and not sharing)
     return {"destroy": destroy, "release": release, "user": user, "ours": ours}
 

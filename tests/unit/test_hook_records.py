@@ -208,3 +208,48 @@ def test_forget_all(run_dir):
     assert sessions.forget_all(run_dir) == 1
     assert records.list_sessions(run_dir) == [] and records.list_users(run_dir) == []
     assert sessions.forget_all(run_dir + "-missing") == 0
+
+
+def test_a_short_write_never_leaves_a_cut_record(run_dir):
+    """A file-size limit inherited from the login program (prlimit --fsize before su):
+    the write is refused whole, nothing cut is renamed into place."""
+    import multiprocessing
+    import resource
+    path = records.session_path(run_dir, "5-6")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+
+    def write_limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40, resource.getrlimit(
+            resource.RLIMIT_FSIZE)[1]))
+        try:
+            records.write(path, session("5-6"))
+            queue.put("written")
+        except StateError as err:
+            queue.put(f"refused: {err}")
+    child = ctx.Process(target=write_limited)
+    child.start()
+    child.join(10)
+    assert queue.get(timeout=5).startswith("refused: write ")
+    assert not os.path.exists(path)
+    assert records.stale_temp_files(run_dir) == []
+
+
+def test_a_damaged_record_stops_live_elements(run_dir):
+    """What a damaged record held cannot be known: reload, gc and undo must not take
+    its elements for unrecorded ones."""
+    records.write(records.session_path(run_dir, "1-2"), session("1-2"))
+    with open(records.session_path(run_dir, "3-4"), "wb") as handle:
+        handle.write(b"\x00cut")
+    with pytest.raises(StateError, match="3-4"):
+        records.live_elements(run_dir)
+    assert len(records.list_sessions(run_dir)) == 1       # status still lists the rest
+
+
+def test_unsettled_records_are_reported(run_dir):
+    records.write(records.session_path(run_dir, "1-2"), session("1-2"))
+    records.write(records.session_path(run_dir, "3-4"),
+                  session("3-4", closing=True, destroy={"scg-web": ["01"]}))
+    unsettled = []
+    records.live_elements(run_dir, unsettled)
+    assert [r["key"] for r in unsettled] == ["3-4"]

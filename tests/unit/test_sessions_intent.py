@@ -3,6 +3,7 @@ looking at the records at the moment each batch would be sent (no root: the kern
 and cgroup calls are replaced by recorders)."""
 
 import os
+import sys
 
 import pytest
 
@@ -152,3 +153,19 @@ def test_user_elements_stay_while_the_user_cgroup_has_tasks(kernel):
     assert op == "destroy" and elements == user["elements"]
     assert state["users"][0]["closing"] is True           # intent before the batch
     assert records.list_users(kernel.run_dir) == []
+
+
+def test_an_undo_spares_what_another_users_record_holds(kernel, monkeypatch):
+    """su to another user inside a logind session shares the caller's user slice: the
+    failed open of the second user must not take back the caller's user cgroup key."""
+    caller_key = records.union([{"ucg-web": [(0x20).to_bytes(8, sys.byteorder).hex()]}])
+    records.ensure_dirs(kernel.run_dir)
+    records.write(records.user_path(kernel.run_dir, 1000),
+                  {"uid": 1000, "elements": caller_key, "sessions": [], "live_cgroups": []})
+    kernel.fail_add = KernelError("add", 110)            # ETIMEDOUT: maybe applied
+    with pytest.raises(KernelError):
+        open_one(kernel)
+    op, elements, state = kernel.calls[-1]
+    assert op == "destroy"
+    assert (0x20).to_bytes(8, sys.byteorder).hex() not in elements.get("ucg-web", [])
+    assert records.list_sessions(kernel.run_dir) == []    # finished: nothing pending

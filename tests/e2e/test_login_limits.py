@@ -1,0 +1,129 @@
+"""Attacks through what a login program inherits besides its environment (found in
+review of issue 7): resource limits and the cgroup su is started in. Real `su` logins
+in a private network namespace."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import PORT_B, settle_uid
+from support.pamsvc import wait_until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: users, netns, su")
+
+POLICY = """
+[profile.fence]
+egress = [ {{ action = "reject", proto = "tcp", ports = [{port}] }} ]
+
+[[rule]]
+users = ["{user}"]
+profiles = ["fence"]
+scope = "user"
+"""
+
+
+@pytest.fixture
+def user(user):
+    settle_uid(user.uid)
+    return user
+
+
+def has_cap_sys_resource():
+    with open("/proc/self/status") as handle:
+        caps = int(next(l for l in handle if l.startswith("CapEff:")).split()[1], 16)
+    return bool(caps & (1 << 24))
+
+
+@pytest.mark.parametrize("limit", ["64", "64:unlimited"])
+def test_a_file_size_limit_cannot_cut_the_records(fence, user, limit):
+    """`prlimit --fsize=64 su - USER`: the limit reaches the hook through setuid su. A
+    cut record was skipped as damaged, and the next gc removed the "unrecorded"
+    elements: the live session lost its fence. Now the launcher puts the limits back
+    (a hard limit only with CAP_SYS_RESOURCE, which containers may lack), and a record
+    that still cannot be written whole fails the login per on_error (deny): either
+    fenced with whole records that gc keeps, or refused; never fenced and then not."""
+    fence.load(POLICY.format(port=PORT_B, user=user.name))
+    argv = [f"prlimit", f"--fsize={limit}", "--"] + fence._su_argv(
+        user.name, "sleep 30", "su-l", None)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=fence._ENV, cwd="/")
+    try:
+        wait_until(lambda: fence.session_records() or proc.poll() is not None,
+                   timeout=20, what="the login or its refusal")
+        resettable = limit.endswith(":unlimited") or has_cap_sys_resource()
+        if proc.poll() is not None:
+            assert not resettable, f"refused: {proc.stderr.read()}\n{fence.log()}"
+            assert "cannot open session" in proc.stderr.read().decode()
+            assert fence.filled() == {} and fence.session_records() == []
+            return
+        assert fence.filled() == {"uid-fence": [user.uid]}
+        report = fence.nf.cli("gc").stdout
+        assert fence.filled() == {"uid-fence": [user.uid]}, report
+        (session,) = fence.status()["sessions"]
+        assert session["user"] == user.name
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def hook_processes(fence):
+    """pids of the hook's launcher and Python process (their command lines name it)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if fence.hook.encode() in cmdline and b"pytest" not in cmdline:
+            found.append(int(name))
+    return found
+
+
+def cgroup_of(pid):
+    with open(f"/proc/{pid}/cgroup") as handle:
+        return [l[3:] for l in handle.read().splitlines() if l.startswith("0::")][0]
+
+
+def test_the_hook_does_not_run_in_a_cgroup_the_user_can_freeze(fence, user):
+    """su started from a cgroup the user owns (a delegated subtree, as under
+    `systemd-run --user --scope`): the user freezes it while the hook holds the records
+    lock, which stopped every login on the host and the hook's deadline with it. The
+    launcher moves itself to the root cgroup first."""
+    from netfence import records
+    if not fence.launcher:
+        pytest.skip("the launcher was not built")
+    fence.load(POLICY.format(port=PORT_B, user=user.name))
+    deleg, _ = fence.nf.make_cgroup("delegated")
+    for path in (deleg, f"{deleg}/cgroup.procs", f"{deleg}/cgroup.freeze"):
+        os.chown(path, user.uid, user.gid)
+    argv = ["sh", "-c", f'echo $$ > {deleg}/cgroup.procs && exec "$@"', "sh",
+            *fence._su_argv(user.name, "true", "su-l", None)]
+    records.ensure_dirs(fence.nf.run_dir)
+    try:
+        with records.Lock(fence.nf.run_dir):             # the hook waits here
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=fence._ENV, cwd="/")
+            pids = wait_until(lambda: hook_processes(fence), timeout=20, what="the hook")
+            time.sleep(0.3)                               # the Python child started too
+            pids = hook_processes(fence)
+            assert [cgroup_of(p) for p in pids] == ["/"] * len(pids), pids
+            with open(f"{deleg}/cgroup.freeze", "w") as handle:   # the user's move
+                handle.write("1")
+        # the open finishes although su itself is frozen (in the user's cgroup)
+        wait_until(lambda: any("result=ok" in e for e in fence.events("open")),
+                   timeout=20, what=f"the open to finish; hook log:\n{fence.log()}")
+        with open(f"{deleg}/cgroup.freeze", "w") as handle:      # su goes on
+            handle.write("0")
+        assert proc.wait(timeout=20) == 0, proc.stderr.read()
+    finally:
+        with open(f"{deleg}/cgroup.freeze", "w") as handle:
+            handle.write("0")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
