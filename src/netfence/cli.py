@@ -116,7 +116,11 @@ def cmd_gc(args, paths):
     except NetfenceError as err:          # the sessions below are still collected
         failed = True
         print(f"gc: table: check failed: {err}")
-    applied = read_snapshot(paths.state_dir) or {}
+    try:
+        applied = read_snapshot(paths.state_dir) or {}
+    except NetfenceError as err:          # still collect sessions, in the default base
+        failed, applied = True, {}
+        print(f"gc: snapshot: {err}")
     base = applied.get("settings", {}).get("cgroup_base")
     report = gc(paths.run_dir, cgroup_base=base)
     print(report)

@@ -465,13 +465,23 @@ def do_open(opts, login, items, entry, ppid, budget, log, retry=True):
                       rules=",".join(str(i + 1) for i in decision.matched), result="ok")
 
 
+SNAPSHOT_WAIT_S = 0.5
+
+
 def _changed_login(opts, login):
-    """The snapshot now in place when a reload replaced the one `login` came from."""
-    try:
-        fresh = load_login(opts["state_dir"])
-    except StateError:
-        return None
-    return fresh if fresh.get("policy_id") != login.get("policy_id") else None
+    """The snapshot a reload put in place of the one `login` came from. A reload
+    renames its snapshot into place right after its commit: wait that long for it."""
+    until = time.monotonic() + SNAPSHOT_WAIT_S
+    while True:
+        try:
+            fresh = load_login(opts["state_dir"])
+        except StateError:
+            return None
+        if fresh.get("policy_id") != login.get("policy_id"):
+            return fresh
+        if time.monotonic() >= until:
+            return None
+        time.sleep(0.02)
 
 
 def do_close(opts, ppid, launcher, budget, log):
