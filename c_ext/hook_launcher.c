@@ -36,6 +36,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -283,29 +284,41 @@ static int cgroup2_mount(char *out, size_t cap)
  */
 static int leave_user_cgroup(void)
 {
-    char mount[PATH_MAX], own[PATH_MAX] = "", line[PATH_MAX], walk[PATH_MAX * 2];
-    char file[PATH_MAX * 2 + 16];
+    char mount[PATH_MAX], walk[PATH_MAX * 2], file[PATH_MAX * 2 + 16];
+    char *line = NULL, *own = NULL;
+    size_t cap = 0;
+    ssize_t len;
     FILE *f = fopen("/proc/self/cgroup", "re");
     int user_owned = 0, fd, rc = 0;
     struct stat st;
 
     if (!f)
         return 0;
-    while (fgets(line, sizeof line, f))
+    while ((len = getline(&line, &cap, f)) > 0)
         if (strncmp(line, "0::", 3) == 0) {
-            line[strcspn(line, "\n")] = 0;
-            snprintf(own, sizeof own, "%s", line + 3);
+            free(own);
+            own = strdup(line + 3);
+            if (own)
+                own[strcspn(own, "\n")] = 0;
         }
+    free(line);
     fclose(f);
-    if (!own[0] || strcmp(own, "/") == 0 || !cgroup2_mount(mount, sizeof mount))
+    if (!own || strcmp(own, "/") == 0 || !cgroup2_mount(mount, sizeof mount)) {
+        free(own);
         return 0;
+    }
     /* from our cgroup up to (not including) the root: a directory or a freeze file
-       that is not root's, or that others may write, is the user's to control */
-    snprintf(walk, sizeof walk, "%s%s", mount, own);
+       that is not root's, or that others may write, is the user's to control; what
+       cannot be checked (a path too long, a stat that fails) counts as the user's:
+       moving to the root cgroup is harmless */
+    if (snprintf(walk, sizeof walk, "%s%s", mount, own) >= (int)sizeof walk)
+        user_owned = 1;
+    free(own);
     while (!user_owned && strlen(walk) > strlen(mount)) {
         snprintf(file, sizeof file, "%s/cgroup.freeze", walk);
-        if ((stat(walk, &st) == 0 && (st.st_uid != 0 || (st.st_mode & 022)))
-                || (stat(file, &st) == 0 && (st.st_uid != 0 || (st.st_mode & 022))))
+        if (stat(walk, &st) != 0 || st.st_uid != 0 || (st.st_mode & 022))
+            user_owned = 1;
+        else if (stat(file, &st) == 0 && (st.st_uid != 0 || (st.st_mode & 022)))
             user_owned = 1;
         *strrchr(walk, '/') = 0;
     }
@@ -318,6 +331,26 @@ static int leave_user_cgroup(void)
     if (fd >= 0)
         close(fd);
     return rc;
+}
+
+/*
+ * Scheduling survives exec of setuid su too: `chrt -i 0`, `nice -n 19`, `taskset`,
+ * `ionice -c 3` would let a user stretch each hold of the records lock (and starve
+ * the launcher's deadline) with a few CPU hogs. Put back the defaults.
+ */
+static void reset_scheduling(void)
+{
+    struct sched_param param = {0};
+    cpu_set_t all;
+
+    setpriority(PRIO_PROCESS, 0, 0);
+    sched_setscheduler(0, SCHED_OTHER, &param);
+    CPU_ZERO(&all);
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+        CPU_SET(cpu, &all);
+    sched_setaffinity(0, sizeof all, &all);     /* the kernel keeps the online ones */
+    syscall(SYS_ioprio_set, 1 /* IOPRIO_WHO_PROCESS */, 0,
+            (2 << 13) | 4 /* IOPRIO_CLASS_BE, level 4: the default */);
 }
 
 int main(int argc, char **argv, char **envp)
@@ -333,6 +366,7 @@ int main(int argc, char **argv, char **envp)
 
     reset_signals();
     reset_limits();
+    reset_scheduling();
     for (int i = 1; i < argc; i++) {
         int t;
         if (strncmp(argv[i], "timeout_ms=", 11) == 0 && (t = parse_timeout(argv[i] + 11)))

@@ -221,8 +221,10 @@ def list_sessions(run_dir):
     return sorted(_all(run_dir, SESSIONS), key=lambda r: (r.get("opened_at", 0), r["key"]))
 
 
-def list_users(run_dir):
-    return sorted(_all(run_dir, USERS), key=lambda r: r["uid"])
+def list_users(run_dir, strict=False):
+    """Every user record; strict: a damaged one raises StateError instead of being
+    skipped (for callers that would otherwise remove what it held)."""
+    return sorted(_all(run_dir, USERS, strict), key=lambda r: r["uid"])
 
 
 def live_elements(run_dir, unsettled=None):

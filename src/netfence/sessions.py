@@ -274,8 +274,12 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
         _write_closing(run_dir, record, plan)
         if plan["ours"]:
             # Leave first: the batch may fork a child (detach), which must not be
-            # born inside the cgroup we are about to remove.
-            cgroups.leave(mount, record.get("origin"), pids)
+            # born inside the cgroup we are about to remove. Only the PAM application
+            # goes back where it came from; the hook (and its launcher) go to the root:
+            # the origin may be a cgroup the user controls and has frozen meanwhile,
+            # which would stop the hook while it holds the records lock.
+            cgroups.leave(mount, record.get("origin"), pids[:1])
+            cgroups.leave(mount, "/", pids[1:])
         gone = fastpath.destroy_elements(plan["destroy"], timeout_ms, detach=detach)
         cgroup = cgroups.remove(mount, record["cgroup"]) if plan["ours"] else "kept"
         if plan["release"]:
@@ -306,14 +310,19 @@ def _close_plan(run_dir, record, pids, mount):
                and not _user_busy(user, mount, pids))
     if release:
         merge_into(destroy, user["elements"])
-        if cgroups.is_logind_slice(record.get("user_cgroup", "")):
-            # su to another user inside a logind session shares the caller's user
-            # slice, so another uid's user record may hold the same user cgroup key
-            destroy = subtract(destroy, union([
-                other["elements"] for other in records.list_users(run_dir)
-                if other["uid"] != record["uid"] and not other.get("closing")]))
+        destroy = subtract(destroy, _held_by_others(run_dir, user))
     ours = bool(record.get("created") and record.get("cgroup") and not sharing)
     return {"destroy": destroy, "release": release, "user": user, "ours": ours}
+
+
+def _held_by_others(run_dir, user):
+    """Elements other users' records hold that this user's may share: su to another
+    user inside a logind session shares the caller's user slice, and so its user
+    cgroup key. Only logind slices are shared; netfence's own are one per uid."""
+    if not any(cgroups.is_logind_slice(p) for p in user.get("live_cgroups", [])):
+        return {}
+    return union([other["elements"] for other in records.list_users(run_dir, strict=True)
+                  if other["uid"] != user["uid"] and not other.get("closing")])
 
 
 def _user_busy(user, mount, exclude=()):
@@ -375,8 +384,9 @@ def release_user(run_dir, uid, *, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=
         mount = mount or cgroups.cgroup2_mount()
         if _user_busy(user, mount):
             return False
-        records.write(user_file, dict(user, closing=True, destroy=user["elements"]))
-        fastpath.destroy_elements(user["elements"], timeout_ms)
+        destroy = subtract(user["elements"], _held_by_others(run_dir, user))
+        records.write(user_file, dict(user, closing=True, destroy=destroy))
+        fastpath.destroy_elements(destroy, timeout_ms)
         _remove_user_cgroups(user, mount)
         records.delete(user_file)
     return True

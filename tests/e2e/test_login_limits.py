@@ -52,7 +52,8 @@ def test_a_file_size_limit_cannot_cut_the_records(fence, user, limit):
     try:
         wait_until(lambda: fence.session_records() or proc.poll() is not None,
                    timeout=20, what="the login or its refusal")
-        resettable = limit.endswith(":unlimited") or has_cap_sys_resource()
+        resettable = fence.launcher and (limit.endswith(":unlimited")
+                                         or has_cap_sys_resource())
         if proc.poll() is not None:
             assert not resettable, f"refused: {proc.stderr.read()}\n{fence.log()}"
             assert "cannot open session" in proc.stderr.read().decode()
@@ -127,3 +128,32 @@ def test_the_hook_does_not_run_in_a_cgroup_the_user_can_freeze(fence, user):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_logout_does_not_put_the_hook_in_a_frozen_cgroup(fence, user):
+    """The close moves the PAM application back to the cgroup it came from. That can
+    be the user's, frozen meanwhile: the hook and its launcher must not go with it, or
+    they would stop there holding the records lock (every login on the host waits)."""
+    fence.load(POLICY.format(port=PORT_B, user=user.name))
+    deleg, _ = fence.nf.make_cgroup("delegated")
+    for path in (deleg, f"{deleg}/cgroup.procs", f"{deleg}/cgroup.freeze"):
+        os.chown(path, user.uid, user.gid)
+    argv = ["sh", "-c", f'echo $$ > {deleg}/cgroup.procs && exec "$@"', "sh",
+            *fence._su_argv(user.name, "sleep 1", "su-l", None)]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=fence._ENV, cwd="/")
+    try:
+        wait_until(lambda: any("result=ok" in e for e in fence.events("open")),
+                   timeout=20, what="the open")
+        with open(f"{deleg}/cgroup.freeze", "w") as handle:      # the user's move
+            handle.write("1")
+        wait_until(lambda: any("result=ok" in e for e in fence.events("close")),
+                   timeout=20, what=f"the close to finish; hook log:\n{fence.log()}")
+        assert fence.session_records() == []
+        assert fence.filled() == {}
+    finally:
+        with open(f"{deleg}/cgroup.freeze", "w") as handle:
+            handle.write("0")
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
