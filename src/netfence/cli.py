@@ -44,9 +44,16 @@ def build_parser():
     return parser
 
 
+# Longer than any hook may hold the records lock (hook_timeout_ms is at most 60 s, and
+# the launcher kills the hook 0.4 s after it at the latest).
+LOCK_WAIT_S = 75
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     paths = Paths(args.config_dir, args.state_dir, args.run_dir)
+    from . import records
+    records.Lock.max_wait_s = LOCK_WAIT_S
     handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
     try:
         return handler(args, paths) or 0

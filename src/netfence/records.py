@@ -58,7 +58,15 @@ def ensure_dirs(run_dir):
 
 
 class Lock:
-    """Exclusive lock on run_dir/lock for the duration of a `with` block."""
+    """Exclusive lock on run_dir/lock for the duration of a `with` block.
+
+    max_wait_s: None (the hook: its own deadline bounds the wait) or, set once by the
+    command line, how long to wait before giving up with StateError: a holder is a
+    hook bounded by its deadline, so a longer wait means something is wrong, and gc
+    or reload must say so rather than hang.
+    """
+
+    max_wait_s = None
 
     def __init__(self, run_dir):
         self.path = f"{run_dir}/{LOCK}"
@@ -71,11 +79,27 @@ class Lock:
         except OSError as err:
             raise StateError(f"{self.path}: {err.strerror}") from None
         try:
-            posix.lockf(self.fd, posix.F_LOCK, 0)
+            if self.max_wait_s is None:
+                posix.lockf(self.fd, posix.F_LOCK, 0)
+            else:
+                self._wait(self.max_wait_s)
         except BaseException:
             posix.close(self.fd)
             raise
         return self
+
+    def _wait(self, seconds):
+        import time
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                posix.lockf(self.fd, posix.F_TLOCK, 0)
+                return
+            except (BlockingIOError, PermissionError):      # EAGAIN / EACCES: held
+                if time.monotonic() >= deadline:
+                    raise StateError(f"{self.path}: held by another netfence process for "
+                                     f"more than {seconds:g} s") from None
+                time.sleep(0.01)
 
     def __exit__(self, *exc):
         posix.close(self.fd)           # closing drops the lock

@@ -253,3 +253,29 @@ def test_unsettled_records_are_reported(run_dir):
     unsettled = []
     records.live_elements(run_dir, unsettled)
     assert [r["key"] for r in unsettled] == ["3-4"]
+
+
+def test_a_bounded_lock_wait_gives_up_with_a_clear_error(run_dir, monkeypatch):
+    """The command line waits for the records lock at most Lock.max_wait_s: gc and
+    reload report a stuck holder instead of hanging."""
+    import multiprocessing
+    monkeypatch.setattr(records.Lock, "max_wait_s", 0.2)
+    ctx = multiprocessing.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+
+    def holder():
+        with records.Lock(run_dir):
+            held.set()
+            release.wait(10)
+    child = ctx.Process(target=holder)
+    child.start()
+    try:
+        assert held.wait(10)
+        with pytest.raises(StateError, match="held by another netfence process"):
+            with records.Lock(run_dir):
+                pass
+    finally:
+        release.set()
+        child.join(10)
+    with records.Lock(run_dir):                           # free again: taken at once
+        pass
