@@ -70,6 +70,14 @@ def test_a_file_size_limit_cannot_cut_the_records(fence, user, limit):
         proc.wait()
 
 
+def delegated_cgroup(fence, user):
+    """A cgroup the user controls, as systemd delegates user@.service's subtree."""
+    deleg, _ = fence.nf.make_cgroup("delegated")
+    for path in (deleg, f"{deleg}/cgroup.procs", f"{deleg}/cgroup.freeze"):
+        os.chown(path, user.uid, user.gid)
+    return deleg
+
+
 def hook_processes(fence):
     """pids of the hook's launcher and Python process (their command lines name it)."""
     found = []
@@ -100,9 +108,7 @@ def test_the_hook_does_not_run_in_a_cgroup_the_user_can_freeze(fence, user):
     if not fence.launcher:
         pytest.skip("the launcher was not built")
     fence.load(POLICY.format(port=PORT_B, user=user.name))
-    deleg, _ = fence.nf.make_cgroup("delegated")
-    for path in (deleg, f"{deleg}/cgroup.procs", f"{deleg}/cgroup.freeze"):
-        os.chown(path, user.uid, user.gid)
+    deleg = delegated_cgroup(fence, user)
     argv = ["sh", "-c", f'echo $$ > {deleg}/cgroup.procs && exec "$@"', "sh",
             *fence._su_argv(user.name, "true", "su-l", None)]
     records.ensure_dirs(fence.nf.run_dir)
@@ -135,9 +141,7 @@ def test_the_logout_does_not_put_the_hook_in_a_frozen_cgroup(fence, user):
     be the user's, frozen meanwhile: the hook and its launcher must not go with it, or
     they would stop there holding the records lock (every login on the host waits)."""
     fence.load(POLICY.format(port=PORT_B, user=user.name))
-    deleg, _ = fence.nf.make_cgroup("delegated")
-    for path in (deleg, f"{deleg}/cgroup.procs", f"{deleg}/cgroup.freeze"):
-        os.chown(path, user.uid, user.gid)
+    deleg = delegated_cgroup(fence, user)
     argv = ["sh", "-c", f'echo $$ > {deleg}/cgroup.procs && exec "$@"', "sh",
             *fence._su_argv(user.name, "sleep 1", "su-l", None)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
