@@ -415,18 +415,13 @@ def pam_application(launcher):
     """pid of the PAM application (su, sshd's monitor): the hook's parent, or with the
     static launcher in between (launcher = its pid) the launcher's parent, which waits
     for the launcher while the hook runs."""
-    if launcher:
-        try:
-            fd = posix.open(f"/proc/{launcher}/stat", posix.O_RDONLY | posix.O_CLOEXEC)
-        except OSError:
-            raise NetfenceError(f"launcher {launcher} is gone") from None
-        from .records import read_all
-        ppid = int(read_all(fd).rpartition(b")")[2].split()[1])
-    else:
-        ppid = posix.getppid()
-    if ppid <= 1:
-        raise NetfenceError("the PAM application is gone (the hook's parent is init)")
-    return ppid
+    if not launcher:
+        return posix.getppid()
+    from .liveness import proc_parent
+    ppid = proc_parent(launcher)
+    if ppid is None:
+        raise NetfenceError(f"launcher {launcher} is gone")
+    return ppid                 # pid 1 (init adopted us) is refused by session_key
 
 
 def do_open(opts, login, items, entry, ppid, budget, log, retry=True):

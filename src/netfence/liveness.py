@@ -24,14 +24,19 @@ from .records import read_all
 
 # ---- the PAM application ---------------------------------------------------------
 
-def parse_starttime(stat_text):
-    """Field 22 of /proc/PID/stat (after the parenthesised command, which may hold
-    spaces and parentheses)."""
+def _stat_field(stat_text, number):
+    """Field `number` (1-based, as in proc(5)) of a /proc/PID/stat text, counted after
+    the parenthesised command, which may hold spaces and parentheses."""
     rest = stat_text[stat_text.rindex(")") + 2:].split(" ")
-    return int(rest[19])
+    return int(rest[number - 3])
 
 
-def proc_starttime(pid):
+def parse_starttime(stat_text):
+    """Field 22 of /proc/PID/stat: the start time, in clock ticks after boot."""
+    return _stat_field(stat_text, 22)
+
+
+def _proc_stat_field(pid, number):
     try:
         fd = posix.open(f"/proc/{pid}/stat", posix.O_RDONLY | posix.O_CLOEXEC)
     except OSError:
@@ -43,9 +48,18 @@ def proc_starttime(pid):
     finally:
         posix.close(fd)
     try:
-        return parse_starttime(text)
+        return _stat_field(text, number)
     except (ValueError, IndexError):
         return None
+
+
+def proc_starttime(pid):
+    return _proc_stat_field(pid, 22)
+
+
+def proc_parent(pid):
+    """Field 4 of /proc/PID/stat: the parent's pid, or None when pid is gone."""
+    return _proc_stat_field(pid, 4)
 
 
 def session_key(ppid):

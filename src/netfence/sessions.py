@@ -33,13 +33,12 @@ import time
 
 from . import cgroups, fastpath, records
 from .errors import StateError
-from .liveness import has_processes, is_alive, parse_starttime, proc_starttime, session_key
+from .liveness import has_processes, is_alive, session_key
 from .records import Lock, merge_into, subtract, union
 
 UNDO_TIMEOUT_MS = 500
 __all__ = ["open_session", "close_session", "finish_session", "release_user", "gc",
-           "forget_all",
-           "session_key", "is_alive", "parse_starttime", "proc_starttime"]
+           "forget_all", "session_key"]
 
 
 # ---- open -------------------------------------------------------------------------
@@ -384,11 +383,11 @@ def release_user(run_dir, uid, *, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=
         mount = mount or cgroups.cgroup2_mount()
         if _user_busy(user, mount):
             return False
-        destroy = subtract(user["elements"], _held_by_others(run_dir, user))
-        records.write(user_file, dict(user, closing=True, destroy=destroy))
-        fastpath.destroy_elements(destroy, timeout_ms)
+        # intent, then the same finish as any pending destroy: what no live record
+        # needs (another user's record may share a logind slice's key) goes
+        records.write(user_file, dict(user, closing=True, destroy=user["elements"]))
+        _finish_pending(run_dir, user_file, timeout_ms)
         _remove_user_cgroups(user, mount)
-        records.delete(user_file)
     return True
 
 

@@ -139,7 +139,7 @@ class Parent:
         return self.ask(cmd="cgroup")["cgroup"]
 
     def key(self):
-        from netfence.sessions import proc_starttime
+        from netfence.liveness import proc_starttime
         return f"{self.pid}-{proc_starttime(self.pid)}"
 
     def stop(self, sig=signal.SIGTERM):

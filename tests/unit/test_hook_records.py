@@ -123,6 +123,8 @@ def test_own_starttime_is_stable():
     start = liveness.proc_starttime(os.getpid())
     assert start is not None and start == liveness.proc_starttime(os.getpid())
     assert liveness.proc_starttime(2**22 + 12345) is None
+    assert liveness.proc_parent(os.getpid()) == os.getppid()
+    assert liveness.proc_parent(2**22 + 12345) is None
 
 
 def test_populated():
