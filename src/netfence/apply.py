@@ -265,20 +265,23 @@ def check_table(applied, run_dir, ruleset, state_dir=None):
                              f"{applied['policy_id']})")
     if drift.altered:
         return drift
+    add, remove = element_drift(table, run_dir, ruleset)
+    drift.missing_elements = {s: len(keys) for s, keys in add.items()}
+    drift.leaked_elements = {s: len(keys) for s, keys in remove.items()}
+    return drift
+
+
+def element_drift(table, run_dir, ruleset):
+    """(missing, unrecorded): the elements the records need that the kernel lacks, and
+    those the kernel holds without a record, as {set: [hex key]}."""
     wanted = {s.name for s in table.sets}
     need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
     have = ruleset.read_elements(table.name)
-    for set_name, keys in need.items():
-        present = set(have.get(set_name, ()))
-        missing = sum(1 for k in keys if k not in present)
-        if missing:
-            drift.missing_elements[set_name] = missing
-    for set_name, keys in have.items():
-        needed = set(need.get(set_name, ()))
-        extra = sum(1 for k in keys if k not in needed)
-        if extra:
-            drift.leaked_elements[set_name] = extra
-    return drift
+    return (records.subtract(need, _as_sets(have)), records.subtract(have, _as_sets(need)))
+
+
+def _as_sets(elements):
+    return {set_name: set(keys) for set_name, keys in elements.items()}
 
 
 def check_steadily(applied, paths):
@@ -371,21 +374,8 @@ def _fix_elements(applied, run_dir):
     kernel holds without a record. Returns (added, removed)."""
     from .nftnl import Ruleset
     table = ir.TableDef.from_json(applied["table"])
-    wanted = {s.name for s in table.sets}
     with records.Lock(run_dir), Ruleset() as ruleset:
-        need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
-        have = ruleset.read_elements(table.name)
-        add, remove = {}, {}
-        for set_name, keys in need.items():
-            present = set(have.get(set_name, ()))
-            missing = [k for k in keys if k not in present]
-            if missing:
-                add[set_name] = missing
-        for set_name, keys in have.items():
-            needed = set(need.get(set_name, ()))
-            extra = [k for k in keys if k not in needed]
-            if extra:
-                remove[set_name] = extra
+        add, remove = element_drift(table, run_dir, ruleset)
         if add:
             ruleset.add_elements(add, table.name)
         if remove:

@@ -40,13 +40,13 @@ def _check_family(table):
 class _Batch:
     """Collects (operation, bytes, seq) from BEGIN to END."""
 
-    def __init__(self, next_seq, genid=None, begin=True):
+    def __init__(self, next_seq, begin=True):
         self.next_seq = next_seq
         self.messages = []
         if begin:
             seq = next_seq()
             self.messages.append(("begin transaction", m.batch_control(
-                m.NFNL_MSG_BATCH_BEGIN, seq, genid), seq))
+                m.NFNL_MSG_BATCH_BEGIN, seq), seq))
 
     def add(self, operation, cls, msg_type, attrs, flags=m.NLM_F_CREATE | m.NLM_F_EXCL):
         """Queue one message. The default flags create and refuse an existing object:
@@ -61,13 +61,13 @@ class _Batch:
         return self.messages
 
 
-def encode_batch(table, elements, genid=None, seq_start=1, delete="destroy", marker=None):
+def encode_batch(table, elements, genid=None, seq_start=1, delete="destroy"):
     """The replace_table transaction as [(operation, bytes, seq)], BEGIN to END.
 
     delete: "destroy" (DESTROYTABLE, no error when absent), "delete" (DELTABLE: the
     table must exist) or None (nothing to remove).
     """
-    return PreparedTable(table, marker, seq_start).messages(elements, genid, delete)
+    return PreparedTable(table, None, seq_start).messages(elements, genid, delete)
 
 
 MARKER_TYPE = 0xA5      # private nftnl userdata type: nft ignores it (it prints type 0,
@@ -228,7 +228,7 @@ def _add_element_messages(batch, table_name, elements, msg_type, verb):
 
 # -- drift ---------------------------------------------------------------------------
 
-def expected_summary(table, marker=None):
+def expected_summary(table):
     """What Ruleset.summary() reads back after `table` was sent (marker aside): the
     expressions as we encode them (NFTA_LIST_ELEM payloads)."""
     rules = {c.name: [] for c in table.chains}
@@ -236,7 +236,7 @@ def expected_summary(table, marker=None):
         udata = _comment_udata(rule.comment) if rule.comment else None
         rules.setdefault(rule.chain, []).append(
             (_decode_comment(udata), tuple(expr_bytes(e)[4:] for e in rule.exprs)))
-    return {"marker": marker,
+    return {"marker": None,
             "sets": {s.name: ir.SET_KEY_TYPES[s.key][1] for s in table.sets},
             "chains": {c.name: ((HOOKS[c.hook], c.priority, POLICIES[c.policy])
                                 if c.hook else None) for c in table.chains},
@@ -528,12 +528,12 @@ class Ruleset:
 
     # -- writes --
 
-    def replace_table(self, table, elements, genid=None, marker=None, prepared=None):
+    def replace_table(self, table, elements, genid=None, prepared=None):
         """Replace the whole table (and put `elements` in its sets) in one transaction.
 
         With `genid`, the kernel refuses the transaction if the ruleset changed since
         that generation was read: GenerationChanged. `prepared`: a PreparedTable of
-        `table` (then `marker` is the prepared one's).
+        `table` (with the table's marker), else one without a marker.
 
         When the kernel's answers are lost (AcksLost), the outcome is read from the
         ruleset: a table carrying this transaction's marker means it was committed
@@ -541,7 +541,7 @@ class Ruleset:
         on, else AcksLost).
         """
         if prepared is None:
-            prepared = PreparedTable(table, marker)
+            prepared = PreparedTable(table)
         if self._supports_destroy():
             delete = "destroy"
         else:

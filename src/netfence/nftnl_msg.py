@@ -140,8 +140,8 @@ class SetMsg(nft_set_msg):
 
 @_fresh
 class TableMsg(nft_table_msg):
-    # userdata as raw bytes (pyroute2's 'comment' type is its own format): nftnl TLVs,
-    # NFTNL_UDATA_TABLE_COMMENT, which `nft list` prints as the table's comment.
+    # userdata as raw bytes (pyroute2's 'comment' type is its own format): nftnl TLVs;
+    # netfence's marker uses a private type (nftnl.MARKER_TYPE) that `nft list` ignores.
     nla_map = tuple(
         (name, 'cdata') if name == 'NFTA_TABLE_USERDATA' else (name, kind)
         for name, kind in nft_table_msg.nla_map)

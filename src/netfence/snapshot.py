@@ -22,11 +22,6 @@ COMPILED = "compiled.json"
 LOGIN = "login.marshal"
 
 
-def write_snapshot(state_dir, snapshot):
-    staged = stage(state_dir, snapshot)
-    staged.promote()
-
-
 def stage(state_dir, snapshot):
     """Write the snapshot's files as fsynced temp files; StateError (nothing left
     behind) when that fails."""
@@ -207,14 +202,8 @@ def remove_stale(state_dir):
 
 def read_snapshot(state_dir):
     """The applied snapshot, or None when none was ever applied."""
-    path = os.path.join(state_dir, COMPILED)
-    data = _read_regular(path)
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError as err:
-        raise StateError(f"{path}: unreadable snapshot: {err}") from None
+    data = read_raw(state_dir)
+    return None if data is None else parse_raw(data)
 
 
 def _plain(value):
