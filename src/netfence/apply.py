@@ -105,7 +105,7 @@ def _replace(prepared, run_dir):
     records lock. Returns (kept, dropped, attempts, seconds the lock was held)."""
     try:
         return _attempt(prepared, run_dir) + (1, 0.0)
-    except GenerationChanged:
+    except (GenerationChanged, _NeedsLock):
         pass
     records.ensure_dirs(run_dir)
     sockets = []        # closed after the lock: a close after a delete waits 8-16 ms
@@ -130,9 +130,13 @@ def _replace(prepared, run_dir):
     raise AssertionError("unreachable")
 
 
+class _NeedsLock(Exception):
+    """The lock-free attempt cannot be trusted: go straight to the locked one."""
+
+
 def _attempt(prepared, run_dir, sockets=None):
-    """One transaction. sockets: a list to leave the connection in (the caller closes
-    it) instead of closing it here."""
+    """One transaction. sockets: None for the lock-free attempt; under the records
+    lock, a list to leave the connection in (the caller closes it after the lock)."""
     from .nftnl import Ruleset
     wanted = {s.name for s in prepared.table.sets}
     ruleset = Ruleset()
@@ -144,8 +148,7 @@ def _attempt(prepared, run_dir, sockets=None):
             # An interrupted close's elements may still be in the kernel: a login
             # that adds one again changes nothing, so the generation would not tell
             # us about it. Only under the records lock can no login do that.
-            raise GenerationChanged("replace table inet netfence", errno.ERESTART,
-                                    f"{len(unsettled)} records with pending changes")
+            raise _NeedsLock()
         kept = {name: keys for name, keys in live.items() if name in wanted}
         dropped = {name: len(keys) for name, keys in live.items()
                    if name not in wanted and keys}
