@@ -17,6 +17,7 @@ import os
 import stat
 
 from .errors import StateError
+from .records import read_all
 
 COMPILED = "compiled.json"
 LOGIN = "login.marshal"
@@ -111,18 +112,17 @@ def _read_regular(path):
     except OSError as err:
         raise StateError(f"{path}: unreadable: {err.strerror}") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StateError(f"{path}: not a regular file")
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError as err:
+        os.close(fd)
+        raise StateError(f"{path}: unreadable: {err.strerror}") from None
+    if not regular:
+        os.close(fd)
+        raise StateError(f"{path}: not a regular file")
+    try:
+        return read_all(fd, 1 << 20)                # closes fd
     except OSError as err:
         raise StateError(f"{path}: unreadable: {err.strerror}") from None
-    finally:
-        os.close(fd)
 
 
 def parse_raw(data):
@@ -141,7 +141,11 @@ def put_back(state_dir, name, data):
 
 def login_policy_id(state_dir):
     """The policy id in login.marshal (what logins use), or None without one."""
-    path = os.path.join(state_dir, LOGIN)
+    return _policy_id_of(os.path.join(state_dir, LOGIN))
+
+
+def _policy_id_of(path):
+    """The policy id in a login.marshal file, None when absent; StateError if damaged."""
     data = _read_regular(path)
     if data is None:
         return None
@@ -166,10 +170,10 @@ def roll_forward(state_dir, policy_id):
             continue
         path = os.path.join(state_dir, name)
         try:
-            data = marshal.loads(_read_regular(path) or b"")
-        except (StateError, EOFError, ValueError, TypeError):
+            found = _policy_id_of(path)
+        except StateError:
             continue
-        if isinstance(data, dict) and data.get("policy_id") == policy_id:
+        if found is not None and found == policy_id:
             try:
                 os.replace(path, os.path.join(state_dir, LOGIN))
             except OSError as err:
