@@ -24,11 +24,25 @@ IS_ROOT = os.geteuid() == 0
 
 @pytest.fixture
 def user():
-    """A throwaway local user (support.users.User)."""
+    """A throwaway local user (support.users.User), once no process of an earlier
+    holder of its uid is left (see settle_uid)."""
     if not IS_ROOT:
         pytest.skip("needs root to create users")
     with throwaway_user() as u:
+        settle_uid(u.uid)
         yield u
+
+
+# One profile that rejects tcp to {port}, for one user at one scope.
+ONE_PROFILE = """
+[profile.fence]
+egress = [ {{ action = "reject", proto = "tcp", ports = [{port}] }} ]
+
+[[rule]]
+users = ["{user}"]
+profiles = ["fence"]
+scope = "{scope}"
+"""
 
 
 @pytest.fixture
@@ -391,8 +405,8 @@ def fence(nf):
 def settle_uid(uid, timeout=15):
     """Wait until no process has `uid`, zombies included. useradd hands the uid of the
     previous test's user to the next one, and that user's killed processes stay zombies
-    until PID 1 reaps them (~1.5 s on this machine's init); netfence counts every /proc
-    entry of a uid as "the uid still has processes" and would keep its user state."""
+    until PID 1 reaps them (~1.5 s on this machine's init); tests that count a uid's
+    processes (support.users.user_processes) would see them."""
     wait_until(lambda: not user_processes(uid, zombies=True), timeout=timeout,
                interval=0.05, what=f"uid {uid} to have no process left")
 

@@ -42,12 +42,6 @@ SU_SCRIPT = ('while [ $# -gt 0 ] && [ "$1" != -- ]; do mount --bind "$1" "$2" ||
              'shift 2; done; shift; exec "$@"')
 
 
-@pytest.fixture
-def user(user):
-    settle_uid(user.uid)
-    return user
-
-
 def su_argv(fence, user, cmd, stack, binds=(), wrapper=()):
     """argv of `su - USER -c CMD` in the test's netns, in a private mount namespace with
     the PAM stack over /etc/pam.d/su-l and each (source, target) of `binds` mounted,

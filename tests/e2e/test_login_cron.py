@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 
-from conftest import PORT_A, PORT_B, read_kv, settle_uid
+from conftest import PORT_A, PORT_B, read_kv
 from support.pamsvc import wait_until
 from support.sshd import descendants
 
@@ -50,14 +50,6 @@ while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done
 shift
 exec "$@"
 """
-
-
-@pytest.fixture
-def user(user):
-    """conftest's throwaway user, once no process of an earlier holder of its uid is
-    left (see settle_uid)."""
-    settle_uid(user.uid)
-    return user
 
 
 @pytest.mark.skipif(not os.path.exists(CRON),

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import PORT_A, PORT_B, parse_view, settle_uid
+from conftest import PORT_A, PORT_B, parse_view
 from netfence import records
 from support.login import PAM_SUCCESS, PamSession
 from support.pamsvc import pam_service
@@ -35,14 +35,6 @@ egress = [ {{ action = "reject", proto = "tcp", ports = [{port}] }} ]
 users = ["{user}"]
 profiles = ["fence"]
 """
-
-
-@pytest.fixture
-def user(user):
-    """conftest's throwaway user, once no process of an earlier holder of its uid is
-    left (see settle_uid)."""
-    settle_uid(user.uid)
-    return user
 
 
 class Via:

@@ -8,27 +8,10 @@ import time
 
 import pytest
 
-from conftest import PORT_B, settle_uid
+from conftest import ONE_PROFILE, PORT_B
 from support.pamsvc import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: users, netns, su")
-
-POLICY = """
-[profile.fence]
-egress = [ {{ action = "reject", proto = "tcp", ports = [{port}] }} ]
-
-[[rule]]
-users = ["{user}"]
-profiles = ["fence"]
-scope = "user"
-"""
-
-
-@pytest.fixture
-def user(user):
-    settle_uid(user.uid)
-    return user
-
 
 def has_cap_sys_resource():
     with open("/proc/self/status") as handle:
@@ -44,8 +27,8 @@ def test_a_file_size_limit_cannot_cut_the_records(fence, user, limit):
     (a hard limit only with CAP_SYS_RESOURCE, which containers may lack), and a record
     that still cannot be written whole fails the login per on_error (deny): either
     fenced with whole records that gc keeps, or refused; never fenced and then not."""
-    fence.load(POLICY.format(port=PORT_B, user=user.name))
-    argv = [f"prlimit", f"--fsize={limit}", "--"] + fence._su_argv(
+    fence.load(ONE_PROFILE.format(port=PORT_B, user=user.name, scope="user"))
+    argv = ["prlimit", f"--fsize={limit}", "--"] + fence._su_argv(
         user.name, "sleep 30", "su-l", None)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=fence._ENV, cwd="/")
@@ -107,7 +90,7 @@ def test_the_hook_does_not_run_in_a_cgroup_the_user_can_freeze(fence, user):
     from netfence import records
     if not fence.launcher:
         pytest.skip("the launcher was not built")
-    fence.load(POLICY.format(port=PORT_B, user=user.name))
+    fence.load(ONE_PROFILE.format(port=PORT_B, user=user.name, scope="user"))
     deleg = delegated_cgroup(fence, user)
     argv = ["sh", "-c", f'echo $$ > {deleg}/cgroup.procs && exec "$@"', "sh",
             *fence._su_argv(user.name, "true", "su-l", None)]
@@ -140,7 +123,7 @@ def test_the_logout_does_not_put_the_hook_in_a_frozen_cgroup(fence, user):
     """The close moves the PAM application back to the cgroup it came from. That can
     be the user's, frozen meanwhile: the hook and its launcher must not go with it, or
     they would stop there holding the records lock (every login on the host waits)."""
-    fence.load(POLICY.format(port=PORT_B, user=user.name))
+    fence.load(ONE_PROFILE.format(port=PORT_B, user=user.name, scope="user"))
     deleg = delegated_cgroup(fence, user)
     argv = ["sh", "-c", f'echo $$ > {deleg}/cgroup.procs && exec "$@"', "sh",
             *fence._su_argv(user.name, "sleep 1", "su-l", None)]

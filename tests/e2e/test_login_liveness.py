@@ -10,20 +10,10 @@ import time
 
 import pytest
 
-from conftest import PORT_A, PORT_B, read_kv, settle_uid
+from conftest import ONE_PROFILE, PORT_A, PORT_B, read_kv, settle_uid
 from support.pamsvc import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: users, netns, su")
-
-ONE_PROFILE = """
-[profile.fence]
-egress = [ {{ action = "reject", proto = "tcp", ports = [{port}] }} ]
-
-[[rule]]
-users = ["{user}"]
-profiles = ["fence"]
-scope = "{scope}"
-"""
 
 # The main thread leaves with SYS_exit: the process shows State Z (a zombie leader)
 # while its worker thread keeps connecting. Each round replaces OUT with
@@ -81,12 +71,6 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
-
-
-@pytest.fixture
-def user(user):
-    settle_uid(user.uid)
-    return user
 
 
 @pytest.fixture

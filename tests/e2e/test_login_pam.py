@@ -11,20 +11,10 @@ import shutil
 
 import pytest
 
-from conftest import settle_uid
-
 from support.login import PAM_SUCCESS, PamSession
 from support.pamsvc import pam_service
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: users, netns, PAM")
-
-
-@pytest.fixture
-def user(user):
-    """conftest's throwaway user, once no process of an earlier holder of its uid is
-    left (see settle_uid)."""
-    settle_uid(user.uid)
-    return user
 
 
 def proc_cgroup(pid):

@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from conftest import PORT_A, PORT_B, PORT_C, parse_view, settle_uid
+from conftest import PORT_A, PORT_B, PORT_C, parse_view
 from support.pamsvc import pam_service
 from support.sshd import sshd_server, tcp_exchange
 
@@ -23,14 +23,6 @@ pytestmark = [
                                for p in ("sshd", "ssh", "ssh-keygen")),
                        reason="openssh-server/openssh-client not installed"),
 ]
-
-
-@pytest.fixture
-def user(user):
-    """conftest's throwaway user, once no process of an earlier holder of its uid is
-    left (see settle_uid)."""
-    settle_uid(user.uid)
-    return user
 
 
 def ports(seen):

@@ -14,29 +14,12 @@ import time
 
 import pytest
 
-from conftest import PORT_A, PORT_B, PORT_C, REPL, parse_view, read_kv, settle_uid
+from conftest import (ONE_PROFILE, PORT_A, PORT_B, PORT_C, REPL, parse_view, read_kv,
+                      settle_uid)
 from support.pamsvc import wait_until
 from support.users import user_processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: users, netns, su")
-
-ONE_PROFILE = """
-[profile.fence]
-egress = [ {{ action = "reject", proto = "tcp", ports = [{port}] }} ]
-
-[[rule]]
-users = ["{user}"]
-profiles = ["fence"]
-scope = "{scope}"
-"""
-
-
-@pytest.fixture
-def user(user):
-    """conftest's throwaway user, once no process of an earlier holder of its uid is
-    left (see settle_uid)."""
-    settle_uid(user.uid)
-    return user
 
 
 def own_session_cgroup(fence, user, cg):
