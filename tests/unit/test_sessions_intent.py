@@ -52,6 +52,13 @@ class Kernel:
         return []
 
 
+def refuse_destroy(monkeypatch, err):
+    """Every destroy batch fails with errno err (105 ENOBUFS, 110 ETIMEDOUT)."""
+    def refuse(*args, **kwargs):
+        raise KernelError("destroy", err)
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements", refuse)
+
+
 @pytest.fixture
 def kernel(tmp_path, monkeypatch):
     run_dir = str(tmp_path / "run")
@@ -86,8 +93,7 @@ def test_close_marks_the_record_closing_before_the_batch(kernel):
 
 def test_a_close_whose_batch_fails_is_finished_by_gc(kernel, monkeypatch):
     record = open_one(kernel)
-    monkeypatch.setattr(sessions.fastpath, "destroy_elements",
-                        lambda *a, **k: (_ for _ in ()).throw(KernelError("destroy", 105)))
+    refuse_destroy(monkeypatch, 105)
     with pytest.raises(KernelError):
         sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
     assert records.live_elements(kernel.run_dir) == {}     # nothing for reload to keep
@@ -102,8 +108,7 @@ def test_a_close_whose_batch_fails_is_finished_by_gc(kernel, monkeypatch):
 
 def test_a_pending_destroy_spares_what_a_new_login_needs(kernel, monkeypatch):
     record = open_one(kernel)
-    monkeypatch.setattr(sessions.fastpath, "destroy_elements",
-                        lambda *a, **k: (_ for _ in ()).throw(KernelError("destroy", 105)))
+    refuse_destroy(monkeypatch, 105)
     with pytest.raises(KernelError):
         sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
     monkeypatch.setattr(sessions.fastpath, "destroy_elements", kernel.destroy)
@@ -121,8 +126,7 @@ def test_a_pending_destroy_spares_what_a_new_login_needs(kernel, monkeypatch):
 
 def test_an_open_with_an_unknown_outcome_keeps_a_pending_destroy(kernel, monkeypatch):
     kernel.fail_add = KernelError("add", 110)            # ETIMEDOUT: maybe applied
-    monkeypatch.setattr(sessions.fastpath, "destroy_elements",
-                        lambda *a, **k: (_ for _ in ()).throw(KernelError("destroy", 110)))
+    refuse_destroy(monkeypatch, 110)
     with pytest.raises(KernelError):
         open_one(kernel)
     (left,) = records.list_sessions(kernel.run_dir)
