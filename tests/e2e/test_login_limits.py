@@ -61,6 +61,25 @@ def delegated_cgroup(fence, user):
     return deleg
 
 
+def su_in_cgroup(fence, user, cgroup, cmd):
+    """`su - USER -c CMD` started from inside `cgroup`."""
+    argv = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh",
+            *fence._su_argv(user.name, cmd, "su-l", None)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=fence._ENV, cwd="/")
+
+
+def freeze(cgroup, frozen):
+    with open(f"{cgroup}/cgroup.freeze", "w") as handle:
+        handle.write("1" if frozen else "0")
+
+
+def wait_logged(fence, event):
+    """Wait for the hook's `result=ok` line of event (open or close)."""
+    wait_until(lambda: any("result=ok" in e for e in fence.events(event)),
+               timeout=20, what=f"the {event} to finish")
+
+
 def hook_processes(fence):
     """pids of the hook's launcher and Python process (their command lines name it)."""
     found = []
@@ -92,29 +111,22 @@ def test_the_hook_does_not_run_in_a_cgroup_the_user_can_freeze(fence, user):
         pytest.skip("the launcher was not built")
     fence.load(ONE_PROFILE.format(port=PORT_B, user=user.name, scope="user"))
     deleg = delegated_cgroup(fence, user)
-    argv = ["sh", "-c", f'echo $$ > {deleg}/cgroup.procs && exec "$@"', "sh",
-            *fence._su_argv(user.name, "true", "su-l", None)]
     records.ensure_dirs(fence.nf.run_dir)
+    proc = None
     try:
         with records.Lock(fence.nf.run_dir):             # the hook waits here
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=fence._ENV, cwd="/")
-            pids = wait_until(lambda: hook_processes(fence), timeout=20, what="the hook")
+            proc = su_in_cgroup(fence, user, deleg, "true")
+            wait_until(lambda: hook_processes(fence), timeout=20, what="the hook")
             time.sleep(0.3)                               # the Python child started too
             pids = hook_processes(fence)
             assert [cgroup_of(p) for p in pids] == ["/"] * len(pids), pids
-            with open(f"{deleg}/cgroup.freeze", "w") as handle:   # the user's move
-                handle.write("1")
-        # the open finishes although su itself is frozen (in the user's cgroup)
-        wait_until(lambda: any("result=ok" in e for e in fence.events("open")),
-                   timeout=20, what=f"the open to finish; hook log:\n{fence.log()}")
-        with open(f"{deleg}/cgroup.freeze", "w") as handle:      # su goes on
-            handle.write("0")
+            freeze(deleg, True)                           # the user's move
+        wait_logged(fence, "open")       # although su itself is frozen (in its cgroup)
+        freeze(deleg, False)                              # su goes on
         assert proc.wait(timeout=20) == 0, proc.stderr.read()
     finally:
-        with open(f"{deleg}/cgroup.freeze", "w") as handle:
-            handle.write("0")
-        if proc.poll() is None:
+        freeze(deleg, False)
+        if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait()
 
@@ -125,22 +137,15 @@ def test_the_logout_does_not_put_the_hook_in_a_frozen_cgroup(fence, user):
     they would stop there holding the records lock (every login on the host waits)."""
     fence.load(ONE_PROFILE.format(port=PORT_B, user=user.name, scope="user"))
     deleg = delegated_cgroup(fence, user)
-    argv = ["sh", "-c", f'echo $$ > {deleg}/cgroup.procs && exec "$@"', "sh",
-            *fence._su_argv(user.name, "sleep 1", "su-l", None)]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=fence._ENV, cwd="/")
+    proc = su_in_cgroup(fence, user, deleg, "sleep 1")
     try:
-        wait_until(lambda: any("result=ok" in e for e in fence.events("open")),
-                   timeout=20, what="the open")
-        with open(f"{deleg}/cgroup.freeze", "w") as handle:      # the user's move
-            handle.write("1")
-        wait_until(lambda: any("result=ok" in e for e in fence.events("close")),
-                   timeout=20, what=f"the close to finish; hook log:\n{fence.log()}")
+        wait_logged(fence, "open")
+        freeze(deleg, True)                               # the user's move
+        wait_logged(fence, "close")
         assert fence.session_records() == []
         assert fence.filled() == {}
     finally:
-        with open(f"{deleg}/cgroup.freeze", "w") as handle:
-            handle.write("0")
+        freeze(deleg, False)
         if proc.poll() is None:
             proc.kill()
         proc.wait()
