@@ -1,0 +1,27 @@
+"""Format numbers of the files netfence writes and reads back, and when they change.
+
+  SNAPSHOT   compiled.json and login.marshal under state_dir (reload writes both, the
+             hook reads login.marshal at every login)
+  TEMPLATES  the netlink message templates inside login.marshal (bytes the hook
+             fills with keys and sends)
+  RECORDS    the session, user and cgroup records under run_dir
+
+The rule (docs/architecture.md, "File formats"):
+  - A change that a reader of the current number would misread raises the number:
+    a key renamed, removed or given another type or meaning, a new key without which
+    the data means something else (a new rule condition: an older hook ignoring it
+    would fence a login the policy exempts, or the reverse), a new set kind.
+  - Adding a key that every reader may ignore without changing any decision (a
+    comment, a statistic) does not.
+  - Readers accept exactly their own number. The hook meeting another SNAPSHOT number
+    fails the login's hook step with StateError naming both numbers, and on_error
+    decides (deny by default): running `netfence reload` with the installed version
+    rewrites the snapshot. A TEMPLATES mismatch only costs speed (the hook builds the
+    messages itself). Records live in /run: a reboot clears them, and an upgrade of
+    the package with live sessions keeps RECORDS unchanged or converts them.
+Light on purpose: the hook imports it.
+"""
+
+SNAPSHOT = 1
+TEMPLATES = 1
+RECORDS = 1
