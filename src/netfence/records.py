@@ -57,8 +57,10 @@ def ensure_dirs(run_dir):
             except OSError as err:
                 raise StateError(f"mkdir {path}: {err.strerror}") from None
         euid = posix.geteuid()
-        if st.st_mode & fsutil.S_IFMT != fsutil.S_IFDIR or fsutil.owner_problem(st, euid):
-            raise StateError(f"{path}: not a directory owned by uid {euid} "
+        problem = ("not a directory" if st.st_mode & fsutil.S_IFMT != fsutil.S_IFDIR
+                   else fsutil.owner_problem(st, euid))
+        if problem:
+            raise StateError(f"{path}: {problem}; not a directory owned by uid {euid} "
                              f"and writable only by it: refusing to keep records there")
 
 
