@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from . import compiler, ir, records, snapshot
 from .errors import GenerationChanged, KernelError, NetfenceError, StateError
+from .plan import subtract
 from .policy import load_policy
 
 RETRIES = 5          # under the records lock: only foreign changes can refuse us
@@ -280,7 +281,7 @@ def element_drift(table, run_dir, ruleset):
     wanted = {s.name for s in table.sets}
     need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
     have = ruleset.read_elements(table.name)
-    return (records.subtract(need, _as_sets(have)), records.subtract(have, _as_sets(need)))
+    return (subtract(need, _as_sets(have)), subtract(have, _as_sets(need)))
 
 
 def _as_sets(elements):
@@ -395,7 +396,7 @@ def flush(paths):
     before the table is touched).
     """
     from .nftnl import Ruleset
-    from .sessions import forget_all
+    from .collect import forget_all
     with _state_lock(paths.state_dir):
         empty = compiler.compile_policy(_empty_policy(snapshot.read_snapshot(paths.state_dir)))
         empty["flushed"] = True

@@ -4,24 +4,27 @@ Paths inside the hierarchy are absolute ("/netfence/user-1001/session-KEY"), as 
 /proc/PID/cgroup; directories are <cgroup2 mount> + path. The kernel compares cgroup
 ids, which are the directories' inode numbers.
 
-Session cgroups sit at level 3 and user cgroups at level 2 (docs/architecture.md):
+Session cgroups sit at setkinds.SESSION_LEVEL (3) and user cgroups at USER_LEVEL (2),
+the levels the compiler matches sockets at (docs/architecture.md):
   - logind's /user.slice/user-UID.slice/session-N.scope when the PAM application is
     already in one (pam_systemd ran first): used as is, never created or removed;
   - /<cgroup_base>/user-UID/session-KEY otherwise, created here, and the PAM
     application (the hook's parent) moved into it; a login from inside a netfence
     session of the same uid (`su - $USER`) joins that session instead (docs/hook.md).
 
-Light on purpose (the hook imports it): posix only, the system calls go through
-fastpath, errors become CgroupError here.
+Light on purpose (the hook imports it): posix and errno only, files read through
+fsutil, the system calls go through fastpath, errors become CgroupError here.
 """
 
+import errno
 import posix
 
 from . import fastpath
 from .errors import CgroupError
+from .fsutil import read_text
+from .setkinds import SESSION_LEVEL, USER_LEVEL
 
 MOUNTINFO = "/proc/self/mountinfo"
-EEXIST, ENOENT, ESRCH, EBUSY, ENOTEMPTY = 17, 2, 3, 16, 39
 BASE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -57,7 +60,7 @@ def _unescape(field):
 
 def cgroup2_mount(mountinfo=MOUNTINFO):
     try:
-        text = _read(mountinfo)
+        text = read_text(mountinfo)
     except OSError as err:
         raise CgroupError(f"{mountinfo}: {err.strerror}") from None
     mount = parse_mountinfo(text)
@@ -77,22 +80,9 @@ def parse_proc_cgroup(text):
 def proc_cgroup(pid):
     """cgroup v2 path of a process, or None when the process is gone."""
     try:
-        return parse_proc_cgroup(_read(f"/proc/{pid}/cgroup"))
+        return parse_proc_cgroup(read_text(f"/proc/{pid}/cgroup"))
     except (FileNotFoundError, ProcessLookupError):
         return None
-
-
-def _read(path):
-    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
-    try:
-        chunks = []
-        while True:
-            chunk = posix.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks).decode("utf-8", "surrogateescape")
-            chunks.append(chunk)
-    finally:
-        posix.close(fd)
 
 
 def components(path):
@@ -100,26 +90,30 @@ def components(path):
 
 
 def is_logind_scope(path):
-    """/user.slice/user-N.slice/session-X.scope (level 3)."""
+    """/user.slice/user-N.slice/session-X.scope (SESSION_LEVEL)."""
     parts = components(path)
-    return (len(parts) == 3 and parts[0] == "user.slice" and parts[1].startswith("user-")
-            and parts[1].endswith(".slice") and parts[1][5:-6].isdigit()
+    return (len(parts) == SESSION_LEVEL and _is_logind_user(parts)
             and parts[2].startswith("session-") and parts[2].endswith(".scope"))
 
 
 def is_logind_slice(path):
-    """/user.slice/user-N.slice (level 2): logind's user cgroup, which a login of
+    """/user.slice/user-N.slice (USER_LEVEL): logind's user cgroup, which a login of
     another uid (su inside a logind session) shares."""
     parts = components(path)
-    return (len(parts) == 2 and parts[0] == "user.slice" and parts[1].startswith("user-")
+    return len(parts) == USER_LEVEL and _is_logind_user(parts)
+
+
+def _is_logind_user(parts):
+    """Whether parts begin with /user.slice/user-N.slice."""
+    return (parts[0] == "user.slice" and parts[1].startswith("user-")
             and parts[1].endswith(".slice") and parts[1][5:-6].isdigit())
 
 
 def is_own_session(path, base, uid):
-    """/<base>/user-UID/session-KEY of this very uid (level 3)."""
+    """/<base>/user-UID/session-KEY of this very uid (SESSION_LEVEL)."""
     parts = components(path)
-    return (len(parts) == 3 and parts[0] == base and parts[1] == f"user-{uid}"
-            and parts[2].startswith("session-"))
+    return (len(parts) == SESSION_LEVEL and parts[0] == base
+            and parts[1] == f"user-{uid}" and parts[2].startswith("session-"))
 
 
 def check_base(base):
@@ -160,7 +154,7 @@ def open_session_cgroup(mount, base, uid, key, ppid):
         path = f"{user_path}/session-{key}"
         for level in (f"/{base}", user_path, path):
             rc = fastpath.cg_mkdir(mount + level, 0o755)
-            if rc and rc != -EEXIST:
+            if rc and rc != -errno.EEXIST:
                 raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
         rc = fastpath.cg_move(f"{mount}{path}/cgroup.procs", ppid)
         if rc:
@@ -194,9 +188,9 @@ def leave(mount, origin, pids):
     target = origin if origin and _exists(mount + origin) else "/"
     for pid in pids:
         rc = fastpath.cg_move(f"{mount}{target}/cgroup.procs", pid)
-        if rc == -ENOENT and target != "/":
+        if rc == -errno.ENOENT and target != "/":
             rc = fastpath.cg_move(f"{mount}/cgroup.procs", pid)
-        if rc and rc != -ESRCH:
+        if rc and rc != -errno.ESRCH:
             raise CgroupError(f"move process {pid} to {mount + target}: "
                               f"{posix.strerror(-rc)}")
 
@@ -214,9 +208,9 @@ def remove(mount, path):
     rc = fastpath.cg_rmdir(mount + path)
     if rc == 0:
         return "removed"
-    if rc in (-EBUSY, -ENOTEMPTY):
+    if rc in (-errno.EBUSY, -errno.ENOTEMPTY):
         return "busy"
-    if rc == -ENOENT:
+    if rc == -errno.ENOENT:
         return "gone"
     raise CgroupError(f"rmdir {mount + path}: {posix.strerror(-rc)}")
 

@@ -13,13 +13,13 @@ its fenced logins used (netfence's /<cgroup_base>/user-UID, or logind's
   - a process cannot leave these cgroups: their cgroup.procs files are root's, and
     moving a process needs write access to the common ancestor.
 
-Light on purpose (the hook imports it at close): posix only.
+Light on purpose (the hook imports it at close): posix only, files read through fsutil.
 """
 
 import posix
 
 from .errors import CgroupError
-from .records import read_all
+from .fsutil import read_text
 
 
 # ---- the PAM application ---------------------------------------------------------
@@ -36,30 +36,26 @@ def parse_starttime(stat_text):
     return _stat_field(stat_text, 22)
 
 
-def _proc_stat_field(pid, number):
+def parse_parent(stat_text):
+    """Field 4 of /proc/PID/stat: the parent's pid."""
+    return _stat_field(stat_text, 4)
+
+
+def _from_proc_stat(pid, parse):
+    """parse(the text of /proc/PID/stat), or None when the process is gone."""
     try:
-        fd = posix.open(f"/proc/{pid}/stat", posix.O_RDONLY | posix.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        text = posix.read(fd, 4096).decode("utf-8", "surrogateescape")
-    except OSError:
-        return None
-    finally:
-        posix.close(fd)
-    try:
-        return _stat_field(text, number)
-    except (ValueError, IndexError):
+        return parse(read_text(f"/proc/{pid}/stat"))
+    except (OSError, ValueError, IndexError):
         return None
 
 
 def proc_starttime(pid):
-    return _proc_stat_field(pid, 22)
+    return _from_proc_stat(pid, parse_starttime)
 
 
 def proc_parent(pid):
-    """Field 4 of /proc/PID/stat: the parent's pid, or None when pid is gone."""
-    return _proc_stat_field(pid, 4)
+    """The parent's pid, or None when pid is gone."""
+    return _from_proc_stat(pid, parse_parent)
 
 
 def session_key(ppid):
@@ -107,9 +103,9 @@ def has_processes(mount, path, exclude=()):
 
 def _busy(directory, excluded):
     try:
-        if not parse_populated(_read(f"{directory}/cgroup.events")):
+        if not parse_populated(read_text(f"{directory}/cgroup.events")):
             return False
-        procs = _read(f"{directory}/cgroup.procs").split()
+        procs = read_text(f"{directory}/cgroup.procs").split()
         children = [e.name for e in posix.scandir(directory) if e.is_dir()]
     except FileNotFoundError:
         return False                     # removed meanwhile: nothing lives in it
@@ -119,7 +115,3 @@ def _busy(directory, excluded):
         return True
     return any(_busy(f"{directory}/{child}", excluded) for child in children)
 
-
-def _read(path):
-    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
-    return read_all(fd).decode("ascii", "replace")

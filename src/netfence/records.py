@@ -16,9 +16,11 @@ left pending.
 
 Records are `marshal` dicts: built in, while `import json` costs ~10 ms under
 `python3 -I -S` (it imports `re`); loading one record takes ~4 us either way. Each is
-written to a temp file and renamed into place. No fsync: /run is a tmpfs,
-and the kernel state they describe does not survive a reboot either. Elements are
-{set name: [hex key, ...]}, keys as the kernel holds them (host byte order).
+written to a temp file and renamed into place (fsutil.write_atomic); their format
+number is formats.RECORDS. No fsync: /run is a tmpfs, and the kernel state they
+describe does not survive a reboot either. Elements are
+{set name: [hex key, ...]}, keys as the kernel holds them (host byte order); their
+algebra (union, merge_into, subtract) is in plan.py.
 
 The lock is one lockf() (fcntl record) lock for the whole run_dir, through the builtin
 `posix` module (no fcntl import). Everyone takes it: the hook's open and close, gc,
@@ -28,9 +30,12 @@ flush. See docs/hook.md for why it is one lock and not one per uid.
 import marshal
 import posix
 
+from . import formats, fsutil
 from .errors import StateError
+from .fsutil import read_all   # also records.read_all for hook.py and snapshot.py,
+                                # until they import it from fsutil
+from .plan import union
 
-FORMAT = 1
 SESSIONS, USERS, CGROUPS, LOCK = "sessions", "users", "cgroups", "lock"
 KEY_CHARS = frozenset("0123456789-")
 
@@ -51,76 +56,31 @@ def ensure_dirs(run_dir):
                 st = posix.lstat(path)
             except OSError as err:
                 raise StateError(f"mkdir {path}: {err.strerror}") from None
-        if (st.st_mode & 0o170000 != 0o040000 or st.st_uid != posix.geteuid()
-                or st.st_mode & 0o022):
-            raise StateError(f"{path}: not a directory owned by uid {posix.geteuid()} "
+        euid = posix.geteuid()
+        problem = ("not a directory" if st.st_mode & fsutil.S_IFMT != fsutil.S_IFDIR
+                   else fsutil.owner_problem(st, euid))
+        if problem:
+            raise StateError(f"{path}: {problem}; not a directory owned by uid {euid} "
                              f"and writable only by it: refusing to keep records there")
 
 
-class Lock:
-    """Exclusive lock on run_dir/lock for the duration of a `with` block.
+class Lock(fsutil.Lock):
+    """Exclusive lock on run_dir/lock for the duration of a `with` block: one lockf()
+    lock (posix only, so the hook can take it).
 
-    max_wait_s: None (the hook: its own deadline bounds the wait) or, set once by the
-    command line, how long to wait before giving up with StateError: a holder is a
-    hook bounded by its deadline, so a longer wait means something is wrong, and gc
-    or reload must say so rather than hang.
+    max_wait_s: None (the hook: its own deadline bounds the wait) or, set once on the
+    class by the command line, how long to wait before giving up with StateError: a
+    holder is a hook bounded by its deadline, so a longer wait means something is
+    wrong, and gc or reload must say so rather than hang.
     """
 
     max_wait_s = None
 
     def __init__(self, run_dir):
-        self.path = f"{run_dir}/{LOCK}"
-        self.fd = -1
-
-    def __enter__(self):
-        try:
-            self.fd = posix.open(self.path, posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC
-                                 | posix.O_NOFOLLOW, 0o600)
-        except OSError as err:
-            raise StateError(f"{self.path}: {err.strerror}") from None
-        try:
-            if self.max_wait_s is None:
-                posix.lockf(self.fd, posix.F_LOCK, 0)
-            else:
-                self._wait(self.max_wait_s)
-        except BaseException:
-            posix.close(self.fd)
-            raise
-        return self
-
-    def _wait(self, seconds):
-        import time
-        deadline = time.monotonic() + seconds
-        while True:
-            try:
-                posix.lockf(self.fd, posix.F_TLOCK, 0)
-                return
-            except (BlockingIOError, PermissionError):      # EAGAIN / EACCES: held
-                if time.monotonic() >= deadline:
-                    raise StateError(f"{self.path}: held by another netfence process for "
-                                     f"more than {seconds:g} s") from None
-                time.sleep(0.01)
-
-    def __exit__(self, *exc):
-        posix.close(self.fd)           # closing drops the lock
-        self.fd = -1
+        super().__init__(f"{run_dir}/{LOCK}", "lockf", type(self).max_wait_s)
 
 
 # ---- files ------------------------------------------------------------------------
-
-def read_all(fd, chunk_size=65536):
-    """Everything readable from fd, which is closed afterwards."""
-    try:
-        chunks = []
-        while True:
-            chunk = posix.read(fd, chunk_size)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        posix.close(fd)
-    return b"".join(chunks)
-
 
 def read(path):
     """The record at path, or None when there is none. StateError when damaged."""
@@ -134,8 +94,8 @@ def read(path):
         data = marshal.loads(read_all(fd))
     except (EOFError, ValueError, TypeError):
         raise StateError(f"{path}: damaged record") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise StateError(f"{path}: not a format {FORMAT} record")
+    if not isinstance(data, dict) or data.get("format") != formats.RECORDS:
+        raise StateError(f"{path}: not a format {formats.RECORDS} record")
     return data
 
 
@@ -143,20 +103,9 @@ def write(path, data):
     """Write the record whole (temp file, then rename) or raise StateError: a short
     write (a file-size limit inherited from the login program, a full /run) must never
     leave a cut record in place, which readers would skip as damaged."""
-    blob = marshal.dumps(dict(data, format=FORMAT))
-    tmp = f"{path}.tmp{posix.getpid()}"
     try:
-        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC
-                        | posix.O_CLOEXEC | posix.O_NOFOLLOW, 0o600)
-        try:
-            view = memoryview(blob)
-            while view:
-                view = view[posix.write(fd, view):]
-        finally:
-            posix.close(fd)
-        posix.replace(tmp, path)
+        fsutil.write_atomic(path, marshal.dumps(dict(data, format=formats.RECORDS)))
     except OSError as err:
-        delete(tmp)
         raise StateError(f"write {path}: {err.strerror}") from None
 
 
@@ -281,37 +230,4 @@ def stale_temp_files(run_dir):
         except FileNotFoundError:
             continue
         out += [f"{run_dir}/{kind}/{n}" for n in names if ".tmp" in n]
-    return out
-
-
-# ---- element sets as {set: [hex]} -------------------------------------------------
-
-def union(parts):
-    """{set: [key]} holding every key of every part once, in first-seen order; linear
-    in the number of keys (reload unions tens of thousands of records)."""
-    merged = {}
-    for elements in parts:
-        for set_name, keys in elements.items():
-            merged.setdefault(set_name, {}).update(dict.fromkeys(keys))
-    return {set_name: list(keys) for set_name, keys in merged.items()}
-
-
-def merge_into(target, elements):
-    """Add elements to target ({set: [key]}), each key once per set, in order."""
-    for set_name, keys in elements.items():
-        present = target.setdefault(set_name, [])
-        seen = set(present)
-        for key in keys:
-            if key not in seen:
-                seen.add(key)
-                present.append(key)
-    return target
-
-
-def subtract(elements, other):
-    out = {}
-    for set_name, keys in elements.items():
-        left = [k for k in keys if k not in other.get(set_name, ())]
-        if left:
-            out[set_name] = left
     return out

@@ -1,10 +1,12 @@
-"""Open, close and garbage-collect sessions: records + cgroup + one netlink batch.
+"""Open and close sessions: records + cgroup + one netlink batch.
 
-Shared by the hook (open_session, close_session) and the command line (gc, forget_all).
-Every change happens under the run_dir lock (records.Lock), and the records are
-written before the kernel changes ("intent first"): whoever reads the ruleset
-generation and then the records (reload, gc) sees every change the kernel has had or
-may still get, and no interleaving leaves an element without a record.
+Used by the hook (open_session, close_session) and by gc (collect.py). Each function
+reads (records, liveness), asks `plan` what follows, writes the intent, sends one
+batch (fastpath), and commits, in that order. Every change happens under the run_dir
+lock (records.Lock), and the records are written before the kernel changes ("intent
+first"): whoever reads the ruleset generation and then the records (reload, gc) sees
+every change the kernel has had or may still get, and no interleaving leaves an
+element without a record.
 
   open:  cgroup -> records (the new elements) -> one add batch.
          On failure: the records are put back, keeping what the batch may have added
@@ -18,7 +20,8 @@ A record left with a pending "destroy" (a crash, a refused batch, the hook's dea
 is finished by the next close of that session or by gc: it destroys the pending
 elements minus those a live record needs.
 
-What may be destroyed is decided from the records and the kernel's accounting:
+What may be destroyed is decided (plan.close_plan) from the records and the kernel's
+accounting:
   - session elements: those of the closing session, minus those still needed by
     another live session in the same cgroup (a nested login shares its cgroup);
   - user elements: all of the uid's, but only when the uid has no other live session
@@ -27,55 +30,19 @@ A session is live while its PAM application (ppid with the recorded start time) 
 """
 
 import errno
-import posix
-import sys
 import time
 
-from . import cgroups, fastpath, records
-from .errors import StateError
+from . import cgroups, fastpath, plan, records
+from .errors import KernelError, StateError
 from .liveness import has_processes, is_alive, session_key
-from .records import Lock, merge_into, subtract, union
+from .records import Lock
 
 UNDO_TIMEOUT_MS = 500
-__all__ = ["open_session", "close_session", "finish_session", "release_user", "gc",
-           "forget_all", "session_key"]
+__all__ = ["open_session", "close_session", "finish_session", "release_user",
+           "session_key"]
 
 
 # ---- open -------------------------------------------------------------------------
-
-def elements_for(profiles, user_profiles, session_profiles, uid, cgroup, guards=None):
-    """(user elements, session elements) of one login, as {set: [hex key]}.
-
-    guards: the login part's "guards" ({"uid_set", "ucg_set", "scg_set"}): every key
-    that goes into a profile's set goes into the matching guard set too, which the
-    base chains test first, so that unrestricted traffic costs two lookups however
-    many profiles there are. Being ordinary elements of the login, they are shared
-    and released exactly like the profile elements.
-    """
-    uid_key = uid.to_bytes(4, sys.byteorder).hex()
-    user, session = {}, {}
-
-    def add(target, profile, field, key):
-        merge_into(target, {profile[field]: [key]})
-        if guards:
-            merge_into(target, {guards[field]: [key]})
-
-    for name in user_profiles:
-        profile = profiles[name]
-        if profile["egress"]:
-            add(user, profile, "uid_set", uid_key)
-        if profile["ingress"]:
-            add(user, profile, "ucg_set", _cg_key(cgroup["user_id"]))
-    for name in session_profiles:
-        profile = profiles[name]
-        if profile["egress"] or profile["ingress"]:
-            add(session, profile, "scg_set", _cg_key(cgroup["id"]))
-    return user, session
-
-
-def _cg_key(cgroup_id):
-    return cgroup_id.to_bytes(8, sys.byteorder).hex()
-
 
 def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
                  timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=None):
@@ -86,8 +53,6 @@ def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
     (liveness.has_processes). Returns the session record. Raises (NetfenceError or
     the hook's timeout) with everything put back as it was.
     """
-    profiles = login["profiles"]
-    base = login.get("settings", {}).get("cgroup_base", "netfence")
     uid = info["uid"]
     key, start = session_key(ppid)
     records.ensure_dirs(run_dir)
@@ -95,80 +60,48 @@ def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
         mount = mount or cgroups.cgroup2_mount()
         _finish_pending(run_dir, records.session_path(run_dir, key), timeout_ms)
         _finish_pending(run_dir, records.user_path(run_dir, uid), timeout_ms)
-        cgroup = cgroups.open_session_cgroup(mount, base, uid, key, ppid)
+        cgroup = cgroups.open_session_cgroup(mount, plan.cgroup_base(login), uid, key,
+                                             ppid)
         undo = _Undo(run_dir, key, cgroup, mount, ppid)
         try:
-            user_elements, session_elements = elements_for(
-                profiles, user_profiles, session_profiles, uid, cgroup,
-                login.get("guards"))
-            record = {
-                "key": key, "user": info["user"], "uid": uid, "service": info["service"],
-                "rhost": info["rhost"], "tty": info["tty"], "ppid": ppid,
-                "starttime": start, "policy_id": login.get("policy_id", ""),
-                "user_profiles": list(user_profiles),
-                "session_profiles": list(session_profiles),
-                "cgroup": cgroup["path"], "cgroup_id": cgroup["id"],
-                "user_cgroup": cgroup["user_path"], "user_cgroup_id": cgroup["user_id"],
-                "created": cgroup["created"], "origin": cgroup["origin"],
-                "base": base, "session_elements": session_elements,
-                "user_elements": user_elements, "opened_at": time.time(),
-            }
-            undo.added = _write_open(run_dir, record, undo)
-            undo.sent = True
-            fastpath.add_elements(login.get("templates"), merge_into(
-                {s: list(k) for s, k in user_elements.items()}, session_elements),
-                timeout_ms)
+            record = plan.session_record(
+                login, info, {"key": key, "ppid": ppid, "starttime": start},
+                user_profiles, session_profiles, cgroup, time.time())
+            todo = plan.open_plan(record, *_read_for_open(run_dir, key, uid, cgroup["id"]))
+            _write_open(run_dir, todo, undo)
+            undo.added, undo.sent = todo["added"], True
+            fastpath.add_elements(login.get("templates"), todo["send"], timeout_ms)
         except BaseException as err:
             undo.run(err)
             raise
-    return record
+    return todo["record"]
 
 
-def _write_open(run_dir, record, undo):
+def _read_for_open(run_dir, key, uid, cgroup_id):
+    """(previous, user, refs, sharing) for plan.open_plan: an earlier record of this
+    session (a second open by the same application), the user record, the keys
+    recorded in the session cgroup and the live sessions among them."""
+    previous = records.read_session(run_dir, key)
+    user = records.read_user(run_dir, uid)
+    refs = records.read_refs(run_dir, cgroup_id)
+    return previous, user, refs, _live_sessions(run_dir, refs, key)
+
+
+def _write_open(run_dir, todo, undo):
     """Write the records (intent: before the batch, so that a reload or gc reading
-    them sees what the kernel is about to hold). Returns the elements this login adds
-    that no live record had yet."""
+    them sees what the kernel is about to hold), each saved first for the undo."""
+    record = todo["record"]
     key, uid, cgroup_id = record["key"], record["uid"], record["cgroup_id"]
+    if todo["refs"] is not None:
+        undo.saved(records.refs_path(run_dir, cgroup_id))
+        records.write_refs(run_dir, cgroup_id, todo["refs"])
     session_file = records.session_path(run_dir, key)
     user_file = records.user_path(run_dir, uid)
-    previous = records.read(session_file)           # a second open by the same app
-    user = records.read(user_file)
-    refs = records.read_refs(run_dir, cgroup_id)
-    already = union([user["elements"] if user else {}] + [
-        other.get("session_elements", {}) for other in _live_sessions(run_dir, refs, key)])
-    if previous is not None:
-        merge_into(already, previous.get("session_elements", {}))
-        merge_into(record["session_elements"], previous.get("session_elements", {}))
-        merge_into(record["user_elements"], previous.get("user_elements", {}))
-        if previous.get("cgroup_id") == cgroup_id:    # keep who made the cgroup
-            record["created"], record["origin"] = previous["created"], previous["origin"]
-
-    if cgroup_id and key not in refs:
-        undo.saved(records.refs_path(run_dir, cgroup_id))
-        records.write_refs(run_dir, cgroup_id, refs + [key])
-    undo.saved(session_file, previous)
+    undo.saved(session_file)
     undo.record = record
     records.write(session_file, record)
-    undo.saved(user_file, user)
-    records.write(user_file, _user_with(user, record))
-    wanted = union([record["user_elements"], record["session_elements"]])
-    return subtract(wanted, already)
-
-
-def _user_with(user, record):
-    """The user record once this session's login is added to it."""
-    user = dict(user or {"uid": record["uid"], "user": record["user"], "elements": {},
-                         "sessions": [], "user_cgroups": [], "live_cgroups": []})
-    user["elements"] = union([user["elements"], record["user_elements"]])
-    if record["key"] not in user["sessions"]:
-        user["sessions"] = user["sessions"] + [record["key"]]
-    own = record["user_cgroup"]
-    if record["created"] and own not in user.get("user_cgroups", []):
-        user["user_cgroups"] = user.get("user_cgroups", []) + [own]
-    if own not in user.get("live_cgroups", []):
-        user["live_cgroups"] = user.get("live_cgroups", []) + [own]
-    user["updated_at"] = record["opened_at"]
-    return user
+    undo.saved(user_file)
+    records.write(user_file, todo["user"])
 
 
 class _Undo:
@@ -176,18 +109,15 @@ class _Undo:
     records first: the elements to take back are kept as the session record's pending
     "destroy" until the destroy batch has gone through."""
 
-    _UNREAD = object()
-
     def __init__(self, run_dir, key, cgroup, mount, ppid):
         self.run_dir, self.key = run_dir, key
         self.cgroup, self.mount, self.ppid = cgroup, mount, ppid
         self.added, self.sent, self.record = {}, False, None
         self.restore = []                 # (path, content before, None = absent)
 
-    def saved(self, path, content=_UNREAD):
-        if content is self._UNREAD:
-            content = records.read(path)
-        self.restore.append((path, content))
+    def saved(self, path):
+        """Remember the record at path as it is now, to put it back."""
+        self.restore.append((path, records.read(path)))
 
     def run(self, err):
         pending = self.added if self.sent and not _known_refused(err) else {}
@@ -216,18 +146,7 @@ class _Undo:
 def _known_refused(err):
     """True when the kernel answered "no" (nothing applied), not when we stopped
     waiting for its answer."""
-    from .errors import KernelError
     return isinstance(err, KernelError) and err.errno not in (errno.EINTR, errno.ETIMEDOUT)
-
-
-def _clear_pending(path, record):
-    """The pending elements are gone: drop a closing record, or the pending list."""
-    if record is None:
-        return
-    if record.get("closing"):
-        records.delete(path)
-    else:
-        records.write(path, {k: v for k, v in record.items() if k != "destroy"})
 
 
 def _finish_pending(run_dir, path, timeout_ms, record=None):
@@ -237,9 +156,13 @@ def _finish_pending(run_dir, path, timeout_ms, record=None):
     record = record or _read_quiet(path)
     if record is None or "destroy" not in record:
         return None
-    destroy = subtract(record["destroy"], records.live_elements(run_dir))
+    destroy = plan.subtract(record["destroy"], records.live_elements(run_dir))
     fastpath.destroy_elements(destroy, timeout_ms)
-    _clear_pending(path, record)
+    after = plan.after_pending(record)
+    if after is None:
+        records.delete(path)
+    else:
+        records.write(path, after)
     return destroy
 
 
@@ -269,9 +192,9 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
         if record is None:
             return {"result": "absent"}
         mount = mount or cgroups.cgroup2_mount()
-        plan = _close_plan(run_dir, record, pids, mount)
-        _write_closing(run_dir, record, plan)
-        if plan["ours"]:
+        todo = plan.close_plan(record, *_read_for_close(run_dir, record, pids, mount))
+        _write_closing(run_dir, record, todo)
+        if todo["ours"]:
             # Leave first: the batch may fork a child (detach), which must not be
             # born inside the cgroup we are about to remove. Only the PAM application
             # goes back where it came from; the hook (and its launcher) go to the root:
@@ -279,13 +202,41 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
             # which would stop the hook while it holds the records lock.
             cgroups.leave(mount, record.get("origin"), pids[:1])
             cgroups.leave(mount, "/", pids[1:])
-        gone = fastpath.destroy_elements(plan["destroy"], timeout_ms, detach=detach)
-        cgroup = cgroups.remove(mount, record["cgroup"]) if plan["ours"] else "kept"
-        if plan["release"]:
-            _remove_user_cgroups(plan["user"], mount)
+        gone = fastpath.destroy_elements(todo["destroy"], timeout_ms, detach=detach)
+        cgroup = cgroups.remove(mount, record["cgroup"]) if todo["ours"] else "kept"
+        if todo["release"]:
+            _remove_user_cgroups(todo["user"], mount)
         records.delete(session_file)
-    return {"result": "closed", "record": record, "destroyed": plan["destroy"],
-            "released": plan["release"], "cgroup": cgroup, "gone_sets": gone}
+    return {"result": "closed", "record": record, "destroyed": todo["destroy"],
+            "released": todo["release"], "cgroup": cgroup, "gone_sets": gone}
+
+
+def _read_for_close(run_dir, record, pids, mount):
+    """(refs, sharing, user, user in use, others) for plan.close_plan. Other users'
+    elements are read only when the user would be released: a damaged record of
+    theirs then stops the close, rather than its elements being destroyed."""
+    key = record["key"]
+    refs = records.read_refs(run_dir, record["cgroup_id"])
+    sharing = _live_sessions(run_dir, refs, key)
+    user = records.read_user(run_dir, record["uid"])
+    in_use = (user is None or bool(_live_sessions(run_dir, user["sessions"], key))
+              or _user_busy(user, mount, pids))
+    others = {} if in_use else _held_by_others(run_dir, user)
+    return refs, sharing, user, in_use, others
+
+
+def _write_closing(run_dir, record, todo):
+    """The close's intent, before any kernel change: the session record marked closing
+    with everything to destroy (user elements included when released), then the
+    cgroup references and the user record without this session."""
+    records.write(records.session_path(run_dir, record["key"]), todo["closing"])
+    if todo["refs"] is not None:
+        records.write_refs(run_dir, record["cgroup_id"], todo["refs"])
+    user_file = records.user_path(run_dir, record["uid"])
+    if todo["release"]:
+        records.delete(user_file)
+    elif todo["user_after"] is not None:
+        records.write(user_file, todo["user_after"])
 
 
 def finish_session(run_dir, key, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS):
@@ -294,78 +245,6 @@ def finish_session(run_dir, key, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS):
     with Lock(run_dir):
         return _finish_pending(run_dir, records.session_path(run_dir, key),
                                timeout_ms) is not None
-
-
-def _close_plan(run_dir, record, pids, mount):
-    """What closing this session removes, decided from the records and the kernel's
-    accounting of the user's processes."""
-    key = record["key"]
-    sharing = _live_sessions(run_dir, records.read_refs(run_dir, record["cgroup_id"]), key)
-    keep = union([other.get("session_elements", {}) for other in sharing])
-    destroy = subtract(record.get("session_elements", {}), keep)
-    user = records.read_user(run_dir, record["uid"])
-    release = (user is not None
-               and not _live_sessions(run_dir, user["sessions"], key)
-               and not _user_busy(user, mount, pids))
-    if release:
-        merge_into(destroy, user["elements"])
-        destroy = subtract(destroy, _held_by_others(run_dir, user))
-    ours = bool(record.get("created") and record.get("cgroup") and not sharing)
-    return {"destroy": destroy, "release": release, "user": user, "ours": ours}
-
-
-def _held_by_others(run_dir, user):
-    """Elements other users' records hold that this user's may share: su to another
-    user inside a logind session shares the caller's user slice, and so its user
-    cgroup key. Only logind slices are shared; netfence's own are one per uid."""
-    if not any(cgroups.is_logind_slice(p) for p in user.get("live_cgroups", [])):
-        return {}
-    return union([other["elements"] for other in records.list_users(run_dir, strict=True)
-                  if other["uid"] != user["uid"] and not other.get("closing")])
-
-
-def _user_busy(user, mount, exclude=()):
-    """Whether a task of the user is left in one of the user cgroups of its logins."""
-    return any(has_processes(mount, path, exclude) for path in user.get("live_cgroups", []))
-
-
-def _write_closing(run_dir, record, plan):
-    """The close's intent, before any kernel change: the session record marked closing
-    with everything to destroy (user elements included when released), then the user
-    record and the cgroup references without this session."""
-    key, uid = record["key"], record["uid"]
-    records.write(records.session_path(run_dir, key),
-                  dict(record, closing=True, destroy=plan["destroy"]))
-    if record["cgroup_id"]:
-        keys = [k for k in records.read_refs(run_dir, record["cgroup_id"]) if k != key]
-        records.write_refs(run_dir, record["cgroup_id"], keys)
-    user = plan["user"]
-    if user is None:
-        return
-    if plan["release"]:
-        records.delete(records.user_path(run_dir, uid))
-    else:
-        user = dict(user, sessions=[k for k in user["sessions"] if k != key])
-        records.write(records.user_path(run_dir, uid), user)
-
-
-def _live_sessions(run_dir, keys, skip):
-    out = []
-    for other in keys:
-        if other == skip:
-            continue
-        rec = _read_quiet(records.session_path(run_dir, other))
-        if rec is not None and not rec.get("closing") and is_alive(rec):
-            out.append(rec)
-    return out
-
-
-def _remove_user_cgroups(user, mount):
-    for path in user.get("user_cgroups", []):
-        try:
-            cgroups.remove(mount, path)     # busy (another session dir inside): gc
-        except cgroups.CgroupError:
-            pass
 
 
 def release_user(run_dir, uid, *, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=None):
@@ -385,118 +264,45 @@ def release_user(run_dir, uid, *, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=
             return False
         # intent, then the same finish as any pending destroy: what no live record
         # needs (another user's record may share a logind slice's key) goes
-        records.write(user_file, dict(user, closing=True, destroy=user["elements"]))
+        records.write(user_file, plan.releasing(user))
         _finish_pending(run_dir, user_file, timeout_ms)
         _remove_user_cgroups(user, mount)
     return True
 
 
-# ---- gc and flush (command line) ---------------------------------------------------
+# ---- reading: other sessions and users, the user's cgroups --------------------------
 
-class GcReport:
-    __slots__ = ("sessions", "users", "cgroups", "temp_files", "pending", "errors")
-
-    def __init__(self):
-        self.sessions, self.users, self.cgroups, self.temp_files = 0, 0, 0, 0
-        self.pending = 0
-        self.errors = []
-
-    def __str__(self):
-        text = (f"gc: {self.sessions} dead sessions closed, {self.users} users released, "
-                f"{self.cgroups} empty cgroups removed")
-        if self.pending:
-            text += f", {self.pending} interrupted changes finished"
-        return "\n".join([text] + [f"gc: error: {e}" for e in self.errors])
-
-
-def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=None):
-    """Finish interrupted opens and closes, close sessions whose PAM application is
-    gone, release users with no task left in their user cgroups, remove empty cgroups
-    of netfence's own hierarchy that no record uses."""
-    from .errors import NetfenceError
-    report = GcReport()
-    records.ensure_dirs(run_dir)
-    try:
-        mount = mount or cgroups.cgroup2_mount()
-    except NetfenceError as err:
-        mount = None
-        report.errors.append(str(err))
-    for record in records.list_sessions(run_dir):
-        try:
-            if "destroy" in record:
-                report.pending += int(finish_session(run_dir, record["key"], timeout_ms))
-                if record.get("closing"):
-                    continue
-            if is_alive(record):
-                continue
-            result = close_session(run_dir, record["key"], timeout_ms=timeout_ms,
-                                   mount=mount)
-        except NetfenceError as err:
-            report.errors.append(f"session {record['key']}: {err}")
+def _live_sessions(run_dir, keys, skip):
+    """The records of the live, not closing sessions among keys, except skip."""
+    out = []
+    for other in keys:
+        if other == skip:
             continue
-        if result["result"] == "closed":
-            report.sessions += 1
-            report.users += int(result["released"])
-            report.cgroups += int(result["cgroup"] == "removed")
-    for user in records.list_users(run_dir):
+        rec = _read_quiet(records.session_path(run_dir, other))
+        if rec is not None and not rec.get("closing") and is_alive(rec):
+            out.append(rec)
+    return out
+
+
+def _held_by_others(run_dir, user):
+    """Elements other users' records hold that this user's may share: su to another
+    user inside a logind session shares the caller's user slice, and so its user
+    cgroup key. Only logind slices are shared; netfence's own are one per uid."""
+    if not any(cgroups.is_logind_slice(p) for p in user.get("live_cgroups", [])):
+        return {}
+    return plan.union([other["elements"]
+                       for other in records.list_users(run_dir, strict=True)
+                       if other["uid"] != user["uid"] and not other.get("closing")])
+
+
+def _user_busy(user, mount, exclude=()):
+    """Whether a task of the user is left in one of the user cgroups of its logins."""
+    return any(has_processes(mount, path, exclude) for path in user.get("live_cgroups", []))
+
+
+def _remove_user_cgroups(user, mount):
+    for path in user.get("user_cgroups", []):
         try:
-            released = release_user(run_dir, user["uid"], timeout_ms=timeout_ms,
-                                    mount=mount)
-        except NetfenceError as err:
-            report.errors.append(f"uid {user['uid']}: {err}")
-            continue
-        if "destroy" in user:
-            report.pending += int(released)
-        else:
-            report.users += int(released)
-    if mount is not None:
-        report.cgroups += _remove_orphan_cgroups(run_dir, mount, cgroup_base)
-    if records.stale_temp_files(run_dir):
-        with Lock(run_dir):               # writers hold the lock: these are leftovers
-            for path in records.stale_temp_files(run_dir):
-                records.delete(path)
-                report.temp_files += 1
-    return report
-
-
-def _remove_orphan_cgroups(run_dir, mount, cgroup_base):
-    removed = 0
-    with Lock(run_dir):
-        sessions = records.list_sessions(run_dir)
-        users = records.list_users(run_dir)
-        bases = {r.get("base") for r in sessions} | {cgroup_base or "netfence"}
-        used = {r.get("cgroup") for r in sessions} | {r.get("user_cgroup") for r in sessions}
-        for user in users:
-            used.update(user.get("user_cgroups", []))
-        for base in sorted(b for b in bases if b):
-            try:
-                user_dirs, session_dirs = cgroups.own_dirs(mount, base)
-            except cgroups.CgroupError:
-                continue
-            for path in session_dirs + user_dirs:       # sessions first: users empty then
-                if path not in used and _quiet_remove(mount, path) == "removed":
-                    removed += 1
-    return removed
-
-
-def _quiet_remove(mount, path):
-    try:
-        return cgroups.remove(mount, path)
-    except cgroups.CgroupError:
-        return "error"
-
-
-def forget_all(run_dir):
-    """Drop every record (after `netfence flush` deleted the table). Returns how many
-    session records there were. Cgroups stay; gc removes them once empty."""
-    try:
-        posix.stat(run_dir)
-    except FileNotFoundError:
-        return 0
-    with Lock(run_dir):
-        count = 0
-        for kind in (records.SESSIONS, records.USERS, records.CGROUPS):
-            for name in records.names(run_dir, kind):
-                records.delete(f"{run_dir}/{kind}/{name}")
-                count += kind == records.SESSIONS
-    return count
+            cgroups.remove(mount, path)     # busy (another session dir inside): gc
+        except cgroups.CgroupError:
+            pass

@@ -185,7 +185,7 @@ class World:
 
     def gc(self):
         code = (f"import sys; sys.path[:0] = {hookstub.search_path()!r}; "
-                f"from netfence.sessions import gc; "
+                f"from netfence.collect import gc; "
                 f"print(gc({str(self.run_dir)!r}, cgroup_base={self.base!r}))")
         return self.ns.run([sys.executable, "-c", code]).stdout
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from netfence import liveness, records, sessions
+from netfence import collect, formats, liveness, plan, records
 from netfence.errors import StateError
 
 
@@ -28,7 +28,7 @@ def session(key="100-200", uid=1001, **extra):
 def test_round_trip(run_dir):
     record = session()
     records.write(records.session_path(run_dir, record["key"]), record)
-    assert records.read_session(run_dir, "100-200") == dict(record, format=records.FORMAT)
+    assert records.read_session(run_dir, "100-200") == dict(record, format=formats.RECORDS)
     assert records.exists(run_dir, "100-200")
     assert records.list_sessions(run_dir)[0]["key"] == "100-200"
     mode = os.stat(records.session_path(run_dir, "100-200")).st_mode & 0o777
@@ -105,8 +105,8 @@ def test_lock_is_exclusive_across_processes(run_dir):
 
 def test_set_arithmetic():
     a = {"s": ["1", "2"], "t": ["3"]}
-    assert records.subtract(a, {"s": ["2"], "t": ["3"]}) == {"s": ["1"]}
-    assert records.merge_into({"s": ["1"]}, {"s": ["1", "4"], "u": ["5"]}) == \
+    assert plan.subtract(a, {"s": ["2"], "t": ["3"]}) == {"s": ["1"]}
+    assert plan.merge_into({"s": ["1"]}, {"s": ["1", "4"], "u": ["5"]}) == \
         {"s": ["1", "4"], "u": ["5"]}
 
 
@@ -181,13 +181,13 @@ def test_elements_for_a_login():
                 "srv": {"egress": False, "ingress": True, "uid_set": "uid-srv",
                         "ucg_set": "ucg-srv", "scg_set": "scg-srv"}}
     cgroup = {"id": 0x0102, "user_id": 0x0A}
-    user, sess = sessions.elements_for(profiles, ["web", "srv"], ["srv"], 1001, cgroup)
+    user, sess = plan.elements_for(profiles, ["web", "srv"], ["srv"], 1001, cgroup)
     order = "little" if (1).to_bytes(2, __import__("sys").byteorder) == b"\1\0" else "big"
     assert user == {"uid-web": [(1001).to_bytes(4, order).hex()],
                     "ucg-srv": [(0x0A).to_bytes(8, order).hex()]}
     assert sess == {"scg-srv": [(0x0102).to_bytes(8, order).hex()]}
     guards = {"uid_set": "any-uid", "ucg_set": "any-ucg", "scg_set": "any-scg"}
-    user, sess = sessions.elements_for(profiles, ["web", "srv"], ["srv"], 1001, cgroup,
+    user, sess = plan.elements_for(profiles, ["web", "srv"], ["srv"], 1001, cgroup,
                                        guards)
     assert user == {"uid-web": [(1001).to_bytes(4, order).hex()],
                     "any-uid": [(1001).to_bytes(4, order).hex()],
@@ -199,7 +199,7 @@ def test_elements_for_a_login():
 
 def test_gc_on_an_empty_run_dir(tmp_path):
     import secrets
-    report = sessions.gc(str(tmp_path / "run"), cgroup_base=f"nftest-{secrets.token_hex(4)}")
+    report = collect.gc(str(tmp_path / "run"), cgroup_base=f"nftest-{secrets.token_hex(4)}")
     assert (report.sessions, report.users, report.cgroups) == (0, 0, 0)
     assert str(report).startswith("gc: 0 dead sessions closed")
 
@@ -207,9 +207,9 @@ def test_gc_on_an_empty_run_dir(tmp_path):
 def test_forget_all(run_dir):
     records.write(records.session_path(run_dir, "1-2"), session("1-2"))
     records.write(records.user_path(run_dir, 1001), {"uid": 1001})
-    assert sessions.forget_all(run_dir) == 1
+    assert collect.forget_all(run_dir) == 1
     assert records.list_sessions(run_dir) == [] and records.list_users(run_dir) == []
-    assert sessions.forget_all(run_dir + "-missing") == 0
+    assert collect.forget_all(run_dir + "-missing") == 0
 
 
 def test_a_short_write_never_leaves_a_cut_record(run_dir):

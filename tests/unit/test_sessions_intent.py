@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from netfence import records, sessions
+from netfence import collect, plan, records, sessions
 from netfence.errors import KernelError
 
 PROFILES = {"web": {"egress": True, "ingress": True, "uid_set": "uid-web",
@@ -75,8 +75,8 @@ def test_open_writes_the_records_before_the_batch(kernel):
     (op, elements, state), = kernel.calls
     assert op == "add"
     assert [s["key"] for s in state["sessions"]] == [record["key"]]
-    assert state["users"][0]["elements"] == records.union([elements])
-    assert records.live_elements(kernel.run_dir) == records.union([elements])
+    assert state["users"][0]["elements"] == plan.union([elements])
+    assert records.live_elements(kernel.run_dir) == plan.union([elements])
 
 
 def test_close_marks_the_record_closing_before_the_batch(kernel):
@@ -84,7 +84,7 @@ def test_close_marks_the_record_closing_before_the_batch(kernel):
     result = sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
     assert result["released"] is True
     op, elements, state = kernel.calls[-1]
-    assert op == "destroy" and elements == records.union([record["user_elements"]])
+    assert op == "destroy" and elements == plan.union([record["user_elements"]])
     (closing,) = state["sessions"]
     assert closing["closing"] is True and closing["destroy"] == elements
     assert state["users"] == []                    # released before the batch
@@ -100,7 +100,7 @@ def test_a_close_whose_batch_fails_is_finished_by_gc(kernel, monkeypatch):
     (left,) = records.list_sessions(kernel.run_dir)
     assert left["closing"] and left["destroy"]
     monkeypatch.setattr(sessions.fastpath, "destroy_elements", kernel.destroy)
-    report = sessions.gc(kernel.run_dir, mount="/fake")
+    report = collect.gc(kernel.run_dir, mount="/fake")
     assert report.pending == 1, str(report)
     assert kernel.calls[-1][:2] == ("destroy", left["destroy"])
     assert records.list_sessions(kernel.run_dir) == []
@@ -114,13 +114,13 @@ def test_a_pending_destroy_spares_what_a_new_login_needs(kernel, monkeypatch):
     monkeypatch.setattr(sessions.fastpath, "destroy_elements", kernel.destroy)
     records.delete(records.session_path(kernel.run_dir, record["key"]))
     pending = dict(record, key="1-2", ppid=1, starttime=2, closing=True,
-                   destroy=records.union([record["user_elements"]]))
+                   destroy=plan.union([record["user_elements"]]))
     records.write(records.session_path(kernel.run_dir, "1-2"), pending)
     again = open_one(kernel)                              # same uid, same elements
-    sessions.gc(kernel.run_dir, mount="/fake")
+    collect.gc(kernel.run_dir, mount="/fake")
     destroyed = [c[1] for c in kernel.calls if c[0] == "destroy"]
     assert destroyed[-1] == {}                            # all still needed
-    assert records.live_elements(kernel.run_dir) == records.union(
+    assert records.live_elements(kernel.run_dir) == plan.union(
         [again["user_elements"]])
 
 
@@ -162,7 +162,7 @@ def test_user_elements_stay_while_the_user_cgroup_has_tasks(kernel):
 def test_an_undo_spares_what_another_users_record_holds(kernel, monkeypatch):
     """su to another user inside a logind session shares the caller's user slice: the
     failed open of the second user must not take back the caller's user cgroup key."""
-    caller_key = records.union([{"ucg-web": [(0x20).to_bytes(8, sys.byteorder).hex()]}])
+    caller_key = plan.union([{"ucg-web": [(0x20).to_bytes(8, sys.byteorder).hex()]}])
     records.ensure_dirs(kernel.run_dir)
     records.write(records.user_path(kernel.run_dir, 1000),
                   {"uid": 1000, "elements": caller_key, "sessions": [], "live_cgroups": []})

@@ -1,0 +1,136 @@
+"""`netfence gc` and `netfence flush`'s record part: collect what logins left behind.
+
+gc finishes interrupted opens and closes (records with a pending "destroy"), closes
+sessions whose PAM application is gone, releases users with no task left in their
+user cgroups, removes the empty cgroups of netfence's own hierarchy that no record
+uses, and removes temp files a killed writer left. Each step goes through sessions,
+under the records lock, exactly as the hook's own close would.
+forget_all drops every record once the table is gone.
+
+Command line only: never on the hook's path.
+"""
+
+import posix
+
+from . import cgroups, fastpath, records
+from .errors import NetfenceError
+from .liveness import is_alive
+from .plan import DEFAULT_CGROUP_BASE
+from .records import Lock
+from .sessions import close_session, finish_session, release_user
+
+
+class GcReport:
+    __slots__ = ("sessions", "users", "cgroups", "temp_files", "pending", "errors")
+
+    def __init__(self):
+        self.sessions, self.users, self.cgroups, self.temp_files = 0, 0, 0, 0
+        self.pending = 0
+        self.errors = []
+
+    def __str__(self):
+        text = (f"gc: {self.sessions} dead sessions closed, {self.users} users released, "
+                f"{self.cgroups} empty cgroups removed")
+        if self.pending:
+            text += f", {self.pending} interrupted changes finished"
+        return "\n".join([text] + [f"gc: error: {e}" for e in self.errors])
+
+
+def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=None):
+    """Finish interrupted opens and closes, close sessions whose PAM application is
+    gone, release users with no task left in their user cgroups, remove empty cgroups
+    of netfence's own hierarchy that no record uses."""
+    report = GcReport()
+    records.ensure_dirs(run_dir)
+    try:
+        mount = mount or cgroups.cgroup2_mount()
+    except NetfenceError as err:
+        mount = None
+        report.errors.append(str(err))
+    for record in records.list_sessions(run_dir):
+        _collect_session(run_dir, record, report, timeout_ms, mount)
+    for user in records.list_users(run_dir):
+        _collect_user(run_dir, user, report, timeout_ms, mount)
+    if mount is not None:
+        report.cgroups += _remove_orphan_cgroups(run_dir, mount, cgroup_base)
+    if records.stale_temp_files(run_dir):
+        with Lock(run_dir):               # writers hold the lock: these are leftovers
+            for path in records.stale_temp_files(run_dir):
+                records.delete(path)
+                report.temp_files += 1
+    return report
+
+
+def _collect_session(run_dir, record, report, timeout_ms, mount):
+    """Finish the session's pending destroy; close it when its application is gone."""
+    try:
+        if "destroy" in record:
+            report.pending += int(finish_session(run_dir, record["key"], timeout_ms))
+            if record.get("closing"):
+                return
+        if is_alive(record):
+            return
+        result = close_session(run_dir, record["key"], timeout_ms=timeout_ms, mount=mount)
+    except NetfenceError as err:
+        report.errors.append(f"session {record['key']}: {err}")
+        return
+    if result["result"] == "closed":
+        report.sessions += 1
+        report.users += int(result["released"])
+        report.cgroups += int(result["cgroup"] == "removed")
+
+
+def _collect_user(run_dir, user, report, timeout_ms, mount):
+    """Release the user (or finish its interrupted release) when nothing keeps it."""
+    try:
+        released = release_user(run_dir, user["uid"], timeout_ms=timeout_ms, mount=mount)
+    except NetfenceError as err:
+        report.errors.append(f"uid {user['uid']}: {err}")
+        return
+    if "destroy" in user:
+        report.pending += int(released)
+    else:
+        report.users += int(released)
+
+
+def _remove_orphan_cgroups(run_dir, mount, cgroup_base):
+    removed = 0
+    with Lock(run_dir):
+        sessions = records.list_sessions(run_dir)
+        users = records.list_users(run_dir)
+        bases = {r.get("base") for r in sessions} | {cgroup_base or DEFAULT_CGROUP_BASE}
+        used = {r.get("cgroup") for r in sessions} | {r.get("user_cgroup") for r in sessions}
+        for user in users:
+            used.update(user.get("user_cgroups", []))
+        for base in sorted(b for b in bases if b):
+            try:
+                user_dirs, session_dirs = cgroups.own_dirs(mount, base)
+            except cgroups.CgroupError:
+                continue
+            for path in session_dirs + user_dirs:       # sessions first: users empty then
+                if path not in used and _quiet_remove(mount, path) == "removed":
+                    removed += 1
+    return removed
+
+
+def _quiet_remove(mount, path):
+    try:
+        return cgroups.remove(mount, path)
+    except cgroups.CgroupError:
+        return "error"
+
+
+def forget_all(run_dir):
+    """Drop every record (after `netfence flush` deleted the table). Returns how many
+    session records there were. Cgroups stay; gc removes them once empty."""
+    try:
+        posix.stat(run_dir)
+    except FileNotFoundError:
+        return 0
+    with Lock(run_dir):
+        count = 0
+        for kind in (records.SESSIONS, records.USERS, records.CGROUPS):
+            for name in records.names(run_dir, kind):
+                records.delete(f"{run_dir}/{kind}/{name}")
+                count += kind == records.SESSIONS
+    return count

@@ -1,0 +1,211 @@
+"""What a login or a logout must do, computed from what was read: pure.
+
+sessions reads (the records, the liveness of other sessions, the user's cgroups),
+asks this module what follows from it, writes the intent, sends the batch and commits.
+Nothing here touches a file, the kernel or /proc, so that every decision can be
+tested alone and read in one place:
+
+  open_plan      the session record, the user record and the cgroup references to
+                 write, the elements to send, and those the open adds that no live
+                 record had (what an undo may take back)
+  close_plan     what a close destroys, whether the user is released, whether the
+                 session cgroup is ours to remove, and the records to write first
+  releasing / after_pending
+                 the records of a user release and of a finished pending destroy
+
+Elements are {set name: [hex key, ...]} (records.py); union, merge_into and subtract
+are their algebra, shared with reload. Light on purpose (the hook imports it): only
+setkinds (sys).
+"""
+
+from . import setkinds
+
+DEFAULT_CGROUP_BASE = "netfence"
+
+
+# ---- element sets as {set: [hex]} -------------------------------------------------
+
+def union(parts):
+    """{set: [key]} holding every key of every part once, in first-seen order; linear
+    in the number of keys (reload unions tens of thousands of records)."""
+    merged = {}
+    for elements in parts:
+        for set_name, keys in elements.items():
+            merged.setdefault(set_name, {}).update(dict.fromkeys(keys))
+    return {set_name: list(keys) for set_name, keys in merged.items()}
+
+
+def merge_into(target, elements):
+    """Add elements to target ({set: [key]}), each key once per set, in order."""
+    for set_name, keys in elements.items():
+        present = target.setdefault(set_name, [])
+        seen = set(present)
+        for key in keys:
+            if key not in seen:
+                seen.add(key)
+                present.append(key)
+    return target
+
+
+def subtract(elements, other):
+    """The elements not in other; sets left empty are dropped."""
+    out = {}
+    for set_name, keys in elements.items():
+        left = [k for k in keys if k not in other.get(set_name, ())]
+        if left:
+            out[set_name] = left
+    return out
+
+
+def _copy(elements):
+    return {set_name: list(keys) for set_name, keys in elements.items()}
+
+
+# ---- open -------------------------------------------------------------------------
+
+def cgroup_base(login):
+    """The first component of netfence's own cgroups, from the snapshot's settings."""
+    return login.get("settings", {}).get("cgroup_base", DEFAULT_CGROUP_BASE)
+
+
+def elements_for(profiles, user_profiles, session_profiles, uid, cgroup, guards=None):
+    """(user elements, session elements) of one login, as {set: [hex key]}.
+
+    Each set kind (setkinds) of a profile gets the login's key when the profile
+    restricts one of the kind's directions: the uid, the user cgroup's id or the
+    session cgroup's id, by the kind's level. guards: the login part's "guards"
+    ({field: guard set}): every key that goes into a profile's set goes into the
+    matching guard set too, which the base chains test first, so that unrestricted
+    traffic costs two lookups however many profiles there are. Being ordinary
+    elements of the login, they are shared and released exactly like the profile
+    elements.
+    """
+    numbers = {None: uid, setkinds.USER_LEVEL: cgroup["user_id"],
+               setkinds.SESSION_LEVEL: cgroup["id"]}
+    out = {"user": {}, "session": {}}
+    for scope, names in (("user", user_profiles), ("session", session_profiles)):
+        for name in names:
+            profile = profiles[name]
+            for kind in setkinds.KINDS:
+                if kind.scope != scope or not any(profile[d] for d in kind.directions):
+                    continue
+                key = kind.key(numbers[kind.level])
+                merge_into(out[scope], {profile[kind.field]: [key]})
+                if guards:
+                    merge_into(out[scope], {guards[kind.field]: [key]})
+    return out["user"], out["session"]
+
+
+def session_record(login, info, session, user_profiles, session_profiles, cgroup, now):
+    """The record of one login. session: {"key", "ppid", "starttime"} of its PAM
+    application; cgroup: what cgroups.open_session_cgroup returned; now: time.time()."""
+    user_elements, session_elements = elements_for(
+        login["profiles"], user_profiles, session_profiles, info["uid"], cgroup,
+        login.get("guards"))
+    return {
+        "key": session["key"], "user": info["user"], "uid": info["uid"],
+        "service": info["service"], "rhost": info["rhost"], "tty": info["tty"],
+        "ppid": session["ppid"], "starttime": session["starttime"],
+        "policy_id": login.get("policy_id", ""),
+        "user_profiles": list(user_profiles), "session_profiles": list(session_profiles),
+        "cgroup": cgroup["path"], "cgroup_id": cgroup["id"],
+        "user_cgroup": cgroup["user_path"], "user_cgroup_id": cgroup["user_id"],
+        "created": cgroup["created"], "origin": cgroup["origin"],
+        "base": cgroup_base(login), "session_elements": session_elements,
+        "user_elements": user_elements, "opened_at": now,
+    }
+
+
+def open_plan(record, previous, user, refs, sharing):
+    """What an open writes and sends.
+
+    record: session_record's; previous: the record of an earlier open by the same PAM
+    application (None: first); user: the uid's record (None: none yet); refs: the keys
+    of the sessions recorded in the session cgroup; sharing: the live records of the
+    other sessions in it. Returns {"record", "user", "refs" (None: unchanged), "send",
+    "added"}: send is every element of the login (the batch), added those no live
+    record had yet (what an undo takes back when the batch's outcome is unknown).
+    """
+    already = union([user["elements"] if user else {}]
+                    + [other.get("session_elements", {}) for other in sharing])
+    if previous is not None:
+        merge_into(already, previous.get("session_elements", {}))
+        record = _with_previous(record, previous)
+    key, cgroup_id = record["key"], record["cgroup_id"]
+    send = union([record["user_elements"], record["session_elements"]])
+    return {"record": record, "user": _user_with(user, record),
+            "refs": refs + [key] if cgroup_id and key not in refs else None,
+            "send": send, "added": subtract(send, already)}
+
+
+def _with_previous(record, previous):
+    """A second open by the same PAM application keeps what the first one added, and
+    who made the cgroup when it is the same one."""
+    record = dict(record,
+                  session_elements=merge_into(_copy(record["session_elements"]),
+                                              previous.get("session_elements", {})),
+                  user_elements=merge_into(_copy(record["user_elements"]),
+                                           previous.get("user_elements", {})))
+    if previous.get("cgroup_id") == record["cgroup_id"]:
+        record["created"], record["origin"] = previous["created"], previous["origin"]
+    return record
+
+
+def _user_with(user, record):
+    """The user record once this session's login is added to it."""
+    user = dict(user or {"uid": record["uid"], "user": record["user"], "elements": {},
+                         "sessions": [], "user_cgroups": [], "live_cgroups": []})
+    user["elements"] = union([user["elements"], record["user_elements"]])
+    if record["key"] not in user["sessions"]:
+        user["sessions"] = user["sessions"] + [record["key"]]
+    own = record["user_cgroup"]
+    if record["created"] and own not in user.get("user_cgroups", []):
+        user["user_cgroups"] = user.get("user_cgroups", []) + [own]
+    if own not in user.get("live_cgroups", []):
+        user["live_cgroups"] = user.get("live_cgroups", []) + [own]
+    user["updated_at"] = record["opened_at"]
+    return user
+
+
+# ---- close ------------------------------------------------------------------------
+
+def close_plan(record, refs, sharing, user, user_in_use, others):
+    """What closing the session of `record` does.
+
+    refs: the keys recorded in its cgroup; sharing: the live records of the other
+    sessions there (a nested login shares its cgroup); user: the uid's record (None:
+    none); user_in_use: the uid has another live session or a task left in its user
+    cgroups; others: the elements other users' records hold that this user's may
+    share (su inside a logind session shares the caller's user slice).
+    Returns {"destroy", "release", "ours", "user", "closing" (the session record to
+    write first), "refs" (None: no cgroup id), "user_after" (None: nothing to write)}.
+    """
+    key = record["key"]
+    destroy = subtract(record.get("session_elements", {}),
+                       union([other.get("session_elements", {}) for other in sharing]))
+    release = user is not None and not user_in_use
+    if release:
+        merge_into(destroy, user["elements"])
+        destroy = subtract(destroy, others)
+    after = None
+    if user is not None and not release:
+        after = dict(user, sessions=[k for k in user["sessions"] if k != key])
+    return {"destroy": destroy, "release": release, "user": user,
+            "ours": bool(record.get("created") and record.get("cgroup") and not sharing),
+            "closing": dict(record, closing=True, destroy=destroy),
+            "refs": [k for k in refs if k != key] if record["cgroup_id"] else None,
+            "user_after": after}
+
+
+def releasing(user):
+    """The user record of a release, before its batch: closing, all its elements
+    pending (what no live record needs goes, see after_pending)."""
+    return dict(user, closing=True, destroy=user["elements"])
+
+
+def after_pending(record):
+    """The record once its pending "destroy" is done: None (delete it) when it was
+    closing, else the record without the pending list."""
+    if record.get("closing"):
+        return None
+    return {k: v for k, v in record.items() if k != "destroy"}

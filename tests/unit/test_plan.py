@@ -1,0 +1,113 @@
+"""plan: what an open or a close does, decided without files, kernel or root."""
+
+from netfence import plan, setkinds
+
+PROFILES = {"web": {"egress": True, "ingress": True, "uid_set": "uid-web",
+                    "ucg_set": "ucg-web", "scg_set": "scg-web"}}
+LOGIN = {"profiles": PROFILES, "settings": {"cgroup_base": "nf"}, "policy_id": "p1",
+         "guards": setkinds.guards()}
+INFO = {"user": "alice", "uid": 1001, "service": "sshd", "rhost": "", "tty": "ssh"}
+CGROUP = {"path": "/nf/user-1001/session-5-6", "id": 0x10, "user_path": "/nf/user-1001",
+          "user_id": 0x20, "created": True, "origin": "/"}
+UID_KEY = setkinds.UID.key(1001)
+UCG_KEY = setkinds.UCG.key(0x20)
+SCG_KEY = setkinds.SCG.key(0x10)
+
+
+def record(key="5-6", user_profiles=("web",), session_profiles=(), cgroup=CGROUP):
+    session = {"key": key, "ppid": int(key.split("-")[0]),
+               "starttime": int(key.split("-")[1])}
+    return plan.session_record(LOGIN, INFO, session, list(user_profiles),
+                               list(session_profiles), cgroup, 100.0)
+
+
+def test_the_session_record_holds_the_login_and_its_elements():
+    rec = record(session_profiles=["web"])
+    assert (rec["key"], rec["uid"], rec["ppid"], rec["starttime"]) == ("5-6", 1001, 5, 6)
+    assert rec["base"] == "nf" and rec["policy_id"] == "p1" and rec["opened_at"] == 100.0
+    assert rec["user_elements"] == {"uid-web": [UID_KEY], "any-uid": [UID_KEY],
+                                    "ucg-web": [UCG_KEY], "any-ucg": [UCG_KEY]}
+    assert rec["session_elements"] == {"scg-web": [SCG_KEY], "any-scg": [SCG_KEY]}
+
+
+def test_the_cgroup_base_defaults_to_netfence():
+    assert plan.cgroup_base({}) == "netfence"
+    assert plan.cgroup_base(LOGIN) == "nf"
+
+
+def test_a_first_open_adds_everything_and_creates_the_user_record():
+    rec = record()
+    todo = plan.open_plan(rec, None, None, [], [])
+    assert todo["send"] == todo["added"] == plan.union([rec["user_elements"]])
+    assert todo["refs"] == ["5-6"]
+    user = todo["user"]
+    assert user["elements"] == rec["user_elements"] and user["sessions"] == ["5-6"]
+    assert user["user_cgroups"] == user["live_cgroups"] == ["/nf/user-1001"]
+    assert user["updated_at"] == 100.0
+
+
+def test_an_open_adds_only_what_no_live_record_had():
+    first = record("1-2", session_profiles=["web"])
+    user = plan.open_plan(first, None, None, [], [])["user"]
+    second = record("3-4", session_profiles=["web"])
+    todo = plan.open_plan(second, None, user, ["1-2"], [first])
+    assert todo["added"] == {}                     # shared cgroup, same user: all held
+    assert todo["send"] == plan.union([second["user_elements"],
+                                       second["session_elements"]])
+    assert todo["refs"] == ["1-2", "3-4"]
+    assert todo["user"]["sessions"] == ["1-2", "3-4"]
+    assert plan.open_plan(second, None, user, ["1-2"], [])["added"] == \
+        second["session_elements"]                 # the other session is dead
+
+
+def test_a_second_open_by_the_same_application_keeps_the_first():
+    previous = dict(record(session_profiles=["web"]), created=False, origin="/x")
+    again = record(user_profiles=())
+    todo = plan.open_plan(again, previous, None, ["5-6"], [])
+    assert todo["record"]["user_elements"] == previous["user_elements"]
+    assert todo["record"]["session_elements"] == previous["session_elements"]
+    assert (todo["record"]["created"], todo["record"]["origin"]) == (False, "/x")
+    assert again["user_elements"] == {}            # the input is left as it was
+    assert todo["refs"] is None and todo["added"] == previous["user_elements"]
+
+
+def test_a_close_keeps_what_a_nested_login_needs():
+    rec, nested = record("1-2", session_profiles=["web"]), record("3-4",
+                                                                  session_profiles=["web"])
+    user = {"uid": 1001, "elements": rec["user_elements"], "sessions": ["1-2", "3-4"]}
+    todo = plan.close_plan(rec, ["1-2", "3-4"], [nested], user, True, {})
+    assert todo["destroy"] == {} and not todo["release"] and not todo["ours"]
+    assert todo["refs"] == ["3-4"]
+    assert todo["user_after"]["sessions"] == ["3-4"]
+    assert todo["closing"] == dict(rec, closing=True, destroy={})
+
+
+def test_the_last_close_releases_the_user_but_spares_other_users_keys():
+    rec = record(session_profiles=["web"])
+    user = {"uid": 1001, "elements": rec["user_elements"], "sessions": ["5-6"]}
+    others = {"ucg-web": [UCG_KEY], "any-ucg": [UCG_KEY]}
+    todo = plan.close_plan(rec, ["5-6"], [], user, False, others)
+    assert todo["release"] and todo["ours"] and todo["user_after"] is None
+    assert todo["destroy"] == {"scg-web": [SCG_KEY], "any-scg": [SCG_KEY],
+                               "uid-web": [UID_KEY], "any-uid": [UID_KEY]}
+    assert todo["closing"]["destroy"] == todo["destroy"] and todo["refs"] == []
+
+
+def test_a_close_without_a_user_record_or_cgroup_id():
+    rec = dict(record(), cgroup_id=0, created=False)
+    todo = plan.close_plan(rec, [], [], None, True, {})
+    assert not todo["release"] and todo["user_after"] is None and todo["refs"] is None
+    assert not todo["ours"]
+
+
+def test_release_and_pending_records():
+    user = {"uid": 1001, "elements": {"uid-web": [UID_KEY]}}
+    releasing = plan.releasing(user)
+    assert releasing["closing"] and releasing["destroy"] == user["elements"]
+    assert plan.after_pending(releasing) is None
+    assert plan.after_pending(dict(user, destroy={"uid-web": [UID_KEY]})) == user
+
+
+def test_union_keeps_first_seen_order_once():
+    assert plan.union([{"s": ["2", "1"]}, {"s": ["1", "3"], "t": []}]) == \
+        {"s": ["2", "1", "3"], "t": []}
