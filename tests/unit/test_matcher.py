@@ -2,7 +2,7 @@
 
 import pytest
 
-from netfence.matcher import match_login
+from netfence.matcher import LoginFacts, match_login
 from netfence.model import Location, MatchRule, Patterns, TimeWindow
 
 from netfence.compiler import _login_rule
@@ -25,8 +25,9 @@ def rule(index=0, scope="session", profiles=("p",), **fields):
 
 def run(login, user="alice", uid=1001, groups=("alice",), service="sshd", rhost="",
         tty="", weekday=MON, minute=600):
-    return match_login(login, user, uid, frozenset(groups), service, rhost, tty,
-                       weekday, minute)
+    return match_login(login, LoginFacts(user=user, uid=uid, groups=frozenset(groups),
+                                         service=service, rhost=rhost, tty=tty,
+                                         weekday=weekday, minute=minute))
 
 
 def test_wildcard_matches_users_but_never_root():
