@@ -2,16 +2,15 @@
 
 import pytest
 
+from netfence.compiler import build_login
 from netfence.matcher import LoginFacts, match_login
-from netfence.model import Location, MatchRule, Patterns, TimeWindow
-
-from netfence.compiler import _login_rule
+from netfence.model import Location, MatchRule, Patterns, Policy, Settings, TimeWindow
 
 MON, SAT, SUN = 0, 5, 6
 
 
 def login_part(*rules):
-    return {"rules": [_login_rule(r) for r in rules]}
+    return build_login(Policy(Settings(), {}, tuple(rules)))
 
 
 def rule(index=0, scope="session", profiles=("p",), **fields):
