@@ -57,7 +57,7 @@ def main():
             pass
     import pwd
 
-    from netfence import cgroups, fastpath, matcher, records, sessions
+    from netfence import cgroups, fastpath, hooklog, matcher, pamitems, records, sessions
     fastpath.get()                                        # loads the C extension
     for module, names in ((fastpath, ("cg_move", "cg_mkdir", "cg_rmdir", "cg_id",
                                       "add_elements", "destroy_elements")),
@@ -66,7 +66,8 @@ def main():
                           (cgroups, ("cgroup2_mount", "proc_cgroup")),
                           (matcher, ("match_login",)),
                           (records, ("ensure_dirs",)),
-                          (hook, ("load_login", "read_environment", "syslog"))):
+                          (hook, ("load_login",)), (pamitems, ("read_environment",)),
+                          (hooklog, ("syslog",))):
         for name in names:
             if hasattr(module, name):
                 _wrap(module, name)

@@ -5,10 +5,10 @@ import time
 from datetime import datetime
 
 from . import ir, render
+from .accounts import group_names
 from .apply import compile_from
 from .errors import UsageError
-from .hook import group_names
-from .matcher import match_login
+from .matcher import LoginFacts, match_login
 from .snapshot import read_snapshot
 
 DAYS = ("Mo", "Tu", "We", "Th", "Fr", "Sa", "Su")
@@ -23,8 +23,9 @@ def explain(paths, user, service, rhost, tty, at):
     weekday, minute = parse_when(at)
     _, snap = compile_from(paths)
     login = snap["login"]
-    decision = match_login(login, entry.pw_name, entry.pw_uid, groups, service, rhost, tty,
-                           weekday, minute)
+    facts = LoginFacts(user=entry.pw_name, uid=entry.pw_uid, groups=groups,
+                       service=service, rhost=rhost, tty=tty, weekday=weekday, minute=minute)
+    decision = match_login(login, facts)
     lines = [f"login: user {entry.pw_name} (uid {entry.pw_uid}; groups "
              f"{', '.join(sorted(groups)) or '-'}), service {service}, "
              f"rhost {rhost or '- (local)'}, tty {tty or '-'}, at {DAYS[weekday]} "
@@ -38,8 +39,6 @@ def explain(paths, user, service, rhost, tty, at):
         lines.append("note: this is the policy in the files, not yet applied: "
                      "run `netfence reload` to apply it")
     return "\n".join(lines) + "\n"
-
-
 
 
 def parse_when(text):

@@ -25,17 +25,32 @@ class Decision:
         return not (self.user_profiles or self.session_profiles)
 
 
-def match_login(login, user, uid, groups, service, rhost, tty, weekday, minute):
-    """Evaluate every rule; all matching rules apply and their profiles accumulate.
+class LoginFacts:
+    """What a login is matched on.
 
-    weekday: 0 = Monday … 6 = Sunday; minute: minutes since local midnight.
-    groups: the names of every group of the user (primary and supplementary).
+    user, uid: the account's canonical name and uid; groups: the names of every group
+    of the user (primary and supplementary; anything answering `in`); service, rhost,
+    tty: the PAM items ("" when unset); weekday: 0 = Monday ... 6 = Sunday; minute:
+    minutes since local midnight. A new rule condition adds its fact here and its test
+    in _rule_matches.
     """
-    address = _parse_address(rhost)
+
+    __slots__ = ("user", "uid", "groups", "service", "rhost", "tty", "weekday", "minute",
+                 "address")
+
+    def __init__(self, *, user, uid, groups, service, rhost, tty, weekday, minute):
+        self.user, self.uid, self.groups = user, uid, groups
+        self.service, self.rhost, self.tty = service, rhost, tty
+        self.weekday, self.minute = weekday, minute
+        self.address = _parse_address(rhost)       # once, not per rule
+
+
+def match_login(login, facts):
+    """Evaluate every rule for the LoginFacts; all matching rules apply and their
+    profiles accumulate."""
     user_profiles, session_profiles, matched = [], [], []
     for rule in login["rules"]:
-        if not _rule_matches(rule, user, uid, groups, service, rhost, address, tty,
-                             weekday, minute):
+        if not _rule_matches(rule, facts):
             continue
         matched.append(rule["index"])
         target = user_profiles if rule["scope"] == "user" else session_profiles
@@ -47,25 +62,26 @@ def match_login(login, user, uid, groups, service, rhost, tty, weekday, minute):
     return Decision(tuple(user_profiles), tuple(session_profiles), tuple(matched))
 
 
-def _rule_matches(rule, user, uid, groups, service, rhost, address, tty, weekday, minute):
+def _rule_matches(rule, facts):
     include, exclude = rule["users"]
-    named = user in include
-    if uid == ROOT_UID and not named:
+    named = facts.user in include
+    if facts.uid == ROOT_UID and not named:
         return False          # wildcards and groups never match root; naming root does
+    groups = facts.groups
     if include or rule["groups"][0]:
         by_user = named or ("*" in include)
         by_group = any(g in groups for g in rule["groups"][0])
         if not (by_user or by_group):
             return False
-    if user in exclude or any(g in groups for g in rule["groups"][1]):
+    if facts.user in exclude or any(g in groups for g in rule["groups"][1]):
         return False
-    if not _names_match(rule["services"], service):
+    if not _names_match(rule["services"], facts.service):
         return False
-    if not _ttys_match(rule["ttys"], tty):
+    if not _ttys_match(rule["ttys"], facts.tty):
         return False
-    if not _rhosts_match(rule["rhosts"], rhost, address):
+    if not _rhosts_match(rule["rhosts"], facts.rhost, facts.address):
         return False
-    return _time_matches(rule["time"], weekday, minute)
+    return _time_matches(rule["time"], facts.weekday, facts.minute)
 
 
 def _names_match(patterns, value):

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from netfence import hook, hookstub
+from netfence import accounts, hook, hooklog, hookstub, pamitems
 from netfence.errors import HookInputError, StateError, UsageError
 
 
@@ -59,7 +59,7 @@ GOOD = {"user": "alice", "service": "sshd", "tty": "/dev/pts/3", "rhost": "192.0
     ("rhost", "[2001:db8::1]"), ("rhost", "::ffff:10.0.0.1"),
 ])
 def test_valid_items(field, value):
-    hook.validate_items(**dict(GOOD, **{field: value}))
+    pamitems.validate_items(**dict(GOOD, **{field: value}))
 
 
 HOSTILE = ["x'; drop", 'a"b', "a;b", "a\nb", "a b", "a\tb", "a\0b", "\x1b[31m", "é",
@@ -77,7 +77,7 @@ HOSTILE = ["x'; drop", 'a"b', "a;b", "a\nb", "a b", "a\tb", "a\0b", "\x1b[31m", 
   + [("tty", v) for v in HOSTILE if v != "$(id)"])
 def test_invalid_items_are_refused(field, value):
     with pytest.raises(HookInputError) as info:
-        hook.validate_items(**dict(GOOD, **{field: value}))
+        pamitems.validate_items(**dict(GOOD, **{field: value}))
     message = str(info.value)
     assert "\n" not in message and len(message) < 160
 
@@ -88,14 +88,14 @@ def test_invalid_items_are_refused(field, value):
 ])
 def test_any_name_nss_could_resolve_passes_validation(name):
     """PAM_USER only ever reaches getpwnam: refused is only what cannot be a name."""
-    hook.validate_items(**dict(GOOD, user=name))
+    pamitems.validate_items(**dict(GOOD, user=name))
 
 
 @pytest.mark.parametrize("name", ["nf-no-such-account$", "NOSUCHDOM\\nobody9"])
 def test_a_name_nss_does_not_know_is_invalid_input(name):
     with pytest.raises(HookInputError, match="no such account"):
-        hook.lookup_account(name)
-    assert hook.lookup_account("root").pw_uid == 0
+        accounts.lookup_account(name)
+    assert accounts.lookup_account("root").pw_uid == 0
 
 
 # ---- the environment block --------------------------------------------------------
@@ -107,7 +107,7 @@ def env(*pairs):
 def test_pam_exec_items_are_taken_from_the_trailing_block():
     entries = env(("LANG", "C"), ("PAM_SERVICE", "sshd"), ("PAM_USER", "alice"),
                   ("PAM_TTY", "ssh"), ("PAM_RHOST", "192.0.2.1"), ("PAM_TYPE", "open_session"))
-    items, ignored = hook.pam_items(entries)
+    items, ignored = pamitems.pam_items(entries)
     assert items == {"PAM_TYPE": "open_session", "PAM_SERVICE": "sshd", "PAM_USER": "alice",
                      "PAM_TTY": "ssh", "PAM_RHOST": "192.0.2.1"}
     assert ignored == []
@@ -119,7 +119,7 @@ def test_lookalikes_from_the_pam_environment_are_ignored():
     entries = env(("PAM_RHOST", "10.0.0.1"), ("PAM_USER", "root"), ("PAM_TYPE", "x"),
                   ("PAM_SERVICE", "su-l"), ("PAM_USER", "alice"), ("PAM_TTY", "/dev/pts/1"),
                   ("PAM_RUSER", "bob"), ("PAM_TYPE", "open_session"))
-    items, ignored = hook.pam_items(entries)
+    items, ignored = pamitems.pam_items(entries)
     assert items["PAM_USER"] == "alice" and items["PAM_TYPE"] == "open_session"
     assert "PAM_RHOST" not in items                      # su sets none: not 10.0.0.1
     assert ignored == ["PAM_RHOST", "PAM_TYPE", "PAM_USER"]
@@ -127,18 +127,18 @@ def test_lookalikes_from_the_pam_environment_are_ignored():
 
 def test_block_walk_stops_at_an_out_of_order_name():
     entries = env(("PAM_USER", "evil"), ("PAM_SERVICE", "sshd"), ("PAM_TYPE", "open_session"))
-    items, _ = hook.pam_items(entries)
+    items, _ = pamitems.pam_items(entries)
     assert "PAM_USER" not in items                       # would come after SERVICE
 
 
 def test_no_pam_type_means_nothing():
-    assert hook.pam_items(env(("PAM_USER", "a"))) == ({}, [])
+    assert pamitems.pam_items(env(("PAM_USER", "a"))) == ({}, [])
 
 
 def run_main(monkeypatch, entries, argv=("state_dir=/nonexistent", "on_error=allow")):
     lines = []
-    monkeypatch.setattr(hook, "syslog", lambda prio, text: lines.append((prio, text)))
-    monkeypatch.setattr(hook, "read_environment", lambda: entries)
+    monkeypatch.setattr(hooklog, "syslog", lambda prio, text: lines.append((prio, text)))
+    monkeypatch.setattr(pamitems, "read_environment", lambda: entries)
     return hook.main(list(argv)), lines
 
 
@@ -156,26 +156,26 @@ def test_main_never_exits_0_for_a_session_it_did_not_act_on(monkeypatch, entries
     code, lines = run_main(monkeypatch, entries)
     assert code == 1
     ((prio, text),) = lines
-    assert prio == hook.LOG_ERR and "result=invalid" in text and problem in text, text
+    assert prio == hooklog.LOG_ERR and "result=invalid" in text and problem in text, text
 
 
 def test_flooded_environment_keeps_pam_exec_items_and_bounds_the_warnings():
     flood = [(f"PAM_X{i}", "1") for i in range(500)] + [("PAM_USER", "root")]
     entries = env(*flood, ("PAM_SERVICE", "su-l"), ("PAM_USER", "alice"),
                   ("PAM_TYPE", "open_session"))
-    items, ignored = hook.pam_items(entries)
+    items, ignored = pamitems.pam_items(entries)
     assert items == {"PAM_TYPE": "open_session", "PAM_SERVICE": "su-l", "PAM_USER": "alice"}
     assert len(ignored) == 501
-    warnings = hook.ignored_warnings(ignored)
-    assert len(warnings) == hook.MAX_IGNORED_LINES + 1
+    warnings = pamitems.ignored_warnings(ignored)
+    assert len(warnings) == pamitems.MAX_IGNORED_LINES + 1
     assert warnings[-1] == "PAM environment sets 493 more PAM_* names: ignored"
-    assert hook.environment_problem(entries, items["PAM_TYPE"]) is None
+    assert pamitems.environment_problem(entries, items["PAM_TYPE"]) is None
 
 
 def test_main_refuses_hostile_items_whatever_on_error(monkeypatch):
     lines = []
-    monkeypatch.setattr(hook, "syslog", lambda prio, text: lines.append((prio, text)))
-    monkeypatch.setattr(hook, "read_environment",
+    monkeypatch.setattr(hooklog, "syslog", lambda prio, text: lines.append((prio, text)))
+    monkeypatch.setattr(pamitems, "read_environment",
                         lambda: env(("PAM_SERVICE", "sshd"), ("PAM_USER", "a;reboot"),
                                     ("PAM_TYPE", "open_session")))
     assert hook.main(["on_error=allow", "state_dir=/nonexistent"]) == 1
@@ -185,8 +185,8 @@ def test_main_refuses_hostile_items_whatever_on_error(monkeypatch):
 
 def test_missing_snapshot_follows_on_error(monkeypatch, tmp_path):
     lines = []
-    monkeypatch.setattr(hook, "syslog", lambda prio, text: lines.append(text))
-    monkeypatch.setattr(hook, "read_environment",
+    monkeypatch.setattr(hooklog, "syslog", lambda prio, text: lines.append(text))
+    monkeypatch.setattr(pamitems, "read_environment",
                         lambda: env(("PAM_SERVICE", "sshd"), ("PAM_USER", "nobody"),
                                     ("PAM_TYPE", "open_session")))
     assert hook.main([f"state_dir={tmp_path}"]) == 1
@@ -195,10 +195,10 @@ def test_missing_snapshot_follows_on_error(monkeypatch, tmp_path):
 
 
 def test_log_fields_cannot_break_the_line():
-    assert hook._field("") == "-"
-    assert hook._field("a b") == "'a b'"
-    assert "\n" not in hook._field("a\nb=c")
-    assert hook._field("user:a,b") == "user:a,b"
+    assert hooklog.field("") == "-"
+    assert hooklog.field("a b") == "'a b'"
+    assert "\n" not in hooklog.field("a\nb=c")
+    assert hooklog.field("user:a,b") == "user:a,b"
 
 
 def test_syslog_without_dev_log_falls_back_to_the_kernel_log(tmp_path, monkeypatch):
@@ -207,42 +207,43 @@ def test_syslog_without_dev_log_falls_back_to_the_kernel_log(tmp_path, monkeypat
     import socket
     kmsg = tmp_path / "kmsg"
     kmsg.write_bytes(b"")
-    monkeypatch.setattr(hook, "SYSLOG_SOCKET", str(tmp_path / "no-such-socket"))
-    monkeypatch.setattr(hook, "KMSG", str(kmsg))
-    assert hook.syslog(hook.LOG_ERR, "event=open result=refused") == "kmsg"
+    monkeypatch.setattr(hooklog, "SYSLOG_SOCKET", str(tmp_path / "no-such-socket"))
+    monkeypatch.setattr(hooklog, "KMSG", str(kmsg))
+    assert hooklog.syslog(hooklog.LOG_ERR, "event=open result=refused") == "kmsg"
     assert kmsg.read_bytes() == f"<83>netfence[{os.getpid()}]: event=open result=refused\n".encode()
 
     refusing = tmp_path / "refusing"                      # bound, then closed: ECONNREFUSED
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(refusing))
     sock.close()
-    monkeypatch.setattr(hook, "SYSLOG_SOCKET", str(refusing))
-    assert hook.syslog(hook.LOG_INFO, "event=close " + "x" * 5000) == "kmsg"
+    monkeypatch.setattr(hooklog, "SYSLOG_SOCKET", str(refusing))
+    assert hooklog.syslog(hooklog.LOG_INFO, "event=close " + "x" * 5000) == "kmsg"
     last = kmsg.read_bytes().splitlines()[-1]
     assert last.startswith(b"<86>netfence[") and len(last) < 1024
 
-    monkeypatch.setattr(hook, "KMSG", str(tmp_path / "no-such-kmsg"))
-    assert hook.syslog(6, "event=test") is None           # nowhere: no exception
+    monkeypatch.setattr(hooklog, "KMSG", str(tmp_path / "no-such-kmsg"))
+    assert hooklog.syslog(6, "event=test") is None           # nowhere: no exception
 
 
 def test_log_line_reaches_the_kernel_log_through_main(tmp_path, monkeypatch):
     kmsg = tmp_path / "kmsg"
     kmsg.write_bytes(b"")
-    monkeypatch.setattr(hook, "SYSLOG_SOCKET", str(tmp_path / "no-such-socket"))
-    monkeypatch.setattr(hook, "KMSG", str(kmsg))
-    monkeypatch.setattr(hook, "read_environment", lambda: env(("PAM_USER", "a")))
+    monkeypatch.setattr(hooklog, "SYSLOG_SOCKET", str(tmp_path / "no-such-socket"))
+    monkeypatch.setattr(hooklog, "KMSG", str(kmsg))
+    monkeypatch.setattr(pamitems, "read_environment", lambda: env(("PAM_USER", "a")))
     assert hook.main([]) == 1
     text = kmsg.read_text()
     assert text.startswith("<83>netfence[") and "result=invalid" in text
 
 
-def test_syslog_line_format(tmp_path):
+def test_syslog_line_format(tmp_path, monkeypatch):
     import socket
     path = str(tmp_path / "log")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(path)
+    monkeypatch.setattr(hooklog, "SYSLOG_SOCKET", path)
     try:
-        hook.syslog(hook.LOG_ERR, "event=open result=ok", path=path)
+        hooklog.syslog(hooklog.LOG_ERR, "event=open result=ok")
         data = server.recv(4096).decode()
     finally:
         server.close()
@@ -383,7 +384,7 @@ def test_snapshot_symlink_is_refused(tmp_path):
 def test_groups_are_looked_up_lazily():
     import pwd
     root = pwd.getpwuid(0)
-    groups = hook._Groups(root.pw_name, root.pw_gid)
+    groups = accounts.Groups(root.pw_name, root.pw_gid)
     assert groups._names is None
     assert "root" in groups and groups._names is not None
 

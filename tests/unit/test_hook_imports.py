@@ -16,7 +16,8 @@ HEAVY = ("pyroute2", "json", "re", "enum", "ipaddress", "socket", "dataclasses",
 SCRIPT = """
 import sys
 sys.path.insert(0, {path!r})
-from netfence import hook, matcher, sessions, records, cgroups, fastpath, fastpath_py
+from netfence import (hook, accounts, hooklog, pamitems, matcher, sessions, records, cgroups,
+                      fastpath, fastpath_py)
 print(" ".join(sorted(sys.modules)))
 """
 

@@ -2,16 +2,15 @@
 
 import pytest
 
-from netfence.matcher import match_login
-from netfence.model import Location, MatchRule, Patterns, TimeWindow
-
-from netfence.compiler import _login_rule
+from netfence.compiler import build_login
+from netfence.matcher import LoginFacts, match_login
+from netfence.model import Location, MatchRule, Patterns, Policy, Settings, TimeWindow
 
 MON, SAT, SUN = 0, 5, 6
 
 
 def login_part(*rules):
-    return {"rules": [_login_rule(r) for r in rules]}
+    return build_login(Policy(Settings(), {}, tuple(rules)))
 
 
 def rule(index=0, scope="session", profiles=("p",), **fields):
@@ -25,8 +24,9 @@ def rule(index=0, scope="session", profiles=("p",), **fields):
 
 def run(login, user="alice", uid=1001, groups=("alice",), service="sshd", rhost="",
         tty="", weekday=MON, minute=600):
-    return match_login(login, user, uid, frozenset(groups), service, rhost, tty,
-                       weekday, minute)
+    return match_login(login, LoginFacts(user=user, uid=uid, groups=frozenset(groups),
+                                         service=service, rhost=rhost, tty=tty,
+                                         weekday=weekday, minute=minute))
 
 
 def test_wildcard_matches_users_but_never_root():
