@@ -23,20 +23,16 @@ that loads a value loads it into register 1 (NFT_REG_1); every comparison reads 
 
 from dataclasses import asdict, dataclass
 
-TABLE_FAMILY = "inet"
-TABLE_NAME = "netfence"
+from . import setkinds
 
-# Set key types, as nftables datatypes: (nft type name, kernel key type id, key length)
-SET_KEY_TYPES = {
-    "uid": ("uid", 24, 4),
-    "cgroupsv2": ("cgroupsv2", 46, 8),
-}
+TABLE_FAMILY = "inet"
+TABLE_NAME = setkinds.TABLE
 
 
 @dataclass(frozen=True)
 class SetDef:
     name: str
-    key: str              # a SET_KEY_TYPES name
+    key: str              # a setkinds.KEY_TYPES name (an nftables datatype)
 
 
 @dataclass(frozen=True)
