@@ -1,4 +1,4 @@
-"""The ruleset as data: what `compiler.py` produces and `nftnl.py` sends.
+"""The ruleset as data: what `compiler.py` produces and `nftnl_batch` encodes.
 
 Expressions are tuples close to the kernel's nf_tables expressions, so encoding them is
 mechanical and `render.py` can print them as `nft list` would. Byte strings are hex

@@ -74,19 +74,18 @@ NFT_MSG_DESTROYTABLE = 26       # Linux >= 6.3: no error when absent
 NFT_MSG_DESTROYSETELEM = 30     # Linux >= 6.3: absent elements are not an error
 NFT_NAME_MAXLEN = 256           # NFT_TABLE_MAXNAMELEN / NFT_SET_MAXNAMELEN, with the NUL
 
-# ---- attributes ------------------------------------------------------------------
-NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_USERDATA = 1, 2, 6
+# ---- attributes we parse or write by hand (pyroute2 names the others) -----------
+NFTA_TABLE_USERDATA = 6
 NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY = 1, 3, 4, 5
 NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
-NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_FLAGS, NFTA_SET_KEY_TYPE = 1, 2, 3, 4
+NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_KEY_TYPE = 1, 2, 4
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_SET_ELEM_KEY = 1
 NFTA_LIST_ELEM = 1
 NFTA_DATA_VALUE, NFTA_DATA_VERDICT = 1, 2
 NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 1, 2
 NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
-NFTA_GEN_ID = 1
 
 # expression attributes, in the order the expressions' encoders write them
 NFTA_META_DREG, NFTA_META_KEY = 1, 2
@@ -127,7 +126,6 @@ IP_CT_NEW_STATE_BIT = 0x08      # NF_CT_STATE_BIT(IP_CT_NEW): "ct state new"
 NFT_SET_FLAGS_NONE = 0          # a plain hash set: no interval, map, timeout
 
 # ---- nftnl userdata TLVs (libnftnl include/udata.h) --------------------------------
-NFTNL_UDATA_TABLE_COMMENT = 0
 NFTNL_UDATA_RULE_COMMENT = 0
 NFTNL_UDATA_SET_KEYBYTEORDER = 0
 NFT_BYTEORDER_HOST = 1

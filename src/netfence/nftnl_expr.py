@@ -236,7 +236,7 @@ _DECODERS = {
 # pyroute2 takes ~2 ms per rule message (a 20,000-rule policy: ~60 s of CPU before the
 # batch leaves). The functions below write the same bytes directly: nlattrs in the
 # order the _ENCODERS above give them, nested attributes without NLA_F_NESTED and every
-# list item numbered NFTA_LIST_ELEM, exactly as pyroute2 does. nftnl.py checks the
+# list item numbered NFTA_LIST_ELEM, exactly as pyroute2 does. nftnl_batch checks the
 # first rule of every shape against pyroute2's bytes at run time, and
 # tests/unit/test_nftnl_encode.py checks every expression kind and many values.
 
