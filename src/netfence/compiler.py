@@ -204,9 +204,10 @@ def _port_match(port):
         return ()
     low, high = port
     load = ("payload", "transport", 2, 2)          # destination port
+    low, high = (number.to_bytes(2, NETWORK_ORDER).hex() for number in (low, high))
     if low == high:
-        return (load, ("cmp", "eq", low.to_bytes(2, NETWORK_ORDER).hex()))
-    return (load, ("range", "eq", low.to_bytes(2, NETWORK_ORDER).hex(), high.to_bytes(2, NETWORK_ORDER).hex()))
+        return (load, ("cmp", "eq", low))
+    return (load, ("range", "eq", low, high))
 
 
 # ---- the login part --------------------------------------------------------------

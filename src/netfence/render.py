@@ -94,7 +94,9 @@ def _meta_cmp(key, cmp, rest, state):
     value = _value(cmp[2])
     if key == "nfproto":
         state["nfproto"] = value[0]
-        return "" if rest and rest[0][0] == "payload" else f"meta nfproto {NFPROTO_FAMILIES[value[0]]}"
+        if rest and rest[0][0] == "payload":        # implied by the address match
+            return ""
+        return f"meta nfproto {NFPROTO_FAMILIES[value[0]]}"
     if key == "l4proto":
         state["l4proto"] = value[0]
         if rest and rest[0][0] == "payload" and rest[0][1] == "transport":
