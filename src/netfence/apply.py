@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import compiler, ir, records, snapshot
+from . import compiler, ir, records, setkinds, snapshot
 from .errors import GenerationChanged, KernelError, NetfenceError, StateError
 from .plan import subtract
 from .policy import load_policy
@@ -161,7 +161,7 @@ def _attempt(prepared, run_dir, sockets=None):
             sockets.append(ruleset)
     # Counted as the admin thinks of them: guard sets mirror the others.
     return sum(len(keys) for name, keys in kept.items()
-               if name not in compiler.GUARDS.values()), dropped
+               if name not in setkinds.guards().values()), dropped
 
 
 def _roll_back(previous, renamed, paths):

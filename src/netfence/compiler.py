@@ -10,30 +10,21 @@ import ipaddress
 import json
 from dataclasses import asdict
 
-from . import ir
+from . import formats, ir, nfencode, setkinds
 from .model import LOOPBACK
+from .nfconst import (HOST_ORDER, IP_CT_NEW_STATE_BIT, NETWORK_ORDER, NF_LOG_UID,
+                      NFPROTO_IPV4, NFPROTO_IPV6)
+from .setkinds import SCG, UCG, UID
 
-FORMAT = 1
-SESSION_LEVEL = 3      # /user.slice/user-U.slice/session-N.scope, /netfence/user-U/session-K
-USER_LEVEL = 2
-
-NFPROTO = {4: "02", 6: "0a"}                      # NFPROTO_IPV4, NFPROTO_IPV6 (1 byte)
-L4PROTO = {"tcp": "06", "udp": "11", "icmp": "01", "icmpv6": "3a"}
+# Register values are compared as the kernel holds them: meta nfproto is one byte,
+# meta oif/iif and ct state are host-order u32 (nfconst), packet fields network order.
+NFPROTO = {4: bytes([NFPROTO_IPV4]).hex(), 6: bytes([NFPROTO_IPV6]).hex()}
+L4PROTO = {"tcp": "06", "udp": "11", "icmp": "01", "icmpv6": "3a"}    # IPPROTO_*
 ADDR_OFFSET = {("egress", 4): 16, ("egress", 6): 24,     # destination address
                ("ingress", 4): 12, ("ingress", 6): 8}    # source address
-LOOPBACK_IFINDEX = "01000000"                     # lo is ifindex 1 in every netns
-CT_STATE_NEW = "08000000"
-NF_LOG_UID = 0x08
-
-
-# Guard sets: the union of the profiles' sets, tested first by the base chains. No
-# profile's set can be named like them (those start with uid-, ucg- or scg-).
-GUARDS = {"uid_set": "any-uid", "ucg_set": "any-ucg", "scg_set": "any-scg"}
-
-
-def set_names(profile_name):
-    return {"uid_set": f"uid-{profile_name}", "ucg_set": f"ucg-{profile_name}",
-            "scg_set": f"scg-{profile_name}"}
+LOOPBACK_IFINDEX = (1).to_bytes(4, HOST_ORDER).hex()     # lo is ifindex 1 in every netns
+CT_STATE_NEW = IP_CT_NEW_STATE_BIT.to_bytes(4, HOST_ORDER).hex()
+NO_BITS = bytes(4).hex()
 
 
 def has_egress(profile):
@@ -48,13 +39,13 @@ def compile_policy(policy):
     """Return the snapshot dict (JSON-serialisable) for a parsed model.Policy."""
     table = build_table(policy.profiles.values(), policy.settings.log_rate)
     login = build_login(policy)
-    body = {"format": FORMAT, "files": list(policy.files),
+    body = {"format": formats.SNAPSHOT, "files": list(policy.files),
             "settings": asdict(policy.settings), "table": table.to_json(), "login": login}
     policy_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     login["policy_id"] = policy_id
     body["policy_id"] = policy_id
     # Derived from the rest, and bytes: added after hashing.
-    login["templates"] = _templates(login)
+    login["templates"] = nfencode.build_templates(login)
     return body
 
 
@@ -62,13 +53,12 @@ def compile_policy(policy):
 
 def build_table(profiles, log_rate=5):
     profiles = list(profiles)
-    sets = [ir.SetDef(GUARDS["uid_set"], "uid"), ir.SetDef(GUARDS["ucg_set"], "cgroupsv2"),
-            ir.SetDef(GUARDS["scg_set"], "cgroupsv2")]
+    # Guard sets first: the union of the profiles' sets, tested first by the base chains.
+    sets = [ir.SetDef(kind.guard, kind.key_type) for kind in setkinds.KINDS]
     chains, rules = [], []
     for profile in profiles:
-        names = set_names(profile.name)
-        sets += [ir.SetDef(names["uid_set"], "uid"), ir.SetDef(names["ucg_set"], "cgroupsv2"),
-                 ir.SetDef(names["scg_set"], "cgroupsv2")]
+        sets += [ir.SetDef(kind.set_name(profile.name), kind.key_type)
+                 for kind in setkinds.KINDS]
         if profile.log:
             chains += [ir.ChainDef(f"deny-{profile.name}"), ir.ChainDef(f"reject-{profile.name}")]
             rules += _log_chain_rules(profile.name, log_rate)
@@ -94,30 +84,35 @@ def _dispatch(profiles):
     number of profiles or sessions."""
     egress = [p for p in profiles if has_egress(p)]
     ingress = [p for p in profiles if has_ingress(p)]
-    uid = (("meta", "skuid"),)
-    session = (("socket", "cgroupv2", SESSION_LEVEL),)
-    user_cg = (("socket", "cgroupv2", USER_LEVEL),)
-    new = (("ct", "state"), ("bitwise", CT_STATE_NEW, "00000000"), ("cmp", "neq", "00000000"))
-    plan = [  # (base chain, hook, guard key, guard set, sub-chain, profiles, set field, dir)
-        ("egress", "output", uid, "uid_set", "egress-uid", egress, "egress"),
-        ("egress", "output", session, "scg_set", "egress-session", egress, "egress"),
-        ("ingress", "input", new + user_cg, "ucg_set", "ingress-user", ingress, "ingress"),
-        ("ingress", "input", new + session, "scg_set", "ingress-session", ingress, "ingress"),
+    new = (("ct", "state"), ("bitwise", CT_STATE_NEW, NO_BITS), ("cmp", "neq", NO_BITS))
+    plan = [  # (base chain, extra tests, set kind, sub-chain, profiles, direction)
+        ("egress", (), UID, "egress-uid", egress, "egress"),
+        ("egress", (), SCG, "egress-session", egress, "egress"),
+        ("ingress", new, UCG, "ingress-user", ingress, "ingress"),
+        ("ingress", new, SCG, "ingress-session", ingress, "ingress"),
     ]
     chains, rules = [], []
-    for base, _, load, field, sub, members, direction in plan:
+    for base, tests, kind, sub, members, direction in plan:
         if not members:
             continue
+        key = (_key_load(kind),)
         chains.append(ir.ChainDef(sub))
-        rules.append(ir.RuleDef(base, load + (("lookup", GUARDS[field]),
-                                              ("verdict", "jump", sub))))
-        key = load[-1:]                       # the key alone: ct state was tested above
-        for profile in members:
+        rules.append(ir.RuleDef(base, tests + key + (("lookup", kind.guard),
+                                                     ("verdict", "jump", sub))))
+        for profile in members:           # the key alone: ct state was tested above
             rules.append(ir.RuleDef(sub, key + (
-                ("lookup", set_names(profile.name)[field]),
+                ("lookup", kind.set_name(profile.name)),
                 ("verdict", "jump", _profile_chain(profile.name, direction)))))
     chains += [ir.ChainDef("egress", hook="output"), ir.ChainDef("ingress", hook="input")]
     return chains, rules
+
+
+def _key_load(kind):
+    """The expression that loads a set kind's key: the socket's uid, or its cgroup
+    at the kind's level."""
+    if kind.level is None:
+        return ("meta", "skuid")
+    return ("socket", "cgroupv2", kind.level)
 
 
 def _log_chain_rules(name, log_rate):
@@ -209,9 +204,10 @@ def _port_match(port):
         return ()
     low, high = port
     load = ("payload", "transport", 2, 2)          # destination port
+    low, high = (number.to_bytes(2, NETWORK_ORDER).hex() for number in (low, high))
     if low == high:
-        return (load, ("cmp", "eq", low.to_bytes(2, "big").hex()))
-    return (load, ("range", "eq", low.to_bytes(2, "big").hex(), high.to_bytes(2, "big").hex()))
+        return (load, ("cmp", "eq", low))
+    return (load, ("range", "eq", low, high))
 
 
 # ---- the login part --------------------------------------------------------------
@@ -220,10 +216,11 @@ def build_login(policy):
     profiles = {}
     for profile in policy.profiles.values():
         profiles[profile.name] = {"egress": has_egress(profile),
-                                  "ingress": has_ingress(profile), **set_names(profile.name)}
+                                  "ingress": has_ingress(profile),
+                                  **setkinds.profile_sets(profile.name)}
     rules = [_login_rule(rule) for rule in policy.rules]
-    return {"format": FORMAT, "policy_id": "", "settings": asdict(policy.settings),
-            "profiles": profiles, "guards": dict(GUARDS), "rules": rules}
+    return {"format": formats.SNAPSHOT, "policy_id": "", "settings": asdict(policy.settings),
+            "profiles": profiles, "guards": setkinds.guards(), "rules": rules}
 
 
 def _login_rule(rule):
@@ -254,9 +251,3 @@ def _rhost_item(text):
     if text.startswith("."):
         return ["suffix", text.lower()]
     return ["name", text.lower()]
-
-
-def _templates(login):
-    """Netlink message templates for the hook (see fastpath_py.build_templates)."""
-    from .fastpath_py import build_templates
-    return build_templates(login)

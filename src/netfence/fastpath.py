@@ -1,6 +1,6 @@
 """The hook's kernel calls: the cffi extension `netfence._fastpath` when it is
 importable and was built from this very version, else the pure-Python twin in
-fastpath_py.py. Both build byte-identical messages (tests/unit/test_fastpath.py).
+fastpath_py.py. Both send byte-identical messages (tests/unit/test_fastpath.py).
 
 This is the one module that touches the raw `lib` (pyca/cryptography's rule), and the
 one place that turns the -errno results of both implementations into KernelError.
@@ -14,11 +14,13 @@ reason is in `get().reason` and the hook adds it to its log line
 Elements are given as {set name: [hex key, ...]}, the form the records keep.
 """
 
-from . import __version__
+import errno
+
+from . import __version__, formats, nfencode
 from . import fastpath_py as _py
 from .errors import KernelError
+from .nfconst import NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NLMSG_HDRLEN
 
-ENOENT = 2
 DEFAULT_TIMEOUT_MS = 2000
 FIRST_SEQ = 1
 
@@ -118,20 +120,22 @@ def _load(prefer):
 
 def messages(templates, kind, elements):
     """[(template, key, key offset)] for BEGIN, one message per element, END."""
-    if templates is None or templates.get("format") != _py.TEMPLATE_FORMAT:
+    if templates is None or templates.get("format") != formats.TEMPLATES:
         templates = {}
     sets = templates.get("sets", {})
-    out = [(templates.get("begin") or _py.batch_message(_py.NFNL_MSG_BATCH_BEGIN), b"", 16)]
+    begin = templates.get("begin") or nfencode.batch_message(NFNL_MSG_BATCH_BEGIN)
+    out = [(begin, b"", NLMSG_HDRLEN)]
     ops = []
     for set_name in sorted(elements):
         for hex_key in elements[set_name]:
             key = bytes.fromhex(hex_key)
             entry = sets.get(set_name)
             if entry is None or entry["key_len"] != len(key):
-                entry = _py.set_templates(set_name, len(key))
+                entry = nfencode.set_templates(set_name, len(key))
             out.append((entry[kind], key, entry["key_offset"]))
             ops.append((set_name, hex_key))
-    out.append((templates.get("end") or _py.batch_message(_py.NFNL_MSG_BATCH_END), b"", 16))
+    end = templates.get("end") or nfencode.batch_message(NFNL_MSG_BATCH_END)
+    out.append((end, b"", NLMSG_HDRLEN))
     return out, ops
 
 
@@ -176,9 +180,9 @@ def destroy_elements(elements, timeout_ms=DEFAULT_TIMEOUT_MS, templates=None,
         if rc:
             raise KernelError("destroy set elements (one batch)", -rc)
         for (set_name, hex_key), err in results:
-            if err and err != -ENOENT:
+            if err and err != -errno.ENOENT:
                 raise KernelError(f"destroy element {hex_key} in set {set_name}", -err)
-        missing = {s for (s, _), err in results if err == -ENOENT}
+        missing = {s for (s, _), err in results if err == -errno.ENOENT}
         if not missing:
             break
         gone |= missing          # each round drops at least one set: it terminates

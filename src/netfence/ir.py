@@ -1,4 +1,4 @@
-"""The ruleset as data: what `compiler.py` produces and `nftnl.py` sends.
+"""The ruleset as data: what `compiler.py` produces and `nftnl_batch` encodes.
 
 Expressions are tuples close to the kernel's nf_tables expressions, so encoding them is
 mechanical and `render.py` can print them as `nft list` would. Byte strings are hex
@@ -23,20 +23,16 @@ that loads a value loads it into register 1 (NFT_REG_1); every comparison reads 
 
 from dataclasses import asdict, dataclass
 
-TABLE_FAMILY = "inet"
-TABLE_NAME = "netfence"
+from . import setkinds
 
-# Set key types, as nftables datatypes: (nft type name, kernel key type id, key length)
-SET_KEY_TYPES = {
-    "uid": ("uid", 24, 4),
-    "cgroupsv2": ("cgroupsv2", 46, 8),
-}
+TABLE_FAMILY = "inet"
+TABLE_NAME = setkinds.TABLE
 
 
 @dataclass(frozen=True)
 class SetDef:
     name: str
-    key: str              # a SET_KEY_TYPES name
+    key: str              # a setkinds.KEY_TYPES name (an nftables datatype)
 
 
 @dataclass(frozen=True)

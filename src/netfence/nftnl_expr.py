@@ -6,19 +6,27 @@ nf_tables.h); each was checked against what `nft --debug=netlink` sends for the 
 rule and against `nft list` reading back what we send (tests/integration/test_nftnl*).
 """
 
-NFT_REG_VERDICT = 0
-NFT_REG_1 = 1               # every expression loads into / reads from register 1
+import struct
 
-META_KEYS = {"iif": 4, "oif": 5, "skuid": 10, "nfproto": 15, "l4proto": 16}
-PAYLOAD_BASES = {"network": 1, "transport": 2}
-SOCKET_KEYS = {"cgroupv2": 3}               # NFT_SOCKET_CGROUPV2 (Linux >= 5.13)
-CT_KEYS = {"state": 0}                      # NFT_CT_STATE
-CMP_OPS = {"eq": 0, "neq": 1, "lt": 2, "lte": 3, "gt": 4, "gte": 5}
-RANGE_OPS = {"eq": 0, "neq": 1}
-NFT_LIMIT_PKTS = 0
-REJECT_TYPES = {"tcp-reset": 1, "icmpx-port-unreachable": 2}     # NFT_REJECT_*
-REJECT_CODES = {"icmpx-port-unreachable": 1}    # NFT_REJECT_ICMPX_PORT_UNREACH
-VERDICTS = {"drop": 0, "accept": 1, "jump": -3, "goto": -4, "return": -5}
+from . import nfconst as nf
+from .nfconst import NFT_LIMIT_PKTS, NFT_REG_1, NFT_REG_VERDICT
+from .nfencode import attr as nla, cstring
+
+# ir names -> kernel numbers; every expression loads into / reads from register 1
+META_KEYS = {"iif": nf.NFT_META_IIF, "oif": nf.NFT_META_OIF, "skuid": nf.NFT_META_SKUID,
+             "nfproto": nf.NFT_META_NFPROTO, "l4proto": nf.NFT_META_L4PROTO}
+PAYLOAD_BASES = {"network": nf.NFT_PAYLOAD_NETWORK_HEADER,
+                 "transport": nf.NFT_PAYLOAD_TRANSPORT_HEADER}
+SOCKET_KEYS = {"cgroupv2": nf.NFT_SOCKET_CGROUPV2}
+CT_KEYS = {"state": nf.NFT_CT_STATE}
+CMP_OPS = {"eq": nf.NFT_CMP_EQ, "neq": nf.NFT_CMP_NEQ, "lt": nf.NFT_CMP_LT,
+           "lte": nf.NFT_CMP_LTE, "gt": nf.NFT_CMP_GT, "gte": nf.NFT_CMP_GTE}
+RANGE_OPS = {"eq": nf.NFT_RANGE_EQ, "neq": nf.NFT_RANGE_NEQ}
+REJECT_TYPES = {"tcp-reset": nf.NFT_REJECT_TCP_RST,
+                "icmpx-port-unreachable": nf.NFT_REJECT_ICMPX_UNREACH}
+REJECT_CODES = {"icmpx-port-unreachable": nf.NFT_REJECT_ICMPX_PORT_UNREACH}
+VERDICTS = {"drop": nf.NF_DROP, "accept": nf.NF_ACCEPT, "jump": nf.NFT_JUMP,
+            "goto": nf.NFT_GOTO, "return": nf.NFT_RETURN}
 
 
 def _reverse(table):
@@ -223,78 +231,112 @@ _DECODERS = {
 }
 
 
-def counter_values(node, attr):
-    """(packets, bytes) of a decoded counter expression, else None."""
-    if attr(node, 'NFTA_EXPR_NAME') != 'counter':
-        return None
-    data = attr(node, 'NFTA_EXPR_DATA')
-    return attr(data, 'NFTA_COUNTER_PACKETS', 0), attr(data, 'NFTA_COUNTER_BYTES', 0)
-
-
 # -- direct encoding (reload of large policies) ----------------------------------------
 #
 # pyroute2 takes ~2 ms per rule message (a 20,000-rule policy: ~60 s of CPU before the
 # batch leaves). The functions below write the same bytes directly: nlattrs in the
 # order the _ENCODERS above give them, nested attributes without NLA_F_NESTED and every
-# list item numbered NFTA_LIST_ELEM, exactly as pyroute2 does. nftnl.py checks the
+# list item numbered NFTA_LIST_ELEM, exactly as pyroute2 does. nftnl_batch checks the
 # first rule of every shape against pyroute2's bytes at run time, and
 # tests/unit/test_nftnl_encode.py checks every expression kind and many values.
 
-import struct as _struct
-
-_U32 = _struct.Struct(">I").pack
-_I32 = _struct.Struct(">i").pack
-_U64 = _struct.Struct(">Q").pack
-_ORDER = "little" if _struct.pack("=H", 1) == b"\x01\x00" else "big"
-
-
-def nla(attr_type, data):
-    length = 4 + len(data)
-    return (length.to_bytes(2, _ORDER) + attr_type.to_bytes(2, _ORDER) + data
-            + bytes(-length % 4))
-
-
-def _z(text):
-    return text.encode() + b"\0"
+_U32 = struct.Struct(">I").pack
+_I32 = struct.Struct(">i").pack
+_U64 = struct.Struct(">Q").pack
 
 
 def _value(hex_value):
-    return nla(1, bytes.fromhex(hex_value))                 # NFTA_DATA_VALUE
+    return nla(nf.NFTA_DATA_VALUE, bytes.fromhex(hex_value))
 
 
 def _raw_expr(name, body):
-    return nla(1, nla(1, _z(name)) + nla(2, body))          # NFTA_LIST_ELEM{NAME, DATA}
+    return nla(nf.NFTA_LIST_ELEM, nla(nf.NFTA_EXPR_NAME, cstring(name))
+               + nla(nf.NFTA_EXPR_DATA, body))
 
 
-_REG1 = _U32(NFT_REG_1)
+def _raw_regs(*attr_types):
+    """Register attributes, each naming register 1."""
+    return b"".join(nla(attr_type, _U32(NFT_REG_1)) for attr_type in attr_types)
+
+
+def _raw_meta(key):
+    return _raw_expr("meta", nla(nf.NFTA_META_KEY, _U32(META_KEYS[key]))
+                     + _raw_regs(nf.NFTA_META_DREG))
+
+
+def _raw_payload(base, offset, length):
+    return _raw_expr("payload", _raw_regs(nf.NFTA_PAYLOAD_DREG)
+                     + nla(nf.NFTA_PAYLOAD_BASE, _U32(PAYLOAD_BASES[base]))
+                     + nla(nf.NFTA_PAYLOAD_OFFSET, _U32(int(offset)))
+                     + nla(nf.NFTA_PAYLOAD_LEN, _U32(int(length))))
+
+
+def _raw_socket(key, level):
+    return _raw_expr("socket", nla(nf.NFTA_SOCKET_KEY, _U32(SOCKET_KEYS[key]))
+                     + _raw_regs(nf.NFTA_SOCKET_DREG)
+                     + nla(nf.NFTA_SOCKET_LEVEL, _U32(int(level))))
+
+
+def _raw_ct(key):
+    return _raw_expr("ct", nla(nf.NFTA_CT_KEY, _U32(CT_KEYS[key])) + _raw_regs(nf.NFTA_CT_DREG))
+
+
+def _raw_bitwise(mask, xor):
+    return _raw_expr("bitwise", _raw_regs(nf.NFTA_BITWISE_SREG, nf.NFTA_BITWISE_DREG)
+                     + nla(nf.NFTA_BITWISE_LEN, _U32(len(mask) // 2))
+                     + nla(nf.NFTA_BITWISE_MASK, _value(mask))
+                     + nla(nf.NFTA_BITWISE_XOR, _value(xor)))
+
+
+def _raw_cmp(op, value):
+    return _raw_expr("cmp", _raw_regs(nf.NFTA_CMP_SREG) + nla(nf.NFTA_CMP_OP, _U32(CMP_OPS[op]))
+                     + nla(nf.NFTA_CMP_DATA, _value(value)))
+
+
+def _raw_range(op, low, high):
+    return _raw_expr("range", _raw_regs(nf.NFTA_RANGE_SREG)
+                     + nla(nf.NFTA_RANGE_OP, _U32(RANGE_OPS[op]))
+                     + nla(nf.NFTA_RANGE_FROM_DATA, _value(low))
+                     + nla(nf.NFTA_RANGE_TO_DATA, _value(high)))
+
+
+def _raw_lookup(set_name):
+    return _raw_expr("lookup", nla(nf.NFTA_LOOKUP_SET, cstring(set_name))
+                     + _raw_regs(nf.NFTA_LOOKUP_SREG))
+
+
+def _raw_limit(rate, per, burst):
+    return _raw_expr("limit", nla(nf.NFTA_LIMIT_RATE, _U64(int(rate)))
+                     + nla(nf.NFTA_LIMIT_UNIT, _U64(int(per)))
+                     + nla(nf.NFTA_LIMIT_BURST, _U32(int(burst)))
+                     + nla(nf.NFTA_LIMIT_TYPE, _U32(NFT_LIMIT_PKTS))
+                     + nla(nf.NFTA_LIMIT_FLAGS, _U32(0)))
+
+
+def _raw_log(prefix, flags):
+    return _raw_expr("log", nla(nf.NFTA_LOG_PREFIX, cstring(prefix))
+                     + nla(nf.NFTA_LOG_FLAGS, _U32(int(flags))))
+
+
+def _raw_reject(kind):
+    code = (nla(nf.NFTA_REJECT_ICMP_CODE, bytes([REJECT_CODES[kind]]))
+            if kind in REJECT_CODES else b"")
+    return _raw_expr("reject", nla(nf.NFTA_REJECT_TYPE, _U32(REJECT_TYPES[kind])) + code)
+
+
+def _raw_verdict(kind, chain=None):
+    verdict = nla(nf.NFTA_VERDICT_CODE, _I32(VERDICTS[kind]))
+    if chain is not None:
+        verdict += nla(nf.NFTA_VERDICT_CHAIN, cstring(chain))
+    return _raw_expr("immediate", nla(nf.NFTA_IMMEDIATE_DREG, _U32(NFT_REG_VERDICT))
+                     + nla(nf.NFTA_IMMEDIATE_DATA, nla(nf.NFTA_DATA_VERDICT, verdict)))
+
+
 _RAW_ENCODERS = {
-    "meta": lambda key: _raw_expr("meta", nla(2, _U32(META_KEYS[key])) + nla(1, _REG1)),
-    "payload": lambda base, offset, length: _raw_expr(
-        "payload", nla(1, _REG1) + nla(2, _U32(PAYLOAD_BASES[base]))
-        + nla(3, _U32(int(offset))) + nla(4, _U32(int(length)))),
-    "socket": lambda key, level: _raw_expr(
-        "socket", nla(1, _U32(SOCKET_KEYS[key])) + nla(2, _REG1) + nla(3, _U32(int(level)))),
-    "ct": lambda key: _raw_expr("ct", nla(2, _U32(CT_KEYS[key])) + nla(1, _REG1)),
-    "bitwise": lambda mask, xor: _raw_expr(
-        "bitwise", nla(1, _REG1) + nla(2, _REG1) + nla(3, _U32(len(mask) // 2))
-        + nla(4, _value(mask)) + nla(5, _value(xor))),
-    "cmp": lambda op, value: _raw_expr(
-        "cmp", nla(1, _REG1) + nla(2, _U32(CMP_OPS[op])) + nla(3, _value(value))),
-    "range": lambda op, low, high: _raw_expr(
-        "range", nla(1, _REG1) + nla(2, _U32(RANGE_OPS[op])) + nla(3, _value(low))
-        + nla(4, _value(high))),
-    "lookup": lambda set_name: _raw_expr("lookup", nla(1, _z(set_name)) + nla(2, _REG1)),
-    "counter": lambda: _raw_expr("counter", b""),
-    "limit": lambda rate, per, burst: _raw_expr(
-        "limit", nla(1, _U64(int(rate))) + nla(2, _U64(int(per))) + nla(3, _U32(int(burst)))
-        + nla(4, _U32(NFT_LIMIT_PKTS)) + nla(5, _U32(0))),
-    "log": lambda prefix, flags: _raw_expr("log", nla(2, _z(prefix)) + nla(6, _U32(int(flags)))),
-    "reject": lambda kind: _raw_expr(
-        "reject", nla(1, _U32(REJECT_TYPES[kind]))
-        + (nla(2, bytes([REJECT_CODES[kind]])) if kind in REJECT_CODES else b"")),
-    "verdict": lambda kind, chain=None: _raw_expr(
-        "immediate", nla(1, _U32(NFT_REG_VERDICT)) + nla(2, nla(2, (
-            nla(1, _I32(VERDICTS[kind])) + (nla(2, _z(chain)) if chain is not None else b""))))),
+    "meta": _raw_meta, "payload": _raw_payload, "socket": _raw_socket, "ct": _raw_ct,
+    "bitwise": _raw_bitwise, "cmp": _raw_cmp, "range": _raw_range, "lookup": _raw_lookup,
+    "counter": lambda: _raw_expr("counter", b""), "limit": _raw_limit, "log": _raw_log,
+    "reject": _raw_reject, "verdict": _raw_verdict,
 }
 _RAW_CACHE = {}
 
@@ -317,8 +359,8 @@ def expr_bytes(expr):
 
 def rule_body(table, chain, exprs, udata=None):
     """The attributes of a NEWRULE message (after nlmsghdr and nfgenmsg)."""
-    body = (nla(1, _z(table)) + nla(2, _z(chain))
-            + nla(4, b"".join(expr_bytes(e) for e in exprs)))
+    body = (nla(nf.NFTA_RULE_TABLE, cstring(table)) + nla(nf.NFTA_RULE_CHAIN, cstring(chain))
+            + nla(nf.NFTA_RULE_EXPRESSIONS, b"".join(expr_bytes(e) for e in exprs)))
     if udata:
-        body += nla(7, udata)
+        body += nla(nf.NFTA_RULE_USERDATA, udata)
     return body

@@ -23,57 +23,13 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     nft_chain_msg, nft_gen_msg, nft_rule_msg, nft_set_elem_list_msg, nft_set_msg,
     nft_table_msg)
 
-# netlink / nfnetlink
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_DUMP_INTR = 0x10
-NLM_F_DUMP = 0x300
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
-NLM_F_APPEND = 0x800
-NFNL_SUBSYS_NFTABLES = 10
-NFNL_MSG_BATCH_BEGIN = 0x10
-NFNL_MSG_BATCH_END = 0x11
-NFPROTO_UNSPEC = 0
-NFPROTO_INET = 1
+from .nfconst import (
+    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC, NFT_MSG_NEWCHAIN, NFT_MSG_NEWGEN,
+    NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE, NFGENMSG_LEN,
+    NLA_TYPE_MASK, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_REQUEST, NLMSG_HDRLEN,
+    NLMSGERR_ATTR_MSG)
 
-# enum nf_tables_msg_types
-NFT_MSG_NEWTABLE = 0
-NFT_MSG_GETTABLE = 1
-NFT_MSG_DELTABLE = 2
-NFT_MSG_NEWCHAIN = 3
-NFT_MSG_GETCHAIN = 4
-NFT_MSG_NEWRULE = 6
-NFT_MSG_GETRULE = 7
-NFT_MSG_NEWSET = 9
-NFT_MSG_GETSET = 10
-NFT_MSG_NEWSETELEM = 12
-NFT_MSG_GETSETELEM = 13
-NFT_MSG_NEWGEN = 15
-NFT_MSG_GETGEN = 16
-NFT_MSG_DESTROYTABLE = 26
-NFT_MSG_DESTROYSETELEM = 30
-
-# attribute numbers, for raw parsing (parse_attrs / iter_attrs)
-NFTA_TABLE_USERDATA = 6
-NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_KEY_TYPE = 1, 2, 4
-NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME, NFTA_CHAIN_HOOK, NFTA_CHAIN_POLICY = 1, 3, 4, 5
-NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY = 1, 2
-NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
-NFTA_LIST_ELEM = 1
-NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
-NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
-NFTA_SET_ELEM_LIST_ELEMENTS = 3
-NFTA_SET_ELEM_KEY = 1
-NFTA_DATA_VALUE = 1
-
-# nftnl userdata TLV types (libnftnl include/udata.h)
-NFTNL_UDATA_RULE_COMMENT = 0
-NFTNL_UDATA_SET_KEYBYTEORDER = 0
-NFTNL_UDATA_TABLE_COMMENT = 0
-NFT_BYTEORDER_HOST = 1
+ATTRS_OFFSET = NLMSG_HDRLEN + NFGENMSG_LEN      # an nf_tables message's first attribute
 
 
 def _fresh(cls):
@@ -141,7 +97,7 @@ class SetMsg(nft_set_msg):
 @_fresh
 class TableMsg(nft_table_msg):
     # userdata as raw bytes (pyroute2's 'comment' type is its own format): nftnl TLVs;
-    # netfence's marker uses a private type (nftnl.MARKER_TYPE) that `nft list` ignores.
+    # netfence's marker uses a private type (nftnl_batch.MARKER_TYPE) that `nft list` ignores.
     nla_map = tuple(
         (name, 'cdata') if name == 'NFTA_TABLE_USERDATA' else (name, kind)
         for name, kind in nft_table_msg.nla_map)
@@ -205,13 +161,6 @@ def _shape(attrs):
     return tuple(out)
 
 
-def raw_message(msg_type, flags, seq, body, family=NFPROTO_INET):
-    """An nf_tables message from already encoded attributes (see nftnl_expr.nla)."""
-    head = struct.pack("=IHHIIBBH", 20 + len(body), (NFNL_SUBSYS_NFTABLES << 8) | msg_type,
-                       flags, seq, 0, family, 0, 0)
-    return head + body
-
-
 def batch_control(msg_type, seq, genid=None):
     """BATCH_BEGIN / BATCH_END; res_id names the nf_tables subsystem."""
     attrs = [('NFNL_BATCH_GENID', genid)] if genid is not None else []
@@ -256,9 +205,9 @@ def decode(data, raw_only=False):
     """
     offset = 0
     out = []
-    while offset + 16 <= len(data):
+    while offset + NLMSG_HDRLEN <= len(data):
         length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-        if length < 16:
+        if length < NLMSG_HDRLEN:
             break
         raw = data[offset:offset + length]
         header = {"type": mtype, "flags": flags, "seq": seq}
@@ -274,7 +223,7 @@ def decode(data, raw_only=False):
     return out
 
 
-def parse_attrs(data, offset=20):
+def parse_attrs(data, offset=ATTRS_OFFSET):
     """{attribute type: bytes} of the top-level attributes of one raw nf_tables
     message (after nlmsghdr + nfgenmsg), or of a nested attribute's payload with
     offset=0. The first occurrence of each type wins."""
@@ -283,7 +232,7 @@ def parse_attrs(data, offset=20):
         length, kind = struct.unpack_from("=HH", data, offset)
         if length < 4:
             break
-        out.setdefault(kind & 0x3FFF, data[offset + 4:offset + length])
+        out.setdefault(kind & NLA_TYPE_MASK, data[offset + 4:offset + length])
         offset += (length + 3) & ~3
     return out
 
@@ -294,18 +243,19 @@ def iter_attrs(data, offset=0):
         length, kind = struct.unpack_from("=HH", data, offset)
         if length < 4:
             break
-        yield kind & 0x3FFF, data[offset + 4:offset + length]
+        yield kind & NLA_TYPE_MASK, data[offset + 4:offset + length]
         offset += (length + 3) & ~3
 
 
 def parse_error(raw):
     """(errno, extack message) of an NLMSG_ERROR message; errno 0 is a plain ack."""
-    (error,) = struct.unpack_from("=i", raw, 16)
+    (error,) = struct.unpack_from("=i", raw, NLMSG_HDRLEN)
     flags = struct.unpack_from("=H", raw, 6)[0]
     text = ""
-    if flags & 0x200:                               # NLM_F_ACK_TLVS
-        orig_len = struct.unpack_from("=I", raw, 20)[0]
-        start = 20 + (16 if flags & 0x100 else orig_len)   # NLM_F_CAPPED
+    if flags & NLM_F_ACK_TLVS:
+        # after the error code: the request's header (NLM_F_CAPPED), or all of it
+        orig_len = struct.unpack_from("=I", raw, NLMSG_HDRLEN + 4)[0]
+        start = NLMSG_HDRLEN + 4 + (NLMSG_HDRLEN if flags & NLM_F_CAPPED else orig_len)
         text = _extack_message(raw, (start + 3) & ~3)
     return -error, text
 
@@ -315,7 +265,7 @@ def _extack_message(raw, offset):
         length, kind = struct.unpack_from("=HH", raw, offset)
         if length < 4:
             break
-        if kind == 1:                                # NLMSGERR_ATTR_MSG
+        if kind == NLMSGERR_ATTR_MSG:
             return raw[offset + 4:offset + length].rstrip(b"\0").decode("utf-8", "replace")
         offset += (length + 3) & ~3
     return ""

@@ -16,13 +16,11 @@ import socket
 
 from . import nftnl_msg as m
 from .errors import GenerationChanged, KernelError
+from .nfconst import (
+    NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    SO_RCVBUFFORCE, SO_SNDBUFFORCE, SOL_NETLINK)
 
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10        # error acks carry only the failing message's header
-NETLINK_EXT_ACK = 11        # ... plus the kernel's text, when it has one
-SO_SNDBUFFORCE = 32
-SO_RCVBUFFORCE = 33
 BUFFER = 4 << 20            # a batch must fit the send buffer in one sendmsg()
 ACK_ROOM = 1024             # receive buffer per acked message, as nft sizes it: an ack
                             # is a small skb, but its truesize is what counts
@@ -75,12 +73,12 @@ class Connection:
 
     # -- requests that are not batches ------------------------------------------
 
-    def request(self, cls, msg_type, attrs, operation, dump=False, family=m.NFPROTO_INET,
+    def request(self, cls, msg_type, attrs, operation, dump=False, family=NFPROTO_INET,
                 raw=False):
         """Send one GET request; return the decoded replies (a list), or with raw=True
         the replies' bytes undecoded (see nftnl_msg.parse_attrs)."""
         seq = self.next_seq()
-        flags = m.NLM_F_REQUEST | (m.NLM_F_DUMP if dump else m.NLM_F_ACK)
+        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
         data = m.build(cls, msg_type, attrs, seq, flags=flags, family=family)
         self._send(data, operation)
         replies, interrupted = [], False
@@ -88,15 +86,15 @@ class Connection:
             for header, msg, data in self._recv(operation, raw=raw):
                 if header["seq"] != seq:
                     continue            # a stale answer to an earlier request
-                interrupted |= bool(header["flags"] & m.NLM_F_DUMP_INTR)
-                if header["type"] == m.NLMSG_DONE:
+                interrupted |= bool(header["flags"] & NLM_F_DUMP_INTR)
+                if header["type"] == NLMSG_DONE:
                     return self._finish(replies, interrupted)
-                if header["type"] == m.NLMSG_ERROR:
+                if header["type"] == NLMSG_ERROR:
                     code, text = m.parse_error(data)
                     if code:
                         raise KernelError(operation, code, text)
                     return self._finish(replies, interrupted)
-                if raw and header["type"] >> 8 == m.NFNL_SUBSYS_NFTABLES:
+                if raw and header["type"] >> 8 == NFNL_SUBSYS_NFTABLES:
                     replies.append(data)
                 elif msg is not None:
                     replies.append(msg)
@@ -126,7 +124,7 @@ class Connection:
         errors, batch_error = {}, None
         while expected and batch_error is None:
             for header, _msg, raw in self._recv("read batch acks", batch=True, raw=True):
-                if header["type"] != m.NLMSG_ERROR:
+                if header["type"] != NLMSG_ERROR:
                     continue
                 code, text = m.parse_error(raw)
                 seq = header["seq"]

@@ -6,12 +6,14 @@ Used by `netfence explain` (the rules a login would get) and checked against the
 
 import ipaddress
 
-from .ir import SET_KEY_TYPES
+from .nfconst import HOST_ORDER, NF_LOG_UID, NFPROTO_IPV4, NFPROTO_IPV6
+from .setkinds import KEY_TYPES, key_number
 
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp"}
-NFPROTO_NAMES = {2: "ip", 10: "ip6"}
-NFPROTO_FAMILIES = {2: "ipv4", 10: "ipv6"}
-ADDRESS_FIELDS = {(2, 16): "daddr", (2, 12): "saddr", (10, 24): "daddr", (10, 8): "saddr"}
+NFPROTO_NAMES = {NFPROTO_IPV4: "ip", NFPROTO_IPV6: "ip6"}
+NFPROTO_FAMILIES = {NFPROTO_IPV4: "ipv4", NFPROTO_IPV6: "ipv6"}
+ADDRESS_FIELDS = {(NFPROTO_IPV4, 16): "daddr", (NFPROTO_IPV4, 12): "saddr",
+                  (NFPROTO_IPV6, 24): "daddr", (NFPROTO_IPV6, 8): "saddr"}
 IFNAMES = {1: "lo"}
 
 
@@ -24,7 +26,9 @@ def render_table(table, elements=None, counters=True):
 
 
 def render_set(set_def, keys=()):
-    lines = [f"\tset {set_def.name} {{", f"\t\ttype {SET_KEY_TYPES[set_def.key][0]}"]
+    if set_def.key not in KEY_TYPES:          # a foreign set: nft would name its type
+        raise ValueError(f"cannot render set key type {set_def.key!r}")
+    lines = [f"\tset {set_def.name} {{", f"\t\ttype {set_def.key}"]
     if keys:
         shown = ", ".join(render_key(set_def.key, k) for k in keys)
         lines.append(f"\t\telements = {{ {shown} }}")
@@ -33,7 +37,7 @@ def render_set(set_def, keys=()):
 
 
 def render_key(key_type, hex_key):
-    return str(int.from_bytes(bytes.fromhex(hex_key), "little"))
+    return str(key_number(hex_key))
 
 
 def render_chain(table, chain, counters=True):
@@ -90,16 +94,18 @@ def _meta_cmp(key, cmp, rest, state):
     value = _value(cmp[2])
     if key == "nfproto":
         state["nfproto"] = value[0]
-        return "" if rest and rest[0][0] == "payload" else f"meta nfproto {NFPROTO_FAMILIES[value[0]]}"
+        if rest and rest[0][0] == "payload":        # implied by the address match
+            return ""
+        return f"meta nfproto {NFPROTO_FAMILIES[value[0]]}"
     if key == "l4proto":
         state["l4proto"] = value[0]
         if rest and rest[0][0] == "payload" and rest[0][1] == "transport":
             return ""
         return f"meta l4proto {PROTO_NAMES.get(value[0], value[0])}"
     if key in ("oif", "iif"):
-        index = int.from_bytes(value, "little")
+        index = int.from_bytes(value, HOST_ORDER)
         return f'{key} "{IFNAMES.get(index, index)}"'
-    return f"meta {key} {int.from_bytes(value, 'little')}"
+    return f"meta {key} {int.from_bytes(value, HOST_ORDER)}"
 
 
 def _payload(exprs, i, state):
@@ -112,7 +118,7 @@ def _payload(exprs, i, state):
         else:
             text = str(int(cmp[2], 16))
         return 2, f"{proto} dport {text}"
-    family = state.get("nfproto", 2)
+    family = state.get("nfproto", NFPROTO_IPV4)
     field = ADDRESS_FIELDS[(family, offset)]
     nxt = exprs[i + 1]
     if nxt[0] == "bitwise":
@@ -131,7 +137,7 @@ def _simple(expr, counters):
         unit = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}[per]
         return f"limit rate {rate}/{unit} burst {burst} packets"
     if kind == "log":
-        flags = " flags skuid" if expr[2] & 0x08 else ""
+        flags = " flags skuid" if expr[2] & NF_LOG_UID else ""
         return f'log prefix "{expr[1]}"{flags}'
     if kind == "reject":
         return "reject with tcp reset" if expr[1] == "tcp-reset" else "reject"

@@ -26,6 +26,7 @@ purpose (the hook imports it): sys only, no dataclasses.
 import sys
 
 BYTE_ORDER = sys.byteorder          # the set keys' byte order: the host's, said once
+TABLE = "netfence"                  # the inet table every set lives in
 USER_LEVEL = 2
 SESSION_LEVEL = 3
 

@@ -1,6 +1,7 @@
 """`netfence status`: the table's state, from the kernel and the session records."""
 
 from . import records
+from .setkinds import SCG, UCG, UID, key_number
 from .snapshot import read_snapshot
 
 
@@ -16,9 +17,9 @@ def collect(paths):
     profiles = {}
     for name in (applied.get("login") or {}).get("profiles", {}):
         profiles[name] = {
-            "uids": sorted(_uid(k) for k in elements.get(f"uid-{name}", [])),
-            "user_cgroups": len(elements.get(f"ucg-{name}", [])),
-            "session_cgroups": len(elements.get(f"scg-{name}", [])),
+            "uids": sorted(key_number(k) for k in elements.get(UID.set_name(name), [])),
+            "user_cgroups": len(elements.get(UCG.set_name(name), [])),
+            "session_cgroups": len(elements.get(SCG.set_name(name), [])),
         }
     return {
         "table": present,
@@ -45,10 +46,6 @@ def _fix(drift):
                 "entries; it runs every minute) or `netfence reload` (applies the policy "
                 "in the config dir)")
     return "run `netfence gc` (adds the missing live entries, removes unrecorded ones)"
-
-
-def _uid(hex_key):
-    return int.from_bytes(bytes.fromhex(hex_key), "little")
 
 
 def format_text(state):

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from netfence import cgroups, hookstub, records
-from netfence.fastpath_py import build_templates
+from netfence.nfencode import build_templates
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: netns, cgroups, nftables")
 
@@ -261,10 +261,10 @@ def test_both_implementations_get_the_same_acks(world):
     code = f"""
 import json, sys
 sys.path[:0] = {hookstub.search_path()!r}
-from netfence import fastpath, fastpath_py
+from netfence import fastpath, nfencode
 login = {{"profiles": {{"web": {{"uid_set": "uid-web", "ucg_set": "ucg-web", "scg_set": "scg-web"}},
                      "gone": {{"uid_set": "uid-gone", "ucg_set": "ucg-gone", "scg_set": "scg-gone"}}}}}}
-t = fastpath_py.build_templates(login)
+t = nfencode.build_templates(login)
 out = {{}}
 for name in ("c", "python"):
     impl = fastpath._load(name)

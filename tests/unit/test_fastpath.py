@@ -5,13 +5,14 @@ either. Tests that need the C extension skip when it is not built (python3
 c_ext/build_fastpath.py, or pip install .).
 """
 
+import errno
 import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netfence import fastpath, fastpath_py
+from netfence import fastpath, fastpath_py, formats, nfencode
 from netfence.errors import KernelError
 
 ORDER = sys.byteorder
@@ -51,8 +52,8 @@ def attrs(data):
 # ---- templates ----------------------------------------------------------------------
 
 def test_templates_cover_every_set_with_the_right_key_length():
-    templates = fastpath_py.build_templates(LOGIN)
-    assert templates["format"] == fastpath_py.TEMPLATE_FORMAT
+    templates = nfencode.build_templates(LOGIN)
+    assert templates["format"] == formats.TEMPLATES
     assert templates["table"] == "netfence" and templates["family"] == 1
     assert sorted(templates["sets"]) == sorted(
         n for p in LOGIN["profiles"].values() for n in (p["uid_set"], p["ucg_set"], p["scg_set"]))
@@ -62,7 +63,7 @@ def test_templates_cover_every_set_with_the_right_key_length():
 
 
 def test_template_is_a_well_formed_newsetelem():
-    entry = fastpath_py.build_templates(LOGIN)["sets"]["uid-web"]
+    entry = nfencode.build_templates(LOGIN)["sets"]["uid-web"]
     msg = entry["new"]
     assert u32(msg, 0) == len(msg)
     assert u16(msg, 4) == (10 << 8) | 12                 # NFNL_SUBSYS_NFTABLES, NEWSETELEM
@@ -77,7 +78,7 @@ def test_template_is_a_well_formed_newsetelem():
 
 
 def test_destroy_template_differs_only_in_type_and_flags():
-    entry = fastpath_py.build_templates(LOGIN)["sets"]["scg-web"]
+    entry = nfencode.build_templates(LOGIN)["sets"]["scg-web"]
     new, destroy = entry["new"], entry["destroy"]
     assert u16(destroy, 4) == (10 << 8) | 30             # NFT_MSG_DESTROYSETELEM
     assert u16(destroy, 6) == 0x001 | 0x004
@@ -85,7 +86,7 @@ def test_destroy_template_differs_only_in_type_and_flags():
 
 
 def test_batch_begin_and_end():
-    templates = fastpath_py.build_templates(LOGIN)
+    templates = nfencode.build_templates(LOGIN)
     for key, kind in (("begin", 0x10), ("end", 0x11)):
         msg = templates[key]
         assert len(msg) == 20 and u16(msg, 4) == kind and u16(msg, 6) == 1
@@ -94,21 +95,21 @@ def test_batch_begin_and_end():
 
 def test_templates_are_marshal_safe():
     import marshal
-    templates = fastpath_py.build_templates(LOGIN)
+    templates = nfencode.build_templates(LOGIN)
     assert marshal.loads(marshal.dumps(templates)) == templates
 
 
 def test_names_are_checked():
     with pytest.raises(ValueError):
-        fastpath_py.set_templates("x" * 256, 4)
+        nfencode.set_templates("x" * 256, 4)
     with pytest.raises(ValueError):
-        fastpath_py.set_templates("a\0b", 4)
+        nfencode.set_templates("a\0b", 4)
 
 
 # ---- patching ---------------------------------------------------------------------
 
 def test_python_fill_patches_seq_and_key():
-    entry = fastpath_py.build_templates(LOGIN)["sets"]["uid-web"]
+    entry = nfencode.build_templates(LOGIN)["sets"]["uid-web"]
     key = (1001).to_bytes(4, ORDER)
     msg = fastpath_py.nf_fill(entry["new"], 77, key, entry["key_offset"])
     assert len(msg) == len(entry["new"]) and u32(msg, 8) == 77
@@ -157,7 +158,7 @@ def as_hex(raw):
 @given(raw=elements, kind=st.sampled_from(["new", "destroy"]), seq=st.integers(1, 2**31))
 def test_c_and_python_build_identical_batches(raw, kind, seq):
     impl = c_impl()
-    templates = fastpath_py.build_templates(LOGIN)
+    templates = nfencode.build_templates(LOGIN)
     msgs, _ = fastpath.messages(templates, kind, as_hex(raw))
     c_bytes = impl.to_bytes(impl.batch(msgs, seq))
     py_bytes = fastpath._PyImpl("test").batch(msgs, seq)
@@ -168,7 +169,7 @@ def test_c_and_python_build_identical_batches(raw, kind, seq):
 @given(raw=elements, kind=st.sampled_from(["new", "destroy"]))
 def test_snapshot_templates_and_built_on_the_fly_agree(raw, kind):
     """close builds its messages without the snapshot: the bytes must not differ."""
-    templates = fastpath_py.build_templates(LOGIN)
+    templates = nfencode.build_templates(LOGIN)
     py = fastpath._PyImpl("test")
     with_t = py.batch(fastpath.messages(templates, kind, as_hex(raw))[0], 1)
     without = py.batch(fastpath.messages(None, kind, as_hex(raw))[0], 1)
@@ -176,9 +177,10 @@ def test_snapshot_templates_and_built_on_the_fly_agree(raw, kind):
 
 
 def test_batch_layout_and_sequence_numbers():
-    templates = fastpath_py.build_templates(LOGIN)
-    batch = fastpath_py.build_batch(templates, [("new", "uid-web", (5).to_bytes(4, ORDER)),
-                                                ("new", "scg-web", (9).to_bytes(8, ORDER))], 10)
+    templates = nfencode.build_templates(LOGIN)
+    msgs, _ = fastpath.messages(templates, "new", {"uid-web": [(5).to_bytes(4, ORDER).hex()],
+                                                   "scg-web": [(9).to_bytes(8, ORDER).hex()]})
+    batch = fastpath._PyImpl("test").batch(msgs, 10)
     offset, seqs = 0, []
     while offset < len(batch):
         seqs.append(u32(batch, offset + 8))
@@ -210,7 +212,7 @@ def test_error_on_batch_begin_is_a_batch_level_failure():
 def test_truncated_ack_is_rejected():
     data = (18).to_bytes(4, ORDER) + (2).to_bytes(2, ORDER) + bytes(12)
     rc, _ = fastpath_py._acks(data, 1, 1, [1], 1)
-    assert rc == -fastpath_py.EBADMSG
+    assert rc == -errno.EBADMSG
 
 
 # ---- transactions over a fake kernel ----------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pyroute2")
 
-from netfence import ir, nftnl_msg as m  # noqa: E402
+from netfence import ir, nfconst as nf, nftnl_msg as m  # noqa: E402
 from netfence.nftnl import encode_batch  # noqa: E402
 from netfence.nftnl_expr import decode_expr, encode_expr  # noqa: E402
 
@@ -31,7 +31,7 @@ def _rule_message(exprs, comment=""):
              ('NFTA_RULE_EXPRESSIONS', [encode_expr(e) for e in exprs])]
     if comment:
         attrs.append(('NFTA_RULE_USERDATA', m.udata_tlvs([(0, comment.encode() + b"\0")])))
-    return m.build(m.RuleMsg, m.NFT_MSG_NEWRULE, attrs, seq=7)
+    return m.build(m.RuleMsg, nf.NFT_MSG_NEWRULE, attrs, seq=7)
 
 
 @pytest.mark.parametrize("expr", EVERY_EXPR, ids=lambda e: "-".join(map(str, e)))
@@ -65,13 +65,13 @@ def test_long_comment_is_cut_to_fit_the_kernel_limit():
 
 def test_dropped_attribute_is_refused():
     with pytest.raises(m.EncodingError, match="NFTA_META_KEYX"):
-        m.build(m.RuleMsg, m.NFT_MSG_NEWRULE, [
+        m.build(m.RuleMsg, nf.NFT_MSG_NEWRULE, [
             ('NFTA_RULE_TABLE', 't'), ('NFTA_RULE_CHAIN', 'c'),
             ('NFTA_RULE_EXPRESSIONS', [{'attrs': [
                 ('NFTA_EXPR_NAME', 'meta'),
                 ('NFTA_EXPR_DATA', {'attrs': [('NFTA_META_KEYX', 10)]})]}])], seq=1)
     with pytest.raises(m.EncodingError, match="NFTA_TABLE_BOGUS"):
-        m.build(m.TableMsg, m.NFT_MSG_NEWTABLE, [('NFTA_TABLE_BOGUS', 1)], seq=1)
+        m.build(m.TableMsg, nf.NFT_MSG_NEWTABLE, [('NFTA_TABLE_BOGUS', 1)], seq=1)
 
 
 @pytest.mark.parametrize("bad", [("meta", "mark"), ("cmp", "approx", "00"), ("verdict", "jump"),
@@ -100,7 +100,7 @@ def test_batch_shape():
                    "end transaction"]
     assert [seq for _op, _data, seq in messages] == list(range(100, 111))
     begin = messages[0][1]
-    assert struct.unpack_from("=H", begin, 4)[0] == m.NFNL_MSG_BATCH_BEGIN
+    assert struct.unpack_from("=H", begin, 4)[0] == nf.NFNL_MSG_BATCH_BEGIN
     assert begin[-8:] == bytes.fromhex("080001000000002a")      # NFNL_BATCH_GENID = 42
     add_set = messages[3][1]
     assert bytes.fromhex("0a000d00" "000401000000") in add_set  # KEYBYTEORDER = host
@@ -116,22 +116,22 @@ def test_element_chunks():
 
 
 @pytest.mark.parametrize("msg_type,flags", [
-    (m.NFT_MSG_NEWSETELEM, m.NLM_F_CREATE), (m.NFT_MSG_DESTROYSETELEM, 0)])
+    (nf.NFT_MSG_NEWSETELEM, nf.NLM_F_CREATE), (nf.NFT_MSG_DESTROYSETELEM, 0)])
 @pytest.mark.parametrize("key_len,count", [(4, 1), (8, 3), (8, 256)])
 def test_bulk_element_messages_match_pyroute2(msg_type, flags, key_len, count):
     """The login path's encoder, used by reload for bulk elements, says what pyroute2
     says: same header, same attributes, same keys when pyroute2 decodes it. (The bytes
     differ only where the kernel does not look: it sets NLA_F_NESTED and numbers every
     list element 1, as libnftnl does; pyroute2 numbers them 1, 2, 3.)"""
-    from netfence.fastpath_py import element_list_message
+    from netfence.nfencode import element_list_message
     keys = [bytes([i % 256, i // 256]) + bytes(key_len - 2) for i in range(count)]
     items = [{'attrs': [('NFTA_SET_ELEM_KEY', {'attrs': [('NFTA_DATA_VALUE', k)]})]}
              for k in keys]
     attrs = [('NFTA_SET_ELEM_LIST_TABLE', "netfence"), ('NFTA_SET_ELEM_LIST_SET', "scg-web"),
              ('NFTA_SET_ELEM_LIST_ELEMENTS', items)]
     wanted = m.build(m.SetElemMsg, msg_type, attrs, 77,
-                     flags=m.NLM_F_REQUEST | m.NLM_F_ACK | flags)
-    ours = element_list_message(msg_type, m.NLM_F_REQUEST | m.NLM_F_ACK | flags, 77,
+                     flags=nf.NLM_F_REQUEST | nf.NLM_F_ACK | flags)
+    ours = element_list_message(msg_type, nf.NLM_F_REQUEST | nf.NLM_F_ACK | flags, 77,
                                 "netfence", "scg-web", keys)
     assert len(ours) == len(wanted) and ours[:48] == wanted[:48]     # header and names
     decoded = m.SetElemMsg(ours)

@@ -6,10 +6,11 @@ import pytest
 
 pytest.importorskip("pyroute2")
 
-from netfence import ir, nftnl, nftnl_msg as m  # noqa: E402
+from netfence import ir, nfconst as nf, nftnl, nftnl_batch, nftnl_msg as m  # noqa: E402
+from netfence.nfencode import nft_message  # noqa: E402
 from netfence.nftnl_expr import encode_expr, rule_body  # noqa: E402
 
-FLAGS = m.NLM_F_REQUEST | m.NLM_F_ACK | m.NLM_F_CREATE | m.NLM_F_APPEND
+FLAGS = nf.NLM_F_REQUEST | nf.NLM_F_ACK | nf.NLM_F_CREATE | nf.NLM_F_APPEND
 
 
 def _random_expr(rnd):
@@ -38,7 +39,7 @@ def _pyroute2(chain, exprs, udata, seq):
              ('NFTA_RULE_EXPRESSIONS', [encode_expr(e) for e in exprs])]
     if udata:
         attrs.append(('NFTA_RULE_USERDATA', udata))
-    return m.build(m.RuleMsg, m.NFT_MSG_NEWRULE, attrs, seq, flags=FLAGS)
+    return m.build(m.RuleMsg, nf.NFT_MSG_NEWRULE, attrs, seq, flags=FLAGS)
 
 
 def test_random_rules_match_pyroute2_byte_for_byte():
@@ -46,9 +47,9 @@ def test_random_rules_match_pyroute2_byte_for_byte():
     for seq in range(1, 1500):
         exprs = tuple(_random_expr(rnd) for _ in range(rnd.randrange(1, 9)))
         chain = "c" * rnd.randrange(1, 30)
-        udata = nftnl._comment_udata("x" * rnd.randrange(0, 300)) if rnd.random() < .7 else None
-        ours = m.raw_message(m.NFT_MSG_NEWRULE, FLAGS, seq,
-                             rule_body("netfence", chain, exprs, udata))
+        udata = nftnl_batch.comment_udata("x" * rnd.randrange(0, 300)) if rnd.random() < .7 else None
+        ours = nft_message(nf.NFT_MSG_NEWRULE, FLAGS, rule_body("netfence", chain, exprs, udata),
+                           seq)
         assert ours == _pyroute2(chain, exprs, udata, seq), exprs
 
 
@@ -62,7 +63,7 @@ def test_invalid_expressions_are_refused_like_the_pyroute2_path():
 def test_a_shape_that_differs_from_pyroute2_is_refused(monkeypatch):
     """The run-time check: the first rule of every shape is compared with pyroute2."""
     import netfence.nftnl_expr as x
-    monkeypatch.setattr(nftnl, "_RULE_SHAPES", set())
+    monkeypatch.setattr(nftnl_batch, "_RULE_SHAPES", set())
     monkeypatch.setattr(x, "_RAW_CACHE", {})
     monkeypatch.setitem(x._RAW_ENCODERS, "counter", lambda: x._raw_expr("counter", b"\0\0\0\0"))
     table = ir.TableDef(sets=(), chains=(ir.ChainDef("c"),),

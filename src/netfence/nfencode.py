@@ -1,0 +1,137 @@
+"""Netlink bytes written by hand: attributes, nf_tables messages, set element
+messages and the login hook's message templates.
+
+One encoder for everything that does not go through pyroute2's classes: the hook's
+templates (built at compile time by `build_templates`, or at login by
+`set_templates` when the snapshot has none), reload's bulk element messages
+(`element_list_message`, ~3 us per element where pyroute2 takes ~0.5 ms) and the rule
+bodies nftnl_expr writes with `attr`. Light on purpose (the hook may import it at
+login): nfconst, setkinds and formats only, no pyroute2, no struct.
+
+Message layout (names as in the kernel headers):
+
+  nlmsghdr {len u32, type u16, flags u16, seq u32, pid u32}       host byte order
+  nfgenmsg {family u8, version u8 = NFNETLINK_V0, res_id be16}
+  NEWSETELEM / DESTROYSETELEM, family NFPROTO_INET, res_id 0:
+    NFTA_SET_ELEM_LIST_TABLE    "netfence\\0"
+    NFTA_SET_ELEM_LIST_SET      "<set>\\0"
+    NFTA_SET_ELEM_LIST_ELEMENTS nested
+      NFTA_LIST_ELEM            nested
+        NFTA_SET_ELEM_KEY       nested
+          NFTA_DATA_VALUE       key bytes (uid: 4, cgroup id: 8, host order)
+  BATCH_BEGIN / BATCH_END: family AF_UNSPEC, res_id = htons(NFNL_SUBSYS_NFTABLES)
+
+No NFNL_BATCH_GENID in the hook's batches: a login only adds (or destroys) elements,
+there is no read-modify-write to protect, and additions commute with a concurrent
+reload, which itself uses GENID and so re-reads the elements if a login slipped in.
+"""
+
+from . import formats, setkinds
+from .nfconst import (
+    HOST_ORDER, NETWORK_ORDER, NFNETLINK_V0, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
+    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC, NFT_MSG_DESTROYSETELEM,
+    NFT_MSG_NEWSETELEM, NFT_NAME_MAXLEN, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
+    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NLA_F_NESTED, NLA_HDRLEN, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_REQUEST, NLMSG_HDRLEN, NLMSG_SEQ_OFFSET)
+
+NEW_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE   # no EXCL: re-adding is fine
+DESTROY_FLAGS = NLM_F_REQUEST | NLM_F_ACK
+
+
+# ---- building blocks ---------------------------------------------------------------
+
+def attr(attr_type, data):
+    """One netlink attribute, padded to 4 bytes."""
+    length = NLA_HDRLEN + len(data)
+    return (length.to_bytes(2, HOST_ORDER) + attr_type.to_bytes(2, HOST_ORDER) + data
+            + bytes(-length % 4))
+
+
+def nested(attr_type, data):
+    """A nested attribute flagged NLA_F_NESTED, as libnftnl writes it."""
+    return attr(attr_type | NLA_F_NESTED, data)
+
+
+def cstring(text):
+    return text.encode() + b"\0"
+
+
+def message(msg_type, flags, family, res_id, body, seq=0):
+    """nlmsghdr + nfgenmsg + body; msg_type already carries the subsystem."""
+    payload = bytes((family, NFNETLINK_V0)) + res_id.to_bytes(2, NETWORK_ORDER) + body
+    return ((NLMSG_HDRLEN + len(payload)).to_bytes(4, HOST_ORDER)
+            + msg_type.to_bytes(2, HOST_ORDER) + flags.to_bytes(2, HOST_ORDER)
+            + seq.to_bytes(4, HOST_ORDER) + bytes(4) + payload)
+
+
+def nft_message(msg_type, flags, body, seq=0, family=NFPROTO_INET):
+    """An nf_tables message (NFT_MSG_*) from already encoded attributes."""
+    return message((NFNL_SUBSYS_NFTABLES << 8) | msg_type, flags, family, 0, body, seq)
+
+
+def batch_message(msg_type, seq=0):
+    """BATCH_BEGIN / BATCH_END without a generation."""
+    return message(msg_type, NLM_F_REQUEST, NFPROTO_UNSPEC, NFNL_SUBSYS_NFTABLES, b"", seq)
+
+
+def check_name(name):
+    if not name or len(name.encode()) >= NFT_NAME_MAXLEN or "\0" in name:
+        raise ValueError(f"invalid nftables name {name!r}")
+
+
+# ---- set elements ------------------------------------------------------------------
+
+def _element_body(table, set_name, keys):
+    items = b"".join(nested(NFTA_LIST_ELEM, nested(NFTA_SET_ELEM_KEY,
+                                                   attr(NFTA_DATA_VALUE, key)))
+                     for key in keys)
+    return (attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
+            + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
+            + nested(NFTA_SET_ELEM_LIST_ELEMENTS, items))
+
+
+def element_message(msg_type, flags, table, set_name, key_len):
+    """(message bytes with seq 0 and a zero key, offset of the key bytes)."""
+    for name in (table, set_name):
+        check_name(name)
+    msg = nft_message(msg_type, flags, _element_body(table, set_name, [bytes(key_len)]))
+    # The key is the last attribute; 4 and 8 byte keys need no padding after them.
+    pad = -key_len % 4
+    return msg, len(msg) - pad - key_len
+
+
+def element_list_message(msg_type, flags, seq, table, set_name, keys):
+    """One NEWSETELEM/DESTROYSETELEM message for many keys (reload carries thousands
+    of live elements over)."""
+    return nft_message(msg_type, flags, _element_body(table, set_name, keys), seq)
+
+
+# ---- the hook's templates (compile time) -------------------------------------------
+
+def set_templates(set_name, key_len, table=setkinds.TABLE):
+    """The NEWSETELEM and DESTROYSETELEM templates of one set (key bytes zero)."""
+    new, key_offset = element_message(NFT_MSG_NEWSETELEM, NEW_FLAGS, table, set_name,
+                                      key_len)
+    destroy, offset = element_message(NFT_MSG_DESTROYSETELEM, DESTROY_FLAGS, table,
+                                      set_name, key_len)
+    assert offset == key_offset and len(new) == len(destroy)
+    return {"key_len": key_len, "key_offset": key_offset, "new": new, "destroy": destroy}
+
+
+def build_templates(login, table=setkinds.TABLE):
+    """Message templates for every set of every profile of a login part.
+
+    Marshal-able: {"format", "table", "family", "seq_offset", "begin", "end",
+    "sets": {set name: {"key_len", "key_offset", "new", "destroy"}}}.
+    """
+    sets = {}
+    owners = [login["profiles"][name] for name in sorted(login["profiles"])]
+    if login.get("guards"):
+        owners.append(login["guards"])
+    for owner in owners:
+        for kind in setkinds.KINDS:
+            sets[owner[kind.field]] = set_templates(owner[kind.field], kind.key_len, table)
+    return {"format": formats.TEMPLATES, "table": table, "family": NFPROTO_INET,
+            "seq_offset": NLMSG_SEQ_OFFSET, "begin": batch_message(NFNL_MSG_BATCH_BEGIN),
+            "end": batch_message(NFNL_MSG_BATCH_END), "sets": sets}
