@@ -22,15 +22,13 @@ elements encoded and the transaction sent.
 """
 
 import errno
-import fcntl
 import os
 import secrets
 import syslog
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from . import compiler, ir, records, snapshot
+from . import compiler, fsutil, ir, records, snapshot
 from .errors import GenerationChanged, KernelError, NetfenceError, StateError
 from .policy import load_policy
 
@@ -60,16 +58,16 @@ def compile_from(paths, check_ownership=True):
     return policy, compiler.compile_policy(policy)
 
 
-def reload(paths, check_ownership=True):
+def reload(paths):
     from .nftnl import PreparedTable
-    policy, snap = compile_from(paths, check_ownership)
+    policy, snap = compile_from(paths)
     table = ir.TableDef.from_json(snap["table"])
     prepared = PreparedTable(table, new_marker(snap["policy_id"]))
     with _state_lock(paths.state_dir):
         try:
             previous = snapshot.read_raw(paths.state_dir)  # parsed only for a roll back
         except StateError:
-            previous = None           # damaged: this reload is what replaces it
+            previous = None           # unreadable: this reload is what replaces it
         staged = snapshot.stage(paths.state_dir, snap)
         try:
             outcome = _replace(prepared, paths.run_dir)
@@ -419,28 +417,17 @@ def _empty_policy(applied):
     return Policy(settings, {}, ())
 
 
-@contextmanager
 def _state_lock(state_dir):
-    """Serialises reload, flush and gc's table repair (logins never take this lock)."""
+    """Serialises reload, flush and gc's table repair (logins never take this lock).
+    A flock: a read-only state dir still serialises them (they then fail where they
+    write, with nothing changed)."""
     path = os.path.join(state_dir, ".lock")
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            if err.errno not in (errno.EROFS, errno.EACCES, errno.ENOSPC):
-                raise
-            # flock needs no write access: a read-only state dir still serialises us
-            # (and the caller then fails where it writes, with nothing changed)
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         raise StateError(f"{path}: cannot open the state lock: {err.strerror} "
                          f"(errno {err.errno}); nothing was changed") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return fsutil.Lock(path, kind="flock")
 
 
 def _log(message):
