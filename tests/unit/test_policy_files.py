@@ -146,6 +146,11 @@ def test_oversized_file_is_refused(tmp_path):
                                   f"refusing: larger than {MAX_FILE_BYTES} bytes")]
 
 
+def test_a_file_of_exactly_the_limit_is_read(tmp_path):
+    (tmp_path / "netfence.toml").write_bytes(b"#" * MAX_FILE_BYTES)
+    assert load_policy(str(tmp_path), check_ownership=False).profiles == {}
+
+
 def test_relative_config_dir_gives_absolute_paths(tmp_path, monkeypatch):
     write(tmp_path / "netfence.toml", PROFILE.format(name="p"))
     monkeypatch.chdir(tmp_path.parent)
