@@ -110,7 +110,7 @@ def cmd_flush(args, paths):
 
 
 def cmd_gc(args, paths):
-    from .apply import repair_table
+    from .drift import repair_table
     from .sessions import gc
     from .snapshot import read_snapshot
     # First the table: after a foreign `nft flush ruleset` every restricted login is
