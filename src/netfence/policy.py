@@ -11,14 +11,14 @@ import difflib
 
 from . import model
 from .errors import PolicyError
-from .policy_files import MAX_FILE_BYTES, read_files  # noqa: F401 (re-exported)
+from .policy_files import read_files
 from .policy_text import (ItemError, Locator, TomlSyntaxError, account_name, boolean,
                           check_profile_name, choice, integer, items_of, load_toml,
                           path_component, peer, port_range, rhost, service_name, shown,
                           tty_glob, unique)
 from .timespec import TimeSpecError, parse_window
 
-__all__ = ["MAX_FILE_BYTES", "load_policy", "parse_policy_text"]
+__all__ = ["load_policy", "parse_policy_text"]
 
 
 def load_policy(config_dir, check_ownership=True):

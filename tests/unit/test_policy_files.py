@@ -14,7 +14,8 @@ import pytest
 
 from netfence.errors import PolicyError
 from netfence.model import Policy, Settings
-from netfence.policy import MAX_FILE_BYTES, load_policy
+from netfence.policy import load_policy
+from netfence.policy_files import MAX_FILE_BYTES
 
 PROFILE = '[profile.{name}]\negress = [ {{ action = "deny", proto = "tcp", ports = [25] }} ]\n'
 RULE = '[[rule]]\nusers = ["{user}"]\nprofiles = ["{profile}"]\n'
