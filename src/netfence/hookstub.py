@@ -77,16 +77,13 @@ def write_hook(path, python=None, launcher=True, check_owner=True):
             check_trusted(trusted)
     text = script_text(python, dirs)
     binary = launcher_path() if launcher else None
-    written = []
-    if binary:
-        _install(path + ".py", text.encode(), 0o755)
-        with open(binary, "rb") as handle:
-            _install(path, handle.read(), 0o755)
-        written = [path, path + ".py"]
-    else:
+    if not binary:
         _install(path, text.encode(), 0o755)
-        written = [path]
-    return written
+        return [path]
+    _install(path + ".py", text.encode(), 0o755)        # before the launcher runs it
+    with open(binary, "rb") as handle:
+        _install(path, handle.read(), 0o755)
+    return [path, path + ".py"]
 
 
 def _install(path, data, mode):
@@ -105,7 +102,7 @@ def check_trusted(path):
         problem = fsutil.owner_problem(os.stat(current), sticky_ok=current != real)
         if problem:
             raise UsageError(f"{current} (for {path}) is not root's or is writable by "
-                             f"others ({problem}): a hook running as root must not load "
+                             f"others: {problem}; a hook running as root must not load "
                              f"code from it")
         parent = os.path.dirname(current)
         if parent == current:
