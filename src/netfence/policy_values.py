@@ -30,11 +30,16 @@ def shown(value):
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _whole(pattern, text, what, allowed):
+    """text when pattern matches all of it, else ItemError "bad WHAT 'text': ALLOWED"."""
+    if not pattern.fullmatch(text):
+        raise ItemError(f"bad {what} {shown(text)}: {allowed}")
+    return text
+
+
 def check_profile_name(name):
-    if not PROFILE_NAME.fullmatch(name):
-        raise ItemError(f"bad profile name {shown(name)}: use 1 to 40 of A-Z a-z 0-9 _ -, "
-                        "starting with a letter or digit")
-    return name
+    return _whole(PROFILE_NAME, name, "profile name",
+                  "use 1 to 40 of A-Z a-z 0-9 _ -, starting with a letter or digit")
 
 
 def network(text):
@@ -93,10 +98,8 @@ def _port(number, shown_as):
 
 def account_name(text, kind):
     """A user or group name (no "!" here)."""
-    if not ACCOUNT_NAME.fullmatch(text):
-        raise ItemError(f"bad {kind} name {shown(text)}: use up to 256 of A-Z a-z 0-9 "
-                        "_ . @ -, not starting with '-'")
-    return text
+    return _whole(ACCOUNT_NAME, text, f"{kind} name",
+                  "use up to 256 of A-Z a-z 0-9 _ . @ -, not starting with '-'")
 
 
 def user_pattern(name, negated):
@@ -116,16 +119,12 @@ def group_pattern(name, negated):
 
 
 def service_name(text):
-    if not SERVICE_NAME.fullmatch(text):
-        raise ItemError(f"bad service name {shown(text)}: use up to 256 of A-Z a-z 0-9 _ . -")
-    return text
+    return _whole(SERVICE_NAME, text, "service name", "use up to 256 of A-Z a-z 0-9 _ . -")
 
 
 def tty_glob(text):
-    if not TTY_GLOB.fullmatch(text):
-        raise ItemError(f"bad tty pattern {shown(text)}: use up to 256 of A-Z a-z 0-9 "
-                        "_ / : . - and the wildcards * ?")
-    return text
+    return _whole(TTY_GLOB, text, "tty pattern",
+                  "use up to 256 of A-Z a-z 0-9 _ / : . - and the wildcards * ?")
 
 
 def rhost(text):
