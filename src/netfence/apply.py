@@ -1,5 +1,5 @@
-"""reload, flush and the table check of gc: the admin-side writes to the kernel and to
-the snapshot.
+"""reload and flush: the admin-side writes to the kernel and to the snapshot (gc's
+check and repair of the table are in drift.py).
 
 A reload compiles first; only a policy that compiles is sent, in one transaction that
 replaces the whole table and puts in it the elements the session records need. The
@@ -22,17 +22,14 @@ elements encoded and the transaction sent.
 """
 
 import errno
-import fcntl
 import os
 import secrets
 import syslog
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from . import compiler, ir, records, setkinds, snapshot
-from .errors import GenerationChanged, KernelError, NetfenceError, StateError
-from .plan import subtract
+from . import compiler, fsutil, ir, records, setkinds, snapshot
+from .errors import GenerationChanged, NetfenceError, StateError
 from .policy import load_policy
 
 RETRIES = 5          # under the records lock: only foreign changes can refuse us
@@ -61,16 +58,16 @@ def compile_from(paths, check_ownership=True):
     return policy, compiler.compile_policy(policy)
 
 
-def reload(paths, check_ownership=True):
+def reload(paths):
     from .nftnl import PreparedTable
-    policy, snap = compile_from(paths, check_ownership)
+    policy, snap = compile_from(paths)
     table = ir.TableDef.from_json(snap["table"])
     prepared = PreparedTable(table, new_marker(snap["policy_id"]))
-    with _state_lock(paths.state_dir):
+    with state_lock(paths.state_dir):
         try:
             previous = snapshot.read_raw(paths.state_dir)  # parsed only for a roll back
         except StateError:
-            previous = None           # damaged: this reload is what replaces it
+            previous = None           # unreadable: this reload is what replaces it
         staged = snapshot.stage(paths.state_dir, snap)
         try:
             outcome = _replace(prepared, paths.run_dir)
@@ -198,195 +195,6 @@ def restore_table(applied, run_dir):
     return kept
 
 
-# ---- drift: is the kernel still what the applied snapshot and the records say? ------
-
-@dataclass
-class Drift:
-    applied: bool = False             # a policy is applied (not none, not flushed)
-    table_missing: bool = False
-    altered: list = field(default_factory=list)       # phrases: what differs
-    missing_elements: dict = field(default_factory=dict)   # set -> count
-    leaked_elements: dict = field(default_factory=dict)    # set -> count
-    login_policy: str = ""            # login.marshal's policy id when it is not compiled.json's
-
-    @property
-    def ok(self):
-        return not (self.table_missing or self.altered or self.missing_elements
-                    or self.leaked_elements or self.login_policy)
-
-    def problems(self):
-        out = []
-        if self.login_policy.startswith("unreadable"):
-            out.append(f"login.marshal is {self.login_policy}: logins follow on_error")
-        elif self.login_policy:
-            out.append(f"login.marshal holds policy {self.login_policy}, not the applied "
-                       f"one: a reload was interrupted")
-        if self.table_missing:
-            out.append("table inet netfence is missing: nothing is enforced")
-        if self.altered:
-            out.append("table inet netfence was altered: " + "; ".join(self.altered))
-        if self.missing_elements:
-            out.append("live entries missing from the kernel: " + ", ".join(
-                f"{n} in {s}" for s, n in sorted(self.missing_elements.items())))
-        if self.leaked_elements:
-            out.append("entries without a session record: " + ", ".join(
-                f"{n} in {s}" for s, n in sorted(self.leaked_elements.items())))
-        return out
-
-    def as_dict(self):
-        return {"ok": self.ok, "table_missing": self.table_missing,
-                "altered": list(self.altered),
-                "missing_elements": dict(self.missing_elements),
-                "leaked_elements": dict(self.leaked_elements),
-                "login_policy": self.login_policy or None,
-                "problems": self.problems()}
-
-
-def check_table(applied, run_dir, ruleset, state_dir=None):
-    """Compare the kernel with the applied snapshot and the records, and login.marshal
-    with compiled.json (read only)."""
-    from .nftnl import differences, expected_summary
-    drift = Drift()
-    if state_dir is not None and applied:
-        try:
-            login_id = snapshot.login_policy_id(state_dir) or "none"
-        except StateError as err:
-            login_id = f"unreadable ({err})"
-        if login_id != applied.get("policy_id"):
-            drift.login_policy = login_id
-    if not applied or applied.get("flushed") or not applied.get("table"):
-        return drift
-    drift.applied = True
-    table = ir.TableDef.from_json(applied["table"])
-    got = ruleset.summary(table.name)
-    if got is None:
-        drift.table_missing = True
-        return drift
-    drift.altered = differences(expected_summary(table), got)
-    if marker_policy(got["marker"]) != applied["policy_id"]:
-        drift.altered.insert(0, "not the applied policy's table (marker "
-                             f"{marker_policy(got['marker']) or 'absent'}, applied "
-                             f"{applied['policy_id']})")
-    if drift.altered:
-        return drift
-    add, remove = element_drift(table, run_dir, ruleset)
-    drift.missing_elements = {s: len(keys) for s, keys in add.items()}
-    drift.leaked_elements = {s: len(keys) for s, keys in remove.items()}
-    return drift
-
-
-def element_drift(table, run_dir, ruleset):
-    """(missing, unrecorded): the elements the records need that the kernel lacks, and
-    those the kernel holds without a record, as {set: [hex key]}."""
-    wanted = {s.name for s in table.sets}
-    need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
-    have = ruleset.read_elements(table.name)
-    return (subtract(need, _as_sets(have)), subtract(have, _as_sets(need)))
-
-
-def _as_sets(elements):
-    return {set_name: set(keys) for set_name, keys in elements.items()}
-
-
-def check_steadily(applied, paths):
-    """check_table, first without the records lock; if logins keep changing the
-    ruleset while it is read (each read is retried until the generation holds still),
-    again under the lock, where no netfence writer changes it."""
-    from .nftnl import Ruleset
-    try:
-        with Ruleset() as ruleset:
-            return check_table(applied, paths.run_dir, ruleset, paths.state_dir)
-    except KernelError as err:
-        if err.errno != errno.EAGAIN:
-            raise
-    records.ensure_dirs(paths.run_dir)
-    with records.Lock(paths.run_dir), Ruleset() as ruleset:
-        return check_table(applied, paths.run_dir, ruleset, paths.state_dir)
-
-
-@dataclass
-class Repair:
-    drift: Drift
-    action: str = "none"       # none | restored | elements | failed
-    restored_elements: int = 0
-    added: int = 0
-    removed: int = 0
-    rolled_forward: bool = False
-    error: str = ""
-
-    def __str__(self):
-        text = self._text()
-        if self.rolled_forward:
-            text = ("gc: snapshot: finished an interrupted reload (login.marshal made "
-                    "current)\n" + text)
-        return text
-
-    def _text(self):
-        if self.action == "failed":
-            return f"gc: table: restore failed: {self.error}"
-        if self.action == "restored":
-            what = ("missing" if self.drift.table_missing
-                    else "altered (" + "; ".join(self.drift.altered) + ")")
-            return (f"gc: table: was {what}; restored from the applied snapshot with "
-                    f"{self.restored_elements} live entries")
-        if self.action == "elements":
-            return (f"gc: table: {self.added} missing live entries added back, "
-                    f"{self.removed} entries without a record removed")
-        if not self.drift.applied:
-            return "gc: table: no policy applied"
-        return "gc: table: ok"
-
-
-def repair_table(paths):
-    """gc's table check: restore a missing or altered table from the applied snapshot
-    (what the last reload applied, not /etc) and the records; add back missing live
-    elements. Holds the state lock (no reload meanwhile) and, while it compares and
-    writes, the records lock (no login meanwhile), so it never races a writer."""
-    with _state_lock(paths.state_dir):
-        applied = snapshot.read_snapshot(paths.state_dir)
-        if not applied:
-            return Repair(Drift())
-        records.ensure_dirs(paths.run_dir)
-        drift = check_steadily(applied, paths)
-        repair = Repair(drift)
-        if drift.login_policy:
-            if not snapshot.roll_forward(paths.state_dir, applied["policy_id"]):
-                repair.action = "failed"
-                repair.error = (f"login.marshal holds policy {drift.login_policy}, "
-                                f"compiled.json {applied['policy_id']}: run `netfence reload`")
-                return repair
-            repair.rolled_forward = True
-        snapshot.remove_stale(paths.state_dir)       # we hold the state lock: leftovers
-        try:
-            if drift.table_missing or drift.altered:
-                repair.restored_elements = restore_table(applied, paths.run_dir)
-                repair.action = "restored"
-            elif drift.missing_elements or drift.leaked_elements:
-                # Compared again under the records lock: what looked missing or leaked
-                # may have been a login or logout in progress.
-                repair.added, repair.removed = _fix_elements(applied, paths.run_dir)
-                if repair.added or repair.removed:
-                    repair.action = "elements"
-        except NetfenceError as err:
-            repair.action, repair.error = "failed", str(err)
-        return repair
-
-
-def _fix_elements(applied, run_dir):
-    """Under the records lock (no netfence writer is between its record and its
-    kernel change): add what the records need and the kernel lacks, destroy what the
-    kernel holds without a record. Returns (added, removed)."""
-    from .nftnl import Ruleset
-    table = ir.TableDef.from_json(applied["table"])
-    with records.Lock(run_dir), Ruleset() as ruleset:
-        add, remove = element_drift(table, run_dir, ruleset)
-        if add:
-            ruleset.add_elements(add, table.name)
-        if remove:
-            ruleset.destroy_elements(remove, table.name)
-    return sum(map(len, add.values())), sum(map(len, remove.values()))
-
-
 def flush(paths):
     """Remove the table and the live records; leave logins unrestricted until reload.
 
@@ -397,7 +205,7 @@ def flush(paths):
     """
     from .nftnl import Ruleset
     from .collect import forget_all
-    with _state_lock(paths.state_dir):
+    with state_lock(paths.state_dir):
         empty = compiler.compile_policy(_empty_policy(snapshot.read_snapshot(paths.state_dir)))
         empty["flushed"] = True
         staged = snapshot.stage(paths.state_dir, empty)
@@ -420,28 +228,17 @@ def _empty_policy(applied):
     return Policy(settings, {}, ())
 
 
-@contextmanager
-def _state_lock(state_dir):
-    """Serialises reload, flush and gc's table repair (logins never take this lock)."""
+def state_lock(state_dir):
+    """Serialises reload, flush and gc's table repair (logins never take this lock).
+    A flock: a read-only state dir still serialises them (they then fail where they
+    write, with nothing changed)."""
     path = os.path.join(state_dir, ".lock")
     try:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            if err.errno not in (errno.EROFS, errno.EACCES, errno.ENOSPC):
-                raise
-            # flock needs no write access: a read-only state dir still serialises us
-            # (and the caller then fails where it writes, with nothing changed)
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as err:
         raise StateError(f"{path}: cannot open the state lock: {err.strerror} "
                          f"(errno {err.errno}); nothing was changed") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return fsutil.Lock(path, kind="flock")
 
 
 def _log(message):

@@ -110,8 +110,8 @@ def cmd_flush(args, paths):
 
 
 def cmd_gc(args, paths):
-    from .apply import repair_table
     from .collect import gc
+    from .drift import repair_table
     from .snapshot import read_snapshot
     # First the table: after a foreign `nft flush ruleset` every restricted login is
     # unrestricted (or refused) until it is back.

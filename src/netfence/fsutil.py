@@ -18,20 +18,26 @@ import posix
 from .errors import StateError
 
 S_IFMT, S_IFREG, S_IFDIR, S_IFIFO = 0o170000, 0o100000, 0o040000, 0o010000
+S_ISVTX = 0o1000                 # the sticky bit
 CHUNK = 65536
 
 
 # ---- reading ----------------------------------------------------------------------
 
-def read_all(fd, chunk_size=CHUNK):
-    """Everything readable from fd, which is closed afterwards (also on error)."""
+def read_all(fd, chunk_size=CHUNK, limit=None):
+    """Everything readable from fd, which is closed afterwards (also on error).
+    limit: OSError EFBIG as soon as more than `limit` bytes were read (what others
+    write may be made large to stall or exhaust the reader)."""
     try:
-        chunks = []
+        chunks, size = [], 0
         while True:
             chunk = posix.read(fd, chunk_size)
             if not chunk:
                 break
             chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise OSError(errno.EFBIG, posix.strerror(errno.EFBIG))
     finally:
         posix.close(fd)
     return b"".join(chunks)
@@ -81,11 +87,15 @@ def read_regular(path, *, root_owned=False):
 
 # ---- ownership --------------------------------------------------------------------
 
-def owner_problem(st, uid=0):
+def owner_problem(st, uid=0, sticky_ok=False):
     """Why the file or directory `st` describes cannot be trusted, or "": it must
-    belong to `uid` and be writable by nobody else (group and others)."""
+    belong to `uid` and be writable by nobody else (group and others).
+    sticky_ok: a sticky directory (like /tmp) may be writable by others, who cannot
+    rename or remove the entries they do not own (for a directory above the file)."""
     if st.st_uid != uid:
         return f"owned by uid {st.st_uid}, not {uid}"
+    if sticky_ok and st.st_mode & S_IFMT == S_IFDIR and st.st_mode & S_ISVTX:
+        return ""
     writers = [who for who, bit in (("group", 0o020), ("others", 0o002))
                if st.st_mode & bit]
     if writers:
@@ -98,7 +108,12 @@ def owner_problem(st, uid=0):
 
 def temp_path(path):
     """The temp file a writer of path uses: next to it, named by the writer's pid."""
-    return f"{path}.tmp.{posix.getpid()}"
+    return f"{temp_prefix(path)}{posix.getpid()}"
+
+
+def temp_prefix(path):
+    """How every temp file of path starts (to find those a killed writer left)."""
+    return f"{path}.tmp."
 
 
 def write_file(path, data, mode=0o600, sync=False):

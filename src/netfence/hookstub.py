@@ -24,7 +24,7 @@ as root.
 import os
 import sys
 
-from . import __version__
+from . import __version__, fsutil
 from .errors import UsageError
 
 LAUNCHER_NAME = "_hook_launcher"
@@ -77,31 +77,19 @@ def write_hook(path, python=None, launcher=True, check_owner=True):
             check_trusted(trusted)
     text = script_text(python, dirs)
     binary = launcher_path() if launcher else None
-    written = []
-    if binary:
-        _install(path + ".py", text.encode(), 0o755)
-        with open(binary, "rb") as handle:
-            _install(path, handle.read(), 0o755)
-        written = [path, path + ".py"]
-    else:
+    if not binary:
         _install(path, text.encode(), 0o755)
-        written = [path]
-    return written
+        return [path]
+    _install(path + ".py", text.encode(), 0o755)        # before the launcher runs it
+    with open(binary, "rb") as handle:
+        _install(path, handle.read(), 0o755)
+    return [path, path + ".py"]
 
 
 def _install(path, data, mode):
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Replace path whole (pam_exec may run it at any moment) and durably."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    fsutil.write_atomic(path, data, mode, sync=True)
 
 
 def check_trusted(path):
@@ -110,11 +98,12 @@ def check_trusted(path):
     real = os.path.realpath(path)
     current = real
     while True:
-        st = os.stat(current)
-        sticky_dir = os.path.isdir(current) and st.st_mode & 0o1000 and current != real
-        if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky_dir):
+        # A sticky directory above (like /tmp) is fine: others cannot replace our entry.
+        problem = fsutil.owner_problem(os.stat(current), sticky_ok=current != real)
+        if problem:
             raise UsageError(f"{current} (for {path}) is not root's or is writable by "
-                             f"others: a hook running as root must not load code from it")
+                             f"others: {problem}; a hook running as root must not load "
+                             f"code from it")
         parent = os.path.dirname(current)
         if parent == current:
             return

@@ -11,14 +11,14 @@ import difflib
 
 from . import model
 from .errors import PolicyError
-from .policy_files import MAX_FILE_BYTES, read_files  # noqa: F401 (re-exported)
-from .policy_text import (ItemError, Locator, TomlSyntaxError, account_name, boolean,
-                          check_profile_name, choice, integer, items_of, load_toml,
-                          path_component, peer, port_range, rhost, service_name, shown,
-                          tty_glob, unique)
+from .policy_files import read_files
+from .policy_text import Locator, TomlSyntaxError, load_toml
+from .policy_values import (ItemError, boolean, check_profile_name, choice, group_pattern,
+                            integer, items_of, path_component, peer, port_range, rhost,
+                            service_name, shown, tty_glob, unique, user_pattern)
 from .timespec import TimeSpecError, parse_window
 
-__all__ = ["MAX_FILE_BYTES", "load_policy", "parse_policy_text"]
+__all__ = ["load_policy", "parse_policy_text"]
 
 
 def load_policy(config_dir, check_ownership=True):
@@ -346,20 +346,6 @@ def _negatable(item, check):
     return False, check(item, False)
 
 
-def _user(name, negated):
-    if name != "*":
-        return account_name(name, "user")
-    if negated:
-        raise ItemError('"!*" excludes every user: remove the rule instead')
-    return name
-
-
-def _group(name, negated):
-    if name == "*":
-        raise ItemError('"*" is for users only: write users = ["*"]')
-    return account_name(name, "group")
-
-
 def _times(doc, keys, context, value):
     windows = _each(doc, keys, context, value, parse_window, "leave time out for always")
     return None if windows is None else unique(windows)
@@ -391,8 +377,8 @@ def _check_references(state):
 
 
 _RULE_VALUES = {
-    "users": _patterns(_user, _NAMES_EMPTY),
-    "groups": _patterns(_group, _NAMES_EMPTY),
+    "users": _patterns(user_pattern, _NAMES_EMPTY),
+    "groups": _patterns(group_pattern, _NAMES_EMPTY),
     "services": _patterns(lambda name, negated: service_name(name), _ANY_EMPTY),
     "rhosts": _patterns(lambda name, negated: rhost(name), _ANY_EMPTY),
     "ttys": _patterns(lambda name, negated: tty_glob(name), _ANY_EMPTY),

@@ -10,6 +10,7 @@ import errno
 import os
 import stat
 
+from . import fsutil
 from .errors import PolicyError
 
 MAIN_FILE = "netfence.toml"
@@ -97,15 +98,12 @@ def _check_fd(fd, path, regular=False, check=True):
     st = os.fstat(fd)
     if regular and not stat.S_ISREG(st.st_mode):
         raise _Refused(path, "refusing: not a regular file")
-    if not check:
-        return
-    if st.st_uid != 0:
-        raise _Refused(path, f"refusing: not owned by root (owner uid {st.st_uid})")
-    writers = [who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
-               if st.st_mode & bit]
-    if writers:
-        raise _Refused(path, f"refusing: writable by {' and '.join(writers)} "
-                             f"(mode {stat.S_IMODE(st.st_mode):04o})")
+    problem = fsutil.owner_problem(st) if check else ""
+    if problem and st.st_uid != 0:
+        # `netfence check` has said it this way since the start (admins grep for it)
+        problem = f"not owned by root (owner uid {st.st_uid})"
+    if problem:
+        raise _Refused(path, f"refusing: {problem}")
 
 
 def _open_dropins(dir_fd, root, check, problems):
@@ -144,13 +142,10 @@ def _read_one(dir_fd, root, name, check, files, problems, missing_ok=False):
         problems.append((path, 0, _open_failure(err, "regular file")))
         return
     try:
-        _check_fd(fd, path, regular=True, check=check)
-        data = _read_limited(fd, path)
+        data = _read_checked(fd, path, check)
     except _Refused as err:
         problems.append(err.problem)
         return
-    finally:
-        os.close(fd)
     try:
         files.append((path, _decode(data)))
     except UnicodeDecodeError as err:
@@ -158,15 +153,19 @@ def _read_one(dir_fd, root, name, check, files, problems, missing_ok=False):
         problems.append((path, line, f"not valid UTF-8 (byte 0x{data[err.start]:02x})"))
 
 
-def _read_limited(fd, path):
-    chunks, size = [], 0
-    while size <= MAX_FILE_BYTES:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-    raise _Refused(path, f"refusing: larger than {MAX_FILE_BYTES} bytes")
+def _read_checked(fd, path, check):
+    """The file's bytes once _check_fd passed them (fd is closed); _Refused if not."""
+    try:
+        _check_fd(fd, path, regular=True, check=check)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        return fsutil.read_all(fd, limit=MAX_FILE_BYTES)          # closes fd
+    except OSError as err:
+        if err.errno != errno.EFBIG:
+            raise
+        raise _Refused(path, f"refusing: larger than {MAX_FILE_BYTES} bytes") from None
 
 
 def _decode(data):

@@ -32,8 +32,6 @@ import posix
 
 from . import formats, fsutil
 from .errors import StateError
-from .fsutil import read_all   # also records.read_all for hook.py and snapshot.py,
-                                # until they import it from fsutil
 from .plan import union
 
 SESSIONS, USERS, CGROUPS, LOCK = "sessions", "users", "cgroups", "lock"
@@ -91,7 +89,7 @@ def read(path):
     except OSError as err:
         raise StateError(f"{path}: {err.strerror}") from None
     try:
-        data = marshal.loads(read_all(fd))
+        data = marshal.loads(fsutil.read_all(fd))
     except (EOFError, ValueError, TypeError):
         raise StateError(f"{path}: damaged record") from None
     if not isinstance(data, dict) or data.get("format") != formats.RECORDS:

@@ -9,15 +9,18 @@ read-only or unwritable state dir fails there, with nothing changed), and
 `Staged.promote()` renames them into place once the kernel has accepted the table:
 compiled.json first, login.marshal (what logins read) last, then an fsync of the
 directory.
+
+compiled.json carries the snapshot format (formats.SNAPSHOT); read_snapshot and
+parse_raw refuse another number (StateError naming both) instead of misreading it:
+`netfence reload` rewrites the files in this version's format.
 """
 
 import json
 import marshal
 import os
-import stat
 
+from . import formats, fsutil
 from .errors import StateError
-from .records import read_all
 
 COMPILED = "compiled.json"
 LOGIN = "login.marshal"
@@ -61,10 +64,10 @@ class Staged:
 
     def add(self, name, data):
         path = os.path.join(self.state_dir, name)
-        tmp = f"{path}.tmp.{os.getpid()}"
+        tmp = fsutil.temp_path(path)        # what roll_forward and remove_stale look for
         self.files.append((tmp, path))
         try:
-            _write_synced(tmp, data)
+            fsutil.write_file(tmp, data, mode=0o644, sync=True)
         except OSError as err:
             raise StateError(f"{path}: cannot write the new snapshot: {err.strerror} "
                              f"(errno {err.errno}); nothing was changed") from None
@@ -84,52 +87,38 @@ class Staged:
                                f"{err.strerror} (errno {err.errno})", renamed) from None
         self.files = []
         try:
-            _fsync_dir(self.state_dir)
+            fsutil.fsync_dir(self.state_dir)
         except OSError:
             pass            # the files are current; only their durability is at stake
 
     def discard(self):
         for tmp, _path in self.files:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            fsutil.remove_quietly(tmp)
         self.files = []
 
 
 def read_raw(state_dir):
-    """compiled.json's bytes (None when there is none), for parse_raw."""
-    return _read_regular(os.path.join(state_dir, COMPILED))
+    """compiled.json's bytes (None when there is none), for parse_raw. Never blocks:
+    a FIFO or device planted in its place is refused (StateError)."""
+    return fsutil.read_regular(os.path.join(state_dir, COMPILED))
 
 
-def _read_regular(path):
-    """A regular file's bytes, None when absent. Never blocks: a FIFO or device
-    planted in its place is refused (StateError), not opened for reading."""
+def parse_raw(data, path=COMPILED):
+    """compiled.json's bytes -> the snapshot; StateError when they are not JSON or not
+    this version's format (path names the file in the message)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise StateError(f"{path}: unreadable: {err.strerror}") from None
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError as err:
-        os.close(fd)
-        raise StateError(f"{path}: unreadable: {err.strerror}") from None
-    if not regular:
-        os.close(fd)
-        raise StateError(f"{path}: not a regular file")
-    try:
-        return read_all(fd, 1 << 20)                # closes fd
-    except OSError as err:
-        raise StateError(f"{path}: unreadable: {err.strerror}") from None
-
-
-def parse_raw(data):
-    try:
-        return json.loads(data)
+        snap = json.loads(data)
     except ValueError as err:
-        raise StateError(f"{COMPILED}: unreadable snapshot: {err}") from None
+        raise StateError(f"{path}: unreadable snapshot: {err}") from None
+    found = snap.get("format") if isinstance(snap, dict) else None
+    if found != formats.SNAPSHOT:
+        raise StateError(f"{path}: snapshot format {_shown(found)}, this netfence reads "
+                         f"format {formats.SNAPSHOT}: run `netfence reload` to rewrite it")
+    return snap
+
+
+def _shown(found):
+    return "none" if found is None else repr(found)
 
 
 def put_back(state_dir, name, data):
@@ -146,7 +135,7 @@ def login_policy_id(state_dir):
 
 def _policy_id_of(path):
     """The policy id in a login.marshal file, None when absent; StateError if damaged."""
-    data = _read_regular(path)
+    data = fsutil.read_regular(path)
     if data is None:
         return None
     try:
@@ -160,7 +149,7 @@ def roll_forward(state_dir, policy_id):
     """Finish a reload interrupted between its two renames (compiled.json already
     current, login.marshal not): rename the staged login.marshal whose policy id is
     compiled.json's into place. True when one was found."""
-    prefix = LOGIN + ".tmp."
+    prefix = fsutil.temp_prefix(LOGIN)
     try:
         names = sorted(os.listdir(state_dir))
     except OSError as err:
@@ -179,9 +168,9 @@ def roll_forward(state_dir, policy_id):
             except OSError as err:
                 raise StateError(f"{path}: cannot make it current: {err.strerror}") from None
             try:
-                _fsync_dir(state_dir)
+                fsutil.fsync_dir(state_dir)
             except OSError:
-                pass
+                pass            # current already; only its durability is at stake
             return True
     return False
 
@@ -195,19 +184,20 @@ def remove_stale(state_dir):
     except OSError:
         return 0
     for name in names:
-        if name.startswith((COMPILED + ".tmp.", LOGIN + ".tmp.")):
+        if name.startswith((fsutil.temp_prefix(COMPILED), fsutil.temp_prefix(LOGIN))):
             try:
                 os.unlink(os.path.join(state_dir, name))
                 removed += 1
             except OSError:
-                pass
+                pass        # gone already, or the dir is read-only: nothing to count
     return removed
 
 
 def read_snapshot(state_dir):
-    """The applied snapshot, or None when none was ever applied."""
+    """The applied snapshot, or None when none was ever applied; StateError when it is
+    damaged or of another format."""
     data = read_raw(state_dir)
-    return None if data is None else parse_raw(data)
+    return None if data is None else parse_raw(data, os.path.join(state_dir, COMPILED))
 
 
 def _plain(value):
@@ -217,23 +207,3 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _write_synced(path, data):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fchmod(fd, 0o644)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -6,7 +6,7 @@ from .snapshot import read_snapshot
 
 
 def collect(paths):
-    from .apply import check_steadily
+    from .drift import check_steadily
     from .nftnl import Ruleset
     applied = read_snapshot(paths.state_dir) or {}
     with Ruleset() as ruleset:

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from netfence import formats
 from support.livesession import login, logout
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: netns, mounts")
@@ -368,6 +369,44 @@ def test_leaked_elements_are_reported_and_removed(loaded):
     out = nf.cli("gc")
     assert "1 entries without a record removed" in out.stdout
     assert elements(nf, "uid-dns") == [] and elements(nf, "uid-web") == [60001]
+
+
+def other_format(path):
+    """compiled.json as another version of netfence (here a newer one) wrote it."""
+    with open(path) as handle:
+        applied = json.load(handle)
+    applied["format"] = formats.SNAPSHOT + 1
+    with open(path, "w") as handle:
+        json.dump(applied, handle)
+    return (f"snapshot format {formats.SNAPSHOT + 1}, this netfence reads format "
+            f"{formats.SNAPSHOT}: run `netfence reload`")
+
+
+def damaged(path):
+    with open(path, "w") as handle:
+        handle.write('{"format": 1, "policy_id": ')
+    return "compiled.json: unreadable snapshot"
+
+
+@pytest.mark.parametrize("spoil", [other_format, damaged])
+def test_a_snapshot_of_another_format_is_named_and_reload_replaces_it(loaded, spoil):
+    """status and gc say what is wrong and how to fix it (gc still collects sessions);
+    reload, which reads the previous snapshot only to roll back to it, replaces it."""
+    nf = loaded
+    login(nf, 60001, ["web"])
+    expected = spoil(os.path.join(nf.state_dir, "compiled.json"))
+    out = nf.cli("status", check=False)
+    assert out.returncode == 1 and expected in out.stderr, out
+    out = nf.cli("gc", check=False)
+    assert out.returncode == 1, out
+    assert "gc: table: check failed:" in out.stdout and expected in out.stdout, out
+    assert elements(nf, "uid-web") == [60001]          # the live session is untouched
+    out = nf.cli("reload")
+    assert "1 live entries kept" in out.stdout, out
+    assert status(nf)["drift"]["ok"]
+    with open(os.path.join(nf.state_dir, "compiled.json")) as handle:
+        assert json.load(handle)["format"] == formats.SNAPSHOT
+    assert elements(nf, "uid-web") == [60001]
 
 
 # ---- finding 4, the window between the kernel commit and the renames -----------------

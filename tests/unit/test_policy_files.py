@@ -14,7 +14,8 @@ import pytest
 
 from netfence.errors import PolicyError
 from netfence.model import Policy, Settings
-from netfence.policy import MAX_FILE_BYTES, load_policy
+from netfence.policy import load_policy
+from netfence.policy_files import MAX_FILE_BYTES
 
 PROFILE = '[profile.{name}]\negress = [ {{ action = "deny", proto = "tcp", ports = [25] }} ]\n'
 RULE = '[[rule]]\nusers = ["{user}"]\nprofiles = ["{profile}"]\n'
@@ -144,6 +145,11 @@ def test_oversized_file_is_refused(tmp_path):
     (tmp_path / "netfence.toml").write_bytes(b"#" * (MAX_FILE_BYTES + 1))
     assert refusal(tmp_path) == [(str(tmp_path / "netfence.toml"), 0,
                                   f"refusing: larger than {MAX_FILE_BYTES} bytes")]
+
+
+def test_a_file_of_exactly_the_limit_is_read(tmp_path):
+    (tmp_path / "netfence.toml").write_bytes(b"#" * MAX_FILE_BYTES)
+    assert load_policy(str(tmp_path), check_ownership=False).profiles == {}
 
 
 def test_relative_config_dir_gives_absolute_paths(tmp_path, monkeypatch):
