@@ -64,7 +64,7 @@ def script_text(python, dirs):
             f"run(sys.argv[1:])\n")
 
 
-def write_hook(path, python=None, launcher=True, check_owner=True):
+def write_hook(path, python=None, launcher=True):
     """Write the hook program at path (root-owned, 0755). Returns the files written.
 
     launcher=False (or no launcher built) writes the Python program at path itself;
@@ -72,9 +72,8 @@ def write_hook(path, python=None, launcher=True, check_owner=True):
     """
     python = os.path.abspath(python or sys.executable)
     dirs = search_path()
-    if check_owner:
-        for trusted in [python] + dirs:
-            check_trusted(trusted)
+    for trusted in [python] + dirs:
+        check_trusted(trusted)
     text = script_text(python, dirs)
     binary = launcher_path() if launcher else None
     if not binary:
