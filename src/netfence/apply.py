@@ -206,7 +206,7 @@ def flush(paths):
     from .nftnl import Ruleset
     from .collect import forget_all
     with state_lock(paths.state_dir):
-        empty = compiler.compile_policy(_empty_policy(snapshot.read_snapshot(paths.state_dir)))
+        empty = compiler.compile_policy(_empty_policy(_applied_settings(paths.state_dir)))
         empty["flushed"] = True
         staged = snapshot.stage(paths.state_dir, empty)
         try:
@@ -221,11 +221,22 @@ def flush(paths):
     return existed, forgotten
 
 
-def _empty_policy(applied):
+def _applied_settings(state_dir):
+    """The applied snapshot's settings, or None. flush is the way out in an emergency:
+    a damaged compiled.json, or one of another format (an upgrade in between), must not
+    stop it; the defaults then stand, and the log says so."""
+    try:
+        applied = snapshot.read_snapshot(state_dir)
+    except StateError as err:
+        _log(f"event=flush warning={str(err)!r} settings=defaults")
+        return None
+    return applied["settings"] if applied else None
+
+
+def _empty_policy(settings):
     """No rules; the settings (cgroup_base above all, which gc needs) stay as applied."""
     from .model import Policy, Settings
-    settings = Settings(**applied["settings"]) if applied else Settings()
-    return Policy(settings, {}, ())
+    return Policy(Settings(**settings) if settings else Settings(), {}, ())
 
 
 def state_lock(state_dir):

@@ -28,7 +28,7 @@ import time
 
 import _signal
 
-from . import accounts, formats, fsutil, pamitems
+from . import formats, fsutil, pamitems
 from .errors import HookInputError, KernelError, NetfenceError, StateError
 from .hooklog import LOG_ERR, LOG_INFO, Log, show
 
@@ -84,7 +84,8 @@ def main(argv):
             # before the user lookup, which may hang in NSS: the launcher then applies
             # the policy's budget and on_error
             report_fd = tell_launcher(report_fd, budget.ms, on_error)
-            account = accounts.lookup_account(items["user"])    # a non-account is refused
+            from .accounts import lookup_account                # open only: not at close
+            account = lookup_account(items["user"])             # a non-account is refused
             if unusable is not None:                            # whatever the snapshot
                 raise unusable
             do_open(opts, login, items, account, pam_application(launcher), budget, log)
@@ -333,13 +334,14 @@ def login_facts(login, items, account):
     """matcher.LoginFacts of this login: pam_exec's items with the account's canonical
     name and uid, its groups (looked up only if a rule asks), and the local weekday and
     minute (time.localtime, which reads /etc/localtime, only if a rule has a window)."""
+    from .accounts import Groups
     from .matcher import LoginFacts
     weekday = minute = 0
     if any(rule["time"] for rule in login["rules"]):
         now = time.localtime()
         weekday, minute = now.tm_wday, now.tm_hour * 60 + now.tm_min
     return LoginFacts(**dict(items, user=account.pw_name), uid=account.pw_uid,
-                      groups=accounts.Groups(account.pw_name, account.pw_gid),
+                      groups=Groups(account.pw_name, account.pw_gid),
                       weekday=weekday, minute=minute)
 
 

@@ -31,14 +31,16 @@ class LoginFacts:
     user, uid: the account's canonical name and uid; groups: the names of every group
     of the user (primary and supplementary; anything answering `in`); service, rhost,
     tty: the PAM items ("" when unset); weekday: 0 = Monday ... 6 = Sunday; minute:
-    minutes since local midnight. A new rule condition adds its fact here and its test
-    in _rule_matches.
+    minutes since local midnight. A new rule condition adds its fact here, with the
+    value of an unset item as its default (callers that do not know it, like explain
+    without an option for it, keep working), and its test in _rule_matches.
     """
 
     __slots__ = ("user", "uid", "groups", "service", "rhost", "tty", "weekday", "minute",
                  "address")
 
-    def __init__(self, *, user, uid, groups, service, rhost, tty, weekday, minute):
+    def __init__(self, *, user, uid, groups, service="", rhost="", tty="", weekday=0,
+                 minute=0):
         self.user, self.uid, self.groups = user, uid, groups
         self.service, self.rhost, self.tty = service, rhost, tty
         self.weekday, self.minute = weekday, minute

@@ -127,5 +127,9 @@ NFT_SET_FLAGS_NONE = 0          # a plain hash set: no interval, map, timeout
 
 # ---- nftnl userdata TLVs (libnftnl include/udata.h) --------------------------------
 NFTNL_UDATA_RULE_COMMENT = 0
+# nftables' set key datatypes (NFTA_SET_KEY_TYPE): nftables' own enum (include/datatype.h),
+# which the kernel stores for userspace
+NFT_DATATYPE_UID = 24             # TYPE_UID
+NFT_DATATYPE_CGROUPV2 = 46        # TYPE_CGROUPV2
 NFTNL_UDATA_SET_KEYBYTEORDER = 0
 NFT_BYTEORDER_HOST = 1

@@ -98,14 +98,14 @@ def elements_for(profiles, user_profiles, session_profiles, uid, cgroup, guards=
 
 def session_record(login, info, session, user_profiles, session_profiles, cgroup, now):
     """The record of one login. session: {"key", "ppid", "starttime"} of its PAM
-    application; cgroup: what cgroups.open_session_cgroup returned; now: time.time()."""
+    application; cgroup: what cgroups.open_session_cgroup returned; now: time.time();
+    info: the account's user and uid and pamitems.login_items' items."""
     user_elements, session_elements = elements_for(
         login["profiles"], user_profiles, session_profiles, info["uid"], cgroup,
         login.get("guards"))
     return {
-        "key": session["key"], "user": info["user"], "uid": info["uid"],
-        "service": info["service"], "rhost": info["rhost"], "tty": info["tty"],
-        "ppid": session["ppid"], "starttime": session["starttime"],
+        **info,                     # user, uid and every PAM item the login matched on
+        "key": session["key"], "ppid": session["ppid"], "starttime": session["starttime"],
         "policy_id": login.get("policy_id", ""),
         "user_profiles": list(user_profiles), "session_profiles": list(session_profiles),
         "cgroup": cgroup["path"], "cgroup_id": cgroup["id"],

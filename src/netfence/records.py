@@ -82,14 +82,11 @@ class Lock(fsutil.Lock):
 
 def read(path):
     """The record at path, or None when there is none. StateError when damaged."""
-    try:
-        fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC | posix.O_NOFOLLOW)
-    except FileNotFoundError:
+    blob = fsutil.read_regular(path)
+    if blob is None:
         return None
-    except OSError as err:
-        raise StateError(f"{path}: {err.strerror}") from None
     try:
-        data = marshal.loads(fsutil.read_all(fd))
+        data = marshal.loads(blob)
     except (EOFError, ValueError, TypeError):
         raise StateError(f"{path}: damaged record") from None
     if not isinstance(data, dict) or data.get("format") != formats.RECORDS:

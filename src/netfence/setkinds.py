@@ -19,21 +19,20 @@ both at SESSION_LEVEL, with their user cgroup at USER_LEVEL. `cgroups` checks pa
 against these levels; the compiler matches sockets at them.
 
 Keys are hex strings of the kernel's bytes: the sets are declared with host byte order
-(NFT_BYTEORDER_HOST), so a uid or cgroup id is its integer in BYTE_ORDER. Light on
-purpose (the hook imports it): sys only, no dataclasses.
+(NFT_BYTEORDER_HOST), so a uid or cgroup id is its integer in BYTE_ORDER (nfconst's
+HOST_ORDER). Light on purpose (the hook imports it): nfconst only, no dataclasses.
 """
 
-import sys
+from .nfconst import HOST_ORDER as BYTE_ORDER, NFT_DATATYPE_CGROUPV2, NFT_DATATYPE_UID
 
-BYTE_ORDER = sys.byteorder          # the set keys' byte order: the host's, said once
 TABLE = "netfence"                  # the inet table every set lives in
 USER_LEVEL = 2
 SESSION_LEVEL = 3
 
-# nftables key datatypes: name -> (kernel datatype id, key length in bytes)
+# nftables key datatypes: name -> (datatype id, key length in bytes)
 KEY_TYPES = {
-    "uid": (24, 4),                 # TYPE_UID
-    "cgroupsv2": (46, 8),           # TYPE_CGROUPV2
+    "uid": (NFT_DATATYPE_UID, 4),
+    "cgroupsv2": (NFT_DATATYPE_CGROUPV2, 8),
 }
 
 
@@ -67,7 +66,6 @@ UID = SetKind("uid", "uid", "user", None, ("egress",))
 UCG = SetKind("ucg", "cgroupsv2", "user", USER_LEVEL, ("ingress",))
 SCG = SetKind("scg", "cgroupsv2", "session", SESSION_LEVEL, ("egress", "ingress"))
 KINDS = (UID, UCG, SCG)
-BY_FIELD = {kind.field: kind for kind in KINDS}
 
 
 def profile_sets(profile_name):
@@ -78,14 +76,6 @@ def profile_sets(profile_name):
 def guards():
     """{field: guard set name}, as the login part stores it."""
     return {kind.field: kind.guard for kind in KINDS}
-
-
-def kind_of(set_name):
-    """The SetKind of a profile or guard set name, or None for another name."""
-    for kind in KINDS:
-        if set_name.startswith(kind.prefix) or set_name == kind.guard:
-            return kind
-    return None
 
 
 def key_number(hex_key):

@@ -409,6 +409,20 @@ def test_a_snapshot_of_another_format_is_named_and_reload_replaces_it(loaded, sp
     assert elements(nf, "uid-web") == [60001]
 
 
+@pytest.mark.parametrize("spoil", [other_format, damaged])
+def test_flush_works_whatever_compiled_json_holds(loaded, spoil):
+    """flush is the way out in an emergency: a compiled.json it cannot read (damaged,
+    or written by another version) does not stop it; the defaults then stand."""
+    nf = loaded
+    login(nf, 60001, ["web"])
+    spoil(os.path.join(nf.state_dir, "compiled.json"))
+    out = nf.cli("flush")
+    assert "removed table inet netfence" in out.stdout, out
+    assert nf.netns.nft("list", "ruleset").stdout.strip() == ""
+    state = status(nf)
+    assert state["table"] is False and state["flushed"] is True
+
+
 # ---- finding 4, the window between the kernel commit and the renames -----------------
 
 RELOAD_WITH_FAILING_RENAME = r"""

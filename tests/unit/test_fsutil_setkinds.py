@@ -100,7 +100,4 @@ def test_set_kinds_are_the_table():
     assert setkinds.UID.key(1001) == (1001).to_bytes(4, sys.byteorder).hex()
     assert setkinds.SCG.key(77) == (77).to_bytes(8, sys.byteorder).hex()
     assert setkinds.key_number(setkinds.UCG.key(2 ** 40 + 5)) == 2 ** 40 + 5
-    assert setkinds.kind_of("ucg-uid-x") is setkinds.UCG
-    assert setkinds.kind_of("any-scg") is setkinds.SCG
-    assert setkinds.kind_of("egress") is None
     assert (setkinds.UCG.level, setkinds.SCG.level) == (2, 3)
