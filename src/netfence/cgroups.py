@@ -10,7 +10,11 @@ the levels the compiler matches sockets at (docs/architecture.md):
     already in one (pam_systemd ran first): used as is, never created or removed;
   - /<cgroup_base>/user-UID/session-KEY otherwise, created here, and the PAM
     application (the hook's parent) moved into it; a login from inside a netfence
-    session of the same uid (`su - $USER`) joins that session instead (docs/hook.md).
+    session of the same uid (`su - $USER`) joins that session instead (docs/hook.md);
+  - /<cgroup_base>/run/<NAME>-<KEY> for a `netfence run` tree (runtree.py): created
+    here, joined by the run process itself; its parent /<cgroup_base>/run is no user
+    cgroup, and `own_dirs` (user-*/session-*) never lists it: gc finds these with
+    `run_dirs`.
 
 Light on purpose (the hook imports it): posix and errno only, files read through
 fsutil, the system calls go through fastpath, errors become CgroupError here.
@@ -25,6 +29,7 @@ from .fsutil import read_text
 from .setkinds import SESSION_LEVEL, USER_LEVEL
 
 MOUNTINFO = "/proc/self/mountinfo"
+RUN_PARENT = "run"          # /<base>/run holds the `netfence run` trees' cgroups
 BASE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -234,3 +239,42 @@ def own_dirs(mount, base):
             continue
         sessions += [f"{user_path}/{c}" for c in children if c.startswith("session-")]
     return users, sessions
+
+
+# ---- `netfence run` trees ------------------------------------------------------------
+
+def open_run_cgroup(mount, base, leaf):
+    """Make /<base>/run/<leaf> (SESSION_LEVEL) for a new tree; an existing directory is
+    refused (each tree's leaf is unique: its run process's pid and start time).
+    Returns {"path", "id", "created"}."""
+    path = f"/{check_base(base)}/{RUN_PARENT}/{leaf}"
+    for level in (f"/{base}", f"/{base}/{RUN_PARENT}"):
+        rc = fastpath.cg_mkdir(mount + level, 0o755)
+        if rc and rc != -errno.EEXIST:
+            raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
+    rc = fastpath.cg_mkdir(mount + path, 0o755)
+    if rc:
+        raise CgroupError(f"mkdir {mount + path}: {posix.strerror(-rc)}")
+    try:
+        return {"path": path, "id": cgroup_id(mount, path), "created": True}
+    except BaseException:
+        fastpath.cg_rmdir(mount + path)
+        raise
+
+
+def join(mount, path, pid):
+    """Move pid into the cgroup at path."""
+    rc = fastpath.cg_move(f"{mount}{path}/cgroup.procs", pid)
+    if rc:
+        raise CgroupError(f"move process {pid} into {mount + path}: {posix.strerror(-rc)}")
+
+
+def run_dirs(mount, base):
+    """The `netfence run` tree cgroups under base (/<base>/run/*)."""
+    parent = f"/{check_base(base)}/{RUN_PARENT}"
+    try:
+        names = posix.listdir(mount + parent)
+    except OSError:
+        return []
+    return [f"{parent}/{name}" for name in names
+            if _exists(f"{mount}{parent}/{name}/cgroup.procs")]

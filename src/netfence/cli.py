@@ -37,11 +37,24 @@ def build_parser():
     commands.add_parser("flush", help="remove netfence's table and live state")
     commands.add_parser("gc", help="restore a missing or altered table; remove entries of "
                                    "sessions and users that are gone")
+    _add_run(commands)
     pam_line = commands.add_parser("pam-line", help="print the PAM session line to install")
     pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
     install = commands.add_parser("install-hook", help="write the hook program pam_exec runs")
     install.add_argument("path", nargs="?", default=DEFAULT_HOOK)
     return parser
+
+
+def _add_run(commands):
+    run = commands.add_parser(
+        "run", help="run a command in a fenced cgroup of its own (docs/run.md)",
+        usage="netfence run --profile P [--profile Q] [--user U] [--name NAME] "
+              "-- CMD [ARGS...]")
+    run.add_argument("--profile", action="append", default=[], required=True,
+                     help="a profile of the applied policy (repeatable)")
+    run.add_argument("--user", help="run CMD as this account, with its groups")
+    run.add_argument("--name", help="the tree's name (default: CMD's basename)")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
 
 
 # Longer than any hook may hold the records lock (hook_timeout_ms is at most 60 s, and
@@ -99,6 +112,21 @@ def cmd_status(args, paths):
         print(json.dumps(state, indent=2, sort_keys=True))
     else:
         print(format_text(state), end="")
+
+
+def cmd_run(args, paths):
+    """Exit 2: bad arguments, unknown profile or account; 127/126: CMD cannot be
+    executed; otherwise CMD's own status (run execs it)."""
+    from .runtree import CommandError, run
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    try:
+        return run(paths, args.profile, args.user, args.name, argv)
+    except UsageError as err:
+        print(f"netfence run: {err}", file=sys.stderr)
+        return 2
+    except CommandError as err:
+        print(f"netfence run: {err}", file=sys.stderr)
+        return err.status
 
 
 def cmd_flush(args, paths):

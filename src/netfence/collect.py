@@ -1,8 +1,9 @@
 """`netfence gc` and `netfence flush`'s record part: collect what logins left behind.
 
 gc finishes interrupted opens and closes (records with a pending "destroy"), closes
-sessions whose PAM application is gone, releases users with no task left in their
-user cgroups, removes the empty cgroups of netfence's own hierarchy that no record
+sessions whose PAM application is gone, closes `netfence run` trees whose cgroup holds
+no task (runtree.close_tree), releases users with no task left in their user cgroups,
+removes the empty cgroups of netfence's own hierarchy that no record
 uses, and removes temp files a killed writer left. Each step goes through sessions,
 under the records lock, exactly as the hook's own close would.
 forget_all drops every record once the table is gone.
@@ -12,7 +13,7 @@ Command line only: never on the hook's path.
 
 import posix
 
-from . import cgroups, fastpath, records
+from . import cgroups, fastpath, records, runtree
 from .errors import NetfenceError
 from .liveness import is_alive
 from .plan import DEFAULT_CGROUP_BASE
@@ -21,16 +22,20 @@ from .sessions import close_session, finish_session, release_user
 
 
 class GcReport:
-    __slots__ = ("sessions", "users", "cgroups", "temp_files", "pending", "errors")
+    __slots__ = ("sessions", "users", "trees", "cgroups", "temp_files", "pending",
+                 "errors")
 
     def __init__(self):
         self.sessions, self.users, self.cgroups, self.temp_files = 0, 0, 0, 0
+        self.trees = 0
         self.pending = 0
         self.errors = []
 
     def __str__(self):
         text = (f"gc: {self.sessions} dead sessions closed, {self.users} users released, "
                 f"{self.cgroups} empty cgroups removed")
+        if self.trees:
+            text += f", {self.trees} ended run trees closed"
         if self.pending:
             text += f", {self.pending} interrupted changes finished"
         return "\n".join([text] + [f"gc: error: {e}" for e in self.errors])
@@ -51,6 +56,9 @@ def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mou
         _collect_session(run_dir, record, report, timeout_ms, mount)
     for user in records.list_users(run_dir):
         _collect_user(run_dir, user, report, timeout_ms, mount)
+    if mount is not None:
+        for tree in records.list_runs(run_dir):
+            _collect_tree(run_dir, tree, report, timeout_ms, mount)
     if mount is not None:
         report.cgroups += _remove_orphan_cgroups(run_dir, mount, cgroup_base)
     if records.stale_temp_files(run_dir):
@@ -80,6 +88,17 @@ def _collect_session(run_dir, record, report, timeout_ms, mount):
         report.cgroups += int(result["cgroup"] == "removed")
 
 
+def _collect_tree(run_dir, tree, report, timeout_ms, mount):
+    """Close a run tree whose cgroup holds no task (finishing its pending destroy)."""
+    try:
+        result = runtree.close_tree(run_dir, tree["key"], mount, timeout_ms)
+    except NetfenceError as err:
+        report.errors.append(f"run tree {tree['key']}: {err}")
+        return
+    report.trees += result == "closed"
+    report.pending += "destroy" in tree
+
+
 def _collect_user(run_dir, user, report, timeout_ms, mount):
     """Release the user (or finish its interrupted release) when nothing keeps it."""
     try:
@@ -98,16 +117,20 @@ def _remove_orphan_cgroups(run_dir, mount, cgroup_base):
     with Lock(run_dir):
         sessions = records.list_sessions(run_dir)
         users = records.list_users(run_dir)
-        bases = {r.get("base") for r in sessions} | {cgroup_base or DEFAULT_CGROUP_BASE}
+        trees = records.list_runs(run_dir)
+        bases = ({r.get("base") for r in sessions + trees}
+                 | {cgroup_base or DEFAULT_CGROUP_BASE})
         used = {r.get("cgroup") for r in sessions} | {r.get("user_cgroup") for r in sessions}
+        used |= {r.get("cgroup") for r in trees}       # a live tree's, even when empty
         for user in users:
             used.update(user.get("user_cgroups", []))
         for base in sorted(b for b in bases if b):
             try:
                 user_dirs, session_dirs = cgroups.own_dirs(mount, base)
+                tree_dirs = cgroups.run_dirs(mount, base)
             except cgroups.CgroupError:
                 continue
-            for path in session_dirs + user_dirs:       # sessions first: users empty then
+            for path in tree_dirs + session_dirs + user_dirs:   # users empty last
                 if path not in used and _quiet_remove(mount, path) == "removed":
                     removed += 1
     return removed
@@ -129,7 +152,7 @@ def forget_all(run_dir):
         return 0
     with Lock(run_dir):
         count = 0
-        for kind in (records.SESSIONS, records.USERS, records.CGROUPS):
+        for kind in records.KINDS:
             for name in records.names(run_dir, kind):
                 records.delete(f"{run_dir}/{kind}/{name}")
                 count += kind == records.SESSIONS

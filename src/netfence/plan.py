@@ -12,6 +12,7 @@ tested alone and read in one place:
                  session cgroup is ours to remove, and the records to write first
   releasing / after_pending
                  the records of a user release and of a finished pending destroy
+  run_record     the record of a `netfence run` tree (closed with close_plan too)
 
 Elements are {set name: [hex key, ...]} (records.py); union, merge_into and subtract
 are their algebra, shared with reload. Light on purpose (the hook imports it): only
@@ -114,6 +115,20 @@ def session_record(login, info, session, user_profiles, session_profiles, cgroup
         "base": cgroup_base(login), "session_elements": session_elements,
         "user_elements": user_elements, "opened_at": now,
     }
+
+
+def run_record(login, run, profiles, cgroup, now):
+    """The record of a `netfence run` tree: kind "run". run: {"key", "pid",
+    "starttime", "name", "user", "uid", "argv"} of the run process; cgroup: what
+    cgroups.open_run_cgroup returned. Every profile applies at session scope, keyed
+    by the tree's own cgroup (SESSION_LEVEL): a tree has no user part, so closing it
+    (close_plan with no user) never releases anyone's user elements."""
+    _, elements = elements_for(login["profiles"], (), profiles, run["uid"],
+                               {"id": cgroup["id"], "user_id": None}, login.get("guards"))
+    return {**run, "kind": "run", "profiles": list(profiles),
+            "policy_id": login.get("policy_id", ""), "cgroup": cgroup["path"],
+            "cgroup_id": cgroup["id"], "created": cgroup["created"],
+            "base": cgroup_base(login), "session_elements": elements, "started": now}
 
 
 def open_plan(record, previous, user, refs, sharing):

@@ -7,6 +7,9 @@ added, so that its close removes exactly that, and gc and reload can find it.
       users/UID         per uid: user-scope elements (union), the uid's sessions and
                         the user cgroups whose processes keep those elements
       cgroups/ID        session keys sharing one session cgroup (nested logins)
+      runs/KEY          one per `netfence run` tree (kind "run"), KEY = "<pid>-<start
+                        time>" of the run process; its elements are session-scope,
+                        keyed by the tree's own cgroup (runtree.py)
 
 Records are written before the kernel changes (intent first, docs/security.md): a
 record may carry "destroy" ({set: [key]}, elements a close or a failed open is
@@ -34,7 +37,8 @@ from . import formats, fsutil
 from .errors import StateError
 from .plan import union
 
-SESSIONS, USERS, CGROUPS, LOCK = "sessions", "users", "cgroups", "lock"
+SESSIONS, USERS, CGROUPS, RUNS, LOCK = "sessions", "users", "cgroups", "runs", "lock"
+KINDS = (SESSIONS, USERS, CGROUPS, RUNS)
 KEY_CHARS = frozenset("0123456789-")
 
 
@@ -42,8 +46,7 @@ KEY_CHARS = frozenset("0123456789-")
 
 def ensure_dirs(run_dir):
     """Create run_dir (0700) and its subdirectories; refuse one others could write."""
-    for path in (run_dir, f"{run_dir}/{SESSIONS}", f"{run_dir}/{USERS}",
-                 f"{run_dir}/{CGROUPS}"):
+    for path in (run_dir, *(f"{run_dir}/{kind}" for kind in KINDS)):
         try:
             st = posix.lstat(path)
         except FileNotFoundError:
@@ -123,6 +126,10 @@ def session_path(run_dir, key):
     return f"{run_dir}/{SESSIONS}/{_check_key(key)}"
 
 
+def run_path(run_dir, key):
+    return f"{run_dir}/{RUNS}/{_check_key(key)}"
+
+
 def user_path(run_dir, uid):
     return f"{run_dir}/{USERS}/{int(uid)}"
 
@@ -189,6 +196,11 @@ def list_sessions(run_dir):
     return sorted(_all(run_dir, SESSIONS), key=lambda r: (r.get("opened_at", 0), r["key"]))
 
 
+def list_runs(run_dir, strict=False):
+    """Every `netfence run` tree's record, oldest first."""
+    return sorted(_all(run_dir, RUNS, strict), key=lambda r: (r.get("started", 0), r["key"]))
+
+
 def list_users(run_dir, strict=False):
     """Every user record; strict: a damaged one raises StateError instead of being
     skipped (for callers that would otherwise remove what it held)."""
@@ -210,6 +222,7 @@ def live_elements(run_dir, unsettled=None):
     """
     sessions = _all(run_dir, SESSIONS, strict=True)
     users = _all(run_dir, USERS, strict=True)
+    sessions += _all(run_dir, RUNS, strict=True)      # run trees: session-scope elements
     if unsettled is not None:
         unsettled += [r for r in sessions + users if "destroy" in r]
     parts = [r.get("session_elements", {}) for r in sessions if not r.get("closing")]
@@ -219,7 +232,7 @@ def live_elements(run_dir, unsettled=None):
 
 def stale_temp_files(run_dir):
     out = []
-    for kind in (SESSIONS, USERS, CGROUPS):
+    for kind in KINDS:
         try:
             names = posix.listdir(f"{run_dir}/{kind}")
         except FileNotFoundError:

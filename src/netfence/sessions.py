@@ -39,7 +39,7 @@ from .records import Lock
 
 UNDO_TIMEOUT_MS = 500
 __all__ = ["open_session", "close_session", "finish_session", "release_user",
-           "session_key"]
+           "finish_pending", "known_refused", "session_key"]
 
 
 # ---- open -------------------------------------------------------------------------
@@ -58,8 +58,8 @@ def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
     records.ensure_dirs(run_dir)
     with Lock(run_dir):
         mount = mount or cgroups.cgroup2_mount()
-        _finish_pending(run_dir, records.session_path(run_dir, key), timeout_ms)
-        _finish_pending(run_dir, records.user_path(run_dir, uid), timeout_ms)
+        finish_pending(run_dir, records.session_path(run_dir, key), timeout_ms)
+        finish_pending(run_dir, records.user_path(run_dir, uid), timeout_ms)
         cgroup = cgroups.open_session_cgroup(mount, plan.cgroup_base(login), uid, key,
                                              ppid)
         undo = _Undo(run_dir, key, cgroup, mount, ppid)
@@ -120,7 +120,7 @@ class _Undo:
         self.restore.append((path, records.read(path)))
 
     def run(self, err):
-        pending = self.added if self.sent and not _known_refused(err) else {}
+        pending = self.added if self.sent and not known_refused(err) else {}
         session_file = records.session_path(self.run_dir, self.key)
         try:
             if pending:     # intent first: what to take back, before any record goes
@@ -136,22 +136,23 @@ class _Undo:
                     records.write(path, content)
             if pending:     # outcome unknown: take back what no live record needs
                 try:
-                    _finish_pending(self.run_dir, session_file, UNDO_TIMEOUT_MS)
+                    finish_pending(self.run_dir, session_file, UNDO_TIMEOUT_MS)
                 except Exception:                 # noqa: BLE001 - gc finishes it
                     return
         finally:
             cgroups.undo_open(self.mount, self.cgroup, self.ppid)
 
 
-def _known_refused(err):
+def known_refused(err):
     """True when the kernel answered "no" (nothing applied), not when we stopped
     waiting for its answer."""
     return isinstance(err, KernelError) and err.errno not in (errno.EINTR, errno.ETIMEDOUT)
 
 
-def _finish_pending(run_dir, path, timeout_ms, record=None):
-    """Finish what an interrupted writer left in the record at path: destroy its
-    pending elements that no live record needs, then clear them. Lock held.
+def finish_pending(run_dir, path, timeout_ms, record=None):
+    """Finish what an interrupted writer left in the record at path (a session, user
+    or run tree record; runtree uses it too): destroy its pending elements that no
+    live record needs, then clear them. Lock held.
     Returns the elements destroyed, or None when nothing was pending."""
     record = record or _read_quiet(path)
     if record is None or "destroy" not in record:
@@ -187,7 +188,7 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
     """
     session_file = records.session_path(run_dir, key)
     with Lock(run_dir):
-        _finish_pending(run_dir, session_file, timeout_ms)   # an earlier one stopped
+        finish_pending(run_dir, session_file, timeout_ms)   # an earlier one stopped
         record = records.read(session_file)
         if record is None:
             return {"result": "absent"}
@@ -243,7 +244,7 @@ def finish_session(run_dir, key, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS):
     """Finish an open or close of session KEY that stopped half-way (its record's
     pending "destroy"); the session itself is left as it is. True when there was one."""
     with Lock(run_dir):
-        return _finish_pending(run_dir, records.session_path(run_dir, key),
+        return finish_pending(run_dir, records.session_path(run_dir, key),
                                timeout_ms) is not None
 
 
@@ -256,7 +257,7 @@ def release_user(run_dir, uid, *, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=
         if user is None:
             return False
         if "destroy" in user:
-            return _finish_pending(run_dir, user_file, timeout_ms, user) is not None
+            return finish_pending(run_dir, user_file, timeout_ms, user) is not None
         if _live_sessions(run_dir, user["sessions"], skip=None):
             return False
         mount = mount or cgroups.cgroup2_mount()
@@ -265,7 +266,7 @@ def release_user(run_dir, uid, *, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=
         # intent, then the same finish as any pending destroy: what no live record
         # needs (another user's record may share a logind slice's key) goes
         records.write(user_file, plan.releasing(user))
-        _finish_pending(run_dir, user_file, timeout_ms)
+        finish_pending(run_dir, user_file, timeout_ms)
         _remove_user_cgroups(user, mount)
     return True
 

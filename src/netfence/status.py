@@ -27,6 +27,7 @@ def collect(paths):
         "flushed": bool(applied.get("flushed")),
         "profiles": profiles,
         "sessions": records.list_sessions(paths.run_dir),
+        "trees": _trees(paths),
         "counters": [{"chain": c, "rule": r, "packets": p, "bytes": b}
                      for c, r, p, b in counters],
         "drift": drift.as_dict(),
@@ -61,6 +62,7 @@ def format_text(state):
         lines.append("  " + " ".join(f"{k}={session[k]}" for k in
                                      ("key", "user", "uid", "service", "rhost", "tty")
                                      if k in session))
+    lines += _format_trees(state["trees"])
     for counter in (c for c in state["counters"] if c["packets"]):
         lines.append(f"counter {counter['chain']} {counter['rule']}: "
                      f"{counter['packets']} packets")
@@ -69,3 +71,21 @@ def format_text(state):
     if state["fix"]:
         lines.append(f"fix: {state['fix']}")
     return "\n".join(lines) + "\n"
+
+
+# ---- `netfence run` trees --------------------------------------------------------
+
+def _trees(paths):
+    from .runtree import list_trees
+    return list_trees(paths.run_dir)
+
+
+def _format_trees(trees):
+    import time
+    lines = [f"fenced trees (netfence run): {len(trees)}"]
+    for tree in trees:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(tree["since"]))
+        lines.append(f"  name={tree['name']} pid={tree['pid']} user={tree['user']} "
+                     f"profiles={','.join(tree['profiles'])} cgroup={tree['cgroup']} "
+                     f"since={since}")
+    return lines
