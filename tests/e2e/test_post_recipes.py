@@ -34,6 +34,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: users, ne
 
 SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "support")
+USER_PYTHON = "/usr/bin/python3"        # other uids cannot reach root's interpreter
 HTTP, OTHER = 80, 8080                  # recipe 1 and 2: the blocked port and another
 USER_TCP, USER_UDP, ROOT_TCP = 9000, 9001, 9100      # recipe 3's servers
 HERE, PEER = "192.0.2.1", "192.0.2.2"   # this namespace and the other host, over a veth
@@ -130,7 +131,7 @@ def as_ids(uid, gid, groups=None):
 def probe(ns, port, ids=(), host="127.0.0.1", proto="tcp", timeout=1.0):
     """One connection attempt from inside `ns` as `ids` (as_ids); "ok", "refused",
     "dropped" (no answer or a local drop) or "error:..."."""
-    argv = [*ids, sys.executable, os.path.join(SUPPORT, "probe.py"), proto, host,
+    argv = [*ids, USER_PYTHON, "-I", "-S", os.path.join(SUPPORT, "probe.py"), proto, host,
             str(port), str(timeout)]
     return ns.run(argv).stdout.strip()
 
@@ -332,7 +333,7 @@ def test_recipe_2_netfence_groups_match_egid_and_members(nf, daemon, group_and_m
 
 def servers_of(nf, ids=(), cgroup=None):
     """echo servers started by root as `ids` (a daemon's own listeners)."""
-    argv = [*ids, sys.executable, copy_readable(nf, "echo.py"),
+    argv = [*ids, USER_PYTHON, "-I", "-S", copy_readable(nf, "echo.py"),
             f"tcp:0.0.0.0:{USER_TCP}", f"udp:0.0.0.0:{USER_UDP}"]
     proc = nf.netns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, text=True)
@@ -397,7 +398,7 @@ def test_recipe_3_netfence_drops_the_syn_on_input_for_a_logged_in_user(fence, us
         assert probe(peer, USER_TCP, host=HERE) == "dropped"
         # A listener of the same uid that never went through a fenced login (started
         # by root with setpriv) is in no fenced cgroup: not covered (netfence run is)
-        nf.spawn([*as_ids(user.uid, user.gid), sys.executable, echo,
+        nf.spawn([*as_ids(user.uid, user.gid), USER_PYTHON, "-I", "-S", echo,
                   f"tcp:0.0.0.0:{USER_TCP + 10}"]).stdout.readline()
         assert probe(peer, USER_TCP + 10, host=HERE) == "ok"
 
@@ -459,17 +460,23 @@ def test_recipe_4_netfence_run_fences_a_daemon_tree_and_nothing_else(nf, daemon)
     out, stop = f"{state}/out", f"{state}/stop"
     argv = nf.cli_argv("run", "--profile", "no-plain-http", "--profile", "no-servers",
                        "--user", daemon.name, "--name", "recipe4", "--",
-                       sys.executable, script, copy_readable(nf, "probe.py"),
+                       USER_PYTHON, "-I", "-S", script, copy_readable(nf, "probe.py"),
                        copy_readable(nf, "echo.py"), out, stop, f"{HTTP},{OTHER}",
                        f"tcp:0.0.0.0:{USER_TCP}")
     run = nf.netns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          stdin=subprocess.DEVNULL, text=True)
     nf._procs.append(run)
-    seen = wait_until(lambda: read_kv(out), timeout=15, what="the daemon's first round")
+
+    def first_round():
+        if run.poll() not in (None, 0):
+            raise AssertionError(f"netfence run exited {run.returncode}: {run.stderr.read()}")
+        return read_kv(out)
+    seen = wait_until(first_round, timeout=15, what="the daemon's first round")
     with peer_host(nf.netns) as peer:
         # the daemon, two forks and a setsid away from what `run` started
         assert (seen["80"], seen["8080"]) == ("dropped", "ok"), seen
-        assert seen["pid"] != str(run.pid) and seen["sid"] == seen["pid"]
+        # (its session is the middle child's, which exited: a session of its own)
+        assert seen["pid"] != str(run.pid) and seen["sid"] not in (seen["pid"], str(run.pid))
         assert probe(peer, USER_TCP, host=HERE) == "dropped"
         assert probe(nf.netns, USER_TCP) == "ok"                # loopback: allowed
         # nothing else: the same uid outside the tree, and root
