@@ -28,7 +28,7 @@ import syslog
 import time
 from dataclasses import dataclass
 
-from . import compiler, fsutil, ir, records, setkinds, snapshot
+from . import compiler, fsutil, ir, records, resolve, setkinds, snapshot
 from .errors import GenerationChanged, NetfenceError, StateError
 from .policy import load_policy
 
@@ -61,8 +61,12 @@ def compile_from(paths, check_ownership=True):
 def reload(paths):
     from .nftnl import PreparedTable
     policy, snap = compile_from(paths)
+    # The always rules' ranges, from NSS now: sent with the table, kept in compiled.json
+    # (after the policy id: the same policy resolved later is the same policy).
+    snap["resolved"] = resolve.resolve(snap["always"])
     table = ir.TableDef.from_json(snap["table"])
-    prepared = PreparedTable(table, new_marker(snap["policy_id"]))
+    prepared = PreparedTable(table, new_marker(snap["policy_id"]),
+                             ranges=snap["resolved"]["sets"])
     with state_lock(paths.state_dir):
         try:
             previous = snapshot.read_raw(paths.state_dir)  # parsed only for a roll back
@@ -190,7 +194,8 @@ def restore_table(applied, run_dir):
     Same transaction as reload; returns the number of live elements restored."""
     from .nftnl import PreparedTable
     table = ir.TableDef.from_json(applied["table"])
-    prepared = PreparedTable(table, new_marker(applied["policy_id"]))
+    prepared = PreparedTable(table, new_marker(applied["policy_id"]),
+                             ranges=(applied.get("resolved") or {}).get("sets"))
     kept, _dropped, _attempts, _held = _replace(prepared, run_dir)
     return kept
 

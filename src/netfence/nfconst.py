@@ -103,11 +103,13 @@ NFTA_LIMIT_TYPE, NFTA_LIMIT_FLAGS = 4, 5
 NFTA_LOG_PREFIX, NFTA_LOG_FLAGS = 2, 6
 NFTA_REJECT_TYPE, NFTA_REJECT_ICMP_CODE = 1, 2
 NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA = 1, 2
+NFTA_BYTEORDER_SREG, NFTA_BYTEORDER_DREG, NFTA_BYTEORDER_OP = 1, 2, 3
+NFTA_BYTEORDER_LEN, NFTA_BYTEORDER_SIZE = 4, 5
 
 # ---- expression keys and values --------------------------------------------------
 NFT_REG_VERDICT = 0
 NFT_REG_1 = 1
-NFT_META_IIF, NFT_META_OIF, NFT_META_SKUID = 4, 5, 10
+NFT_META_IIF, NFT_META_OIF, NFT_META_SKUID, NFT_META_SKGID = 4, 5, 10, 11
 NFT_META_NFPROTO, NFT_META_L4PROTO = 15, 16
 NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER = 1, 2
 NFT_SOCKET_CGROUPV2 = 3         # Linux >= 5.13
@@ -124,12 +126,17 @@ NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 3, 4
 NF_LOG_UID = 0x08               # log the socket's uid (nft: flags skuid)
 IP_CT_NEW_STATE_BIT = 0x08      # NF_CT_STATE_BIT(IP_CT_NEW): "ct state new"
 NFT_SET_FLAGS_NONE = 0          # a plain hash set: no interval, map, timeout
+NFT_SET_INTERVAL = 0x4          # ranges: an rbtree of start and end elements
+NFTA_SET_ELEM_FLAGS = 3
+NFT_SET_ELEM_INTERVAL_END = 0x1  # the element ends a range (its key is last + 1)
+NFT_BYTEORDER_NTOH, NFT_BYTEORDER_HTON = 0, 1
 
 # ---- nftnl userdata TLVs (libnftnl include/udata.h) --------------------------------
 NFTNL_UDATA_RULE_COMMENT = 0
 # nftables' set key datatypes (NFTA_SET_KEY_TYPE): nftables' own enum (include/datatype.h),
 # which the kernel stores for userspace
 NFT_DATATYPE_UID = 24             # TYPE_UID
+NFT_DATATYPE_GID = 25             # TYPE_GID
 NFT_DATATYPE_CGROUPV2 = 46        # TYPE_CGROUPV2
 NFTNL_UDATA_SET_KEYBYTEORDER = 0
 NFT_BYTEORDER_HOST = 1

@@ -96,6 +96,21 @@ def _port(number, shown_as):
     return number
 
 
+def uid_range(value, max_id):
+    """1234 or "1234" → (1234, 1234); "1000-59999" → (1000, 59999)."""
+    bad = f"bad uid {shown(value)}: use a number or a \"LOW-HIGH\" string"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ItemError(bad)
+    low, dash, high = (str(value), "", "") if isinstance(value, int) else value.partition("-")
+    if not (_digits(low) and (_digits(high) if dash else True)):
+        raise ItemError(bad)
+    low, high = int(low), int(high) if dash else int(low)
+    if not 0 <= low <= high <= max_id:
+        raise ItemError(f"bad uid range {shown(value)}: ids run from 0 to {max_id}, "
+                        f"low first")
+    return low, high
+
+
 def account_name(text, kind):
     """A user or group name (no "!" here)."""
     return _whole(ACCOUNT_NAME, text, f"{kind} name",

@@ -12,6 +12,16 @@ name cannot start a guard's name: guards are "any-*", profile sets "<kind>-*".
                                                             (socket cgroupv2, ingress)
   scg   scg_set  scg-P  any-scg  cgroupsv2 (8)     session  the session cgroup, level 3
                                                             (socket cgroupv2, both)
+  auid  -        auid-P any-auid uid (4), ranges   always   a uid of an always rule
+                                                            (meta skuid, egress)
+  agid  -        agid-P any-agid gid (4), ranges   always   a group of an always rule
+                                                            (meta skgid, egress)
+
+The last two are static: no login fills them. Reload (and gc, when NSS changed) puts
+in them the ranges resolve.py computes from the always rules, and only profiles used
+at always scope have them. They are interval sets (an rbtree): the kernel compares
+their keys as bytes, so the rule turns the host-order uid/gid into network order first
+(a byteorder expression) and their keys are big-endian (SetKind.key), as nft does.
 
 Levels are those of the cgroup v2 hierarchy ("/" is 0): netfence's own session cgroups
 are /<base>/user-UID/session-KEY and logind's /user.slice/user-UID.slice/session-N.scope,
@@ -23,7 +33,8 @@ Keys are hex strings of the kernel's bytes: the sets are declared with host byte
 HOST_ORDER). Light on purpose (the hook imports it): nfconst only, no dataclasses.
 """
 
-from .nfconst import HOST_ORDER as BYTE_ORDER, NFT_DATATYPE_CGROUPV2, NFT_DATATYPE_UID
+from .nfconst import (HOST_ORDER as BYTE_ORDER, NETWORK_ORDER, NFT_DATATYPE_CGROUPV2,
+                      NFT_DATATYPE_GID, NFT_DATATYPE_UID)
 
 TABLE = "netfence"                  # the inet table every set lives in
 USER_LEVEL = 2
@@ -33,14 +44,15 @@ SESSION_LEVEL = 3
 KEY_TYPES = {
     "uid": (NFT_DATATYPE_UID, 4),
     "cgroupsv2": (NFT_DATATYPE_CGROUPV2, 8),
+    "gid": (NFT_DATATYPE_GID, 4),
 }
 
 
 class SetKind:
     __slots__ = ("name", "field", "prefix", "guard", "key_type", "key_len", "scope",
-                 "level", "directions")
+                 "level", "directions", "static", "meta_key")
 
-    def __init__(self, name, key_type, scope, level, directions):
+    def __init__(self, name, key_type, scope, level, directions, meta_key=None):
         self.name = name
         self.field = f"{name}_set"          # the key in a profile's login part
         self.prefix = f"{name}-"
@@ -50,13 +62,16 @@ class SetKind:
         self.scope = scope
         self.level = level                  # None: keyed by uid, not by a cgroup
         self.directions = directions
+        self.static = scope == "always"    # filled by reload/gc from NSS, not by logins
+        self.meta_key = meta_key            # the meta key a static kind matches
 
     def set_name(self, profile_name):
         return self.prefix + profile_name
 
     def key(self, number):
-        """The hex key of a uid or cgroup id."""
-        return number.to_bytes(self.key_len, BYTE_ORDER).hex()
+        """The hex key of a uid or cgroup id (big-endian in a static, interval set)."""
+        order = NETWORK_ORDER if self.static else BYTE_ORDER
+        return number.to_bytes(self.key_len, order).hex()
 
     def __repr__(self):
         return f"SetKind({self.name!r})"
@@ -65,7 +80,10 @@ class SetKind:
 UID = SetKind("uid", "uid", "user", None, ("egress",))
 UCG = SetKind("ucg", "cgroupsv2", "user", USER_LEVEL, ("ingress",))
 SCG = SetKind("scg", "cgroupsv2", "session", SESSION_LEVEL, ("egress", "ingress"))
-KINDS = (UID, UCG, SCG)
+KINDS = (UID, UCG, SCG)                 # the kinds logins fill
+AUID = SetKind("auid", "uid", "always", None, ("egress",), meta_key="skuid")
+AGID = SetKind("agid", "gid", "always", None, ("egress",), meta_key="skgid")
+STATIC_KINDS = (AUID, AGID)             # the kinds reload fills (always rules)
 
 
 def profile_sets(profile_name):
