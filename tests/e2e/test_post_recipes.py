@@ -292,6 +292,8 @@ def recipe_2_outcomes(nf, daemon, group, member):
         "non-member, group supplementary": probe(nf.netns, HTTP,
                                                  as_ids(daemon.uid, daemon.gid, [group.gid])),
         "member, other port": probe(nf.netns, OTHER, as_ids(member.uid, member.gid)),
+        # root with the group as effective group: the socket's gid is the group's
+        "root, egid = group": probe(nf.netns, HTTP, as_ids(0, group.gid)),
     }
 
 
@@ -303,7 +305,8 @@ def test_recipe_2_the_post_s_gid_owner(nf, daemon, group_and_member):
     assert recipe_2_outcomes(nf, daemon, group, member) == {
         "non-member, egid = group": "dropped", "non-member, own egid": "ok",
         "member, own egid, no groups": "ok", "member, own egid, its groups": "ok",
-        "non-member, group supplementary": "ok", "member, other port": "ok"}
+        "non-member, group supplementary": "ok", "member, other port": "ok",
+        "root, egid = group": "dropped"}
     # --suppl-groups (not in the post) also looks at the process's supplementary groups,
     # as they are when the socket is made, not at the group's members
     iptables(nf.netns, "-F OUTPUT")
@@ -311,7 +314,8 @@ def test_recipe_2_the_post_s_gid_owner(nf, daemon, group_and_member):
     assert recipe_2_outcomes(nf, daemon, group, member) == {
         "non-member, egid = group": "dropped", "non-member, own egid": "ok",
         "member, own egid, no groups": "ok", "member, own egid, its groups": "dropped",
-        "non-member, group supplementary": "dropped", "member, other port": "ok"}
+        "non-member, group supplementary": "dropped", "member, other port": "ok",
+        "root, egid = group": "dropped"}
 
 
 def test_recipe_2_netfence_groups_match_egid_and_members(nf, daemon, group_and_member):
@@ -326,7 +330,12 @@ def test_recipe_2_netfence_groups_match_egid_and_members(nf, daemon, group_and_m
         "member, own egid, no groups": "dropped",       # NSS member: by uid
         "member, own egid, its groups": "dropped",      # NSS member: by uid
         "non-member, group supplementary": "ok",        # neither: see docs/policy.md
-        "member, other port": "ok"}
+        "member, other port": "ok",
+        "root, egid = group": "dropped"}                # skgid, whoever owns the socket
+    # explain says which mechanism catches whom
+    explained = nf.cli("explain", member.name).stdout
+    assert f"member of group {group.name} (supplementary)" in explained, explained
+    assert "meta skgid" in explained, explained
 
 
 # ---- recipe 3: no servers for non-root users --------------------------------------------
@@ -370,6 +379,22 @@ def test_recipe_3_the_post_s_rule_kills_the_handshake_on_output(nf, daemon):
         assert probe(peer, ROOT_TCP, host=HERE) == "dropped"
         assert synacks_sent(nf.netns)[ROOT_TCP] > before
         assert probe(peer, USER_TCP, host=HERE) == "dropped"
+
+
+def test_recipe_3_in_native_nft_fails_open_under_syncookies(nf, daemon):
+    """The same rule written for nft (`meta skuid != 0`, as `iptables-translate` gives
+    it) behaves the other way round under SYN cookies: a packet without a socket
+    matches no meta skuid test, so every cookie SYN,ACK passes, the daemon's too."""
+    servers_of(nf, as_ids(daemon.uid, daemon.gid))
+    nf.netns.run(["nft", "-f", "-"], stdin=None, input=(
+        "table inet post {\n  chain out {\n"
+        "    type filter hook output priority filter; policy accept;\n"
+        "    tcp flags & (fin | syn | rst | psh | ack | urg) == syn | ack "
+        "meta skuid != 0 reject\n  }\n}\n"))
+    with peer_host(nf.netns) as peer:
+        assert probe(peer, USER_TCP, host=HERE) == "dropped"
+        syncookies(nf.netns, 2)
+        assert probe(peer, USER_TCP, host=HERE) == "ok"
 
 
 def test_recipe_3_netfence_drops_the_syn_on_input_for_a_logged_in_user(fence, user):
