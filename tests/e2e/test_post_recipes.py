@@ -47,41 +47,43 @@ POST_3 = "-A OUTPUT -p tcp --tcp-flags ALL SYN,ACK -m owner ! --uid-owner 0 -j R
 POST_3_AS_PRINTED = "-A OUTPUT -p tcp --tcp-flags ALL SYN,ACK -m owner ! --uid-owner -j REJECT"
 POST_4 = "-A OUTPUT -m owner --pid-owner {pid} -j DROP"
 
-# netfence's policies for them, as docs/policy.md gives them
-NO_PLAIN_HTTP = """
-[profile.no-plain-http]
-egress = [ { action = "deny", proto = "tcp", ports = [80] } ]
-"""
-NO_SERVERS = """
-[profile.no-servers]
-ingress = [ { action = "allow", from = ["loopback"] } ]
-ingress_default = "deny"
-"""
-RECIPE_1 = NO_PLAIN_HTTP + """
-[[rule]]
-users = ["*"]
-profiles = ["no-plain-http"]
-scope = "always"
-"""
-RECIPE_1_HUMANS = NO_PLAIN_HTTP + """
-[[rule]]
-uids = ["1000-59999"]
-profiles = ["no-plain-http"]
-scope = "always"
-"""
-RECIPE_2 = NO_PLAIN_HTTP + """
-[[rule]]
-groups = ["{group}"]
-profiles = ["no-plain-http"]
-scope = "always"
-"""
-RECIPE_3 = NO_SERVERS + """
-[[rule]]
-users = ["{user}"]
-profiles = ["no-servers"]
-scope = "user"
-"""
+# netfence's policies for them: the TOML blocks of docs/policy.md's section, so that
+# the documented policies are the ones tested.
+DOCS = os.path.join(os.path.dirname(SUPPORT), "..", "docs", "policy.md")
+SECTION = ("## The post's recipes, the netfence way", "## See also")
+
+
+def documented_policies():
+    with open(DOCS) as f:
+        text = f.read()
+    section = text[text.index(SECTION[0]):text.index(SECTION[1])]
+    return re.findall(r"```toml\n(.*?)```", section, re.S)
+
+
+def profiles_of(block):
+    return block[:block.index("[[rule]]")]
+
+
+DOC_1, DOC_2, DOC_3 = documented_policies()
+NO_PLAIN_HTTP, NO_SERVERS = profiles_of(DOC_1), profiles_of(DOC_3)
+RECIPE_1 = DOC_1
+RECIPE_1_HUMANS = DOC_1.replace('users = ["*"]', 'uids = ["1000-59999"]')
+RECIPE_2 = NO_PLAIN_HTTP + DOC_2.replace('"web-blocked"', '"{group}"')
+RECIPE_3 = DOC_3
 RECIPE_4 = NO_PLAIN_HTTP + NO_SERVERS
+
+
+def test_the_documented_policies_are_the_tested_ones():
+    assert RECIPE_1_HUMANS != DOC_1 and "{group}" in RECIPE_2
+    assert 'scope = "always"' in DOC_1 and 'scope = "always"' in DOC_2
+    assert 'users = ["*"]' in DOC_3 and 'scope = "user"' in DOC_3
+    assert "[profile.no-plain-http]" in NO_PLAIN_HTTP and "[profile.no-servers]" in NO_SERVERS
+
+
+def test_the_documented_policies_pass_check_together(nf):
+    nf.write_policy(DOC_1 + DOC_2 + DOC_3)
+    out = nf.cli("check", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # ---- accounts and processes ----------------------------------------------------------
@@ -336,6 +338,14 @@ def test_recipe_2_netfence_groups_match_egid_and_members(nf, daemon, group_and_m
     explained = nf.cli("explain", member.name).stdout
     assert f"member of group {group.name} (supplementary)" in explained, explained
     assert "meta skgid" in explained, explained
+    # a user added to the group later is fenced by the next gc, without a reload
+    with throwaway_user() as late:
+        late_ids = as_ids(late.uid, late.gid)
+        assert probe(nf.netns, HTTP, late_ids) == "ok"
+        subprocess.run(["gpasswd", "-a", late.name, group.name], check=True,
+                       capture_output=True)
+        nf.cli("gc")
+        assert probe(nf.netns, HTTP, late_ids) == "dropped"
 
 
 # ---- recipe 3: no servers for non-root users --------------------------------------------
@@ -401,7 +411,7 @@ def test_recipe_3_netfence_drops_the_syn_on_input_for_a_logged_in_user(fence, us
     nf = fence.nf
     echo = copy_readable(nf, "echo.py")
     nf.echo_server([f"tcp:0.0.0.0:{ROOT_TCP}"])
-    fence.load(RECIPE_3.replace("{user}", user.name))
+    fence.load(RECIPE_3)                    # users = ["*"]: the one user logging in
     watch_synacks(nf.netns, (USER_TCP, ROOT_TCP))
     with peer_host(nf.netns) as peer:
         with fence.su_shell(user) as shell:
