@@ -178,10 +178,12 @@ def close_tree(run_dir, key, mount, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, leav
     return "closed"
 
 
-def list_trees(run_dir):
-    """The live trees for status: name, pid, profiles, cgroup, since."""
+def list_trees(run_dir, mount=None):
+    """The trees for status: name, pid, user, profiles, cgroup, since, and (with the
+    cgroup2 mount) whether a task is left in the tree ("ended": gc closes it)."""
     return [{"name": r["name"], "pid": r["pid"], "user": r.get("user"),
-             "profiles": r["profiles"], "cgroup": r["cgroup"], "since": r["started"]}
+             "profiles": r["profiles"], "cgroup": r["cgroup"], "since": r["started"],
+             "ended": None if mount is None else not has_processes(mount, r["cgroup"])}
             for r in records.list_runs(run_dir) if not r.get("closing")]
 
 

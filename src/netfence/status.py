@@ -105,8 +105,14 @@ def format_text(state):
 # ---- `netfence run` trees --------------------------------------------------------
 
 def _trees(paths):
+    from .cgroups import cgroup2_mount
+    from .errors import CgroupError
     from .runtree import list_trees
-    return list_trees(paths.run_dir)
+    try:
+        mount = cgroup2_mount()
+    except CgroupError:
+        mount = None
+    return list_trees(paths.run_dir, mount)
 
 
 def _format_trees(trees):
@@ -116,5 +122,6 @@ def _format_trees(trees):
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(tree["since"]))
         lines.append(f"  name={tree['name']} pid={tree['pid']} user={tree['user']} "
                      f"profiles={','.join(tree['profiles'])} cgroup={tree['cgroup']} "
-                     f"since={since}")
+                     f"since={since}"
+                     + (" (ended: `netfence gc` removes it)" if tree["ended"] else ""))
     return lines

@@ -131,7 +131,7 @@ def test_daemonized_tree_is_fenced_until_its_last_process_exits(fenced):
     line = latest(nf)
     assert (line[str(PORT_A)], line[str(PORT_B)]) == ("refused", "ok")
     (tree,) = trees(nf)
-    assert tree["name"] == "dmn" and tree["profiles"] == ["fence"]
+    assert tree["name"] == "dmn" and tree["profiles"] == ["fence"] and not tree["ended"]
     assert tree["cgroup"].startswith(f"/{nf.cgroup_base}/run/dmn-")
     text = nf.cli("status").stdout
     assert "fenced trees (netfence run): 1" in text and "name=dmn" in text
@@ -200,6 +200,7 @@ def test_run_sigkilled_before_exec_is_cleaned_by_gc(fenced):
     out = nf.netns.run([sys.executable, "-c", KILLED_AT_EXEC, *argv[3:]], check=False)
     assert out.returncode == -signal.SIGKILL
     (tree,) = trees(nf)
+    assert tree["ended"] and "(ended: `netfence gc` removes it)" in nf.cli("status").stdout
     assert scg_elements(nf)
     assert "1 ended run trees closed" in nf.cli("gc").stdout
     assert trees(nf) == [] and not scg_elements(nf)
@@ -250,6 +251,14 @@ def test_unknown_profile_or_account_exits_2(fenced):
     assert trees(nf) == []
 
 
+def test_cmd_inherits_only_the_callers_descriptors(fenced):
+    nf = fenced
+    show = ["sh", "-c", 'for f in /proc/$$/fd/*; do echo "${f##*/}"; done']
+    out = nf.cli("run", "--profile", "fence", "--", *show)
+    assert out.stdout == nf.netns.run(show).stdout      # no netlink socket, no lock
+    nf.cli("gc")
+
+
 SHOW_IDS = 'id -u; id -g; id -G; echo "$HOME $USER $LOGNAME $SHELL"'
 
 
@@ -282,5 +291,22 @@ def test_a_user_process_cannot_move_itself_out(fenced):
                      "--", "sh", "-c", script, check=False)
         assert "moved" not in out.stdout
         assert f"0::/{nf.cgroup_base}/run/esc-" in out.stdout
+    nf.cli("gc")
+    assert trees(nf) == []
+
+
+def test_ingress_profile_fences_the_trees_servers(fenced):
+    nf = fenced
+    echo = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support", "echo.py")
+    proc = nf.netns.popen(nf.cli_argv("run", "--profile", "quiet", "--", sys.executable,
+                                      echo, "tcp:127.0.0.1:7013"),
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert nf.probe("tcp", "127.0.0.1", 7013) == "dropped"
+        assert nf.probe("tcp", "127.0.0.1", PORT_B) == "ok"       # a server outside
+    finally:
+        proc.kill()
+        proc.wait()
     nf.cli("gc")
     assert trees(nf) == []
