@@ -32,6 +32,9 @@ egress = [ {{ action = "reject", proto = "tcp", ports = [{port}] }} ]
 [profile.quiet]
 ingress = [ {{ action = "deny" }} ]
 
+[profile.lone]                  # named by no rule: still there for `run`
+egress = [ {{ action = "reject", proto = "tcp", ports = [{port_b}] }} ]
+
 [[rule]]
 users = ["nobody"]
 services = ["nf-test-none"]
@@ -79,7 +82,7 @@ while not os.path.exists(stop):
 def fenced(nf):
     """The nf installation with the policy applied, echo servers on A and B, the
     prober script and a world-writable directory for its output."""
-    nf.write_policy(POLICY.format(base=nf.cgroup_base, port=PORT_A))
+    nf.write_policy(POLICY.format(base=nf.cgroup_base, port=PORT_A, port_b=PORT_B))
     nf.cli("reload")
     nf.echo_server([f"tcp:127.0.0.1:{PORT_A}", f"tcp:127.0.0.1:{PORT_B}"])
     nf.out = f"{nf.root}/out"
@@ -242,7 +245,7 @@ def test_unknown_profile_or_account_exits_2(fenced):
     nf = fenced
     out = nf.cli("run", "--profile", "nope", "--", "true", check=False)
     assert out.returncode == 2
-    assert "'nope'" in out.stderr and "fence, quiet" in out.stderr
+    assert "'nope'" in out.stderr and "fence, lone, quiet" in out.stderr
     out = nf.cli("run", "--profile", "fence", "--user", "no-such-user-nf", "--", "true",
                  check=False)
     assert out.returncode == 2 and "no-such-user-nf" in out.stderr
@@ -308,5 +311,16 @@ def test_ingress_profile_fences_the_trees_servers(fenced):
     finally:
         proc.kill()
         proc.wait()
+    nf.cli("gc")
+    assert trees(nf) == []
+
+
+def test_a_profile_no_rule_names_fences_a_tree(fenced):
+    nf = fenced
+    probe = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support", "probe.py")
+    for profiles, expected in ((["lone"], "refused"), (["fence"], "ok")):
+        out = nf.cli("run", *(f"--profile={p}" for p in profiles), "--", sys.executable,
+                     probe, "tcp", "127.0.0.1", str(PORT_B))
+        assert out.stdout.strip() == expected
     nf.cli("gc")
     assert trees(nf) == []
