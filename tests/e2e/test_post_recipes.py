@@ -18,14 +18,12 @@ import re
 import secrets
 import shutil
 import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
 
-from conftest import REPL, settle_uid  # noqa: F401  (settle_uid used below)
+from conftest import read_kv, settle_uid
 from support.netns import NetNS
 from support.pamsvc import wait_until
 from support.users import kill_user_processes, throwaway_group, throwaway_user
@@ -417,7 +415,7 @@ def test_recipe_3_netfence_drops_the_syn_on_input_for_a_logged_in_user(fence, us
     watch_synacks(nf.netns, (USER_TCP, ROOT_TCP))
     with peer_host(nf.netns) as peer:
         with fence.su_shell(user) as shell:
-            shell.out(f"nohup /usr/bin/python3 -I -S {echo} tcp:0.0.0.0:{USER_TCP} "
+            shell.out(f"nohup {USER_PYTHON} -I -S {echo} tcp:0.0.0.0:{USER_TCP} "
                       f"udp:0.0.0.0:{USER_UDP} </dev/null >/dev/null 2>&1 &")
             wait_until(lambda: listening(nf.netns, USER_TCP) and listening(
                 nf.netns, USER_UDP, "udp"), what="the user's server")
@@ -467,14 +465,6 @@ while not os.path.exists(stop):
     os.replace(out + ".tmp", out)
     time.sleep(0.1)
 """
-
-
-def read_kv(path):
-    try:
-        with open(path) as f:
-            return dict(w.split("=", 1) for w in f.read().split())
-    except FileNotFoundError:
-        return None
 
 
 def test_recipe_4_pid_owner_is_gone_from_linux(netns):
