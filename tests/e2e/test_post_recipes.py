@@ -1,11 +1,12 @@
 """The blog post's recipes, proven by traffic (docs/policy.md, "The post's recipes, the
 netfence way").
 
-For each recipe of the post (tests/../shared seed: "Some iptables exploration") the
-post's own iptables line runs inside the test's private network namespace
-(iptables-nft, the host's ruleset is never touched) as the baseline, and netfence's
-policy for it runs in another one; both face the same traffic, so each test shows where
-netfence behaves as the recipe intended and where it deliberately differs.
+For each recipe of the post "Some iptables exploration" (quoted in that section) the
+post's own iptables line runs in one test's private network namespace (iptables-nft;
+the host's ruleset is never touched) as the baseline, and netfence's policy for it in
+another's; both face the same traffic, so the pair shows where netfence behaves as the
+recipe intended and where it deliberately differs. The policies are read from the
+docs' TOML blocks, so the documented policies are the tested ones.
 
 The "daemon" accounts are system users made with `useradd --system` that never log in:
 their processes are started by root with `setpriv --reuid U --regid G ...` inside the
