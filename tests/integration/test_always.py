@@ -13,6 +13,9 @@ import sys
 from support.nfenv import SUPPORT
 from support.users import throwaway_group, throwaway_user
 
+from netfence import ir, render
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden")
 PROFILE = """
 [settings]
 cgroup_base = "{base}"
@@ -116,3 +119,29 @@ def test_gc_restores_ranges_removed_by_hand(nf):
     nf.cli("gc")
     status = json.loads(nf.cli("status", "--json").stdout)
     assert status["drift"]["ok"], status["drift"]
+
+
+GOLDEN_POLICY = """
+[[rule]]
+scope = "always"
+users = ["*"]
+uids = [0]
+groups = ["{group}"]
+profiles = ["no-web"]
+"""
+
+
+def test_nft_lists_the_golden_table_and_our_renderer_agrees(nf):
+    """The golden file holds the table with every always part: interval sets of uid and
+    gid, the byteorder-converted lookups (which nft prints without the byteorder)."""
+    with throwaway_group("nfalw") as group:
+        nf.write_policy(policy(nf, GOLDEN_POLICY.format(group=group.name)))
+        nf.cli("reload")
+        listing = nf.netns.nft("list", "table", "inet", "netfence").stdout
+        with open(os.path.join(GOLDEN, "always-policy.nft")) as handle:
+            golden = handle.read().replace("GID", str(group.gid))
+        assert listing == golden
+        with open(os.path.join(nf.state_dir, "compiled.json")) as handle:
+            applied = json.load(handle)
+        table = ir.TableDef.from_json(applied["table"])
+        assert render.render_table(table, applied["resolved"]["sets"]) == listing
