@@ -74,12 +74,16 @@ def test_uid_range_fences_inside_and_not_outside(nf):
     assert "elements = { 61001, 62000-62099 }" in listing
 
 
+def reload_with_group_rule(nf, group):
+    nf.write_policy(policy(nf, f'[[rule]]\nscope = "always"\ngroups = ["{group.name}"]\n'
+                               f'profiles = ["no-web"]\n'))
+    nf.cli("reload")
+
+
 def test_effective_gid_of_a_restricted_group_is_fenced(nf):
     nf.echo_server(SERVERS)
     with throwaway_group("nfalw") as group:
-        nf.write_policy(policy(nf, f'[[rule]]\nscope = "always"\ngroups = ["{group.name}"]\n'
-                                   f'profiles = ["no-web"]\n'))
-        nf.cli("reload")
+        reload_with_group_rule(nf, group)
         assert probe(nf, 63001, gid=group.gid) == "refused"   # the socket's egid
         assert probe(nf, 63001) == "ok"                        # same uid, another gid
         listing = nf.netns.nft("list", "set", "inet", "netfence", "agid-no-web").stdout
@@ -89,9 +93,7 @@ def test_effective_gid_of_a_restricted_group_is_fenced(nf):
 def test_gc_picks_up_a_user_added_to_a_restricted_group(nf):
     nf.echo_server(SERVERS)
     with throwaway_group("nfalw") as group:
-        nf.write_policy(policy(nf, f'[[rule]]\nscope = "always"\ngroups = ["{group.name}"]\n'
-                                   f'profiles = ["no-web"]\n'))
-        nf.cli("reload")
+        reload_with_group_rule(nf, group)
         with throwaway_user("nfa", groups=(group,)) as user:   # after the reload
             assert probe(nf, user.uid, gid=user.gid) == "ok"   # not resolved yet
             out = nf.cli("gc").stdout
