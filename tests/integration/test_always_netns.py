@@ -64,8 +64,9 @@ def test_always_rule_fences_a_uid_that_never_logs_in_until_it_is_removed(nf):
 def test_uid_range_fences_inside_and_not_outside(nf):
     nf.echo_server(SERVERS)
     nf.write_policy(policy(nf, '[[rule]]\nscope = "always"\nuids = ["62000-62099", 61001]\n'
-                               'profiles = ["no-web"]\n'))
-    nf.cli("reload")
+                               'users = ["nfnosuchuser"]\nprofiles = ["no-web"]\n'))
+    reloaded = nf.cli("reload")
+    assert "not found in NSS, skipped: nfnosuchuser" in reloaded.stderr
     assert probe(nf, 62050) == "refused"
     assert probe(nf, 61001) == "refused"
     assert probe(nf, 62100) == "ok"
