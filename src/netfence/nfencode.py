@@ -109,6 +109,16 @@ def interval_elements(ranges, key_len):
     return items
 
 
+def static_elements(ranges, key_len, interval):
+    """[(key bytes, is_end)] of a static set: interval_elements for an interval set; a
+    hash set holds single ids only, keyed in host order like every login set."""
+    if interval:
+        return interval_elements(ranges, key_len)
+    if any(low != high for low, high in ranges):
+        raise ValueError("a hash set holds single ids, not ranges")
+    return [(low.to_bytes(key_len, HOST_ORDER), False) for low, _high in ranges]
+
+
 def interval_list_message(msg_type, flags, seq, table, set_name, items):
     """One NEWSETELEM/DESTROYSETELEM message of interval elements [(key, is_end)]."""
     end = attr(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END.to_bytes(4, NETWORK_ORDER))

@@ -72,7 +72,9 @@ def test_uid_range_fences_inside_and_not_outside(nf):
     assert probe(nf, 62100) == "ok"
     assert probe(nf, 61999) == "ok"
     listing = nf.netns.nft("list", "set", "inet", "netfence", "auid-no-web").stdout
-    assert "elements = { 61001, 62000-62099 }" in listing
+    assert "flags interval" in listing and "elements = { 62000-62099 }" in listing
+    listing = nf.netns.nft("list", "set", "inet", "netfence", "suid-no-web").stdout
+    assert "flags" not in listing and "elements = { 61001 }" in listing   # a hash set
 
 
 def reload_with_group_rule(nf, group):
@@ -127,16 +129,16 @@ def test_gc_restores_ranges_removed_by_hand(nf):
 GOLDEN_POLICY = """
 [[rule]]
 scope = "always"
-users = ["*"]
-uids = [0]
+uids = ["1000-1999", "5-5"]
 groups = ["{group}"]
 profiles = ["no-web"]
 """
 
 
 def test_nft_lists_the_golden_table_and_our_renderer_agrees(nf):
-    """The golden file holds the table with every always part: interval sets of uid and
-    gid, the byteorder-converted lookups (which nft prints without the byteorder)."""
+    """The golden file holds the table with every always part: interval sets of uid
+    ranges and gids, the hash set of single uids, the byteorder-converted lookups (which
+    nft prints without the byteorder)."""
     with throwaway_group("nfalw") as group:
         nf.write_policy(policy(nf, GOLDEN_POLICY.format(group=group.name)))
         nf.cli("reload")

@@ -5,7 +5,7 @@ import pytest
 
 from netfence import compiler, ir, nfconst as nf, render, resolve
 from netfence.errors import PolicyError
-from netfence.nfencode import interval_elements, interval_list_message
+from netfence.nfencode import interval_elements, interval_list_message, static_elements
 from netfence.policy import parse_policy_text
 
 PROFILES = """\
@@ -85,12 +85,15 @@ def test_always_rules_compile_to_interval_sets_and_egress_dispatch():
     sets = {s.name: s for s in table.sets}
     assert sets["auid-web"] == ir.SetDef("auid-web", "uid", interval=True)
     assert sets["agid-web"] == ir.SetDef("agid-web", "gid", interval=True)
+    assert sets["suid-web"] == ir.SetDef("suid-web", "uid")     # single uids: a hash set
     assert sets["any-auid"].interval and sets["any-agid"].interval
+    assert not sets["any-suid"].interval
     assert "auid-srv" not in sets                  # only profiles used at always scope
     egress = [r.exprs for r in table.rules if r.chain == "egress"]
-    assert egress[:2] == [
+    assert egress[:3] == [
         (("meta", "skuid"), ("byteorder", "hton", 4, 4), ("lookup", "any-auid"),
          ("verdict", "jump", "egress-always-uid")),
+        (("meta", "skuid"), ("lookup", "any-suid"), ("verdict", "jump", "egress-always-single")),
         (("meta", "skgid"), ("byteorder", "hton", 4, 4), ("lookup", "any-agid"),
          ("verdict", "jump", "egress-always-gid"))]
     assert snap["login"]["rules"] == []            # no login matches an always rule
@@ -151,13 +154,14 @@ def test_named_root_and_ranges_and_unknown_names():
 
 def test_resolve_fills_profile_sets_and_guards():
     snap = compiled('scope = "always"\nusers = ["carol"]\ngroups = ["web"]\n'
-                    'profiles = ["web"]\n')
+                    'uids = ["2000-2999"]\nprofiles = ["web"]\n')
     resolved = resolve.resolve(snap["always"], NSS, now=5)
+    singles, ranges = [[33, 33], [1002, 1002]], [[2000, 2999]]
     assert resolved == {"at": 5, "unknown": [], "sets": {
-        "auid-web": [[33, 33], [1002, 1002]], "agid-web": [[33, 33]],
-        "any-auid": [[33, 33], [1002, 1002]], "any-agid": [[33, 33]]}}
+        "auid-web": ranges, "suid-web": singles, "agid-web": [[33, 33]],
+        "any-auid": ranges, "any-suid": singles, "any-agid": [[33, 33]]}}
     assert resolve.counts(snap["always"], resolved) == {
-        "web": {"uids": 2, "gids": 1, "ranges": 3}}
+        "web": {"uids": 1002, "gids": 1, "ranges": 4}}
 
 
 def test_reasons_say_which_is_which():
@@ -170,6 +174,13 @@ def test_reasons_say_which_is_which():
 
 
 # ---- interval elements, as nft writes them --------------------------------------
+
+def test_hash_static_sets_hold_single_ids_in_host_order():
+    assert static_elements([[7, 7]], 4, False) == [((7).to_bytes(4, nf.HOST_ORDER), False)]
+    assert static_elements([[5, 7]], 4, True) == interval_elements([[5, 7]], 4)
+    with pytest.raises(ValueError):
+        static_elements([[5, 7]], 4, False)
+
 
 def test_interval_elements_have_a_zero_end_and_end_plus_one():
     assert interval_elements([[5, 7]], 4) == [
