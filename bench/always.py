@@ -8,10 +8,13 @@ Three network namespaces, each with bench/c/netbench.c's accept-and-close server
   one    scope = "always", uids = [100000]
   range  scope = "always", uids = ["100000-109999"]: 10,000 uids, one range
   many   scope = "always", 10,000 uids that no range can merge (100000, 100002, ...):
-         10,000 ranges, the worst case for the interval sets (an rbtree)
+         single uids, which go to the hash set suid-P
+  ranges scope = "always", 10,000 two-uid ranges ("100000-100001", "100003-100004",
+         ...): 10,000 ranges in the interval set auid-P (an rbtree), its worst case
 The client (netbench connect, a C connect/close loop: SYN, SYN-ACK, ACK, RST) runs as
-uid 100000 in all three: in `one` and `many` each of its packets is found in the guard
-any-auid, then in auid-P, and walks out-P (port 8080 is allowed). Rounds alternate the
+uid 100000 in all of them: in all but `none` each of its packets is found in a guard
+(any-suid or any-auid), then in the profile's set, and walks out-P (port 8080 is
+allowed). Rounds alternate the
 order; the ratios many/one and one/none are taken within a round, their medians
 reported. Same method as bench/packet.py (which see), smaller.
 """
@@ -80,9 +83,10 @@ def main():
         netbench = build_netbench(where)
         os.chmod(where, 0o755)
         variants = {"none": [], "one": [UID], "range": [f'"{UID}-{UID + 9999}"'],
-                    "many": [UID + 2 * i for i in range(10000)]}
+                    "many": [UID + 2 * i for i in range(10000)],
+                    "ranges": [f'"{UID + 3 * i}-{UID + 3 * i + 1}"' for i in range(10000)]}
         spaces = {name: setup(stack, name, uids, netbench) for name, uids in variants.items()}
-        ratios = {"one/none": [], "range/one": [], "many/one": []}
+        ratios = {"one/none": [], "range/one": [], "many/one": [], "ranges/one": []}
         rates = {name: [] for name in variants}
         for number in range(args.rounds):
             order = list(variants) if number % 2 == 0 else list(reversed(variants))
@@ -93,9 +97,9 @@ def main():
                 top, bottom = key.split("/")
                 ratios[key].append(got[top] / got[bottom])
         for name, values in rates.items():
-            print(f"{name:5s} median {statistics.median(values):10.0f} connections/s")
+            print(f"{name:6s} median {statistics.median(values):10.0f} connections/s")
         for key, values in ratios.items():
-            print(f"{key:9s} median ratio {statistics.median(values):.3f} "
+            print(f"{key:10s} median ratio {statistics.median(values):.3f} "
                   f"(min {min(values):.3f}, max {max(values):.3f})")
 
 
