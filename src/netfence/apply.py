@@ -28,7 +28,7 @@ import syslog
 import time
 from dataclasses import dataclass
 
-from . import compiler, fsutil, ir, records, setkinds, snapshot
+from . import compiler, fsutil, ir, records, resolve, setkinds, snapshot
 from .errors import GenerationChanged, NetfenceError, StateError
 from .policy import load_policy
 
@@ -51,6 +51,7 @@ class ReloadResult:
     dropped: dict             # set name -> number of elements dropped with their profile
     attempts: int = 1         # transactions sent
     lock_held_ms: float = 0.0  # how long logins were held off (0: never locked)
+    unresolved: tuple = ()    # names in always rules that NSS does not know (skipped)
 
 
 def compile_from(paths, check_ownership=True):
@@ -61,8 +62,12 @@ def compile_from(paths, check_ownership=True):
 def reload(paths):
     from .nftnl import PreparedTable
     policy, snap = compile_from(paths)
+    # The always rules' ranges, from NSS now: sent with the table, kept in compiled.json
+    # (after the policy id: the same policy resolved later is the same policy).
+    snap["resolved"] = resolve.resolve(snap["always"])
     table = ir.TableDef.from_json(snap["table"])
-    prepared = PreparedTable(table, new_marker(snap["policy_id"]))
+    prepared = PreparedTable(table, new_marker(snap["policy_id"]),
+                             ranges=snap["resolved"]["sets"])
     with state_lock(paths.state_dir):
         try:
             previous = snapshot.read_raw(paths.state_dir)  # parsed only for a roll back
@@ -82,7 +87,8 @@ def reload(paths):
     for set_name, count in sorted(dropped.items()):
         _log(f"event=reload-drop set={set_name} elements={count} reason=profile-removed")
     result = ReloadResult(snap["policy_id"], len(policy.profiles), len(policy.rules),
-                          kept, dropped, attempts, round(held * 1000, 3))
+                          kept, dropped, attempts, round(held * 1000, 3),
+                          tuple(snap["resolved"]["unknown"]))
     _log(f"event=reload policy={result.policy_id} profiles={result.profiles} "
          f"rules={result.rules} kept={kept} dropped={sum(dropped.values())} "
          f"attempts={attempts} lock_held_ms={result.lock_held_ms}")
@@ -190,7 +196,8 @@ def restore_table(applied, run_dir):
     Same transaction as reload; returns the number of live elements restored."""
     from .nftnl import PreparedTable
     table = ir.TableDef.from_json(applied["table"])
-    prepared = PreparedTable(table, new_marker(applied["policy_id"]))
+    prepared = PreparedTable(table, new_marker(applied["policy_id"]),
+                             ranges=(applied.get("resolved") or {}).get("sets"))
     kept, _dropped, _attempts, _held = _replace(prepared, run_dir)
     return kept
 

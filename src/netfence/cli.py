@@ -97,6 +97,13 @@ def cmd_reload(args, paths):
     for set_name, count in sorted(result.dropped.items()):
         print(f"dropped {count} live entries of set {set_name}: its profile was removed",
               file=sys.stderr)
+    _warn_unresolved(result.unresolved)
+
+
+def _warn_unresolved(names):
+    if names:
+        print(f"always rules: not found in NSS, skipped: {', '.join(names)} (gc resolves "
+              f"them again every run)", file=sys.stderr)
 
 
 def cmd_explain(args, paths):

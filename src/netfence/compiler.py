@@ -2,7 +2,10 @@
 
 Pure: no files, no kernel. The table follows docs/architecture.md: per profile P the
 sets uid-P, ucg-P and scg-P, the chains out-P / in-P (and deny-P / reject-P when the
-profile logs), and two static base chains that dispatch on set membership.
+profile logs), and two static base chains that dispatch on set membership. Profiles
+used by always rules also get the sets auid-P, suid-P and agid-P (setkinds.STATIC_KINDS),
+tested first by the egress chain; their elements are resolved at reload (resolve.py),
+so the always part of the snapshot lists the rules to resolve, not uids.
 """
 
 import hashlib
@@ -14,7 +17,7 @@ from . import formats, ir, nfencode, setkinds
 from .model import LOOPBACK
 from .nfconst import (HOST_ORDER, IP_CT_NEW_STATE_BIT, NETWORK_ORDER, NF_LOG_UID,
                       NFPROTO_IPV4, NFPROTO_IPV6)
-from .setkinds import SCG, UCG, UID
+from .setkinds import AGID, AUID, SCG, STATIC_KINDS, SUID, UCG, UID
 
 # Register values are compared as the kernel holds them: meta nfproto is one byte,
 # meta oif/iif and ct state are host-order u32 (nfconst), packet fields network order.
@@ -37,10 +40,13 @@ def has_ingress(profile):
 
 def compile_policy(policy):
     """Return the snapshot dict (JSON-serialisable) for a parsed model.Policy."""
-    table = build_table(policy.profiles.values(), policy.settings.log_rate)
+    always = build_always(policy)
+    table = build_table(policy.profiles.values(), policy.settings.log_rate,
+                        always["profiles"])
     login = build_login(policy)
     body = {"format": formats.SNAPSHOT, "files": list(policy.files),
-            "settings": asdict(policy.settings), "table": table.to_json(), "login": login}
+            "settings": asdict(policy.settings), "table": table.to_json(), "login": login,
+            "always": always}
     policy_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     login["policy_id"] = policy_id
     body["policy_id"] = policy_id
@@ -51,14 +57,21 @@ def compile_policy(policy):
 
 # ---- the table -------------------------------------------------------------------
 
-def build_table(profiles, log_rate=5):
+def build_table(profiles, log_rate=5, always=()):
+    """always: the names of the profiles used at always scope (static sets)."""
     profiles = list(profiles)
     # Guard sets first: the union of the profiles' sets, tested first by the base chains.
     sets = [ir.SetDef(kind.guard, kind.key_type) for kind in setkinds.KINDS]
+    if always:
+        sets += [ir.SetDef(kind.guard, kind.key_type, interval=kind.interval)
+                 for kind in STATIC_KINDS]
     chains, rules = [], []
     for profile in profiles:
         sets += [ir.SetDef(kind.set_name(profile.name), kind.key_type)
                  for kind in setkinds.KINDS]
+        if profile.name in always:
+            sets += [ir.SetDef(kind.set_name(profile.name), kind.key_type,
+                               interval=kind.interval) for kind in STATIC_KINDS]
         if profile.log:
             chains += [ir.ChainDef(f"deny-{profile.name}"), ir.ChainDef(f"reject-{profile.name}")]
             rules += _log_chain_rules(profile.name, log_rate)
@@ -68,7 +81,7 @@ def build_table(profiles, log_rate=5):
                 chain = _profile_chain(profile.name, direction)
                 chains.append(ir.ChainDef(chain))
                 rules += _profile_rules(profile, direction, chain)
-    dispatch_chains, dispatch_rules = _dispatch(profiles)
+    dispatch_chains, dispatch_rules = _dispatch(profiles, always)
     chains += dispatch_chains
     rules += dispatch_rules
     return ir.TableDef(sets=tuple(sets), chains=tuple(chains), rules=tuple(rules))
@@ -78,14 +91,20 @@ def _profile_chain(name, direction):
     return ("out-" if direction == "egress" else "in-") + name
 
 
-def _dispatch(profiles):
+def _dispatch(profiles, always=()):
     """Base chains test the guard sets; only keys found there go on to the per-profile
     tests. Per packet: two lookups for traffic netfence does not restrict, whatever the
-    number of profiles or sessions."""
+    number of profiles or sessions (five on egress with always rules: the guards of
+    uid ranges and gids cost a tree walk of depth log2(ranges), that of single uids
+    one hash lookup; never one test per uid)."""
     egress = [p for p in profiles if has_egress(p)]
     ingress = [p for p in profiles if has_ingress(p)]
+    static = [p for p in egress if p.name in always]
     new = (("ct", "state"), ("bitwise", CT_STATE_NEW, NO_BITS), ("cmp", "neq", NO_BITS))
     plan = [  # (base chain, extra tests, set kind, sub-chain, profiles, direction)
+        ("egress", (), AUID, "egress-always-uid", static, "egress"),
+        ("egress", (), SUID, "egress-always-single", static, "egress"),
+        ("egress", (), AGID, "egress-always-gid", static, "egress"),
         ("egress", (), UID, "egress-uid", egress, "egress"),
         ("egress", (), SCG, "egress-session", egress, "egress"),
         ("ingress", new, UCG, "ingress-user", ingress, "ingress"),
@@ -95,7 +114,7 @@ def _dispatch(profiles):
     for base, tests, kind, sub, members, direction in plan:
         if not members:
             continue
-        key = (_key_load(kind),)
+        key = _key_load(kind)
         chains.append(ir.ChainDef(sub))
         rules.append(ir.RuleDef(base, tests + key + (("lookup", kind.guard),
                                                      ("verdict", "jump", sub))))
@@ -108,11 +127,16 @@ def _dispatch(profiles):
 
 
 def _key_load(kind):
-    """The expression that loads a set kind's key: the socket's uid, or its cgroup
-    at the kind's level."""
+    """The expressions that load a set kind's key: the socket's uid, or its cgroup
+    at the kind's level; for a static (interval) kind the socket's uid or gid turned
+    big-endian, as its keys are (nft: byteorder reg 1 = hton(reg 1, 4, 4))."""
+    if kind.interval:
+        return (("meta", kind.meta_key), ("byteorder", "hton", kind.key_len, kind.key_len))
+    if kind.static:
+        return (("meta", kind.meta_key),)
     if kind.level is None:
-        return ("meta", "skuid")
-    return ("socket", "cgroupv2", kind.level)
+        return (("meta", "skuid"),)
+    return (("socket", "cgroupv2", kind.level),)
 
 
 def _log_chain_rules(name, log_rate):
@@ -218,9 +242,27 @@ def build_login(policy):
         profiles[profile.name] = {"egress": has_egress(profile),
                                   "ingress": has_ingress(profile),
                                   **setkinds.profile_sets(profile.name)}
-    rules = [_login_rule(rule) for rule in policy.rules]
+    # Always rules are resolved at reload, not matched at login.
+    rules = [_login_rule(rule) for rule in policy.rules if rule.scope != "always"]
     return {"format": formats.SNAPSHOT, "policy_id": "", "settings": asdict(policy.settings),
             "profiles": profiles, "guards": setkinds.guards(), "rules": rules}
+
+
+def build_always(policy):
+    """The always rules as resolve.py reads them, and the static sets of each profile
+    they use (profiles restricting egress only: the others would have nothing to do)."""
+    rules = [{"index": rule.index, "where": str(rule.where), "profiles": list(rule.profiles),
+              "users": _pair(rule.users), "groups": _pair(rule.groups),
+              "uids": [list(r) for r in rule.uids]}
+             for rule in policy.rules if rule.scope == "always"]
+    names = []
+    for rule in rules:
+        names += [p for p in rule["profiles"]
+                  if p not in names and has_egress(policy.profiles[p])]
+    profiles = {name: {kind.name: kind.set_name(name) for kind in STATIC_KINDS}
+                for name in names}
+    guards = {kind.name: kind.guard for kind in STATIC_KINDS} if names else {}
+    return {"rules": rules, "profiles": profiles, "guards": guards}
 
 
 def _login_rule(rule):

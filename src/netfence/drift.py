@@ -4,15 +4,19 @@
 a missing or altered table is restored from the applied snapshot (what the last reload
 applied, not the files in /etc) with the records' elements, missing live elements are
 added back and elements without a record removed, an interrupted reload is finished.
+The always rules' sets hold no record's elements: they are checked against
+the snapshot's resolution instead, and gc resolves the rules again (NSS may have
+changed) and changes the kernel's ranges by the difference.
 """
 
 import errno
 from dataclasses import dataclass, field
 
-from . import ir, records, snapshot
+from . import ir, records, resolve, snapshot
 from .apply import marker_policy, restore_table, state_lock
 from .errors import KernelError, NetfenceError, StateError
 from .plan import subtract
+from .setkinds import is_static
 
 
 @dataclass
@@ -23,11 +27,14 @@ class Drift:
     missing_elements: dict = field(default_factory=dict)   # set -> count
     leaked_elements: dict = field(default_factory=dict)    # set -> count
     login_policy: str = ""            # login.marshal's policy id when it is not compiled.json's
+    static_missing: dict = field(default_factory=dict)  # interval set -> elements missing
+    static_extra: dict = field(default_factory=dict)    # interval set -> elements not resolved
 
     @property
     def ok(self):
         return not (self.table_missing or self.altered or self.missing_elements
-                    or self.leaked_elements or self.login_policy)
+                    or self.leaked_elements or self.login_policy or self.static_missing
+                    or self.static_extra)
 
     def problems(self):
         out = []
@@ -43,6 +50,11 @@ class Drift:
         if self.missing_elements:
             out.append("live entries missing from the kernel: " + ", ".join(
                 f"{n} in {s}" for s, n in sorted(self.missing_elements.items())))
+        if self.static_missing or self.static_extra:
+            out.append("always rules' ranges differ from their last resolution: " + ", ".join(
+                f"{s} ({self.static_missing.get(s, 0)} elements missing, "
+                f"{self.static_extra.get(s, 0)} extra)"
+                for s in sorted(set(self.static_missing) | set(self.static_extra))))
         if self.leaked_elements:
             out.append("entries without a session record: " + ", ".join(
                 f"{n} in {s}" for s, n in sorted(self.leaked_elements.items())))
@@ -53,6 +65,8 @@ class Drift:
                 "altered": list(self.altered),
                 "missing_elements": dict(self.missing_elements),
                 "leaked_elements": dict(self.leaked_elements),
+                "static_missing": dict(self.static_missing),
+                "static_extra": dict(self.static_extra),
                 "login_policy": self.login_policy or None,
                 "problems": self.problems()}
 
@@ -87,15 +101,40 @@ def check_table(applied, run_dir, ruleset, state_dir=None):
     add, remove = element_drift(table, run_dir, ruleset)
     drift.missing_elements = {s: len(keys) for s, keys in add.items()}
     drift.leaked_elements = {s: len(keys) for s, keys in remove.items()}
+    add, remove = static_drift(table, applied, ruleset)
+    drift.static_missing = {s: len(items) for s, items in add.items()}
+    drift.static_extra = {s: len(items) for s, items in remove.items()}
     return drift
+
+
+def static_drift(table, applied, ruleset):
+    """(missing, extra) elements [(key bytes, is_end)] per static set: what the
+    snapshot's resolution of the always rules wants against what the kernel holds."""
+    from .nfencode import static_elements
+    from .setkinds import KEY_TYPES
+    ranges = (applied.get("resolved") or {}).get("sets", {})
+    static = {s.name: s for s in table.sets if is_static(s.name)}
+    if not static:
+        return {}, {}
+    have = ruleset.read_intervals(static, table.name)
+    missing, extra = {}, {}
+    for name, set_def in static.items():
+        want = {(key.hex(), end) for key, end in static_elements(
+            ranges.get(name, []), KEY_TYPES[set_def.key][1], set_def.interval)}
+        got = have.get(name, set())
+        if want - got:
+            missing[name] = sorted((bytes.fromhex(k), e) for k, e in want - got)
+        if got - want:
+            extra[name] = sorted((bytes.fromhex(k), e) for k, e in got - want)
+    return missing, extra
 
 
 def element_drift(table, run_dir, ruleset):
     """(missing, unrecorded): the elements the records need that the kernel lacks, and
     those the kernel holds without a record, as {set: [hex key]}."""
-    wanted = {s.name for s in table.sets}
+    wanted = {s.name for s in table.sets if not is_static(s.name)}   # no records: always
     need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
-    have = ruleset.read_elements(table.name)
+    have = {s: k for s, k in ruleset.read_elements(table.name).items() if s in wanted}
     return (subtract(need, _as_sets(have)), subtract(have, _as_sets(need)))
 
 
@@ -128,12 +167,19 @@ class Repair:
     removed: int = 0
     rolled_forward: bool = False
     error: str = ""
+    resolved: dict = field(default_factory=dict)   # set -> ranges, when NSS changed them
+    static_added: int = 0
+    static_removed: int = 0
 
     def __str__(self):
         text = self._text()
         if self.rolled_forward:
             text = ("gc: snapshot: finished an interrupted reload (login.marshal made "
                     "current)\n" + text)
+        if self.resolved:
+            text = ("gc: always rules: NSS changed their ranges (" + ", ".join(
+                f"{name} {len(ranges)} ranges" for name, ranges in sorted(
+                    self.resolved.items())) + ")\n" + text)
         return text
 
     def _text(self):
@@ -145,8 +191,12 @@ class Repair:
             return (f"gc: table: was {what}; restored from the applied snapshot with "
                     f"{self.restored_elements} live entries")
         if self.action == "elements":
-            return (f"gc: table: {self.added} missing live entries added back, "
+            text = (f"gc: table: {self.added} missing live entries added back, "
                     f"{self.removed} entries without a record removed")
+            if self.static_added or self.static_removed:
+                text += (f"; always rules' ranges: {self.static_added} elements added, "
+                         f"{self.static_removed} removed")
+            return text
         if not self.drift.applied:
             return "gc: table: no policy applied"
         return "gc: table: ok"
@@ -162,8 +212,9 @@ def repair_table(paths):
         if not applied:
             return Repair(Drift())
         records.ensure_dirs(paths.run_dir)
+        changed = _resolve_again(applied, paths.state_dir)
         drift = check_steadily(applied, paths)
-        repair = Repair(drift)
+        repair = Repair(drift, resolved=changed)
         if drift.login_policy:
             if not snapshot.roll_forward(paths.state_dir, applied["policy_id"]):
                 repair.action = "failed"
@@ -180,11 +231,41 @@ def repair_table(paths):
                 # Compared again under the records lock: what looked missing or leaked
                 # may have been a login or logout in progress.
                 repair.added, repair.removed = _fix_elements(applied, paths.run_dir)
-                if repair.added or repair.removed:
-                    repair.action = "elements"
+            if drift.static_missing or drift.static_extra:
+                repair.static_added, repair.static_removed = _fix_ranges(applied)
+            if repair.added or repair.removed or repair.static_added or repair.static_removed:
+                repair.action = "elements"
         except NetfenceError as err:
             repair.action, repair.error = "failed", str(err)
         return repair
+
+
+def _resolve_again(applied, state_dir):
+    """Resolve the always rules through NSS again; when the ranges changed, record the
+    new resolution in compiled.json first (what gc and status compare the kernel with)
+    and return {set: ranges} of the sets that changed."""
+    always = applied.get("always") or {}
+    if applied.get("flushed") or not always.get("profiles"):
+        return {}
+    old = (applied.get("resolved") or {}).get("sets", {})
+    new = resolve.resolve(always)
+    changed = {name: ranges for name, ranges in new["sets"].items() if old.get(name) != ranges}
+    if changed:
+        applied["resolved"] = new
+        snapshot.replace_compiled(state_dir, applied)
+    return changed
+
+
+def _fix_ranges(applied):
+    """Make the interval sets hold the snapshot's resolution: one transaction that
+    destroys the elements no longer resolved and adds the new ones. Returns (added,
+    removed). Logins never write these sets: no records lock needed."""
+    from .nftnl import Ruleset
+    table = ir.TableDef.from_json(applied["table"])
+    with Ruleset() as ruleset:
+        add, remove = static_drift(table, applied, ruleset)
+        ruleset.change_intervals(remove, add, table.name)
+    return sum(map(len, add.values())), sum(map(len, remove.values()))
 
 
 def _fix_elements(applied, run_dir):

@@ -4,7 +4,7 @@ import pwd
 import time
 from datetime import datetime
 
-from . import ir, render
+from . import ir, render, resolve
 from .accounts import group_names
 from .apply import compile_from
 from .errors import UsageError
@@ -32,7 +32,9 @@ def explain(paths, user, service, rhost, tty, at):
              f"{minute // 60:02d}:{minute % 60:02d}"]
     lines += _matched_rules(login, decision)
     lines += _scopes(entry.pw_uid, decision)
-    if not decision.empty:
+    always = _always_lines(snap["always"], entry)
+    lines += always
+    if not decision.empty or always:
         lines += _chains(snap, decision)
     applied = read_snapshot(paths.state_dir)
     if applied is None or applied.get("policy_id") != snap["policy_id"]:
@@ -92,9 +94,31 @@ def _scopes(uid, decision):
     return lines
 
 
+def _always_lines(always, entry):
+    """The always rules that fence this uid whatever its logins, and why (through NSS
+    now: reload and gc resolve the same way)."""
+    if not always["rules"]:
+        return []
+    nss = resolve.Nss.from_system()
+    lines = []
+    for rule in always["rules"]:
+        why, gids = resolve.reasons(rule, nss, entry.pw_name, entry.pw_uid)
+        head = (f"  rule {rule['index'] + 1} ({rule['where']}): profiles "
+                f"{', '.join(rule['profiles'])}")
+        if why:
+            lines.append(f"{head}: {'; '.join(why)}")
+        if gids:
+            lines.append(f"{head}: sockets with effective gid {', '.join(gids)} are fenced "
+                         f"too, whoever owns them (meta skgid)")
+    if not lines:
+        return ["always scope: no always rule fences this uid"]
+    return ["always scope (every socket of the uid from reload on, logged in or not):"] + lines
+
+
 def _chains(snap, decision):
     table = ir.TableDef.from_json(snap["table"])
     wanted = set(decision.user_profiles) | set(decision.session_profiles)
+    wanted |= set(snap["always"]["profiles"])
     names = {f"{prefix}-{p}" for p in wanted for prefix in ("out", "in", "deny", "reject")}
     lines = ["nftables rules (table inet netfence); a connection passes only if every "
              "profile returns:"]

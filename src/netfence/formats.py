@@ -22,6 +22,6 @@ The rule (docs/architecture.md, "File formats"):
 Light on purpose: the hook imports it.
 """
 
-SNAPSHOT = 1
+SNAPSHOT = 2        # 2: always rules (scope, uids, static interval sets, resolved)
 TEMPLATES = 1
 RECORDS = 1

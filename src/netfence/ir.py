@@ -5,10 +5,12 @@ mechanical and `render.py` can print them as `nft list` would. Byte strings are 
 (`"0a000000"`), so a whole table round-trips through JSON unchanged. Every expression
 that loads a value loads it into register 1 (NFT_REG_1); every comparison reads it.
 
-  ("meta", key)                      key: nfproto l4proto skuid oif iif
+  ("meta", key)                      key: nfproto l4proto skuid skgid oif iif
   ("payload", base, offset, length)  base: network | transport
   ("socket", "cgroupv2", level)      the socket's cgroup v2 ancestor id at `level`
   ("ct", "state")
+  ("byteorder", op, len, size)       op: hton | ntoh; reg1 converted in place, `len`
+                                     bytes in words of `size` (an interval set's key)
   ("bitwise", mask_hex, xor_hex)     reg1 = (reg1 & mask) ^ xor, len = len(mask)
   ("cmp", op, data_hex)              op: eq neq lt lte gt gte
   ("range", op, from_hex, to_hex)    op: eq neq
@@ -33,6 +35,7 @@ TABLE_NAME = setkinds.TABLE
 class SetDef:
     name: str
     key: str              # a setkinds.KEY_TYPES name (an nftables datatype)
+    interval: bool = False  # ranges (NFT_SET_INTERVAL): keys big-endian, start/end
 
 
 @dataclass(frozen=True)

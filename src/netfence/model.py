@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 ACTIONS = ("allow", "deny", "reject")
 PROTOS = ("tcp", "udp", "icmp")          # "any" is spelled as an empty tuple
-SCOPES = ("user", "session")
+SCOPES = ("user", "session", "always")
+LOGIN_KEYS = ("services", "rhosts", "ttys", "time")   # conditions only a login has
+MAX_ID = 4294967294                       # the highest uid/gid: (uid_t) -1 is no id
 LOOPBACK = "loopback"                     # peer keyword: traffic through the lo interface
 
 
@@ -80,12 +82,13 @@ class Patterns:
 class MatchRule:
     index: int                          # position over all files, from 0
     users: Patterns = Patterns()        # names; "*" = every user except root
+    uids: tuple = ()                    # ((low, high), ...) inclusive; always scope only
     groups: Patterns = Patterns()       # group names (NSS, supplementary included)
     services: Patterns = Patterns()     # PAM service names
     rhosts: Patterns = Patterns()       # CIDR strings, host names, ".domain" suffixes, "local"
     ttys: Patterns = Patterns()         # fnmatch globs on PAM_TTY ("" when none)
     time: tuple = ()                    # TimeWindow...; () means always
-    scope: str = "session"              # one of SCOPES
+    scope: str = "session"              # one of SCOPES; "always": from reload on, no login
     profiles: tuple = ()                # profile names, each defined in the policy
     where: Location = field(default=Location("<policy>"), compare=False)
 

@@ -21,6 +21,13 @@ Message layout (names as in the kernel headers):
           NFTA_DATA_VALUE       key bytes (uid: 4, cgroup id: 8, host order)
   BATCH_BEGIN / BATCH_END: family AF_UNSPEC, res_id = htons(NFNL_SUBSYS_NFTABLES)
 
+Interval sets (the always rules' static sets) hold each range [low, high] as two
+elements, as nft writes them: a start element keyed `low` and an end element keyed
+`high + 1` carrying NFTA_SET_ELEM_FLAGS = NFT_SET_ELEM_INTERVAL_END (be32, before the
+key); when the first range does not start at 0, an end element keyed 0 comes first
+(nft sends it; the rbtree then has no gap below the first range). Keys are
+big-endian. Ranges stop at 4294967294 (uid/gid -1 is not an id), so high + 1 fits.
+
 No NFNL_BATCH_GENID in the hook's batches: a login only adds (or destroys) elements,
 there is no read-modify-write to protect, and additions commute with a concurrent
 reload, which itself uses GENID and so re-reads the elements if a login slipped in.
@@ -30,10 +37,10 @@ from . import formats, setkinds
 from .nfconst import (
     HOST_ORDER, NETWORK_ORDER, NFNETLINK_V0, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
     NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC, NFT_MSG_DESTROYSETELEM,
-    NFT_MSG_NEWSETELEM, NFT_NAME_MAXLEN, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
-    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NLA_F_NESTED, NLA_HDRLEN, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_REQUEST, NLMSG_HDRLEN, NLMSG_SEQ_OFFSET)
+    NFT_MSG_NEWSETELEM, NFT_NAME_MAXLEN, NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE,
+    NFTA_LIST_ELEM, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NLA_F_NESTED, NLA_HDRLEN, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_REQUEST, NLMSG_HDRLEN, NLMSG_SEQ_OFFSET)
 
 NEW_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE   # no EXCL: re-adding is fine
 DESTROY_FLAGS = NLM_F_REQUEST | NLM_F_ACK
@@ -89,6 +96,40 @@ def _element_body(table, set_name, keys):
     return (attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
             + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
             + nested(NFTA_SET_ELEM_LIST_ELEMENTS, items))
+
+
+def interval_elements(ranges, key_len):
+    """[(key bytes, is_end)] of merged, sorted, inclusive ranges [[low, high], ...]."""
+    items = []
+    if ranges and ranges[0][0] != 0:
+        items.append((bytes(key_len), True))
+    for low, high in ranges:
+        items.append((low.to_bytes(key_len, NETWORK_ORDER), False))
+        items.append(((high + 1).to_bytes(key_len, NETWORK_ORDER), True))
+    return items
+
+
+def static_elements(ranges, key_len, interval):
+    """[(key bytes, is_end)] of a static set: interval_elements for an interval set; a
+    hash set holds single ids only, keyed in host order like every login set."""
+    if interval:
+        return interval_elements(ranges, key_len)
+    if any(low != high for low, high in ranges):
+        raise ValueError("a hash set holds single ids, not ranges")
+    return [(low.to_bytes(key_len, HOST_ORDER), False) for low, _high in ranges]
+
+
+def interval_list_message(msg_type, flags, seq, table, set_name, items):
+    """One NEWSETELEM/DESTROYSETELEM message of interval elements [(key, is_end)]."""
+    end = attr(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END.to_bytes(4, NETWORK_ORDER))
+    elements = b"".join(
+        nested(NFTA_LIST_ELEM, (end if is_end else b"")
+               + nested(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, key)))
+        for key, is_end in items)
+    body = (attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
+            + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
+            + nested(NFTA_SET_ELEM_LIST_ELEMENTS, elements))
+    return nft_message(msg_type, flags, body, seq)
 
 
 def element_message(msg_type, flags, table, set_name, key_len):

@@ -16,7 +16,8 @@ import errno
 from . import ir, nftnl_dump as dump, nftnl_msg as m
 from . import nfconst as nf
 from .errors import GenerationChanged, KernelError
-from .nftnl_batch import Batch, PreparedTable, add_element_messages, encode_batch
+from .nftnl_batch import (Batch, PreparedTable, add_element_messages, add_interval_messages,
+                          encode_batch)
 from .nftnl_drift import differences, expected_summary
 from .nftnl_sock import AcksLost, Connection, DumpInterrupted
 
@@ -133,11 +134,20 @@ class Ruleset:
         return {name: self._set_keys(table, name)
                 for name in dump.set_names(table, self._raw_sets(table))}
 
-    def _set_keys(self, table, name):
+    def read_intervals(self, names, table=TABLE_NAME):
+        """set name -> {(hex key, is_end)} of the named sets (absent sets: left out);
+        is_end is always False outside interval sets."""
+        wanted = set(names)
+        return self._consistent(lambda: {
+            name: set(self._set_keys(table, name, True))
+            for name in dump.set_names(table, self._raw_sets(table)) if name in wanted}
+            if self.table_exists(table) else {})
+
+    def _set_keys(self, table, name, with_flags=False):
         return dump.set_keys(self._dump(
             m.SetElemMsg, nf.NFT_MSG_GETSETELEM,
             [('NFTA_SET_ELEM_LIST_TABLE', table), ('NFTA_SET_ELEM_LIST_SET', name)],
-            f"list elements of set {name}", raw=True))
+            f"list elements of set {name}", raw=True), with_flags)
 
     def _table(self, table):
         if not self.table_exists(table):
@@ -193,6 +203,16 @@ class Ruleset:
     def destroy_elements(self, elements, table=TABLE_NAME):
         """Remove elements; absent ones are not an error (NFT_MSG_DESTROYSETELEM)."""
         self._element_batch(elements, table, nf.NFT_MSG_DESTROYSETELEM, "destroy")
+
+    def change_intervals(self, remove, add, table=TABLE_NAME):
+        """One transaction: destroy then add static set elements ({set: [(key bytes,
+        is_end)]}), so a packet sees the old ranges or the new ones, never a mix."""
+        batch = Batch(self._conn.next_seq)
+        add_interval_messages(batch, table, remove, nf.NFT_MSG_DESTROYSETELEM, "destroy")
+        add_interval_messages(batch, table, add, nf.NFT_MSG_NEWSETELEM, "add")
+        messages = batch.finish()
+        if len(messages) > 2:
+            self._conn.batch(f"change ranges in table inet {table}", messages)
 
     def _element_batch(self, elements, table, msg_type, verb):
         batch = Batch(self._conn.next_seq)

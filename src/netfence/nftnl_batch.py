@@ -11,7 +11,8 @@ import itertools
 
 from . import nftnl_msg as m, setkinds
 from . import nfconst as nf
-from .nfencode import element_list_message, nft_message
+from .nfencode import (element_list_message, interval_list_message, nft_message,
+                       static_elements)
 from .nftnl_expr import encode_expr, rule_body
 
 HOOKS = {"prerouting": nf.NF_INET_PRE_ROUTING, "input": nf.NF_INET_LOCAL_IN,
@@ -90,6 +91,9 @@ class PreparedTable:
     numbers: BEGIN = seq_base, the removal of the old table seq_base + 1, then these,
     then the elements and END.
 
+    ranges: the always rules' ranges ({static set: [[low, high], ...]}), put in
+    their sets (setkinds.STATIC_KINDS) by the same transaction.
+
     marker: a string stored in the table's userdata (MARKER_TYPE), read back with
     Ruleset.summary(): which snapshot the table came from, and whether a batch whose
     answers were lost was committed.
@@ -97,9 +101,10 @@ class PreparedTable:
 
     SEQ_BASE = 1 << 24          # far above a Connection's own request numbers
 
-    def __init__(self, table, marker=None, seq_base=SEQ_BASE):
+    def __init__(self, table, marker=None, seq_base=SEQ_BASE, ranges=None):
         check_family(table)
         self.table, self.marker, self.seq_base = table, marker, seq_base
+        self.ranges = ranges or {}      # {interval set: [[low, high], ...]}, resolve.py
         body = Batch(itertools.count(seq_base + 2).__next__, begin=False)
         name = table.name
         attrs = [('NFTA_TABLE_NAME', name), ('NFTA_TABLE_FLAGS', 0)]
@@ -120,7 +125,8 @@ class PreparedTable:
         self.next_seq = seq_base + 2 + len(self.body)
 
     def messages(self, elements, genid=None, delete="destroy"):
-        """The whole transaction, BEGIN to END, with `elements` in the new sets."""
+        """The whole transaction, BEGIN to END, with `elements` in the new sets and
+        the ranges in its interval sets."""
         name = self.table.name
         begin = self.seq_base
         out = [("begin transaction",
@@ -136,6 +142,12 @@ class PreparedTable:
         wanted = {s.name for s in self.table.sets}
         add_element_messages(tail, name, {k: v for k, v in elements.items() if k in wanted},
                              nf.NFT_MSG_NEWSETELEM, "add")
+        sets = {s.name: s for s in self.table.sets}
+        add_interval_messages(tail, name, {
+            set_name: static_elements(items, setkinds.KEY_TYPES[sets[set_name].key][1],
+                                      sets[set_name].interval)
+            for set_name, items in self.ranges.items() if set_name in sets and items},
+            nf.NFT_MSG_NEWSETELEM, "add")
         return out + tail.finish()
 
 
@@ -143,8 +155,11 @@ def _set_attrs(table_name, set_def, set_id):
     key_type, key_len = setkinds.KEY_TYPES[set_def.key]
     # NFTA_SET_ID (unique within the transaction) is mandatory for NEWSET: EINVAL
     # without it. KEYBYTEORDER=host: without it `nft list` prints keys byte-swapped.
+    # An interval set keeps the same userdata as nft writes for it (key byte order
+    # host: nft converts its big-endian keys back for `nft list`).
+    flags = nf.NFT_SET_INTERVAL if set_def.interval else nf.NFT_SET_FLAGS_NONE
     return [('NFTA_SET_TABLE', table_name), ('NFTA_SET_NAME', set_def.name),
-            ('NFTA_SET_FLAGS', nf.NFT_SET_FLAGS_NONE), ('NFTA_SET_KEY_TYPE', key_type),
+            ('NFTA_SET_FLAGS', flags), ('NFTA_SET_KEY_TYPE', key_type),
             ('NFTA_SET_KEY_LEN', key_len), ('NFTA_SET_ID', set_id),
             ('NFTA_SET_USERDATA', KEYBYTEORDER_HOST)]
 
@@ -214,3 +229,17 @@ def add_element_messages(batch, table_name, elements, msg_type, verb):
                                         [bytes.fromhex(k) for k in chunk])
             batch.messages.append((f"{verb} {len(chunk)} element(s) of set {set_name}",
                                    data, seq))
+
+
+def add_interval_messages(batch, table_name, elements, msg_type, verb):
+    """Queue static set elements ({set: [(key bytes, is_end)]}, see
+    nfencode.static_elements), as add_element_messages does login elements."""
+    flags = nf.NLM_F_CREATE if msg_type == nf.NFT_MSG_NEWSETELEM else 0
+    for set_name, items in elements.items():
+        for start in range(0, len(items), ELEMENTS_PER_MESSAGE):
+            chunk = items[start:start + ELEMENTS_PER_MESSAGE]
+            seq = batch.next_seq()
+            data = interval_list_message(msg_type, ACKED | flags, seq, table_name, set_name,
+                                         chunk)
+            batch.messages.append((f"{verb} {len(chunk)} range element(s) of set "
+                                   f"{set_name}", data, seq))

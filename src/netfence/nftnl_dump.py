@@ -94,8 +94,9 @@ def set_names(table, raw_sets):
     return names
 
 
-def set_keys(raw_elements):
-    """[hex key] of one set, from its raw GETSETELEM dump."""
+def set_keys(raw_elements, with_flags=False):
+    """[hex key] of one set, from its raw GETSETELEM dump; with_flags: [(hex key,
+    is_end)], for interval sets (NFT_SET_ELEM_INTERVAL_END)."""
     keys = []
     for raw in raw_elements:
         for kind, items in m.iter_attrs(raw, m.ATTRS_OFFSET):
@@ -104,10 +105,15 @@ def set_keys(raw_elements):
             for item_kind, item in m.iter_attrs(items):
                 if item_kind != nf.NFTA_LIST_ELEM:
                     continue
-                key = m.parse_attrs(item, 0).get(nf.NFTA_SET_ELEM_KEY)
+                attrs = m.parse_attrs(item, 0)
+                key = attrs.get(nf.NFTA_SET_ELEM_KEY)
                 if key is not None:
                     value = m.parse_attrs(key, 0).get(nf.NFTA_DATA_VALUE)
-                    if value is not None:
+                    if value is not None and with_flags:
+                        flags = int.from_bytes(attrs.get(nf.NFTA_SET_ELEM_FLAGS, bytes(4)),
+                                               "big")
+                        keys.append((value.hex(), bool(flags & nf.NFT_SET_ELEM_INTERVAL_END)))
+                    elif value is not None:
                         keys.append(value.hex())
     return keys
 

@@ -14,11 +14,13 @@ from .nfencode import attr as nla, cstring
 
 # ir names -> kernel numbers; every expression loads into / reads from register 1
 META_KEYS = {"iif": nf.NFT_META_IIF, "oif": nf.NFT_META_OIF, "skuid": nf.NFT_META_SKUID,
+             "skgid": nf.NFT_META_SKGID,
              "nfproto": nf.NFT_META_NFPROTO, "l4proto": nf.NFT_META_L4PROTO}
 PAYLOAD_BASES = {"network": nf.NFT_PAYLOAD_NETWORK_HEADER,
                  "transport": nf.NFT_PAYLOAD_TRANSPORT_HEADER}
 SOCKET_KEYS = {"cgroupv2": nf.NFT_SOCKET_CGROUPV2}
 CT_KEYS = {"state": nf.NFT_CT_STATE}
+BYTEORDER_OPS = {"ntoh": nf.NFT_BYTEORDER_NTOH, "hton": nf.NFT_BYTEORDER_HTON}
 CMP_OPS = {"eq": nf.NFT_CMP_EQ, "neq": nf.NFT_CMP_NEQ, "lt": nf.NFT_CMP_LT,
            "lte": nf.NFT_CMP_LTE, "gt": nf.NFT_CMP_GT, "gte": nf.NFT_CMP_GTE}
 RANGE_OPS = {"eq": nf.NFT_RANGE_EQ, "neq": nf.NFT_RANGE_NEQ}
@@ -72,6 +74,14 @@ def _socket(key, level):
 
 def _ct(key):
     return _expr('ct', [('NFTA_CT_KEY', CT_KEYS[key]), ('NFTA_CT_DREG', NFT_REG_1)])
+
+
+def _byteorder(op, length, size):
+    return _expr('byteorder', [('NFTA_BYTEORDER_SREG', NFT_REG_1),
+                               ('NFTA_BYTEORDER_DREG', NFT_REG_1),
+                               ('NFTA_BYTEORDER_OP', BYTEORDER_OPS[op]),
+                               ('NFTA_BYTEORDER_LEN', int(length)),
+                               ('NFTA_BYTEORDER_SIZE', int(size))])
 
 
 def _bitwise(mask, xor):
@@ -136,7 +146,8 @@ def _verdict(kind, chain=None):
 
 _ENCODERS = {
     "meta": _meta, "payload": _payload, "socket": _socket, "ct": _ct,
-    "bitwise": _bitwise, "cmp": _cmp, "range": _range, "lookup": _lookup,
+    "byteorder": _byteorder, "bitwise": _bitwise, "cmp": _cmp, "range": _range,
+    "lookup": _lookup,
     "counter": _counter, "limit": _limit, "log": _log, "reject": _reject,
     "verdict": _verdict,
 }
@@ -183,6 +194,11 @@ def _d_ct(d, a):
     return ("ct", _reverse(CT_KEYS)[a(d, 'NFTA_CT_KEY')])
 
 
+def _d_byteorder(d, a):
+    return ("byteorder", _reverse(BYTEORDER_OPS)[a(d, 'NFTA_BYTEORDER_OP')],
+            a(d, 'NFTA_BYTEORDER_LEN'), a(d, 'NFTA_BYTEORDER_SIZE'))
+
+
 def _d_bitwise(d, a):
     return ("bitwise", _hex(a(d, 'NFTA_BITWISE_MASK'), a), _hex(a(d, 'NFTA_BITWISE_XOR'), a))
 
@@ -225,7 +241,8 @@ def _d_immediate(d, a):
 
 _DECODERS = {
     "meta": _d_meta, "payload": _d_payload, "socket": _d_socket, "ct": _d_ct,
-    "bitwise": _d_bitwise, "cmp": _d_cmp, "range": _d_range, "lookup": _d_lookup,
+    "byteorder": _d_byteorder, "bitwise": _d_bitwise, "cmp": _d_cmp, "range": _d_range,
+    "lookup": _d_lookup,
     "counter": _d_counter, "limit": _d_limit, "log": _d_log, "reject": _d_reject,
     "immediate": _d_immediate,
 }
@@ -281,6 +298,13 @@ def _raw_ct(key):
     return _raw_expr("ct", nla(nf.NFTA_CT_KEY, _U32(CT_KEYS[key])) + _raw_regs(nf.NFTA_CT_DREG))
 
 
+def _raw_byteorder(op, length, size):
+    return _raw_expr("byteorder", _raw_regs(nf.NFTA_BYTEORDER_SREG, nf.NFTA_BYTEORDER_DREG)
+                     + nla(nf.NFTA_BYTEORDER_OP, _U32(BYTEORDER_OPS[op]))
+                     + nla(nf.NFTA_BYTEORDER_LEN, _U32(int(length)))
+                     + nla(nf.NFTA_BYTEORDER_SIZE, _U32(int(size))))
+
+
 def _raw_bitwise(mask, xor):
     return _raw_expr("bitwise", _raw_regs(nf.NFTA_BITWISE_SREG, nf.NFTA_BITWISE_DREG)
                      + nla(nf.NFTA_BITWISE_LEN, _U32(len(mask) // 2))
@@ -334,7 +358,8 @@ def _raw_verdict(kind, chain=None):
 
 _RAW_ENCODERS = {
     "meta": _raw_meta, "payload": _raw_payload, "socket": _raw_socket, "ct": _raw_ct,
-    "bitwise": _raw_bitwise, "cmp": _raw_cmp, "range": _raw_range, "lookup": _raw_lookup,
+    "byteorder": _raw_byteorder, "bitwise": _raw_bitwise, "cmp": _raw_cmp,
+    "range": _raw_range, "lookup": _raw_lookup,
     "counter": lambda: _raw_expr("counter", b""), "limit": _raw_limit, "log": _raw_log,
     "reject": _raw_reject, "verdict": _raw_verdict,
 }

@@ -12,6 +12,7 @@ import difflib
 from . import model
 from .errors import PolicyError
 from .policy_files import read_files
+from .policy_always import check_always, parse_uids, scope_fits
 from .policy_text import Locator, TomlSyntaxError, load_toml
 from .policy_values import (ItemError, boolean, check_profile_name, choice, group_pattern,
                             integer, items_of, path_component, peer, port_range, rhost,
@@ -46,6 +47,7 @@ def parse_policy_text(files):
     for path, text in files:
         _parse_file(state, path, text)
     _check_references(state)
+    check_always(state)
     if state.problems:
         order = {path: number for number, (path, _) in enumerate(files)}
         raise PolicyError(sorted(state.problems, key=lambda p: (order.get(p[0], -1), p[1])))
@@ -62,6 +64,7 @@ class _State:
         self.settings, self.settings_where = {}, {}
         self.profiles, self.profile_where = {}, {}
         self.rules, self.references = [], []
+        self.always = []                    # (rule, path, line of its profiles)
         self.rule_count = 0
 
 
@@ -277,7 +280,8 @@ _NET_VALUES = {
 
 # ---- [[rule]] ------------------------------------------------------------------------
 
-_RULE_KEYS = ("users", "groups", "services", "rhosts", "ttys", "time", "scope", "profiles")
+_RULE_KEYS = ("users", "uids", "groups", "services", "rhosts", "ttys", "time", "scope",
+              "profiles")
 _NAMES_EMPTY = 'give at least one name (users = ["*"] is every user but root)'
 _ANY_EMPTY = "leave the key out to match any"
 
@@ -310,17 +314,22 @@ def _rule(state, doc, index, keys, item):
         doc.error(keys, f"{context}: profiles is required: the profiles this rule applies")
     if not _matches_somebody(doc, keys, context, item, fields):
         ok = False
+    if not scope_fits(doc, keys, context, item, fields):
+        ok = False
     if not ok or None in fields.values():
         return None
-    return model.MatchRule(index=index, **fields, where=doc.where(*keys))
+    rule = model.MatchRule(index=index, **fields, where=doc.where(*keys))
+    if rule.scope == "always":
+        state.always.append((rule, doc.path, doc.locator.line(*keys, "profiles")))
+    return rule
 
 
 def _matches_somebody(doc, keys, context, item, fields):
     """Refuse rules without a positive users/groups item: a typo must not fence everyone."""
     given = [fields.get(key) for key in ("users", "groups") if key in item]
-    if None in given:
+    if None in given or ("uids" in item and fields.get("uids") is None):
         return True                       # already reported
-    if any(patterns.include for patterns in given):
+    if any(patterns.include for patterns in given) or fields.get("uids"):
         return True
     if given:
         detail = 'users and groups hold only "!" items; add "*" to users for every other user'
@@ -378,6 +387,7 @@ def _check_references(state):
 
 _RULE_VALUES = {
     "users": _patterns(user_pattern, _NAMES_EMPTY),
+    "uids": parse_uids,
     "groups": _patterns(group_pattern, _NAMES_EMPTY),
     "services": _patterns(lambda name, negated: service_name(name), _ANY_EMPTY),
     "rhosts": _patterns(lambda name, negated: rhost(name), _ANY_EMPTY),

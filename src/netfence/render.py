@@ -28,9 +28,13 @@ def render_table(table, elements=None, counters=True):
 def render_set(set_def, keys=()):
     if set_def.key not in KEY_TYPES:          # a foreign set: nft would name its type
         raise ValueError(f"cannot render set key type {set_def.key!r}")
+    """keys: hex keys, or [low, high] ranges (a static set's resolution, resolve.py)."""
     lines = [f"\tset {set_def.name} {{", f"\t\ttype {set_def.key}"]
+    if set_def.interval:
+        lines.append("\t\tflags interval")
     if keys:
-        shown = ", ".join(render_key(set_def.key, k) for k in keys)
+        shown = ", ".join(render_key(set_def.key, k) if isinstance(k, str) else _render_range(k)
+                          for k in keys)
         lines.append(f"\t\telements = {{ {shown} }}")
     lines.append("\t}")
     return "\n".join(lines)
@@ -38,6 +42,11 @@ def render_set(set_def, keys=()):
 
 def render_key(key_type, hex_key):
     return str(key_number(hex_key))
+
+
+def _render_range(pair):
+    low, high = pair
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def render_chain(table, chain, counters=True):
@@ -80,8 +89,10 @@ def _render_at(exprs, i, state, counters):
     nxt = exprs[i + 1] if i + 1 < len(exprs) else (None,)
     if kind == "meta" and nxt[0] == "cmp":
         return 2, _meta_cmp(expr[1], nxt, exprs[i + 2:], state)
+    if kind == "meta" and nxt[0] == "byteorder" and exprs[i + 2][0] == "lookup":
+        return 3, f"meta {expr[1]} @{exprs[i + 2][1]}"     # nft prints no byteorder
     if kind in ("meta", "socket") and nxt[0] == "lookup":
-        left = "meta skuid" if kind == "meta" else f"socket cgroupv2 level {expr[2]}"
+        left = f"meta {expr[1]}" if kind == "meta" else f"socket cgroupv2 level {expr[2]}"
         return 2, f"{left} @{nxt[1]}"
     if kind == "ct":              # ct state & new != 0
         return 3, "ct state new"

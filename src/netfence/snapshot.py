@@ -34,19 +34,28 @@ def stage(state_dir, snapshot):
     except OSError as err:
         raise StateError(f"{state_dir}: cannot create the state directory: "
                          f"{err.strerror}") from None
-    # The templates are bytes for the hook only; the JSON copy leaves them out.
-    login = {k: v for k, v in snapshot["login"].items() if k != "templates"}
-    readable = dict(snapshot, login=login)
     staged = Staged(state_dir)
     try:
-        # No indent: json's C encoder only runs without one (20,000 rules: 0.1 s
-        # instead of 0.6 s); `python3 -m json.tool` pretty-prints it.
-        staged.add(COMPILED, json.dumps(readable, sort_keys=True).encode() + b"\n")
+        staged.add(COMPILED, _compiled_bytes(snapshot))
         staged.add(LOGIN, marshal.dumps(_plain(snapshot["login"])))
     except BaseException:
         staged.discard()
         raise
     return staged
+
+
+def _compiled_bytes(snapshot):
+    # The templates are bytes for the hook only; the JSON copy leaves them out.
+    login = {k: v for k, v in snapshot["login"].items() if k != "templates"}
+    # No indent: json's C encoder only runs without one (20,000 rules: 0.1 s
+    # instead of 0.6 s); `python3 -m json.tool` pretty-prints it.
+    return json.dumps(dict(snapshot, login=login), sort_keys=True).encode() + b"\n"
+
+
+def replace_compiled(state_dir, snapshot):
+    """Rewrite compiled.json alone (gc's new NSS resolution of the always rules: the
+    policy, and so login.marshal, is unchanged). Call with the state lock held."""
+    put_back(state_dir, COMPILED, _compiled_bytes(snapshot))
 
 
 class PromoteError(StateError):

@@ -1,6 +1,8 @@
 """`netfence status`: the table's state, from the kernel and the session records."""
 
-from . import records
+import time
+
+from . import records, resolve
 from .setkinds import SCG, UCG, UID, key_number
 from .snapshot import read_snapshot
 
@@ -30,9 +32,35 @@ def collect(paths):
         "trees": _trees(paths),
         "counters": [{"chain": c, "rule": r, "packets": p, "bytes": b}
                      for c, r, p, b in counters],
+        "always": always_part(applied),
         "drift": drift.as_dict(),
         "fix": _fix(drift),
     }
+
+
+def always_part(applied):
+    """When the always rules were last resolved, and what each profile holds."""
+    always = applied.get("always") or {}
+    if not always.get("profiles") or applied.get("flushed"):
+        return None
+    resolved = applied.get("resolved") or {"at": None, "sets": {}, "unknown": []}
+    return {"resolved_at": resolved["at"], "unknown": list(resolved.get("unknown", [])),
+            "profiles": resolve.counts(always, resolved)}
+
+
+def _always_lines(part):
+    if not part:
+        return []
+    at = part["resolved_at"]
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at)) if at else "never"
+    lines = [f"always rules: resolved through NSS at {when} (by reload, or by gc when "
+             f"NSS changed the ranges; gc checks at every run)"]
+    for name, info in sorted(part["profiles"].items()):
+        lines.append(f"  profile {name}: {info['uids']} uids, {info['gids']} gids "
+                     f"({info['ranges']} ranges)")
+    if part["unknown"]:
+        lines.append(f"  not found in NSS: {', '.join(part['unknown'])}")
+    return lines
 
 
 def _fix(drift):
@@ -57,6 +85,7 @@ def format_text(state):
         uids = ", ".join(str(u) for u in info["uids"]) or "-"
         lines.append(f"profile {name}: uids {uids}; user cgroups {info['user_cgroups']}; "
                      f"session cgroups {info['session_cgroups']}")
+    lines += _always_lines(state.get("always"))
     lines.append(f"live sessions: {len(state['sessions'])}")
     for session in state["sessions"]:
         lines.append("  " + " ".join(f"{k}={session[k]}" for k in

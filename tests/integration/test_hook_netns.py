@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from netfence import cgroups, hookstub, records
+from netfence import cgroups, formats, hookstub, records
 from netfence.nfencode import build_templates
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: netns, cgroups, nftables")
@@ -89,7 +89,7 @@ def login_part(base, on_error="deny", rules=None):
         "srv": {"egress": True, "ingress": False, "uid_set": "uid-srv", "ucg_set": "ucg-srv",
                 "scg_set": "scg-srv"},
     }
-    login = {"format": 1, "policy_id": "test-policy",
+    login = {"format": formats.SNAPSHOT, "policy_id": "test-policy",
              "settings": {"on_error": on_error, "hook_timeout_ms": 2000, "log_rate": 5,
                           "cgroup_base": base},
              "profiles": profiles,

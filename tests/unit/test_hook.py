@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from netfence import accounts, hook, hooklog, hookstub, pamitems
+from netfence import accounts, formats, hook, hooklog, hookstub, pamitems
 from netfence.errors import HookInputError, StateError, UsageError
 
 
@@ -341,7 +341,7 @@ def test_launcher_pipe_is_taken_only_when_last_and_a_pipe(tmp_path):
 # ---- the snapshot -----------------------------------------------------------------
 
 def login_part():
-    return {"format": 1, "policy_id": "x", "settings": {}, "profiles": {}, "rules": []}
+    return {"format": formats.SNAPSHOT, "policy_id": "x", "settings": {}, "profiles": {}, "rules": []}
 
 
 def test_load_login(tmp_path):

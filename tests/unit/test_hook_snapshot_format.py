@@ -140,13 +140,23 @@ def test_another_formats_own_on_error_is_not_read(state_dir, tmp_path):
     assert code == 1 and "result=refused on_error=deny" in lines[0], lines
 
 
-def test_previous_hook_reads_the_current_compilers_snapshot(previous_release, state_dir,
-                                                            tmp_path):
+PREVIOUS_FORMAT = 1     # the SNAPSHOT number of PREVIOUS_RELEASE
+
+
+def test_previous_hook_meeting_the_current_compilers_snapshot(previous_release, state_dir,
+                                                              tmp_path):
+    """Format 2 (issue 10: always rules) is not format 1: the previous hook refuses it
+    per on_error instead of misreading it (it would ignore the always rules)."""
     current_snapshot(state_dir)
     code, lines = previous_hook(previous_release, state_dir, tmp_path, "on_error=deny")
-    assert code == 0, lines
     (line,) = lines
-    assert "event=open" in line and "result=none" in line, line
+    if formats.SNAPSHOT == PREVIOUS_FORMAT:
+        assert code == 0, lines
+        assert "event=open" in line and "result=none" in line, line
+    else:
+        assert code == 1, lines
+        assert "result=refused on_error=deny" in line, line
+        assert "login.marshal: not a format 1 login part" in line, line
 
 
 @pytest.mark.parametrize("on_error,code,result", [("deny", 1, "refused"),

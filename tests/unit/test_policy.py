@@ -525,7 +525,7 @@ def test_rule_needs_profiles():
     ("rhosts", '["-bad.example"]', "bad remote host '-bad.example'"),
     ("rhosts", '["ex ample"]', "bad remote host 'ex ample'"),
     ("rhosts", '["."]', "not an IP address"),
-    ("scope", '"global"', "scope must be one of user, session, not 'global'"),
+    ("scope", '"global"', "scope must be one of user, session, always, not 'global'"),
     ("profiles", '["bad name"]', "bad profile name 'bad name'"),
 ])
 def test_bad_rule_values(field, value, message):
