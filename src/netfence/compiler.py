@@ -244,7 +244,7 @@ def build_login(policy):
                                   **setkinds.profile_sets(profile.name)}
     # Always rules are resolved at reload, not matched at login.
     rules = [_login_rule(rule) for rule in policy.rules if rule.scope != "always"]
-    return {"format": formats.SNAPSHOT, "policy_id": "", "settings": asdict(policy.settings),
+    return {"format": formats.LOGIN, "policy_id": "", "settings": asdict(policy.settings),
             "profiles": profiles, "guards": setkinds.guards(), "rules": rules}
 
 
