@@ -51,6 +51,7 @@ class ReloadResult:
     dropped: dict             # set name -> number of elements dropped with their profile
     attempts: int = 1         # transactions sent
     lock_held_ms: float = 0.0  # how long logins were held off (0: never locked)
+    unresolved: tuple = ()    # names in always rules that NSS does not know (skipped)
 
 
 def compile_from(paths, check_ownership=True):
@@ -86,7 +87,8 @@ def reload(paths):
     for set_name, count in sorted(dropped.items()):
         _log(f"event=reload-drop set={set_name} elements={count} reason=profile-removed")
     result = ReloadResult(snap["policy_id"], len(policy.profiles), len(policy.rules),
-                          kept, dropped, attempts, round(held * 1000, 3))
+                          kept, dropped, attempts, round(held * 1000, 3),
+                          tuple(snap["resolved"]["unknown"]))
     _log(f"event=reload policy={result.policy_id} profiles={result.profiles} "
          f"rules={result.rules} kept={kept} dropped={sum(dropped.values())} "
          f"attempts={attempts} lock_held_ms={result.lock_held_ms}")

@@ -69,13 +69,20 @@ def main(argv=None):
     records.Lock.max_wait_s = LOCK_WAIT_S
     handler = globals()[f"cmd_{args.command.replace('-', '_')}"]
     try:
-        return handler(args, paths) or 0
+        code = handler(args, paths) or 0
+        sys.stdout.flush()                  # a closed pipe shows here, not at exit
+        return code
     except PolicyError as err:
         for line in str(err).splitlines():
             print(line, file=sys.stderr)
         return 1
     except NetfenceError as err:
         print(f"netfence {args.command}: {err}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `netfence status | head`: the reader left; say nothing more (Python would
+        # print a traceback when it flushes stdout at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 
@@ -97,6 +104,13 @@ def cmd_reload(args, paths):
     for set_name, count in sorted(result.dropped.items()):
         print(f"dropped {count} live entries of set {set_name}: its profile was removed",
               file=sys.stderr)
+    _warn_unresolved(result.unresolved)
+
+
+def _warn_unresolved(names):
+    if names:
+        print(f"always rules: not found in NSS, skipped: {', '.join(names)} (gc resolves "
+              f"them again every run)", file=sys.stderr)
 
 
 def cmd_explain(args, paths):

@@ -3,7 +3,7 @@
 Pure: no files, no kernel. The table follows docs/architecture.md: per profile P the
 sets uid-P, ucg-P and scg-P, the chains out-P / in-P (and deny-P / reject-P when the
 profile logs), and two static base chains that dispatch on set membership. Profiles
-used by always rules also get the interval sets auid-P and agid-P (setkinds.STATIC_KINDS),
+used by always rules also get the sets auid-P, suid-P and agid-P (setkinds.STATIC_KINDS),
 tested first by the egress chain; their elements are resolved at reload (resolve.py),
 so the always part of the snapshot lists the rules to resolve, not uids.
 """
@@ -17,7 +17,7 @@ from . import formats, ir, nfencode, setkinds
 from .model import LOOPBACK
 from .nfconst import (HOST_ORDER, IP_CT_NEW_STATE_BIT, NETWORK_ORDER, NF_LOG_UID,
                       NFPROTO_IPV4, NFPROTO_IPV6)
-from .setkinds import SCG, STATIC_KINDS, UCG, UID
+from .setkinds import AGID, AUID, SCG, STATIC_KINDS, SUID, UCG, UID
 
 # Register values are compared as the kernel holds them: meta nfproto is one byte,
 # meta oif/iif and ct state are host-order u32 (nfconst), packet fields network order.
@@ -63,14 +63,15 @@ def build_table(profiles, log_rate=5, always=()):
     # Guard sets first: the union of the profiles' sets, tested first by the base chains.
     sets = [ir.SetDef(kind.guard, kind.key_type) for kind in setkinds.KINDS]
     if always:
-        sets += [ir.SetDef(kind.guard, kind.key_type, interval=True) for kind in STATIC_KINDS]
+        sets += [ir.SetDef(kind.guard, kind.key_type, interval=kind.interval)
+                 for kind in STATIC_KINDS]
     chains, rules = [], []
     for profile in profiles:
         sets += [ir.SetDef(kind.set_name(profile.name), kind.key_type)
                  for kind in setkinds.KINDS]
         if profile.name in always:
-            sets += [ir.SetDef(kind.set_name(profile.name), kind.key_type, interval=True)
-                     for kind in STATIC_KINDS]
+            sets += [ir.SetDef(kind.set_name(profile.name), kind.key_type,
+                               interval=kind.interval) for kind in STATIC_KINDS]
         if profile.log:
             chains += [ir.ChainDef(f"deny-{profile.name}"), ir.ChainDef(f"reject-{profile.name}")]
             rules += _log_chain_rules(profile.name, log_rate)
@@ -93,15 +94,17 @@ def _profile_chain(name, direction):
 def _dispatch(profiles, always=()):
     """Base chains test the guard sets; only keys found there go on to the per-profile
     tests. Per packet: two lookups for traffic netfence does not restrict, whatever the
-    number of profiles or sessions (four on egress with always rules: their two
-    interval guards cost a tree walk of depth log2(ranges), not one test per uid)."""
+    number of profiles or sessions (five on egress with always rules: the guards of
+    uid ranges and gids cost a tree walk of depth log2(ranges), that of single uids
+    one hash lookup; never one test per uid)."""
     egress = [p for p in profiles if has_egress(p)]
     ingress = [p for p in profiles if has_ingress(p)]
     static = [p for p in egress if p.name in always]
     new = (("ct", "state"), ("bitwise", CT_STATE_NEW, NO_BITS), ("cmp", "neq", NO_BITS))
     plan = [  # (base chain, extra tests, set kind, sub-chain, profiles, direction)
-        ("egress", (), STATIC_KINDS[0], "egress-always-uid", static, "egress"),
-        ("egress", (), STATIC_KINDS[1], "egress-always-gid", static, "egress"),
+        ("egress", (), AUID, "egress-always-uid", static, "egress"),
+        ("egress", (), SUID, "egress-always-single", static, "egress"),
+        ("egress", (), AGID, "egress-always-gid", static, "egress"),
         ("egress", (), UID, "egress-uid", egress, "egress"),
         ("egress", (), SCG, "egress-session", egress, "egress"),
         ("ingress", new, UCG, "ingress-user", ingress, "ingress"),
@@ -127,8 +130,10 @@ def _key_load(kind):
     """The expressions that load a set kind's key: the socket's uid, or its cgroup
     at the kind's level; for a static (interval) kind the socket's uid or gid turned
     big-endian, as its keys are (nft: byteorder reg 1 = hton(reg 1, 4, 4))."""
-    if kind.static:
+    if kind.interval:
         return (("meta", kind.meta_key), ("byteorder", "hton", kind.key_len, kind.key_len))
+    if kind.static:
+        return (("meta", kind.meta_key),)
     if kind.level is None:
         return (("meta", "skuid"),)
     return (("socket", "cgroupv2", kind.level),)
@@ -239,7 +244,7 @@ def build_login(policy):
                                   **setkinds.profile_sets(profile.name)}
     # Always rules are resolved at reload, not matched at login.
     rules = [_login_rule(rule) for rule in policy.rules if rule.scope != "always"]
-    return {"format": formats.SNAPSHOT, "policy_id": "", "settings": asdict(policy.settings),
+    return {"format": formats.LOGIN, "policy_id": "", "settings": asdict(policy.settings),
             "profiles": profiles, "guards": setkinds.guards(), "rules": rules}
 
 

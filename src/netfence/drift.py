@@ -4,7 +4,7 @@
 a missing or altered table is restored from the applied snapshot (what the last reload
 applied, not the files in /etc) with the records' elements, missing live elements are
 added back and elements without a record removed, an interrupted reload is finished.
-The always rules' interval sets hold no record's elements: they are checked against
+The always rules' sets hold no record's elements: they are checked against
 the snapshot's resolution instead, and gc resolves the rules again (NSS may have
 changed) and changes the kernel's ranges by the difference.
 """
@@ -16,6 +16,7 @@ from . import ir, records, resolve, snapshot
 from .apply import marker_policy, restore_table, state_lock
 from .errors import KernelError, NetfenceError, StateError
 from .plan import subtract
+from .setkinds import is_static
 
 
 @dataclass
@@ -107,19 +108,19 @@ def check_table(applied, run_dir, ruleset, state_dir=None):
 
 
 def static_drift(table, applied, ruleset):
-    """(missing, extra) interval elements [(key bytes, is_end)] per set: what the
+    """(missing, extra) elements [(key bytes, is_end)] per static set: what the
     snapshot's resolution of the always rules wants against what the kernel holds."""
-    from .nfencode import interval_elements
+    from .nfencode import static_elements
     from .setkinds import KEY_TYPES
     ranges = (applied.get("resolved") or {}).get("sets", {})
-    key_lens = {s.name: KEY_TYPES[s.key][1] for s in table.sets if s.interval}
-    if not key_lens:
+    static = {s.name: s for s in table.sets if is_static(s.name)}
+    if not static:
         return {}, {}
-    have = ruleset.read_intervals(key_lens, table.name)
+    have = ruleset.read_intervals(static, table.name)
     missing, extra = {}, {}
-    for name, key_len in key_lens.items():
-        want = {(key.hex(), end) for key, end in interval_elements(ranges.get(name, []),
-                                                                     key_len)}
+    for name, set_def in static.items():
+        want = {(key.hex(), end) for key, end in static_elements(
+            ranges.get(name, []), KEY_TYPES[set_def.key][1], set_def.interval)}
         got = have.get(name, set())
         if want - got:
             missing[name] = sorted((bytes.fromhex(k), e) for k, e in want - got)
@@ -131,7 +132,7 @@ def static_drift(table, applied, ruleset):
 def element_drift(table, run_dir, ruleset):
     """(missing, unrecorded): the elements the records need that the kernel lacks, and
     those the kernel holds without a record, as {set: [hex key]}."""
-    wanted = {s.name for s in table.sets if not s.interval}   # interval sets: no records
+    wanted = {s.name for s in table.sets if not is_static(s.name)}   # no records: always
     need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
     have = {s: k for s, k in ruleset.read_elements(table.name).items() if s in wanted}
     return (subtract(need, _as_sets(have)), subtract(have, _as_sets(need)))

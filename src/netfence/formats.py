@@ -1,10 +1,15 @@
 """Format numbers of the files netfence writes and reads back, and when they change.
 
-  SNAPSHOT   compiled.json and login.marshal under state_dir (reload writes both, the
-             hook reads login.marshal at every login)
+  SNAPSHOT   compiled.json under state_dir (reload writes it; reload, gc, status,
+             flush and explain read it)
+  LOGIN      login.marshal under state_dir, the login part of the snapshot (reload
+             writes it, the hook reads it at every login). Apart from SNAPSHOT, so
+             that a change only the command line sees (issue 10's always rules, which
+             the kernel enforces without the hook) does not make every login follow
+             on_error between a package upgrade and the next reload
   TEMPLATES  the netlink message templates inside login.marshal (bytes the hook
              fills with keys and sends)
-  RECORDS    the session, user and cgroup records under run_dir
+  RECORDS    the session, user, cgroup and run-tree records under run_dir
 
 The rule (docs/architecture.md, "File formats"):
   - A change that a reader of the current number would misread raises the number:
@@ -13,7 +18,7 @@ The rule (docs/architecture.md, "File formats"):
     would fence a login the policy exempts, or the reverse), a new set kind.
   - Adding a key that every reader may ignore without changing any decision (a
     comment, a statistic) does not.
-  - Readers accept exactly their own number. The hook meeting another SNAPSHOT number
+  - Readers accept exactly their own number. The hook meeting another LOGIN number
     fails the login's hook step with StateError naming both numbers, and on_error
     decides (deny by default): running `netfence reload` with the installed version
     rewrites the snapshot. A TEMPLATES mismatch only costs speed (the hook builds the
@@ -23,5 +28,6 @@ Light on purpose: the hook imports it.
 """
 
 SNAPSHOT = 2        # 2: always rules (scope, uids, static interval sets, resolved)
+LOGIN = 1
 TEMPLATES = 1
 RECORDS = 1

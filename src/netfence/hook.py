@@ -243,14 +243,14 @@ def load_login(state_dir):
         raise StateError(f"{path}: damaged snapshot") from None
     if not isinstance(login, dict):
         raise StateError(f"{path}: not a login part")
-    if login.get("format") != formats.SNAPSHOT:
+    if login.get("format") != formats.LOGIN:
         raise StateError(f"{path} is format {login.get('format')!r:.20}, this hook "
-                         f"reads format {formats.SNAPSHOT}: run `netfence reload` with "
+                         f"reads format {formats.LOGIN}: run `netfence reload` with "
                          f"the installed netfence")
     if (not isinstance(login.get("rules"), list)
             or not isinstance(login.get("profiles"), dict)
             or not isinstance(login.get("settings"), dict)):
-        raise StateError(f"{path}: not a format {formats.SNAPSHOT} login part")
+        raise StateError(f"{path}: not a format {formats.LOGIN} login part")
     return login
 
 

@@ -38,9 +38,9 @@ from .nfconst import (
     HOST_ORDER, NETWORK_ORDER, NFNETLINK_V0, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
     NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC, NFT_MSG_DESTROYSETELEM,
     NFT_MSG_NEWSETELEM, NFT_NAME_MAXLEN, NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE,
-    NFTA_LIST_ELEM, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
-    NFTA_SET_ELEM_LIST_TABLE, NLA_F_NESTED, NLA_HDRLEN, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_REQUEST, NLMSG_HDRLEN, NLMSG_SEQ_OFFSET)
+    NFTA_LIST_ELEM, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NLA_F_NESTED, NLA_HDRLEN, NLM_F_ACK,
+    NLM_F_CREATE, NLM_F_REQUEST, NLMSG_HDRLEN, NLMSG_SEQ_OFFSET)
 
 NEW_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE   # no EXCL: re-adding is fine
 DESTROY_FLAGS = NLM_F_REQUEST | NLM_F_ACK
@@ -107,6 +107,16 @@ def interval_elements(ranges, key_len):
         items.append((low.to_bytes(key_len, NETWORK_ORDER), False))
         items.append(((high + 1).to_bytes(key_len, NETWORK_ORDER), True))
     return items
+
+
+def static_elements(ranges, key_len, interval):
+    """[(key bytes, is_end)] of a static set: interval_elements for an interval set; a
+    hash set holds single ids only, keyed in host order like every login set."""
+    if interval:
+        return interval_elements(ranges, key_len)
+    if any(low != high for low, high in ranges):
+        raise ValueError("a hash set holds single ids, not ranges")
+    return [(low.to_bytes(key_len, HOST_ORDER), False) for low, _high in ranges]
 
 
 def interval_list_message(msg_type, flags, seq, table, set_name, items):

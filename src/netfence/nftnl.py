@@ -135,7 +135,8 @@ class Ruleset:
                 for name in dump.set_names(table, self._raw_sets(table))}
 
     def read_intervals(self, names, table=TABLE_NAME):
-        """set name -> {(hex key, is_end)} of interval sets (absent sets: empty)."""
+        """set name -> {(hex key, is_end)} of the named sets (absent sets: left out);
+        is_end is always False outside interval sets."""
         wanted = set(names)
         return self._consistent(lambda: {
             name: set(self._set_keys(table, name, True))
@@ -204,7 +205,7 @@ class Ruleset:
         self._element_batch(elements, table, nf.NFT_MSG_DESTROYSETELEM, "destroy")
 
     def change_intervals(self, remove, add, table=TABLE_NAME):
-        """One transaction: destroy then add interval elements ({set: [(key bytes,
+        """One transaction: destroy then add static set elements ({set: [(key bytes,
         is_end)]}), so a packet sees the old ranges or the new ones, never a mix."""
         batch = Batch(self._conn.next_seq)
         add_interval_messages(batch, table, remove, nf.NFT_MSG_DESTROYSETELEM, "destroy")

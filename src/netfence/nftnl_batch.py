@@ -11,8 +11,8 @@ import itertools
 
 from . import nftnl_msg as m, setkinds
 from . import nfconst as nf
-from .nfencode import (element_list_message, interval_elements, interval_list_message,
-                       nft_message)
+from .nfencode import (element_list_message, interval_list_message, nft_message,
+                       static_elements)
 from .nftnl_expr import encode_expr, rule_body
 
 HOOKS = {"prerouting": nf.NF_INET_PRE_ROUTING, "input": nf.NF_INET_LOCAL_IN,
@@ -91,8 +91,8 @@ class PreparedTable:
     numbers: BEGIN = seq_base, the removal of the old table seq_base + 1, then these,
     then the elements and END.
 
-    ranges: the always rules' ranges ({interval set: [[low, high], ...]}), put in
-    the interval sets by the same transaction.
+    ranges: the always rules' ranges ({static set: [[low, high], ...]}), put in
+    their sets (setkinds.STATIC_KINDS) by the same transaction.
 
     marker: a string stored in the table's userdata (MARKER_TYPE), read back with
     Ruleset.summary(): which snapshot the table came from, and whether a batch whose
@@ -142,11 +142,11 @@ class PreparedTable:
         wanted = {s.name for s in self.table.sets}
         add_element_messages(tail, name, {k: v for k, v in elements.items() if k in wanted},
                              nf.NFT_MSG_NEWSETELEM, "add")
-        key_lens = {s.name: setkinds.KEY_TYPES[s.key][1] for s in self.table.sets
-                    if s.interval}
+        sets = {s.name: s for s in self.table.sets}
         add_interval_messages(tail, name, {
-            set_name: interval_elements(items, key_lens[set_name])
-            for set_name, items in self.ranges.items() if set_name in key_lens},
+            set_name: static_elements(items, setkinds.KEY_TYPES[sets[set_name].key][1],
+                                      sets[set_name].interval)
+            for set_name, items in self.ranges.items() if set_name in sets and items},
             nf.NFT_MSG_NEWSETELEM, "add")
         return out + tail.finish()
 
@@ -232,7 +232,8 @@ def add_element_messages(batch, table_name, elements, msg_type, verb):
 
 
 def add_interval_messages(batch, table_name, elements, msg_type, verb):
-    """Queue interval elements ({set: [(key bytes, is_end)]}), as add_element_messages."""
+    """Queue static set elements ({set: [(key bytes, is_end)]}, see
+    nfencode.static_elements), as add_element_messages does login elements."""
     flags = nf.NLM_F_CREATE if msg_type == nf.NFT_MSG_NEWSETELEM else 0
     for set_name, items in elements.items():
         for start in range(0, len(items), ELEMENTS_PER_MESSAGE):

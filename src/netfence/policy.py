@@ -12,10 +12,11 @@ import difflib
 from . import model
 from .errors import PolicyError
 from .policy_files import read_files
+from .policy_always import check_always, parse_uids, scope_fits
 from .policy_text import Locator, TomlSyntaxError, load_toml
 from .policy_values import (ItemError, boolean, check_profile_name, choice, group_pattern,
                             integer, items_of, path_component, peer, port_range, rhost,
-                            service_name, shown, tty_glob, uid_range, unique, user_pattern)
+                            service_name, shown, tty_glob, unique, user_pattern)
 from .timespec import TimeSpecError, parse_window
 
 __all__ = ["load_policy", "parse_policy_text"]
@@ -46,7 +47,7 @@ def parse_policy_text(files):
     for path, text in files:
         _parse_file(state, path, text)
     _check_references(state)
-    _check_always(state)
+    check_always(state)
     if state.problems:
         order = {path: number for number, (path, _) in enumerate(files)}
         raise PolicyError(sorted(state.problems, key=lambda p: (order.get(p[0], -1), p[1])))
@@ -313,7 +314,7 @@ def _rule(state, doc, index, keys, item):
         doc.error(keys, f"{context}: profiles is required: the profiles this rule applies")
     if not _matches_somebody(doc, keys, context, item, fields):
         ok = False
-    if not _scope_fits(doc, keys, context, item, fields):
+    if not scope_fits(doc, keys, context, item, fields):
         ok = False
     if not ok or None in fields.values():
         return None
@@ -321,40 +322,6 @@ def _rule(state, doc, index, keys, item):
     if rule.scope == "always":
         state.always.append((rule, doc.path, doc.locator.line(*keys, "profiles")))
     return rule
-
-
-def _scope_fits(doc, keys, context, item, fields):
-    """An always rule holds without a login: login conditions cannot apply to it;
-    uids only mean something there (a login has one uid, matched by users)."""
-    ok = True
-    scope = fields.get("scope", "session")
-    if scope == "always":
-        for key in model.LOGIN_KEYS:
-            if key in item:
-                doc.error(keys + (key,), f"{context}: {key} is a login condition: "
-                          f'scope = "always" holds without a login; use scope "user" or '
-                          f'"session" for a rule with {key}')
-                ok = False
-    elif "uids" in item and scope is not None:
-        doc.error(keys + ("uids",), f'{context}: uids is for scope = "always" rules; '
-                                    f"at login scopes name users or groups")
-        ok = False
-    return ok
-
-
-def _check_always(state):
-    """Profiles of always rules may not restrict ingress: on the input hook a new
-    inbound connection has no socket yet, so no owner to match (netfence matches
-    ingress by the session or user cgroup of a login, or of `netfence run`)."""
-    for rule, path, line in state.always:
-        for name in rule.profiles:
-            profile = state.profiles.get(name)
-            if profile is not None and (profile.ingress or profile.ingress_default != "allow"):
-                state.problems.append((path, line, (
-                    f"rule {rule.index + 1}: profile {name!r} restricts ingress, which "
-                    f'scope = "always" cannot enforce: an inbound connection has no '
-                    f"socket owner on the input hook; use scope \"user\" or \"session\" "
-                    f"for it, or `netfence run`, or split its ingress into another profile")))
 
 
 def _matches_somebody(doc, keys, context, item, fields):
@@ -386,18 +353,6 @@ def _negatable(item, check):
     if item.startswith("!"):
         return True, check(item[1:], True)
     return False, check(item, False)
-
-
-def _uids(doc, keys, context, value):
-    try:
-        items = items_of(value, "uids", (int, str),
-                         empty='give at least one uid or range, e.g. uids = ["1000-59999"]')
-    except ItemError as err:
-        doc.error(keys, f"{context}: {err}")
-        return None
-    ranges = [_check(doc, keys + (number,) if isinstance(value, list) else keys, context,
-                     uid_range, item, model.MAX_ID) for number, item in enumerate(items)]
-    return None if None in ranges else unique(ranges)
 
 
 def _times(doc, keys, context, value):
@@ -432,7 +387,7 @@ def _check_references(state):
 
 _RULE_VALUES = {
     "users": _patterns(user_pattern, _NAMES_EMPTY),
-    "uids": _uids,
+    "uids": parse_uids,
     "groups": _patterns(group_pattern, _NAMES_EMPTY),
     "services": _patterns(lambda name, negated: service_name(name), _ANY_EMPTY),
     "rhosts": _patterns(lambda name, negated: rhost(name), _ANY_EMPTY),

@@ -90,6 +90,10 @@ def _digits(text):
     return 0 < len(text) <= 5 and all(c in "0123456789" for c in text)
 
 
+def _number(text):
+    return 0 < len(text) <= 10 and all(c in "0123456789" for c in text)
+
+
 def _port(number, shown_as):
     if not 1 <= number <= 65535:
         raise ItemError(f"bad port {shown(shown_as)}: ports are 1..65535")
@@ -102,7 +106,7 @@ def uid_range(value, max_id):
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ItemError(bad)
     low, dash, high = (str(value), "", "") if isinstance(value, int) else value.partition("-")
-    if not (_digits(low) and (_digits(high) if dash else True)):
+    if not (_number(low) and (_number(high) if dash else True)):
         raise ItemError(bad)
     low, high = int(low), int(high) if dash else int(low)
     if not 0 <= low <= high <= max_id:

@@ -28,12 +28,12 @@ def render_table(table, elements=None, counters=True):
 def render_set(set_def, keys=()):
     if set_def.key not in KEY_TYPES:          # a foreign set: nft would name its type
         raise ValueError(f"cannot render set key type {set_def.key!r}")
-    """keys: hex keys, or for an interval set [low, high] ranges (resolve.py)."""
+    """keys: hex keys, or [low, high] ranges (a static set's resolution, resolve.py)."""
     lines = [f"\tset {set_def.name} {{", f"\t\ttype {set_def.key}"]
     if set_def.interval:
         lines.append("\t\tflags interval")
     if keys:
-        shown = ", ".join(_render_range(k) if set_def.interval else render_key(set_def.key, k)
+        shown = ", ".join(render_key(set_def.key, k) if isinstance(k, str) else _render_range(k)
                           for k in keys)
         lines.append(f"\t\telements = {{ {shown} }}")
     lines.append("\t}")

@@ -100,31 +100,39 @@ def rule_ranges(rule, nss):
 
 def resolve(always, nss=None, now=None):
     """{"at": epoch seconds, "sets": {set name: ranges}, "unknown": [names]} for the
-    always part of a compiled snapshot (compiler.build_always)."""
+    always part of a compiled snapshot (compiler.build_always). Merged uid ranges are
+    split: ranges of two uids or more go to the interval set (auid), single uids to
+    the hash set (suid), so that 10,000 named users cost one hash lookup."""
+    at = int(now if now is not None else time.time())
     if not always or not always.get("profiles"):
-        return {"at": int(now if now is not None else time.time()), "sets": {}, "unknown": []}
+        return {"at": at, "sets": {}, "unknown": []}
     nss = nss or Nss.from_system()
-    collected = {name: [] for sets in always["profiles"].values() for name in sets.values()}
-    collected.update({name: [] for name in always["guards"].values()})
+    owners = dict(always["profiles"], **{"": always["guards"]})    # "": the guards
+    uids = {owner: [] for owner in owners}
+    gids = {owner: [] for owner in owners}
     unknown = []
     for rule in always["rules"]:
-        uids, gids, missing = rule_ranges(rule, nss)
+        rule_uids, rule_gids, missing = rule_ranges(rule, nss)
         unknown += [name for name in missing if name not in unknown]
-        for kind, ranges in (("auid", uids), ("agid", gids)):
-            collected[always["guards"][kind]] += ranges
-            for profile in rule["profiles"]:
-                if profile in always["profiles"]:
-                    collected[always["profiles"][profile][kind]] += ranges
-    return {"at": int(now if now is not None else time.time()),
-            "sets": {name: merge(ranges) for name, ranges in collected.items()},
-            "unknown": unknown}
+        for owner in [""] + [p for p in rule["profiles"] if p in always["profiles"]]:
+            uids[owner] += rule_uids
+            gids[owner] += rule_gids
+    sets = {}
+    for owner, names in owners.items():
+        merged = merge(uids[owner])
+        sets[names["auid"]] = [r for r in merged if r[0] < r[1]]
+        sets[names["suid"]] = [r for r in merged if r[0] == r[1]]
+        sets[names["agid"]] = merge(gids[owner])
+    return {"at": at, "sets": sets, "unknown": unknown}
 
 
 def counts(always, resolved):
-    """{profile: {"uids": n, "gids": n, "ranges": n}} for status."""
+    """{profile: {"uids": n, "gids": n, "ranges": n}} for status (ranges: the
+    elements of its sets, a single uid or gid counting as one)."""
     out = {}
     for profile, sets in (always or {}).get("profiles", {}).items():
-        uid_ranges = resolved["sets"].get(sets["auid"], [])
+        uid_ranges = (resolved["sets"].get(sets["auid"], [])
+                      + resolved["sets"].get(sets["suid"], []))
         gid_ranges = resolved["sets"].get(sets["agid"], [])
         out[profile] = {"uids": sum(h - l + 1 for l, h in uid_ranges),
                         "gids": sum(h - l + 1 for l, h in gid_ranges),

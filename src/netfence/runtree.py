@@ -193,6 +193,9 @@ def run(paths, wanted, user, name, argv):
     """Fence and exec. Returns an exit status only when CMD could not be started
     (1 for netfence's own failures is the caller's: they raise NetfenceError)."""
     from .hook import load_login
+    if os.geteuid() != 0:
+        raise UsageError("needs root: it makes a cgroup, writes netfence's records and "
+                         "changes the table (run it as root, with --user for the command)")
     name = tree_name(name, argv)
     login = load_login(paths.state_dir)
     profiles = check_profiles(login, wanted)

@@ -12,16 +12,20 @@ name cannot start a guard's name: guards are "any-*", profile sets "<kind>-*".
                                                             (socket cgroupv2, ingress)
   scg   scg_set  scg-P  any-scg  cgroupsv2 (8)     session  the session cgroup, level 3
                                                             (socket cgroupv2, both)
-  auid  -        auid-P any-auid uid (4), ranges   always   a uid of an always rule
-                                                            (meta skuid, egress)
+  auid  -        auid-P any-auid uid (4), ranges   always   a uid range (2 or more uids)
+                                                            of an always rule (meta skuid)
+  suid  -        suid-P any-suid uid (4)           always   a single uid of an always rule
+                                                            (meta skuid)
   agid  -        agid-P any-agid gid (4), ranges   always   a group of an always rule
-                                                            (meta skgid, egress)
+                                                            (meta skgid)
 
-The last two are static: no login fills them. Reload (and gc, when NSS changed) puts
+The last three are static: no login fills them. Reload (and gc, when NSS changed) puts
 in them the ranges resolve.py computes from the always rules, and only profiles used
-at always scope have them. They are interval sets (an rbtree): the kernel compares
-their keys as bytes, so the rule turns the host-order uid/gid into network order first
-(a byteorder expression) and their keys are big-endian (SetKind.key), as nft does.
+at always scope have them. auid and agid are interval sets (an rbtree, O(log n) per
+lookup): the kernel compares their keys as bytes, so the rule turns the host-order
+uid/gid into network order first (a byteorder expression) and their keys are
+big-endian (SetKind.key), as nft does. Single uids (named users, group members) go to
+suid, a hash set like uid-P (O(1)), so that 10,000 of them cost what one does.
 
 Levels are those of the cgroup v2 hierarchy ("/" is 0): netfence's own session cgroups
 are /<base>/user-UID/session-KEY and logind's /user.slice/user-UID.slice/session-N.scope,
@@ -50,9 +54,10 @@ KEY_TYPES = {
 
 class SetKind:
     __slots__ = ("name", "field", "prefix", "guard", "key_type", "key_len", "scope",
-                 "level", "directions", "static", "meta_key")
+                 "level", "directions", "static", "meta_key", "interval")
 
-    def __init__(self, name, key_type, scope, level, directions, meta_key=None):
+    def __init__(self, name, key_type, scope, level, directions, meta_key=None,
+                 interval=False):
         self.name = name
         self.field = f"{name}_set"          # the key in a profile's login part
         self.prefix = f"{name}-"
@@ -64,13 +69,14 @@ class SetKind:
         self.directions = directions
         self.static = scope == "always"    # filled by reload/gc from NSS, not by logins
         self.meta_key = meta_key            # the meta key a static kind matches
+        self.interval = interval            # ranges: an rbtree with big-endian keys
 
     def set_name(self, profile_name):
         return self.prefix + profile_name
 
     def key(self, number):
-        """The hex key of a uid or cgroup id (big-endian in a static, interval set)."""
-        order = NETWORK_ORDER if self.static else BYTE_ORDER
+        """The hex key of a uid or cgroup id (big-endian in an interval set)."""
+        order = NETWORK_ORDER if self.interval else BYTE_ORDER
         return number.to_bytes(self.key_len, order).hex()
 
     def __repr__(self):
@@ -81,9 +87,10 @@ UID = SetKind("uid", "uid", "user", None, ("egress",))
 UCG = SetKind("ucg", "cgroupsv2", "user", USER_LEVEL, ("ingress",))
 SCG = SetKind("scg", "cgroupsv2", "session", SESSION_LEVEL, ("egress", "ingress"))
 KINDS = (UID, UCG, SCG)                 # the kinds logins fill
-AUID = SetKind("auid", "uid", "always", None, ("egress",), meta_key="skuid")
-AGID = SetKind("agid", "gid", "always", None, ("egress",), meta_key="skgid")
-STATIC_KINDS = (AUID, AGID)             # the kinds reload fills (always rules)
+AUID = SetKind("auid", "uid", "always", None, ("egress",), meta_key="skuid", interval=True)
+SUID = SetKind("suid", "uid", "always", None, ("egress",), meta_key="skuid")
+AGID = SetKind("agid", "gid", "always", None, ("egress",), meta_key="skgid", interval=True)
+STATIC_KINDS = (AUID, SUID, AGID)       # the kinds reload fills (always rules)
 
 
 def profile_sets(profile_name):
@@ -99,3 +106,11 @@ def guards():
 def key_number(hex_key):
     """The uid or cgroup id a hex key holds."""
     return int.from_bytes(bytes.fromhex(hex_key), BYTE_ORDER)
+
+
+def is_static(set_name):
+    """Whether a set of our table is one of an always rule (filled by reload, not by
+    logins): its name has a static kind's prefix ("any-" names are guards, and a
+    profile set's prefix is its kind's)."""
+    return any(set_name.startswith(kind.prefix) or set_name == kind.guard
+               for kind in STATIC_KINDS)

@@ -89,7 +89,7 @@ def login_part(base, on_error="deny", rules=None):
         "srv": {"egress": True, "ingress": False, "uid_set": "uid-srv", "ucg_set": "ucg-srv",
                 "scg_set": "scg-srv"},
     }
-    login = {"format": formats.SNAPSHOT, "policy_id": "test-policy",
+    login = {"format": formats.LOGIN, "policy_id": "test-policy",
              "settings": {"on_error": on_error, "hook_timeout_ms": 2000, "log_rate": 5,
                           "cgroup_base": base},
              "profiles": profiles,

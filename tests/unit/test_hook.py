@@ -341,7 +341,7 @@ def test_launcher_pipe_is_taken_only_when_last_and_a_pipe(tmp_path):
 # ---- the snapshot -----------------------------------------------------------------
 
 def login_part():
-    return {"format": formats.SNAPSHOT, "policy_id": "x", "settings": {}, "profiles": {}, "rules": []}
+    return {"format": formats.LOGIN, "policy_id": "x", "settings": {}, "profiles": {}, "rules": []}
 
 
 def test_load_login(tmp_path):

@@ -1,5 +1,5 @@
 """Snapshot format versioning, hook side (formats.py, docs/architecture.md "File
-formats"): a hook reads exactly its own SNAPSHOT number; any other is a StateError
+formats"): a hook reads exactly its own LOGIN number (login.marshal); any other is a StateError
 naming both numbers and the fix, and on_error decides (deny: exit 1, allow: exit 0).
 
 Both directions, with the hook run as pam_exec runs it (`python3 -I -S`, an
@@ -118,7 +118,7 @@ def test_this_hook_reads_the_current_compilers_snapshot(state_dir, tmp_path):
     assert "event=open" in line and "result=none" in line, line
 
 
-@pytest.mark.parametrize("number", [formats.SNAPSHOT + 1, 0])
+@pytest.mark.parametrize("number", [formats.LOGIN + 1, 0])
 @pytest.mark.parametrize("on_error,code,result", [("deny", 1, "refused"),
                                                   ("allow", 0, "allowed-after-error")])
 def test_this_hook_meeting_another_format_follows_on_error(state_dir, tmp_path, number,
@@ -128,42 +128,34 @@ def test_this_hook_meeting_another_format_follows_on_error(state_dir, tmp_path, 
     assert status == code, lines
     (line,) = lines
     assert f"result={result} on_error={on_error}" in line, line
-    assert (f"login.marshal is format {number}, this hook reads format {formats.SNAPSHOT}:"
+    assert (f"login.marshal is format {number}, this hook reads format {formats.LOGIN}:"
             f" run `netfence reload` with the installed netfence") in line, line
 
 
 def test_another_formats_own_on_error_is_not_read(state_dir, tmp_path):
     """Without on_error on the PAM line the policy's decides, but the settings of a
     snapshot this hook cannot read are not taken: deny."""
-    snapshot_of_format(state_dir, formats.SNAPSHOT + 1, on_error="allow")
+    snapshot_of_format(state_dir, formats.LOGIN + 1, on_error="allow")
     code, lines = this_hook(state_dir, tmp_path)
     assert code == 1 and "result=refused on_error=deny" in lines[0], lines
 
 
-PREVIOUS_FORMAT = 1     # the SNAPSHOT number of PREVIOUS_RELEASE
-
-
-def test_previous_hook_meeting_the_current_compilers_snapshot(previous_release, state_dir,
-                                                              tmp_path):
-    """Format 2 (issue 10: always rules) is not format 1: the previous hook refuses it
-    per on_error instead of misreading it (it would ignore the always rules)."""
+def test_previous_hook_reads_the_current_compilers_snapshot(previous_release, state_dir,
+                                                            tmp_path):
+    """login.marshal is still LOGIN format 1 (issue 10's always rules changed only
+    compiled.json, SNAPSHOT 2): the previous release's hook reads it."""
     current_snapshot(state_dir)
     code, lines = previous_hook(previous_release, state_dir, tmp_path, "on_error=deny")
+    assert code == 0, lines
     (line,) = lines
-    if formats.SNAPSHOT == PREVIOUS_FORMAT:
-        assert code == 0, lines
-        assert "event=open" in line and "result=none" in line, line
-    else:
-        assert code == 1, lines
-        assert "result=refused on_error=deny" in line, line
-        assert "login.marshal: not a format 1 login part" in line, line
+    assert "event=open" in line and "result=none" in line, line
 
 
 @pytest.mark.parametrize("on_error,code,result", [("deny", 1, "refused"),
                                                   ("allow", 0, "allowed-after-error")])
 def test_previous_hook_meeting_the_next_format_follows_on_error(
         previous_release, state_dir, tmp_path, on_error, code, result):
-    snapshot_of_format(state_dir, formats.SNAPSHOT + 1)
+    snapshot_of_format(state_dir, formats.LOGIN + 1)
     status, lines = previous_hook(previous_release, state_dir, tmp_path,
                                   f"on_error={on_error}")
     assert status == code, lines

@@ -12,7 +12,8 @@ from netfence.nftnl_expr import decode_expr, encode_expr  # noqa: E402
 
 EVERY_EXPR = [
     ("meta", "nfproto"), ("meta", "l4proto"), ("meta", "skuid"), ("meta", "oif"),
-    ("meta", "iif"),
+    ("meta", "iif"), ("meta", "skgid"),
+    ("byteorder", "hton", 4, 4), ("byteorder", "ntoh", 4, 4),
     ("payload", "network", 16, 4), ("payload", "transport", 2, 2),
     ("socket", "cgroupv2", 3), ("ct", "state"),
     ("bitwise", "08000000", "00000000"),

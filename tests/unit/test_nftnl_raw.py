@@ -18,7 +18,8 @@ def _random_expr(rnd):
     name = "".join(rnd.choice("abcxyz-0123456789") for _ in range(rnd.randrange(1, 40)))
     n = rnd.choice([1, 2, 4, 8, 16])
     return rnd.choice([
-        ("meta", rnd.choice(["nfproto", "l4proto", "skuid", "oif", "iif"])),
+        ("meta", rnd.choice(["nfproto", "l4proto", "skuid", "skgid", "oif", "iif"])),
+        ("byteorder", rnd.choice(["hton", "ntoh"]), rnd.choice([2, 4, 8]), rnd.choice([2, 4])),
         ("payload", rnd.choice(["network", "transport"]), rnd.randrange(64), rnd.randrange(1, 17)),
         ("socket", "cgroupv2", rnd.randrange(1, 8)),
         ("ct", "state"),

@@ -6,6 +6,7 @@ import pwd
 import pytest
 
 from netfence import cgroups, cli, plan, records, runtree, setkinds
+from netfence.apply import Paths
 from netfence.errors import UsageError
 
 PROFILES = {"web": {"egress": True, "ingress": False, "uid_set": "uid-web",
@@ -138,3 +139,14 @@ def test_own_dirs_never_lists_run_trees(tmp_path):
     assert cgroups.own_dirs(mount, "nf") == (["/nf/user-5"], ["/nf/user-5/session-1-2"])
     assert cgroups.run_dirs(mount, "nf") == ["/nf/run/site-40-50"]
     assert cgroups.run_dirs(mount, "other") == []
+
+
+def test_run_needs_root(monkeypatch, tmp_path):
+    """Without root, run says so first (before it would fail somewhere in the middle,
+    leaving a records tree under a --run-dir the caller owns)."""
+    monkeypatch.setattr(runtree.os, "geteuid", lambda: 1000)
+    paths = Paths(str(tmp_path / "etc"), str(tmp_path / "state"), str(tmp_path / "run"))
+    with pytest.raises(UsageError, match="needs root"):
+        runtree.run(paths, ["web"], None, None, ["true"])
+    assert not (tmp_path / "run").exists()
+

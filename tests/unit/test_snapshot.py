@@ -12,7 +12,7 @@ from netfence.errors import StateError
 
 
 def snap(policy_id="p1", **extra):
-    login = {"format": formats.SNAPSHOT, "policy_id": policy_id, "templates": {"x": b"\0"}}
+    login = {"format": formats.LOGIN, "policy_id": policy_id, "templates": {"x": b"\0"}}
     return dict({"format": formats.SNAPSHOT, "policy_id": policy_id, "login": login},
                 **extra)
 

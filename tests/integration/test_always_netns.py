@@ -13,6 +13,9 @@ import sys
 from support.nfenv import SUPPORT
 from support.users import throwaway_group, throwaway_user
 
+from netfence import ir, render
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "golden")
 PROFILE = """
 [settings]
 cgroup_base = "{base}"
@@ -61,22 +64,29 @@ def test_always_rule_fences_a_uid_that_never_logs_in_until_it_is_removed(nf):
 def test_uid_range_fences_inside_and_not_outside(nf):
     nf.echo_server(SERVERS)
     nf.write_policy(policy(nf, '[[rule]]\nscope = "always"\nuids = ["62000-62099", 61001]\n'
-                               'profiles = ["no-web"]\n'))
-    nf.cli("reload")
+                               'users = ["nfnosuchuser"]\nprofiles = ["no-web"]\n'))
+    reloaded = nf.cli("reload")
+    assert "not found in NSS, skipped: nfnosuchuser" in reloaded.stderr
     assert probe(nf, 62050) == "refused"
     assert probe(nf, 61001) == "refused"
     assert probe(nf, 62100) == "ok"
     assert probe(nf, 61999) == "ok"
     listing = nf.netns.nft("list", "set", "inet", "netfence", "auid-no-web").stdout
-    assert "elements = { 61001, 62000-62099 }" in listing
+    assert "flags interval" in listing and "elements = { 62000-62099 }" in listing
+    listing = nf.netns.nft("list", "set", "inet", "netfence", "suid-no-web").stdout
+    assert "flags" not in listing and "elements = { 61001 }" in listing   # a hash set
+
+
+def reload_with_group_rule(nf, group):
+    nf.write_policy(policy(nf, f'[[rule]]\nscope = "always"\ngroups = ["{group.name}"]\n'
+                               f'profiles = ["no-web"]\n'))
+    nf.cli("reload")
 
 
 def test_effective_gid_of_a_restricted_group_is_fenced(nf):
     nf.echo_server(SERVERS)
     with throwaway_group("nfalw") as group:
-        nf.write_policy(policy(nf, f'[[rule]]\nscope = "always"\ngroups = ["{group.name}"]\n'
-                                   f'profiles = ["no-web"]\n'))
-        nf.cli("reload")
+        reload_with_group_rule(nf, group)
         assert probe(nf, 63001, gid=group.gid) == "refused"   # the socket's egid
         assert probe(nf, 63001) == "ok"                        # same uid, another gid
         listing = nf.netns.nft("list", "set", "inet", "netfence", "agid-no-web").stdout
@@ -86,9 +96,7 @@ def test_effective_gid_of_a_restricted_group_is_fenced(nf):
 def test_gc_picks_up_a_user_added_to_a_restricted_group(nf):
     nf.echo_server(SERVERS)
     with throwaway_group("nfalw") as group:
-        nf.write_policy(policy(nf, f'[[rule]]\nscope = "always"\ngroups = ["{group.name}"]\n'
-                                   f'profiles = ["no-web"]\n'))
-        nf.cli("reload")
+        reload_with_group_rule(nf, group)
         with throwaway_user("nfa", groups=(group,)) as user:   # after the reload
             assert probe(nf, user.uid, gid=user.gid) == "ok"   # not resolved yet
             out = nf.cli("gc").stdout
@@ -116,3 +124,29 @@ def test_gc_restores_ranges_removed_by_hand(nf):
     nf.cli("gc")
     status = json.loads(nf.cli("status", "--json").stdout)
     assert status["drift"]["ok"], status["drift"]
+
+
+GOLDEN_POLICY = """
+[[rule]]
+scope = "always"
+uids = ["1000-1999", "5-5"]
+groups = ["{group}"]
+profiles = ["no-web"]
+"""
+
+
+def test_nft_lists_the_golden_table_and_our_renderer_agrees(nf):
+    """The golden file holds the table with every always part: interval sets of uid
+    ranges and gids, the hash set of single uids, the byteorder-converted lookups (which
+    nft prints without the byteorder)."""
+    with throwaway_group("nfalw") as group:
+        nf.write_policy(policy(nf, GOLDEN_POLICY.format(group=group.name)))
+        nf.cli("reload")
+        listing = nf.netns.nft("list", "table", "inet", "netfence").stdout
+        with open(os.path.join(GOLDEN, "always-policy.nft")) as handle:
+            golden = handle.read().replace("GID", str(group.gid))
+        assert listing == golden
+        with open(os.path.join(nf.state_dir, "compiled.json")) as handle:
+            applied = json.load(handle)
+        table = ir.TableDef.from_json(applied["table"])
+        assert render.render_table(table, applied["resolved"]["sets"]) == listing

@@ -1,0 +1,213 @@
+"""scope = "always" without a kernel: policy errors (file:line), the compiled table,
+NSS resolution with a fake NSS, interval elements as nft writes them, rendering."""
+
+import pytest
+
+from netfence import compiler, ir, nfconst as nf, render, resolve
+from netfence.errors import PolicyError
+from netfence.nfencode import interval_elements, interval_list_message, static_elements
+from netfence.policy import parse_policy_text
+
+PROFILES = """\
+[profile.web]
+egress = [ { action = "reject", proto = "tcp", ports = [80] } ]
+
+[profile.srv]
+ingress_default = "deny"
+"""
+
+
+def parse(rule):
+    return parse_policy_text([("/etc/netfence/a.toml", PROFILES + "\n[[rule]]\n" + rule)])
+
+
+def problems(rule):
+    with pytest.raises(PolicyError) as info:
+        parse(rule)
+    return [(line, text) for _path, line, text in info.value.problems]
+
+
+RULE_LINE = 8                  # the first line after [[rule]]
+
+
+# ---- policy ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("key,value", [("services", '["sshd"]'), ("rhosts", '["local"]'),
+                                       ("ttys", '["tty1"]'), ("time", '"Mo 08:00-18:00"')])
+def test_always_rule_with_a_login_condition_is_refused_at_its_line(key, value):
+    found = problems(f'scope = "always"\nusers = ["*"]\n{key} = {value}\nprofiles = ["web"]\n')
+    assert found == [(RULE_LINE + 2, f"rule 1: {key} is a login condition: scope = "
+                      f'"always" holds without a login; use scope "user" or "session" '
+                      f"for a rule with {key}")]
+
+
+def test_ingress_profile_at_always_scope_is_refused_and_says_why():
+    ((line, text),) = problems('scope = "always"\nusers = ["*"]\nprofiles = ["web", "srv"]\n')
+    assert line == RULE_LINE + 2
+    assert "profile 'srv' restricts ingress" in text
+    assert "no socket owner on the input hook" in text and "netfence run" in text
+
+
+def test_uids_outside_always_scope_is_refused():
+    found = problems('scope = "user"\nuids = [1000]\nprofiles = ["web"]\n')
+    assert found == [(RULE_LINE + 1, 'rule 1: uids is for scope = "always" rules; at '
+                                     'login scopes name users or groups')]
+
+
+@pytest.mark.parametrize("value,message", [
+    ('["5-3"]', "bad uid range '5-3'"), ('["4294967295"]', "bad uid range"),
+    ('["x"]', "bad uid 'x'"), ("[true]", "uids items must be"), ("[]", "uids is empty")])
+def test_bad_uids_are_refused(value, message):
+    ((line, text),) = problems(f'scope = "always"\nuids = {value}\nprofiles = ["web"]\n')
+    assert line == RULE_LINE + 1 and message in text, text
+
+
+def test_always_rule_needs_users_uids_or_groups():
+    ((_line, text),) = problems('scope = "always"\nprofiles = ["web"]\n')
+    assert "rule matches nobody" in text
+
+
+def test_uids_alone_match():
+    (rule,) = parse('scope = "always"\nuids = ["1000-59999", 1234, "77"]\n'
+                    'profiles = ["web"]\n').rules
+    assert rule.scope == "always" and rule.uids == ((1000, 59999), (1234, 1234), (77, 77))
+
+
+# ---- compiler -------------------------------------------------------------------
+
+def compiled(rule):
+    return compiler.compile_policy(parse(rule))
+
+
+def test_always_rules_compile_to_interval_sets_and_egress_dispatch():
+    snap = compiled('scope = "always"\nusers = ["*"]\ngroups = ["staff"]\nprofiles = ["web"]\n')
+    table = ir.TableDef.from_json(snap["table"])
+    sets = {s.name: s for s in table.sets}
+    assert sets["auid-web"] == ir.SetDef("auid-web", "uid", interval=True)
+    assert sets["agid-web"] == ir.SetDef("agid-web", "gid", interval=True)
+    assert sets["suid-web"] == ir.SetDef("suid-web", "uid")     # single uids: a hash set
+    assert sets["any-auid"].interval and sets["any-agid"].interval
+    assert not sets["any-suid"].interval
+    assert "auid-srv" not in sets                  # only profiles used at always scope
+    egress = [r.exprs for r in table.rules if r.chain == "egress"]
+    assert egress[:3] == [
+        (("meta", "skuid"), ("byteorder", "hton", 4, 4), ("lookup", "any-auid"),
+         ("verdict", "jump", "egress-always-uid")),
+        (("meta", "skuid"), ("lookup", "any-suid"), ("verdict", "jump", "egress-always-single")),
+        (("meta", "skgid"), ("byteorder", "hton", 4, 4), ("lookup", "any-agid"),
+         ("verdict", "jump", "egress-always-gid"))]
+    assert snap["login"]["rules"] == []            # no login matches an always rule
+    assert snap["always"]["rules"][0]["groups"] == [["staff"], []]
+
+
+def test_a_policy_without_always_rules_has_no_interval_sets():
+    snap = compiled('users = ["*"]\nprofiles = ["web"]\n')
+    assert not any(s["interval"] for s in snap["table"]["sets"])
+    assert snap["always"] == {"rules": [], "profiles": {}, "guards": {}}
+
+
+def test_rendering_hides_the_byteorder_and_shows_ranges():
+    snap = compiled('scope = "always"\nuids = ["1000-59999", 7]\nprofiles = ["web"]\n')
+    table = ir.TableDef.from_json(snap["table"])
+    text = render.render_table(table, {"auid-web": [[7, 7], [1000, 59999]]})
+    assert "\t\ttype uid\n\t\tflags interval\n\t\telements = { 7, 1000-59999 }" in text
+    assert "meta skuid @any-auid jump egress-always-uid" in text
+    assert "meta skgid @agid-web jump out-web" in text
+
+
+# ---- resolution (fake NSS) ------------------------------------------------------
+
+NSS = resolve.Nss(
+    [("root", 0, 0), ("daemon", 1, 1), ("alice", 1000, 1000), ("bob", 1001, 50),
+     ("carol", 1002, 1002), ("www-data", 33, 33)],
+    {"root": (0, []), "staff": (50, ["alice", "root"]), "web": (33, []),
+     "carol": (1002, [])})
+
+
+def test_merge_and_subtract():
+    assert resolve.merge([[5, 9], [1, 3], [4, 4], [20, 30], [25, 40]]) == [[1, 9], [20, 40]]
+    assert resolve.subtract([[1, 100]], [[1, 1], [50, 60], [100, 200]]) == [[2, 49], [61, 99]]
+    assert resolve.subtract([[1, 5]], []) == [[1, 5]]
+
+
+def rule(users=((), ()), groups=((), ()), uids=()):
+    return {"users": [list(users[0]), list(users[1])],
+            "groups": [list(groups[0]), list(groups[1])], "uids": [list(r) for r in uids]}
+
+
+def test_star_is_every_uid_but_root_and_exclusions_cut_it():
+    uids, gids, unknown = resolve.rule_ranges(rule(users=(["*"], ["www-data"])), NSS)
+    assert uids == [[1, 32], [34, resolve.MAX_ID]] and gids == [] and unknown == []
+
+
+def test_groups_match_primary_and_supplementary_members_and_their_gid():
+    uids, gids, _ = resolve.rule_ranges(rule(groups=(["staff"], [])), NSS)
+    assert uids == [[1000, 1001]]                  # alice (supplementary), bob (primary)
+    assert gids == [[50, 50]]                      # root, a listed member, is not fenced
+
+
+def test_named_root_and_ranges_and_unknown_names():
+    uids, _gids, unknown = resolve.rule_ranges(
+        rule(users=(["root", "nosuch"], []), uids=[[2000, 2999]]), NSS)
+    assert uids == [[0, 0], [2000, 2999]] and unknown == ["nosuch"]
+
+
+def test_resolve_fills_profile_sets_and_guards():
+    snap = compiled('scope = "always"\nusers = ["carol"]\ngroups = ["web"]\n'
+                    'uids = ["2000-2999"]\nprofiles = ["web"]\n')
+    resolved = resolve.resolve(snap["always"], NSS, now=5)
+    singles, ranges = [[33, 33], [1002, 1002]], [[2000, 2999]]
+    assert resolved == {"at": 5, "unknown": [], "sets": {
+        "auid-web": ranges, "suid-web": singles, "agid-web": [[33, 33]],
+        "any-auid": ranges, "any-suid": singles, "any-agid": [[33, 33]]}}
+    assert resolve.counts(snap["always"], resolved) == {
+        "web": {"uids": 1002, "gids": 1, "ranges": 4}}
+
+
+def test_reasons_say_which_is_which():
+    r = dict(rule(groups=(["staff"], []), uids=[[1000, 1999]]), profiles=["web"])
+    assert resolve.reasons(r, NSS, "alice", 1000) == (
+        ["uid 1000 in range 1000-1999", "member of group staff (supplementary)"],
+        ["staff (gid 50)"])
+    assert resolve.reasons(r, NSS, "bob", 1001)[0][1] == "member of group staff (primary)"
+    assert resolve.reasons(r, NSS, "root", 0) == ([], ["staff (gid 50)"])
+
+
+# ---- interval elements, as nft writes them --------------------------------------
+
+def test_hash_static_sets_hold_single_ids_in_host_order():
+    assert static_elements([[7, 7]], 4, False) == [((7).to_bytes(4, nf.HOST_ORDER), False)]
+    assert static_elements([[5, 7]], 4, True) == interval_elements([[5, 7]], 4)
+    with pytest.raises(ValueError):
+        static_elements([[5, 7]], 4, False)
+
+
+def test_interval_elements_have_a_zero_end_and_end_plus_one():
+    assert interval_elements([[5, 7]], 4) == [
+        (bytes(4), True), (bytes.fromhex("00000005"), False),
+        (bytes.fromhex("00000008"), True)]
+    assert interval_elements([[0, 7]], 4) == [(bytes(4), False),
+                                              (bytes.fromhex("00000008"), True)]
+    assert interval_elements([], 4) == []
+
+
+def _attr(kind, payload, nested=False):
+    length = 4 + len(payload)
+    kind |= nf.NLA_F_NESTED if nested else 0
+    return (length.to_bytes(2, nf.HOST_ORDER) + kind.to_bytes(2, nf.HOST_ORDER) + payload
+            + bytes(-length % 4))
+
+
+def test_interval_element_list_is_what_nft_sends():
+    """`nft --debug=mnl add element inet t s '{ 5-7 }'` (nftables 1.0.6, a gid interval
+    set): three list elements, the end ones with NFTA_SET_ELEM_FLAGS (be32 1) first."""
+    def element(key, end):
+        flags = _attr(nf.NFTA_SET_ELEM_FLAGS, (1).to_bytes(4, "big")) if end else b""
+        return _attr(nf.NFTA_LIST_ELEM, flags + _attr(
+            nf.NFTA_SET_ELEM_KEY, _attr(nf.NFTA_DATA_VALUE, bytes.fromhex(key)), True), True)
+    nft_elements = _attr(nf.NFTA_SET_ELEM_LIST_ELEMENTS, element("00000000", True)
+                         + element("00000005", False) + element("00000008", True), True)
+    assert len(nft_elements) == 68                 # as nft's dump says: |00068|N-|00003|
+    ours = interval_list_message(nf.NFT_MSG_NEWSETELEM, 0, 1, "t", "s",
+                                 interval_elements([[5, 7]], 4))
+    assert ours.endswith(nft_elements)
