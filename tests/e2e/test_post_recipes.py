@@ -15,6 +15,7 @@ namespace (`nsenter --net=...`), as an init script or systemd's `User=` would.
 
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -102,12 +103,11 @@ def daemon_account():
     name = f"nfd{secrets.token_hex(4)}"
     subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
                     "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+    entry = pwd.getpwnam(name)
     try:
-        out = subprocess.run(["getent", "passwd", name], check=True, capture_output=True,
-                             text=True).stdout.split(":")
-        yield Daemon(name, int(out[2]), int(out[3]))
+        yield Daemon(name, entry.pw_uid, entry.pw_gid)
     finally:
-        kill_user_processes(int(out[2]))
+        kill_user_processes(entry.pw_uid)
         subprocess.run(["userdel", name], capture_output=True)
         subprocess.run(["groupdel", name], capture_output=True)
 
@@ -202,9 +202,9 @@ def load(nf, body):
     return nf.cli("reload")
 
 
-def web_servers(ns_or_nf):
+def web_servers(nf):
     """root's servers, outside any session: port 80 (IPv4 and IPv6) and another port."""
-    return ns_or_nf.echo_server([f"tcp:127.0.0.1:{HTTP}", f"tcp:[::1]:{HTTP}",
+    return nf.echo_server([f"tcp:127.0.0.1:{HTTP}", f"tcp:[::1]:{HTTP}",
                                  f"tcp:127.0.0.1:{OTHER}"])
 
 
@@ -223,7 +223,6 @@ def recipe_1_outcomes(nf, daemon, nobody_uid):
 
 def unused_uid():
     """A uid no account has (the post's rule covers every uid but 0, named or not)."""
-    import pwd
     for uid in range(61000, 62000):
         try:
             pwd.getpwuid(uid)
