@@ -208,9 +208,10 @@ class Repair:
                  f"unknown to NSS now: its ids stay fenced; `netfence reload` removes "
                  f"them if the account is really gone)\n" for name in self.unresolved]
         if self.narrower:
-            lines.append(f"gc: always rules: NSS no longer lists some ids of "
-                         f"{', '.join(self.narrower)}: they stay fenced until "
-                         f"`netfence reload`\n")
+            lines.append(f"gc: always rules: NSS now resolves fewer ids for "
+                         f"{', '.join(self.narrower)} (an account or member removed, an "
+                         f"exclusion that now matches, or NSS unreachable): they stay "
+                         f"fenced until `netfence reload`\n")
         return lines
 
     def _text(self):

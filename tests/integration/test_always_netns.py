@@ -108,7 +108,7 @@ def test_gc_picks_up_a_user_added_to_a_restricted_group(nf):
             explained = nf.cli("explain", user.name).stdout
             assert f"member of group {group.name} (supplementary)" in explained, explained
         out = nf.cli("gc").stdout                    # the user is gone again: gc never
-        assert "stay fenced until `netfence reload`" in out, out     # narrows (NSS outage?)
+        assert "stay fenced until `netfence reload`" in out, out      # narrows (NSS outage?)
         status = json.loads(nf.cli("status", "--json").stdout)
         assert status["always"]["profiles"]["no-web"]["uids"] == 1
         nf.cli("reload")                                       # the admin's reload does
