@@ -9,6 +9,7 @@ NSS change.
 import json
 import os
 import sys
+import tempfile
 
 from support.nfenv import SUPPORT
 from support.users import throwaway_group, throwaway_user
@@ -158,41 +159,45 @@ def test_nft_lists_the_golden_table_and_our_renderer_agrees(nf):
 # ---- NSS changes, with a private passwd and group (a mount namespace per command) --
 
 class FakeNss:
-    """/etc/passwd and /etc/group of the host plus test entries, bind-mounted over the
-    real ones for each command run through it (unshare --mount: the host's files are
-    never touched)."""
+    """/etc/passwd and /etc/group of the host plus test entries, seen by each command
+    run through it, in a mount namespace of its own, as the upper layer of an overlay
+    on /etc. (A bind mount on /etc/passwd itself is detached as soon as another test's
+    useradd renames the host's file over it: the command would see the host's.)"""
 
     def __init__(self, nf):
         self.nf = nf
-        self.passwd, self.group = f"{nf.root}/passwd", f"{nf.root}/group"
         self.users, self.groups = {}, {}
 
-    def write(self):
-        for path, host, entries in ((self.passwd, "/etc/passwd", self.users),
-                                    (self.group, "/etc/group", self.groups)):
-            with open(host) as handle:
+    def files(self):
+        """A fresh overlay upper dir holding passwd and group, and its work dir."""
+        top = tempfile.mkdtemp(dir=self.nf.root)
+        upper, work = f"{top}/upper", f"{top}/work"
+        os.makedirs(upper)
+        os.makedirs(work)
+        for name, entries in (("passwd", self.users), ("group", self.groups)):
+            with open(f"/etc/{name}") as handle:
                 text = handle.read()
-            with open(path, "w") as handle:
+            with open(f"{upper}/{name}", "w") as handle:
                 handle.write(text + "".join(line + "\n" for line in entries.values()))
+            os.chmod(f"{upper}/{name}", 0o644)
+        return upper, work
 
     def add_user(self, name, uid, gid=None):
         self.users[name] = f"{name}:x:{uid}:{uid if gid is None else gid}::/:/bin/false"
-        self.write()
 
     def add_group(self, name, gid, members=()):
         self.groups[name] = f"{name}:x:{gid}:{','.join(members)}"
-        self.write()
 
     def remove(self, *names):
         for name in names:
             self.users.pop(name, None)
             self.groups.pop(name, None)
-        self.write()
 
     def run(self, argv, check=True):
+        upper, work = self.files()
         wrapped = ["unshare", "--mount", "--", "sh", "-c",
-                   'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && '
-                   'shift 2 && exec "$@"', "sh", self.passwd, self.group, *argv]
+                   'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc'
+                   ' && shift 2 && exec "$@"', "sh", upper, work, *argv]
         return self.nf.netns.run(wrapped, check=check)
 
     def cli(self, *args, check=True):
