@@ -376,3 +376,11 @@ def test_gc_logs_names_nss_lost_and_exits_1_without_removing(monkeypatch):
     assert repair.failed
     assert "gc: always rules: event=nss-unresolved name=carol" in str(repair)
     assert not drift.Repair(drift.Drift()).failed
+
+
+def test_an_exclusion_nss_no_longer_resolves_fences_its_uid_until_reload():
+    always = compiled('scope = "always"\nusers = ["*", "!carol"]\nprofiles = ["web"]\n')["always"]
+    applied = resolve.resolve(always, NSS)
+    assert applied["sets"]["auid-web"] == [[1, 1001], [1003, resolve.MAX_ID]]
+    widened, lost, _ = resolve.widen(always, applied, resolve.resolve(always, lesser_nss()))
+    assert widened["sets"]["auid-web"] == [[1, resolve.MAX_ID]] and lost == ["carol"]
