@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 
 from . import compiler, fsutil, ir, records, resolve, setkinds, snapshot
-from .errors import GenerationChanged, NetfenceError, StateError
+from .errors import GenerationChanged, NetfenceError, PolicyError, StateError
 from .policy import load_policy
 
 RETRIES = 5          # under the records lock: only foreign changes can refuse us
@@ -54,8 +54,14 @@ class ReloadResult:
     unresolved: tuple = ()    # names in always rules that NSS does not know (skipped)
 
 
-def compile_from(paths, check_ownership=True):
+def compile_from(paths, check_ownership=True, nss=None):
+    """The policy in the config dir, and its snapshot. Refuses an always rule's group
+    with gid 0 (resolve.root_group_problems): which gid a name has is NSS's answer,
+    so check and reload ask it, as they report every other policy problem."""
     policy = load_policy(paths.config_dir, check_ownership=check_ownership)
+    problems = resolve.root_group_problems(policy.rules, nss)
+    if problems:
+        raise PolicyError(problems)
     return policy, compiler.compile_policy(policy)
 
 
@@ -85,11 +91,11 @@ def reload(paths):
             raise StateError(f"{err}; {_roll_back(previous, err.renamed, paths)}") from None
     kept, dropped, attempts, held = outcome
     for set_name, count in sorted(dropped.items()):
-        _log(f"event=reload-drop set={set_name} elements={count} reason=profile-removed")
+        log_event(f"event=reload-drop set={set_name} elements={count} reason=profile-removed")
     result = ReloadResult(snap["policy_id"], len(policy.profiles), len(policy.rules),
                           kept, dropped, attempts, round(held * 1000, 3),
                           tuple(snap["resolved"]["unknown"]))
-    _log(f"event=reload policy={result.policy_id} profiles={result.profiles} "
+    log_event(f"event=reload policy={result.policy_id} profiles={result.profiles} "
          f"rules={result.rules} kept={kept} dropped={sum(dropped.values())} "
          f"attempts={attempts} lock_held_ms={result.lock_held_ms}")
     return result
@@ -224,7 +230,7 @@ def flush(paths):
             raise
         staged.promote()
         forgotten = forget_all(paths.run_dir)
-    _log(f"event=flush table_existed={int(existed)} sessions={forgotten}")
+    log_event(f"event=flush table_existed={int(existed)} sessions={forgotten}")
     return existed, forgotten
 
 
@@ -235,7 +241,7 @@ def _applied_settings(state_dir):
     try:
         applied = snapshot.read_snapshot(state_dir)
     except StateError as err:
-        _log(f"event=flush warning={str(err)!r} settings=defaults")
+        log_event(f"event=flush warning={str(err)!r} settings=defaults")
         return None
     return applied["settings"] if applied else None
 
@@ -259,7 +265,8 @@ def state_lock(state_dir):
     return fsutil.Lock(path, kind="flock")
 
 
-def _log(message):
+def log_event(message):
+    """One line to syslog (authpriv, info): reload, flush and gc's events."""
     syslog.openlog("netfence", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
     syslog.syslog(syslog.LOG_INFO, message)
 

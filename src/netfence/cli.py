@@ -160,7 +160,7 @@ def cmd_gc(args, paths):
     failed = False
     try:
         repair = repair_table(paths)
-        failed = repair.action == "failed"
+        failed = repair.failed
         print(repair)
     except NetfenceError as err:          # the sessions below are still collected
         failed = True

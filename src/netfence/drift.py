@@ -6,14 +6,16 @@ applied, not the files in /etc) with the records' elements, missing live element
 added back and elements without a record removed, an interrupted reload is finished.
 The always rules' sets hold no record's elements: they are checked against
 the snapshot's resolution instead, and gc resolves the rules again (NSS may have
-changed) and changes the kernel's ranges by the difference.
+changed) and widens the resolution by what NSS newly lists (resolve.widen: never
+narrower, an NSS outage must not unfence anyone; reload narrows). A static set whose
+content differs is replaced whole, flushed and filled in one transaction.
 """
 
 import errno
 from dataclasses import dataclass, field
 
 from . import ir, records, resolve, snapshot
-from .apply import marker_policy, restore_table, state_lock
+from .apply import log_event, marker_policy, restore_table, state_lock
 from .errors import KernelError, NetfenceError, StateError
 from .plan import subtract
 from .setkinds import is_static
@@ -110,23 +112,35 @@ def check_table(applied, run_dir, ruleset, state_dir=None):
 def static_drift(table, applied, ruleset):
     """(missing, extra) elements [(key bytes, is_end)] per static set: what the
     snapshot's resolution of the always rules wants against what the kernel holds."""
-    from .nfencode import static_elements
-    from .setkinds import KEY_TYPES
-    ranges = (applied.get("resolved") or {}).get("sets", {})
     static = {s.name: s for s in table.sets if is_static(s.name)}
     if not static:
         return {}, {}
+    want = static_wanted(table, (applied.get("resolved") or {}).get("sets", {}))
     have = ruleset.read_intervals(static, table.name)
     missing, extra = {}, {}
-    for name, set_def in static.items():
-        want = {(key.hex(), end) for key, end in static_elements(
-            ranges.get(name, []), KEY_TYPES[set_def.key][1], set_def.interval)}
+    for name, items in want.items():
+        wanted = {(key.hex(), end) for key, end in items}
         got = have.get(name, set())
-        if want - got:
-            missing[name] = sorted((bytes.fromhex(k), e) for k, e in want - got)
-        if got - want:
-            extra[name] = sorted((bytes.fromhex(k), e) for k, e in got - want)
+        if wanted - got:
+            missing[name] = sorted((bytes.fromhex(k), e) for k, e in wanted - got)
+        if got - wanted:
+            extra[name] = sorted((bytes.fromhex(k), e) for k, e in got - wanted)
     return missing, extra
+
+
+def static_wanted(table, ranges):
+    """{static set: [(key bytes, is_end)]}: the elements of the resolution `ranges`
+    ({set: [[low, high], ...]}) in every static set of the table."""
+    from .nfencode import static_elements
+    from .setkinds import KEY_TYPES
+    return {s.name: static_elements(ranges.get(s.name, []), KEY_TYPES[s.key][1], s.interval)
+            for s in table.sets if is_static(s.name)}
+
+
+def static_replacements(wanted, missing, extra):
+    """{set: its whole wanted content} for the static sets that differ: a set is
+    replaced whole (nftnl.replace_static), never changed element by element."""
+    return {name: wanted[name] for name in sorted(set(missing) | set(extra))}
 
 
 def element_drift(table, run_dir, ruleset):
@@ -167,9 +181,16 @@ class Repair:
     removed: int = 0
     rolled_forward: bool = False
     error: str = ""
-    resolved: dict = field(default_factory=dict)   # set -> ranges, when NSS changed them
+    resolved: dict = field(default_factory=dict)   # set -> ranges, when NSS widened them
     static_added: int = 0
     static_removed: int = 0
+    unresolved: list = field(default_factory=list)  # names NSS lost since they resolved
+    narrower: list = field(default_factory=list)    # sets NSS lists narrower: kept
+
+    @property
+    def failed(self):
+        """gc exits 1: the table could not be repaired, or NSS lost names."""
+        return self.action == "failed" or bool(self.unresolved)
 
     def __str__(self):
         text = self._text()
@@ -177,10 +198,21 @@ class Repair:
             text = ("gc: snapshot: finished an interrupted reload (login.marshal made "
                     "current)\n" + text)
         if self.resolved:
-            text = ("gc: always rules: NSS changed their ranges (" + ", ".join(
+            text = ("gc: always rules: NSS changed their ranges, widened (" + ", ".join(
                 f"{name} {len(ranges)} ranges" for name, ranges in sorted(
                     self.resolved.items())) + ")\n" + text)
-        return text
+        return "".join(self._nss_lines()) + text
+
+    def _nss_lines(self):
+        lines = [f"gc: always rules: event=nss-unresolved name={name} (resolved before, "
+                 f"unknown to NSS now: its ids stay fenced; `netfence reload` removes "
+                 f"them if the account is really gone)\n" for name in self.unresolved]
+        if self.narrower:
+            lines.append(f"gc: always rules: NSS now resolves fewer ids for "
+                         f"{', '.join(self.narrower)} (an account or member removed, an "
+                         f"exclusion that now matches, or NSS unreachable): they stay "
+                         f"fenced until `netfence reload`\n")
+        return lines
 
     def _text(self):
         if self.action == "failed":
@@ -212,9 +244,9 @@ def repair_table(paths):
         if not applied:
             return Repair(Drift())
         records.ensure_dirs(paths.run_dir)
-        changed = _resolve_again(applied, paths.state_dir)
+        changed, lost, narrower = _resolve_again(applied, paths.state_dir)
         drift = check_steadily(applied, paths)
-        repair = Repair(drift, resolved=changed)
+        repair = Repair(drift, resolved=changed, unresolved=lost, narrower=narrower)
         if drift.login_policy:
             if not snapshot.roll_forward(paths.state_dir, applied["policy_id"]):
                 repair.action = "failed"
@@ -241,30 +273,36 @@ def repair_table(paths):
 
 
 def _resolve_again(applied, state_dir):
-    """Resolve the always rules through NSS again; when the ranges changed, record the
-    new resolution in compiled.json first (what gc and status compare the kernel with)
-    and return {set: ranges} of the sets that changed."""
+    """Resolve the always rules through NSS again and widen the applied resolution
+    by what NSS newly lists; when that changed it, record it in compiled.json first
+    (what gc and status compare the kernel with: a kernel change that fails is
+    repaired by the next gc). Returns (changed {set: ranges}, lost names, sets that
+    NSS lists narrower than applied)."""
     always = applied.get("always") or {}
     if applied.get("flushed") or not always.get("profiles"):
-        return {}
-    old = (applied.get("resolved") or {}).get("sets", {})
-    new = resolve.resolve(always)
-    changed = {name: ranges for name, ranges in new["sets"].items() if old.get(name) != ranges}
-    if changed:
+        return {}, [], []
+    old = applied.get("resolved") or {"at": None, "sets": {}, "unknown": []}
+    new, lost, narrower = resolve.widen(always, old, resolve.resolve(always))
+    for name in lost:
+        log_event(f"event=nss-unresolved name={name}")
+    changed = {name: ranges for name, ranges in new["sets"].items()
+               if old["sets"].get(name, []) != ranges}
+    if changed or new["unknown"] != old.get("unknown", []):
         applied["resolved"] = new
         snapshot.replace_compiled(state_dir, applied)
-    return changed
+    return changed, lost, narrower
 
 
 def _fix_ranges(applied):
-    """Make the interval sets hold the snapshot's resolution: one transaction that
-    destroys the elements no longer resolved and adds the new ones. Returns (added,
-    removed). Logins never write these sets: no records lock needed."""
+    """Make the static sets hold the snapshot's resolution: one transaction that
+    replaces the content of each set that differs. Returns (added, removed)
+    elements. Logins never write these sets: no records lock needed."""
     from .nftnl import Ruleset
     table = ir.TableDef.from_json(applied["table"])
+    wanted = static_wanted(table, (applied.get("resolved") or {}).get("sets", {}))
     with Ruleset() as ruleset:
         add, remove = static_drift(table, applied, ruleset)
-        ruleset.change_intervals(remove, add, table.name)
+        ruleset.replace_static(static_replacements(wanted, add, remove), table.name)
     return sum(map(len, add.values())), sum(map(len, remove.values()))
 
 

@@ -68,6 +68,7 @@ NFT_MSG_NEWSET = 9
 NFT_MSG_GETSET = 10
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_GETSETELEM = 13
+NFT_MSG_DELSETELEM = 14         # without an element list: flushes the set
 NFT_MSG_NEWGEN = 15
 NFT_MSG_GETGEN = 16
 NFT_MSG_DESTROYTABLE = 26       # Linux >= 6.3: no error when absent

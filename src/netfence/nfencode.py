@@ -36,7 +36,7 @@ reload, which itself uses GENID and so re-reads the elements if a login slipped 
 from . import formats, setkinds
 from .nfconst import (
     HOST_ORDER, NETWORK_ORDER, NFNETLINK_V0, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
-    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC, NFT_MSG_DESTROYSETELEM,
+    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC, NFT_MSG_DELSETELEM, NFT_MSG_DESTROYSETELEM,
     NFT_MSG_NEWSETELEM, NFT_NAME_MAXLEN, NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE,
     NFTA_LIST_ELEM, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
     NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NLA_F_NESTED, NLA_HDRLEN, NLM_F_ACK,
@@ -130,6 +130,14 @@ def interval_list_message(msg_type, flags, seq, table, set_name, items):
             + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
             + nested(NFTA_SET_ELEM_LIST_ELEMENTS, elements))
     return nft_message(msg_type, flags, body, seq)
+
+
+def set_flush_message(flags, seq, table, set_name):
+    """DELSETELEM without NFTA_SET_ELEM_LIST_ELEMENTS: the kernel removes every
+    element of the set (`nft flush set`), within the message's transaction."""
+    body = (attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
+            + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name)))
+    return nft_message(NFT_MSG_DELSETELEM, flags, body, seq)
 
 
 def element_message(msg_type, flags, table, set_name, key_len):

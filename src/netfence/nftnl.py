@@ -16,7 +16,7 @@ import errno
 from . import ir, nftnl_dump as dump, nftnl_msg as m
 from . import nfconst as nf
 from .errors import GenerationChanged, KernelError
-from .nftnl_batch import (Batch, PreparedTable, add_element_messages, add_interval_messages,
+from .nftnl_batch import (Batch, PreparedTable, add_element_messages, add_static_replacement,
                           encode_batch)
 from .nftnl_drift import differences, expected_summary
 from .nftnl_sock import AcksLost, Connection, DumpInterrupted
@@ -204,15 +204,15 @@ class Ruleset:
         """Remove elements; absent ones are not an error (NFT_MSG_DESTROYSETELEM)."""
         self._element_batch(elements, table, nf.NFT_MSG_DESTROYSETELEM, "destroy")
 
-    def change_intervals(self, remove, add, table=TABLE_NAME):
-        """One transaction: destroy then add static set elements ({set: [(key bytes,
-        is_end)]}), so a packet sees the old ranges or the new ones, never a mix."""
+    def replace_static(self, contents, table=TABLE_NAME):
+        """One transaction: each static set of `contents` ({set: [(key bytes,
+        is_end)]}) flushed and filled with its new elements, so a packet sees the old
+        ranges or the new ones, never a mix, and never a moment without the fence."""
         batch = Batch(self._conn.next_seq)
-        add_interval_messages(batch, table, remove, nf.NFT_MSG_DESTROYSETELEM, "destroy")
-        add_interval_messages(batch, table, add, nf.NFT_MSG_NEWSETELEM, "add")
+        add_static_replacement(batch, table, contents)
         messages = batch.finish()
         if len(messages) > 2:
-            self._conn.batch(f"change ranges in table inet {table}", messages)
+            self._conn.batch(f"replace ranges in table inet {table}", messages)
 
     def _element_batch(self, elements, table, msg_type, verb):
         batch = Batch(self._conn.next_seq)

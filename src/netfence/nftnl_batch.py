@@ -12,7 +12,7 @@ import itertools
 from . import nftnl_msg as m, setkinds
 from . import nfconst as nf
 from .nfencode import (element_list_message, interval_list_message, nft_message,
-                       static_elements)
+                       set_flush_message, static_elements)
 from .nftnl_expr import encode_expr, rule_body
 
 HOOKS = {"prerouting": nf.NF_INET_PRE_ROUTING, "input": nf.NF_INET_LOCAL_IN,
@@ -243,3 +243,17 @@ def add_interval_messages(batch, table_name, elements, msg_type, verb):
                                          chunk)
             batch.messages.append((f"{verb} {len(chunk)} range element(s) of set "
                                    f"{set_name}", data, seq))
+
+
+def add_static_replacement(batch, table_name, contents):
+    """Queue, for each static set of `contents` ({set: [(key bytes, is_end)]}), a
+    flush and then all its elements: within one transaction a packet sees the old
+    content or the new one, and no element can collide with an old one (adding
+    keys inside an existing interval is refused with EEXIST, which a diff of the
+    start and end keys runs into when a range is split)."""
+    for set_name, items in contents.items():
+        seq = batch.next_seq()
+        batch.messages.append((f"flush set {set_name}",
+                               set_flush_message(ACKED, seq, table_name, set_name), seq))
+        add_interval_messages(batch, table_name, {set_name: items}, nf.NFT_MSG_NEWSETELEM,
+                              "add")

@@ -54,7 +54,7 @@ def _always_lines(part):
     at = part["resolved_at"]
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at)) if at else "never"
     lines = [f"always rules: resolved through NSS at {when} (by reload, or by gc when "
-             f"NSS changed the ranges; gc checks at every run)"]
+             f"NSS listed more ids: gc only widens them, reload narrows)"]
     for name, info in sorted(part["profiles"].items()):
         lines.append(f"  profile {name}: {info['uids']} uids, {info['gids']} gids "
                      f"({info['ranges']} ranges)")

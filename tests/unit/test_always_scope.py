@@ -211,3 +211,176 @@ def test_interval_element_list_is_what_nft_sends():
     ours = interval_list_message(nf.NFT_MSG_NEWSETELEM, 0, 1, "t", "s",
                                  interval_elements([[5, 7]], 4))
     assert ours.endswith(nft_elements)
+
+
+# ---- gc widens, never narrows (an NSS outage must not unfence anyone) -----------
+
+ALWAYS_POLICY = ('scope = "always"\nusers = ["carol"]\ngroups = ["staff"]\n'
+                 'uids = ["2000-2999"]\nprofiles = ["web"]\n')
+
+
+def lesser_nss():
+    """NSS with LDAP down: carol, bob and the group staff are gone."""
+    return resolve.Nss([("root", 0, 0), ("alice", 1000, 1000)], {"root": (0, [])})
+
+
+def test_gc_keeps_the_applied_ranges_when_nss_returns_less():
+    always = compiled(ALWAYS_POLICY)["always"]
+    applied = resolve.resolve(always, NSS, now=5)
+    now = resolve.resolve(always, lesser_nss(), now=9)
+    assert now["sets"]["auid-web"] == [[2000, 2999]]
+    assert sorted(now["unknown"]) == ["carol", "staff"]
+    widened, lost, narrower = resolve.widen(always, applied, now)
+    assert widened["sets"] == applied["sets"]            # nobody unfenced
+    assert sorted(lost) == ["carol", "staff"]           # resolved before, not now
+    assert "auid-web" in narrower and "agid-web" in narrower
+    assert widened["unknown"] == []        # still "resolved": lost again at the next gc
+
+
+def test_gc_adds_what_nss_newly_resolves():
+    always = compiled(ALWAYS_POLICY)["always"]
+    applied = resolve.resolve(always, NSS, now=5)
+    more = resolve.Nss(NSS.users + [("dave", 3500, 50)], NSS.groups)   # joins staff
+    widened, lost, narrower = resolve.widen(always, applied, resolve.resolve(always, more))
+    assert widened["sets"]["suid-web"] == [[3500, 3500]]
+    assert widened["sets"]["auid-web"] == [[1000, 1002], [2000, 2999]]
+    assert lost == [] and narrower == []
+
+
+def test_an_excluded_account_created_inside_a_range_stays_fenced_until_reload():
+    always = compiled('scope = "always"\nuids = ["6000-6100"]\nusers = ["!rvx"]\n'
+                      'profiles = ["web"]\n')["always"]
+    applied = resolve.resolve(always, NSS)
+    assert applied["sets"]["auid-web"] == [[6000, 6100]] and applied["unknown"] == ["rvx"]
+    later = resolve.Nss(NSS.users + [("rvx", 6050, 6050)], NSS.groups)
+    now = resolve.resolve(always, later)
+    assert now["sets"]["auid-web"] == [[6000, 6049], [6051, 6100]]   # what reload does
+    widened, lost, _ = resolve.widen(always, applied, now)
+    assert widened["sets"]["auid-web"] == [[6000, 6100]] and lost == []
+    assert widened["unknown"] == []
+
+
+def test_gc_widens_a_split_left_by_reload():
+    always = compiled('scope = "always"\nuids = ["6000-6100"]\nusers = ["!rvx"]\n'
+                      'groups = ["staff"]\nprofiles = ["web"]\n')["always"]
+    nss = resolve.Nss(NSS.users + [("rvx", 6050, 6050)], NSS.groups)
+    applied = resolve.resolve(always, nss)
+    assert applied["sets"]["auid-web"] == [[1000, 1001], [6000, 6049], [6051, 6100]]
+    more = resolve.Nss(nss.users + [("erin", 7000, 50)], nss.groups)
+    widened, _, _ = resolve.widen(always, applied, resolve.resolve(always, more))
+    assert widened["sets"]["auid-web"] == [[1000, 1001], [6000, 6049], [6051, 6100]]
+    assert widened["sets"]["suid-web"] == [[7000, 7000]]
+
+
+def test_system_nss_looks_names_up_without_enumeration(monkeypatch):
+    """SSSD's default enumerate = false: getpwall/getgrall list local entries only,
+    getpwnam/getgrnam reach LDAP."""
+    import grp
+    import pwd
+    monkeypatch.setattr(pwd, "getpwall", lambda: [])
+    monkeypatch.setattr(grp, "getgrall", lambda: [])
+    nss = resolve.Nss.from_system()
+    assert nss.uid("root") == 0 and nss.uid("nfnosuchuser-x") is None
+    assert nss.group("root")[0] == 0 and nss.group("nfnosuchgroup-x") is None
+
+
+# ---- gid 0 at always scope ------------------------------------------------------
+
+def test_a_group_with_gid_0_is_refused_at_always_scope_and_says_what_to_write():
+    policy = parse('scope = "always"\ngroups = ["root"]\nprofiles = ["web"]\n')
+    ((path, _line, text),) = resolve.root_group_problems(policy.rules, NSS)
+    assert path == "/etc/netfence/a.toml"
+    assert "group 'root' has gid 0" in text and "root's daemons" in text
+    assert 'users = ["root"]' in text
+    policy = parse('scope = "always"\nusers = ["root"]\ngroups = ["!root", "staff"]\n'
+                   'profiles = ["web"]\n')
+    assert resolve.root_group_problems(policy.rules, NSS) == []
+    policy = parse('scope = "user"\ngroups = ["root"]\nprofiles = ["web"]\n')
+    assert resolve.root_group_problems(policy.rules, NSS) == []   # a login's groups
+
+
+def test_gid_0_never_reaches_the_gid_sets():
+    """A group renamed to gid 0 after the reload: gc does not fence root's daemons."""
+    always = compiled('scope = "always"\ngroups = ["web"]\nprofiles = ["web"]\n')["always"]
+    nss = resolve.Nss(NSS.users, dict(NSS.groups, web=(0, [])))
+    assert resolve.resolve(always, nss)["sets"]["agid-web"] == []
+
+
+# ---- static sets are replaced whole, in one transaction -------------------------
+
+STATIC_TABLE = ir.TableDef.from_json(compiled(
+    'scope = "always"\nuids = ["6000-6100"]\nprofiles = ["web"]\n')["table"])
+
+
+def replacement(old, new):
+    """What gc sends when the kernel holds `old` ranges in auid-web and the
+    resolution says `new`: [(operation, set, elements)]."""
+    from netfence import drift
+    from netfence.nftnl_batch import Batch, add_static_replacement
+    have = {name: {(k.hex(), e) for k, e in items}
+            for name, items in drift.static_wanted(STATIC_TABLE, {"auid-web": old}).items()}
+    wanted = drift.static_wanted(STATIC_TABLE, {"auid-web": new})
+    missing = {n: v for n, v in wanted.items() if {(k.hex(), e) for k, e in v} - have[n]}
+    extra = {n: v for n, v in have.items() if v - {(k.hex(), e) for k, e in wanted[n]}}
+    contents = drift.static_replacements(wanted, missing, extra)
+    batch = Batch(iter(range(1, 100)).__next__)
+    add_static_replacement(batch, "netfence", contents)
+    return contents, [op for op, _data, _seq in batch.finish()]
+
+
+@pytest.mark.parametrize("old,new", [
+    ([[6000, 6100]], [[6000, 6049], [6051, 6100]]),          # split
+    ([[6000, 6049], [6051, 6100]], [[6000, 6100]]),          # merge
+    ([[6000, 6100]], [[6000, 6200]]),                        # extension
+    ([[6000, 6100]], [[6000, 6010]]),                        # shrink
+    ([[6000, 6100]], []),                                    # emptied
+])
+def test_a_changed_static_set_is_flushed_and_filled_in_one_transaction(old, new):
+    contents, operations = replacement(old, new)
+    assert contents == {"auid-web": interval_elements(new, 4)}     # the whole content
+    adds = [f"add {len(interval_elements(new, 4))} range element(s) of set auid-web"]
+    assert operations == (["begin transaction", "flush set auid-web"]
+                          + (adds if new else []) + ["end transaction"])
+
+
+def test_an_unchanged_static_set_is_left_alone():
+    assert replacement([[6000, 6100]], [[6000, 6100]]) == (
+        {}, ["begin transaction", "end transaction"])
+
+
+def test_the_flush_message_is_delsetelem_without_elements():
+    from netfence.nfencode import set_flush_message
+    data = set_flush_message(nf.NLM_F_REQUEST, 7, "t", "s")
+    assert int.from_bytes(data[4:6], nf.HOST_ORDER) == (
+        nf.NFNL_SUBSYS_NFTABLES << 8 | nf.NFT_MSG_DELSETELEM)
+    assert data.endswith(_attr(nf.NFTA_SET_ELEM_LIST_TABLE, b"t\0")
+                         + _attr(nf.NFTA_SET_ELEM_LIST_SET, b"s\0"))
+
+
+def test_gc_logs_names_nss_lost_and_exits_1_without_removing(monkeypatch):
+    from netfence import drift, snapshot
+    snap = compiled(ALWAYS_POLICY)
+    snap["resolved"] = resolve.resolve(snap["always"], NSS, now=5)
+    applied_sets = dict(snap["resolved"]["sets"])
+    logged, written = [], []
+    monkeypatch.setattr(resolve.Nss, "from_system", staticmethod(lesser_nss))
+    monkeypatch.setattr(drift, "log_event", logged.append)
+    monkeypatch.setattr(snapshot, "replace_compiled", lambda _dir, snap: written.append(snap))
+    for _ in range(2):          # every gc says so again, until reload
+        changed, lost, _narrower = drift._resolve_again(snap, "/nonexistent")
+        assert changed == {} and sorted(lost) == ["carol", "staff"]
+        assert snap["resolved"]["sets"] == applied_sets
+    assert logged == 2 * ["event=nss-unresolved name=carol",
+                                  "event=nss-unresolved name=staff"]
+    repair = drift.Repair(drift.Drift(), unresolved=lost)
+    assert repair.failed
+    assert "gc: always rules: event=nss-unresolved name=carol" in str(repair)
+    assert not drift.Repair(drift.Drift()).failed
+
+
+def test_an_exclusion_nss_no_longer_resolves_fences_its_uid_until_reload():
+    always = compiled('scope = "always"\nusers = ["*", "!carol"]\nprofiles = ["web"]\n')["always"]
+    applied = resolve.resolve(always, NSS)
+    assert applied["sets"]["auid-web"] == [[1, 1001], [1003, resolve.MAX_ID]]
+    widened, lost, _ = resolve.widen(always, applied, resolve.resolve(always, lesser_nss()))
+    assert widened["sets"]["auid-web"] == [[1, resolve.MAX_ID]] and lost == ["carol"]
