@@ -95,6 +95,8 @@ def reload(paths):
     result = ReloadResult(snap["policy_id"], len(policy.profiles), len(policy.rules),
                           kept, dropped, attempts, round(held * 1000, 3),
                           tuple(snap["resolved"]["unknown"]))
+    for name in result.unresolved:
+        log_event(f"event=nss-unresolved name={name} source=reload")
     log_event(f"event=reload policy={result.policy_id} profiles={result.profiles} "
          f"rules={result.rules} kept={kept} dropped={sum(dropped.values())} "
          f"attempts={attempts} lock_held_ms={result.lock_held_ms}")

@@ -186,11 +186,13 @@ class Repair:
     static_removed: int = 0
     unresolved: list = field(default_factory=list)  # names NSS lost since they resolved
     narrower: list = field(default_factory=list)    # sets NSS lists narrower: kept
+    widen_error: str = ""      # resolving again or applying it failed (table repaired)
 
     @property
     def failed(self):
-        """gc exits 1: the table could not be repaired, or NSS lost names."""
-        return self.action == "failed" or bool(self.unresolved)
+        """gc exits 1: the table could not be repaired, NSS lost names, or widening
+        the always rules failed."""
+        return self.action == "failed" or bool(self.unresolved) or bool(self.widen_error)
 
     def __str__(self):
         text = self._text()
@@ -201,12 +203,17 @@ class Repair:
             text = ("gc: always rules: NSS changed their ranges, widened (" + ", ".join(
                 f"{name} {len(ranges)} ranges" for name, ranges in sorted(
                     self.resolved.items())) + ")\n" + text)
+        if self.widen_error:
+            text += (f"\ngc: always rules: could not resolve them again: "
+                     f"{self.widen_error} (the applied ranges stay)")
         return "".join(self._nss_lines()) + text
 
     def _nss_lines(self):
         lines = [f"gc: always rules: event=nss-unresolved name={name} (resolved before, "
-                 f"unknown to NSS now: its ids stay fenced; `netfence reload` removes "
-                 f"them if the account is really gone)\n" for name in self.unresolved]
+                 f"unknown to NSS now: gc unfences nothing for it (a lost user or group "
+                 f"stays fenced, a lost \"!\" exclusion's ids become fenced) until "
+                 f"`netfence reload`, which resolves from scratch)\n"
+                 for name in self.unresolved]
         if self.narrower:
             lines.append(f"gc: always rules: NSS now resolves fewer ids for "
                          f"{', '.join(self.narrower)} (an account or member removed, an "
@@ -237,16 +244,20 @@ class Repair:
 def repair_table(paths):
     """gc's table check: restore a missing or altered table from the applied snapshot
     (what the last reload applied, not /etc) and the records; add back missing live
-    elements. Holds the state lock (no reload meanwhile) and, while it compares and
-    writes, the records lock (no login meanwhile), so it never races a writer."""
+    elements; then widen the always rules by what NSS newly lists. Holds the state
+    lock (no reload meanwhile) and, while it compares and writes, the records lock (no
+    login meanwhile), so it never races a writer.
+
+    The restore comes first and uses the applied resolution as it is: neither NSS (a
+    slow or unreachable directory) nor the state dir (full, read-only) may keep a
+    flushed table, and with it every login's fence, from coming back."""
     with state_lock(paths.state_dir):
         applied = snapshot.read_snapshot(paths.state_dir)
         if not applied:
             return Repair(Drift())
         records.ensure_dirs(paths.run_dir)
-        changed, lost, narrower = _resolve_again(applied, paths.state_dir)
         drift = check_steadily(applied, paths)
-        repair = Repair(drift, resolved=changed, unresolved=lost, narrower=narrower)
+        repair = Repair(drift)
         if drift.login_policy:
             if not snapshot.roll_forward(paths.state_dir, applied["policy_id"]):
                 repair.action = "failed"
@@ -256,20 +267,46 @@ def repair_table(paths):
             repair.rolled_forward = True
         snapshot.remove_stale(paths.state_dir)       # we hold the state lock: leftovers
         try:
-            if drift.table_missing or drift.altered:
-                repair.restored_elements = restore_table(applied, paths.run_dir)
-                repair.action = "restored"
-            elif drift.missing_elements or drift.leaked_elements:
-                # Compared again under the records lock: what looked missing or leaked
-                # may have been a login or logout in progress.
-                repair.added, repair.removed = _fix_elements(applied, paths.run_dir)
-            if drift.static_missing or drift.static_extra:
-                repair.static_added, repair.static_removed = _fix_ranges(applied)
-            if repair.added or repair.removed or repair.static_added or repair.static_removed:
-                repair.action = "elements"
+            _repair_drift(repair, applied, paths)
         except NetfenceError as err:
             repair.action, repair.error = "failed", str(err)
+            return repair
+        _widen(repair, applied, paths.state_dir)
         return repair
+
+
+def _repair_drift(repair, applied, paths):
+    """Make the kernel what the applied snapshot and the records say."""
+    drift = repair.drift
+    if drift.table_missing or drift.altered:
+        repair.restored_elements = restore_table(applied, paths.run_dir)
+        repair.action = "restored"
+    elif drift.missing_elements or drift.leaked_elements:
+        # Compared again under the records lock: what looked missing or leaked
+        # may have been a login or logout in progress.
+        repair.added, repair.removed = _fix_elements(applied, paths.run_dir)
+    if drift.static_missing or drift.static_extra:
+        repair.static_added, repair.static_removed = _fix_ranges(applied)
+    if repair.action == "none" and (repair.added or repair.removed or repair.static_added
+                                    or repair.static_removed):
+        repair.action = "elements"
+
+
+def _widen(repair, applied, state_dir):
+    """Resolve the always rules again (after the repair: see repair_table) and put
+    what NSS newly lists in the kernel. A failure is reported (gc exits 1), never
+    raised: the table is already what the applied snapshot says."""
+    try:
+        repair.resolved, repair.unresolved, repair.narrower = _resolve_again(
+            applied, state_dir)
+        if repair.resolved:
+            added, removed = _fix_ranges(applied)
+            repair.static_added += added
+            repair.static_removed += removed
+            if repair.action == "none":
+                repair.action = "elements"
+    except (NetfenceError, OSError) as err:
+        repair.widen_error = str(err)
 
 
 def _resolve_again(applied, state_dir):
@@ -287,7 +324,8 @@ def _resolve_again(applied, state_dir):
         log_event(f"event=nss-unresolved name={name}")
     changed = {name: ranges for name, ranges in new["sets"].items()
                if old["sets"].get(name, []) != ranges}
-    if changed or new["unknown"] != old.get("unknown", []):
+    if (changed or new["unknown"] != old.get("unknown", [])
+            or new["lost"] != old.get("lost", [])):
         applied["resolved"] = new
         snapshot.replace_compiled(state_dir, applied)
     return changed, lost, narrower

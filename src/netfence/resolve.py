@@ -135,6 +135,10 @@ def rule_ranges(rule, nss):
     group_of = {g: nss.group(g) for g in groups + not_groups}
     unknown = [n for n, uid in uid_of.items() if uid is None]
     unknown += [g for g, entry in group_of.items() if entry is None]
+    # a group's listed members NSS cannot find (LDAP users of a local group, LDAP
+    # down): named, so that a reload that drops them says so, and gc reports them lost
+    unknown += [f"{g}:{member}" for g in groups + not_groups if group_of[g]
+                for member in group_of[g][1] if nss.uid(member) is None]
     uids = [list(r) for r in rule["uids"]]
     uids += EVERY_USER if "*" in include else []
     uids += _points(uid_of[n] for n in include if uid_of.get(n) is not None)
@@ -182,8 +186,11 @@ def widen(always, old, new):
     narrower = sorted(name for name, ranges in old_sets.items()
                       if subtract(ranges, new["sets"].get(name, [])))
     unknown = [name for name in new["unknown"] if name in old_unknown]
-    return ({"at": new["at"], "sets": _sets(always, uids, gids), "unknown": unknown},
-            lost, narrower)
+    # names lost since the reload, until NSS knows them again: for status, which must
+    # show an outage while gc keeps the fence (the ids stay in the sets)
+    still_lost = [n for n in old.get("lost", []) if n in new["unknown"] and n not in lost]
+    return ({"at": new["at"], "sets": _sets(always, uids, gids), "unknown": unknown,
+             "lost": still_lost + lost}, lost, narrower)
 
 
 def _owners(always):

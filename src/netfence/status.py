@@ -45,6 +45,7 @@ def always_part(applied):
         return None
     resolved = applied.get("resolved") or {"at": None, "sets": {}, "unknown": []}
     return {"resolved_at": resolved["at"], "unknown": list(resolved.get("unknown", [])),
+            "lost": list(resolved.get("lost", [])),
             "profiles": resolve.counts(always, resolved)}
 
 
@@ -60,6 +61,9 @@ def _always_lines(part):
                      f"({info['ranges']} ranges)")
     if part["unknown"]:
         lines.append(f"  not found in NSS: {', '.join(part['unknown'])}")
+    if part["lost"]:
+        lines.append(f"  resolved before, unknown to NSS now (an outage? kept as they "
+                     f"were until `netfence reload`): {', '.join(part['lost'])}")
     return lines
 
 

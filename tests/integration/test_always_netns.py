@@ -244,6 +244,8 @@ def test_an_nss_outage_during_gc_unfences_nobody(nf):
     assert probe(nf, 61001, gid=64500) == "refused"
     assert {name: elements(nf, name) for name in before} == before
     assert drift_ok(fake)[0], drift_ok(fake)
+    lost = json.loads(fake.cli("status", "--json").stdout)["always"]["lost"]
+    assert {"rvalice", "rvbob", "rvweb"} <= set(lost), lost          # status shows it
     assert fake.cli("gc", check=False).returncode == 1                # until reload
     reloaded = fake.cli("reload")                                    # the admin decides
     assert "not found in NSS, skipped: rvalice, rvbob, rvweb" in reloaded.stderr
@@ -339,3 +341,29 @@ def test_a_group_with_gid_0_is_refused_at_always_scope(nf):
         assert out.returncode == 1 and "group 'root' has gid 0" in out.stderr, out.stderr
         assert 'users = ["root"]' in out.stderr
     assert nf.netns.nft("list", "tables").stdout.strip() == ""
+
+
+def test_a_flushed_table_comes_back_even_when_widening_cannot_be_written(nf):
+    """gc restores first, from the applied resolution: an NSS change to record and a
+    state dir it cannot write (full, read-only) do not keep a flushed table, and with
+    it every fence, away; the widening waits for the next gc."""
+    nf.echo_server(SERVERS)
+    fake = FakeNss(nf)
+    fake.add_group("rvg", 64600)
+    nf.write_policy(policy(nf, '[[rule]]\nscope = "always"\nuids = ["62000-62099"]\n'
+                               'groups = ["rvg"]\nprofiles = ["no-web"]\n'))
+    fake.cli("reload")
+    assert probe(nf, 62050) == "refused"
+    fake.add_user("rvnew", 64601, gid=64600)            # a new member: gc would widen
+    nf.netns.nft("flush", "ruleset")
+    assert probe(nf, 62050) == "ok"
+    read_only = ['sh', '-c', 'mount --bind -o ro "$0" "$0" && exec "$@"', nf.state_dir]
+    gc = fake.run(read_only + nf.cli_argv("gc"), check=False)
+    assert gc.returncode == 1, gc.stdout + gc.stderr
+    assert "restored from the applied snapshot" in gc.stdout, gc.stdout
+    assert "could not resolve them again" in gc.stdout, gc.stdout
+    assert probe(nf, 62050) == "refused"
+    assert probe(nf, 64601) == "ok"                     # not widened: nothing written
+    gc = fake.cli("gc")
+    assert "NSS changed" in gc.stdout, gc.stdout
+    assert probe(nf, 64601) == "refused"

@@ -384,3 +384,24 @@ def test_an_exclusion_nss_no_longer_resolves_fences_its_uid_until_reload():
     assert applied["sets"]["auid-web"] == [[1, 1001], [1003, resolve.MAX_ID]]
     widened, lost, _ = resolve.widen(always, applied, resolve.resolve(always, lesser_nss()))
     assert widened["sets"]["auid-web"] == [[1, resolve.MAX_ID]] and lost == ["carol"]
+
+
+def test_a_groups_member_nss_cannot_find_is_named():
+    """A local group listing an LDAP user while LDAP is down: reload says which member
+    it skipped (gc then reports it lost, as any name)."""
+    nss = resolve.Nss(NSS.users, dict(NSS.groups, staff=(50, ["alice", "ghost"])))
+    uids, _gids, unknown = resolve.rule_ranges(rule(groups=(["staff"], [])), nss)
+    assert uids == [[1000, 1001]] and unknown == ["staff:ghost"]
+
+
+def test_names_lost_during_an_outage_are_kept_for_status_until_nss_knows_them():
+    always = compiled(ALWAYS_POLICY)["always"]
+    applied = resolve.resolve(always, NSS, now=5)
+    outage = resolve.resolve(always, lesser_nss(), now=9)
+    first, lost, _ = resolve.widen(always, applied, outage)
+    assert sorted(first["lost"]) == sorted(lost) == ["carol", "staff"]
+    second, lost_again, _ = resolve.widen(always, first, outage)
+    assert sorted(second["lost"]) == ["carol", "staff"] and sorted(lost_again) == \
+        ["carol", "staff"]
+    back, lost_now, _ = resolve.widen(always, second, resolve.resolve(always, NSS, now=11))
+    assert back["lost"] == [] and lost_now == [] and back["sets"] == applied["sets"]
