@@ -67,8 +67,9 @@ def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
             record = plan.session_record(
                 login, info, {"key": key, "ppid": ppid, "starttime": start},
                 user_profiles, session_profiles, cgroup, time.time())
-            todo = plan.open_plan(record, *_read_for_open(run_dir, key, uid, cgroup["id"]))
-            _write_open(run_dir, todo, undo)
+            before = _read_for_open(run_dir, key, uid, cgroup["id"])
+            todo = plan.open_plan(record, *before)
+            _write_open(run_dir, todo, undo, before)
             undo.added, undo.sent = todo["added"], True
             fastpath.add_elements(login.get("templates"), todo["send"], timeout_ms)
         except BaseException as err:
@@ -87,20 +88,23 @@ def _read_for_open(run_dir, key, uid, cgroup_id):
     return previous, user, refs, _live_sessions(run_dir, refs, key)
 
 
-def _write_open(run_dir, todo, undo):
+def _write_open(run_dir, todo, undo, before):
     """Write the records (intent: before the batch, so that a reload or gc reading
-    them sees what the kernel is about to hold), each saved first for the undo."""
+    them sees what the kernel is about to hold), each remembered first for the undo as
+    _read_for_open found it (`before`: the lock is held, nothing changed them since)."""
+    previous, user, refs, _sharing = before
     record = todo["record"]
     key, uid, cgroup_id = record["key"], record["uid"], record["cgroup_id"]
     if todo["refs"] is not None:
-        undo.saved(records.refs_path(run_dir, cgroup_id))
+        undo.saved(records.refs_path(run_dir, cgroup_id),
+                   {"cgroup_id": cgroup_id, "sessions": refs} if refs else None)
         records.write_refs(run_dir, cgroup_id, todo["refs"])
     session_file = records.session_path(run_dir, key)
     user_file = records.user_path(run_dir, uid)
-    undo.saved(session_file)
+    undo.saved(session_file, previous)
     undo.record = record
     records.write(session_file, record)
-    undo.saved(user_file)
+    undo.saved(user_file, user)
     records.write(user_file, todo["user"])
 
 
@@ -115,9 +119,9 @@ class _Undo:
         self.added, self.sent, self.record = {}, False, None
         self.restore = []                 # (path, content before, None = absent)
 
-    def saved(self, path):
-        """Remember the record at path as it is now, to put it back."""
-        self.restore.append((path, records.read(path)))
+    def saved(self, path, content):
+        """Remember the record at path as it is now (None: absent), to put it back."""
+        self.restore.append((path, content))
 
     def run(self, err):
         pending = self.added if self.sent and not known_refused(err) else {}
