@@ -10,6 +10,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -409,6 +410,17 @@ def settle_uid(uid, timeout=15):
     processes (support.users.user_processes) would see them."""
     wait_until(lambda: not user_processes(uid, zombies=True), timeout=timeout,
                interval=0.05, what=f"uid {uid} to have no process left")
+
+
+def kill_and_expect_release(fence, user, pid):
+    """Kill the last process left from a user-scope login: the next gc releases the
+    uid and nothing of it is left (elements, user record)."""
+    os.kill(pid, signal.SIGKILL)
+    settle_uid(user.uid)
+    report = fence.nf.cli("gc").stdout
+    assert "1 users released" in report, report
+    assert fence.filled() == {}
+    assert os.listdir(f"{fence.nf.run_dir}/users") == []
 
 
 @pytest.fixture

@@ -98,6 +98,17 @@ FLOODS = {
 }
 
 
+def pam_env_stack(fence, program):
+    """The test PAM stack with pam_env (user_readenv=1) before the hook, which runs
+    through the static launcher or as the Python program alone."""
+    stack = fence.stack(before=[PAM_ENV])
+    if program == "python-only":
+        return python_only(fence, stack)
+    if not fence.launcher:
+        pytest.skip("no static hook launcher built")
+    return stack
+
+
 def python_only(fence, stack):
     """`stack` with the hook installed without the static launcher (the Python
     program alone, as on machines without a static libc)."""
@@ -115,11 +126,7 @@ def test_flooded_pam_environment_cannot_skip_the_hook(fence, user, flood, progra
     fence.echo()
     fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"'))
     write_pam_environment(user, FLOODS[flood])
-    stack = fence.stack(before=[PAM_ENV])
-    if program == "python-only":
-        stack = python_only(fence, stack)
-    elif not fence.launcher:
-        pytest.skip("no static hook launcher built")
+    stack = pam_env_stack(fence, program)
     r = su(fence, user, fence.view() + '; echo "x99=${PAM_X89:-unset}"', stack)
     # pam_env did read the file (Debian 12, linux-pam 1.5.2: user_readenv is honoured)
     assert parse_view(r.stdout).get("x99") == "1", (r.stdout, r.stderr)
@@ -157,11 +164,7 @@ def test_pam_environment_tz_cannot_move_the_clock_out_of_a_rule(fence, user, pro
     fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"')
                + f'time = "{clock_window()}"\n')
     write_pam_environment(user, [f"TZ DEFAULT={shifted_tz()}"])
-    stack = fence.stack(before=[PAM_ENV])
-    if program == "python-only":
-        stack = python_only(fence, stack)
-    elif not fence.launcher:
-        pytest.skip("no static hook launcher built")
+    stack = pam_env_stack(fence, program)
     r = su(fence, user, fence.view() + '; echo "tz=$TZ"', stack)
     assert parse_view(r.stdout).get("tz") == shifted_tz(), r.stdout   # pam_env set it
     assert fenced(fence, r, user), (r.stdout, fence.log())

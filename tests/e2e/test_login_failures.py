@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import PORT_A, PORT_B, parse_view
+from conftest import ONE_PROFILE, PORT_A, PORT_B, parse_view
 from netfence import records
 from support.login import PAM_SUCCESS, PamSession
 from support.pamsvc import pam_service
@@ -27,14 +27,7 @@ HAVE_SSHD = all(shutil.which(p) or os.path.exists(f"/usr/sbin/{p}")
 KINDS = ["su", pytest.param("ssh", marks=pytest.mark.skipif(
     not HAVE_SSHD, reason="openssh-server/openssh-client not installed"))]
 
-POLICY = """
-[profile.fence]
-egress = [ {{ action = "reject", proto = "tcp", ports = [{port}] }} ]
-
-[[rule]]
-users = ["{user}"]
-profiles = ["fence"]
-"""
+POLICY = ONE_PROFILE.replace("{scope}", "session")       # the rule's default scope
 
 
 class Via:

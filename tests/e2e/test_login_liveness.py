@@ -4,13 +4,12 @@ connecting, and a `netfence reload` run inside a logout.
 """
 
 import os
-import signal
 import subprocess
 import time
 
 import pytest
 
-from conftest import ONE_PROFILE, PORT_A, PORT_B, read_kv, settle_uid
+from conftest import ONE_PROFILE, PORT_A, PORT_B, kill_and_expect_release, read_kv
 from support.pamsvc import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: users, netns, su")
@@ -125,12 +124,7 @@ def test_a_zombie_leader_with_a_live_thread_keeps_user_scope(fence, user, leader
     later = wait_until(lambda: after(out, after_gc), what="a probe after gc")
     assert later[str(PORT_B)] == "refused"
 
-    os.kill(pid, signal.SIGKILL)
-    settle_uid(user.uid)
-    report = fence.nf.cli("gc").stdout
-    assert "1 users released" in report, report
-    assert fence.filled() == {}
-    assert os.listdir(f"{fence.nf.run_dir}/users") == []
+    kill_and_expect_release(fence, user, pid)
     assert fence.cgroup_dirs() in ([], [f"/{fence.nf.cgroup_base}"])
 
 

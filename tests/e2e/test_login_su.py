@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from conftest import (ONE_PROFILE, PORT_A, PORT_B, PORT_C, REPL, parse_view, read_kv,
-                      settle_uid)
+from conftest import (ONE_PROFILE, PORT_A, PORT_B, PORT_C, REPL, kill_and_expect_release,
+                      parse_view, read_kv, settle_uid)
 from support.pamsvc import wait_until
 from support.users import user_processes
 
@@ -111,12 +111,7 @@ def test_su_user_scope_outlives_the_session(fence, user):
     # gc keeps it while the process lives
     fence.nf.cli("gc")
     assert fence.filled() == {"uid-fence": [user.uid]}
-    os.kill(pid, signal.SIGKILL)
-    settle_uid(user.uid)
-    report = fence.nf.cli("gc").stdout
-    assert "1 users released" in report, report
-    assert fence.filled() == {}
-    assert os.listdir(f"{fence.nf.run_dir}/users") == []
+    kill_and_expect_release(fence, user, pid)
 
 
 def test_su_session_scope_ends_at_close_and_gc_removes_the_busy_cgroup(fence, user):
