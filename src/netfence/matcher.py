@@ -11,18 +11,26 @@ ROOT_UID = 0
 
 
 class Decision:
-    """The outcome for one login: profiles by scope, and the rules that matched."""
+    """The outcome for one login: profiles by scope, and the rules that matched.
 
-    __slots__ = ("user_profiles", "session_profiles", "matched")
+    timed: the rules with a `time` window whose other conditions match, whatever the
+    clock says now, as (rule index, scope, profiles, windows): their profiles apply
+    while a window is open (timed.py), including to this session once it is open, so
+    the login is recorded even when no window is open yet. A timed rule's profile that
+    an untimed rule already applies at the same (or user) scope is left out of it.
+    """
 
-    def __init__(self, user_profiles, session_profiles, matched):
+    __slots__ = ("user_profiles", "session_profiles", "matched", "timed")
+
+    def __init__(self, user_profiles, session_profiles, matched, timed=()):
         self.user_profiles = user_profiles
         self.session_profiles = session_profiles
         self.matched = matched
+        self.timed = timed
 
     @property
     def empty(self):
-        return not (self.user_profiles or self.session_profiles)
+        return not (self.user_profiles or self.session_profiles or self.timed)
 
 
 class LoginFacts:
@@ -49,10 +57,14 @@ class LoginFacts:
 
 def match_login(login, facts):
     """Evaluate every rule for the LoginFacts; all matching rules apply and their
-    profiles accumulate."""
-    user_profiles, session_profiles, matched = [], [], []
+    profiles accumulate. A rule with `time` is matched on everything but the clock
+    and goes to Decision.timed (its window is followed by the kernel and watch)."""
+    user_profiles, session_profiles, matched, timed = [], [], [], []
     for rule in login["rules"]:
         if not _rule_matches(rule, facts):
+            continue
+        if rule["time"]:
+            timed.append(rule)
             continue
         matched.append(rule["index"])
         target = user_profiles if rule["scope"] == "user" else session_profiles
@@ -61,7 +73,19 @@ def match_login(login, facts):
                 target.append(name)
     # A profile at user scope already covers every socket of the uid.
     session_profiles = [p for p in session_profiles if p not in user_profiles]
-    return Decision(tuple(user_profiles), tuple(session_profiles), tuple(matched))
+    return Decision(tuple(user_profiles), tuple(session_profiles), tuple(matched),
+                    _timed_entries(timed, user_profiles, session_profiles))
+
+
+def _timed_entries(rules, user_profiles, session_profiles):
+    entries = []
+    for rule in rules:
+        covered = user_profiles if rule["scope"] == "user" else (
+            user_profiles + session_profiles)
+        profiles = tuple(p for p in rule["profiles"] if p not in covered)
+        if profiles:
+            entries.append((rule["index"], rule["scope"], profiles, rule["time"]))
+    return tuple(entries)
 
 
 def _rule_matches(rule, facts):
@@ -81,9 +105,7 @@ def _rule_matches(rule, facts):
         return False
     if not _ttys_match(rule["ttys"], facts.tty):
         return False
-    if not _rhosts_match(rule["rhosts"], facts.rhost, facts.address):
-        return False
-    return _time_matches(rule["time"], facts.weekday, facts.minute)
+    return _rhosts_match(rule["rhosts"], facts.rhost, facts.address)
 
 
 def _names_match(patterns, value):
@@ -142,7 +164,9 @@ def _parse_address(rhost):
     return None
 
 
-def _time_matches(windows, weekday, minute):
+def time_matches(windows, weekday, minute):
+    """Whether one of the windows ([[days mask, start, end]], minutes since local
+    midnight) holds at weekday (0 = Monday) and minute; no windows: always."""
     if not windows:
         return True
     yesterday = (weekday - 1) % 7

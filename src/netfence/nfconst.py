@@ -83,6 +83,7 @@ NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1,
 NFTA_SET_TABLE, NFTA_SET_NAME, NFTA_SET_KEY_TYPE = 1, 2, 4
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_FLAGS = 1, 3
+NFTA_SET_ELEM_TIMEOUT, NFTA_SET_ELEM_EXPIRATION = 4, 5    # be64 milliseconds
 NFTA_LIST_ELEM = 1
 NFTA_DATA_VALUE, NFTA_DATA_VERDICT = 1, 2
 NFTA_VERDICT_CODE, NFTA_VERDICT_CHAIN = 1, 2
@@ -128,6 +129,7 @@ NF_LOG_UID = 0x08               # log the socket's uid (nft: flags skuid)
 IP_CT_NEW_STATE_BIT = 0x08      # NF_CT_STATE_BIT(IP_CT_NEW): "ct state new"
 NFT_SET_FLAGS_NONE = 0          # a plain hash set: no interval, map, timeout
 NFT_SET_INTERVAL = 0x4          # ranges: an rbtree of start and end elements
+NFT_SET_TIMEOUT = 0x10          # elements may carry a timeout; the kernel expires them
 NFT_SET_ELEM_INTERVAL_END = 0x1  # the element ends a range (its key is last + 1)
 NFT_BYTEORDER_NTOH, NFT_BYTEORDER_HTON = 0, 1
 

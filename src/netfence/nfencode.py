@@ -39,7 +39,7 @@ from .nfconst import (
     NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC, NFT_MSG_DELSETELEM, NFT_MSG_DESTROYSETELEM,
     NFT_MSG_NEWSETELEM, NFT_NAME_MAXLEN, NFT_SET_ELEM_INTERVAL_END, NFTA_DATA_VALUE,
     NFTA_LIST_ELEM, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS,
-    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NLA_F_NESTED, NLA_HDRLEN, NLM_F_ACK,
+    NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NLA_F_NESTED, NLA_HDRLEN, NLM_F_ACK,
     NLM_F_CREATE, NLM_F_REQUEST, NLMSG_HDRLEN, NLMSG_SEQ_OFFSET)
 
 NEW_FLAGS = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE   # no EXCL: re-adding is fine
@@ -148,6 +148,29 @@ def element_message(msg_type, flags, table, set_name, key_len):
     # The key is the last attribute; 4 and 8 byte keys need no padding after them.
     pad = -key_len % 4
     return msg, len(msg) - pad - key_len
+
+
+def timed_element_message(table, set_name, key, timeout_ms):
+    """(NEWSETELEM bytes with seq 0 for one key with a kernel timeout, offset of the
+    key bytes): NFTA_SET_ELEM_TIMEOUT (be64 ms) comes before the key, so that the key
+    stays last and the hook's fill (fastpath) treats it like a template."""
+    for name in (table, set_name):
+        check_name(name)
+    msg = timed_list_message(0, table, set_name, [(key, timeout_ms)])
+    return msg, len(msg) - (-len(key) % 4) - len(key)
+
+
+def timed_list_message(seq, table, set_name, items):
+    """One NEWSETELEM message of [(key bytes, timeout ms)]: elements the kernel
+    removes when their timeout runs out (sets with NFT_SET_TIMEOUT)."""
+    elements = b"".join(
+        nested(NFTA_LIST_ELEM, attr(NFTA_SET_ELEM_TIMEOUT, int(ms).to_bytes(8, NETWORK_ORDER))
+               + nested(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, key)))
+        for key, ms in items)
+    body = (attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
+            + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
+            + nested(NFTA_SET_ELEM_LIST_ELEMENTS, elements))
+    return nft_message(NFT_MSG_NEWSETELEM, NEW_FLAGS, body, seq)
 
 
 def element_list_message(msg_type, flags, seq, table, set_name, keys):

@@ -19,7 +19,24 @@ name cannot start a guard's name: guards are "any-*", profile sets "<kind>-*".
   agid  -        agid-P any-agid gid (4), ranges   always   a group of an always rule
                                                             (meta skgid)
 
-The last three are static: no login fills them. Reload (and gc, when NSS changed) puts
+The last three are static: no login fills them.
+
+Sets whose elements carry a kernel timeout (flags timeout; timed.py computes every
+one of their elements, with its expiry, from the records, the grants and the clock):
+
+  kind  field     set     guard     key (level)    scope    holds
+  tuid  tuid_set  tuid-P  any-tuid  uid            user     a login matched by a rule
+  tucg  tucg_set  tucg-P  any-tucg  cgroup (2)     user       with `time`, while its
+  tscg  tscg_set  tscg-P  any-tscg  cgroup (3)     session    window is open (WINDOW_KINDS)
+  guid  -         guid-P  -         uid            user     grants: exempt from P (the
+  gucg  -         gucg-P  -         cgroup (2)     user       first rules of out-P/in-P
+  gscg  -         gscg-P  -         cgroup (3)     session    return) (GRANT_KINDS)
+  ruid  -         ruid-P  any-ruid  uid            user     restrictions: P applied to
+                                                            the uid's egress (RESTRICT_KINDS)
+
+Login elements never carry a timeout and timed elements never go into a login set: a
+kernel that re-adds an existing element with another timeout would otherwise turn a
+permanent restriction into a timed one (or the reverse). Reload (and gc, when NSS changed) puts
 in them the ranges resolve.py computes from the always rules, and only profiles used
 at always scope have them. auid and agid are interval sets (an rbtree, O(log n) per
 lookup): the kernel compares their keys as bytes, so the rule turns the host-order
@@ -54,14 +71,14 @@ KEY_TYPES = {
 
 class SetKind:
     __slots__ = ("name", "field", "prefix", "guard", "key_type", "key_len", "scope",
-                 "level", "directions", "static", "meta_key", "interval")
+                 "level", "directions", "static", "meta_key", "interval", "timeout")
 
     def __init__(self, name, key_type, scope, level, directions, meta_key=None,
-                 interval=False):
+                 interval=False, timeout=False, guarded=True):
         self.name = name
         self.field = f"{name}_set"          # the key in a profile's login part
         self.prefix = f"{name}-"
-        self.guard = f"any-{name}"
+        self.guard = f"any-{name}" if guarded else None
         self.key_type = key_type
         self.key_len = KEY_TYPES[key_type][1]
         self.scope = scope
@@ -70,6 +87,7 @@ class SetKind:
         self.static = scope == "always"    # filled by reload/gc from NSS, not by logins
         self.meta_key = meta_key            # the meta key a static kind matches
         self.interval = interval            # ranges: an rbtree with big-endian keys
+        self.timeout = timeout              # flags timeout: every element expires
 
     def set_name(self, profile_name):
         return self.prefix + profile_name
@@ -91,6 +109,22 @@ AUID = SetKind("auid", "uid", "always", None, ("egress",), meta_key="skuid", int
 SUID = SetKind("suid", "uid", "always", None, ("egress",), meta_key="skuid")
 AGID = SetKind("agid", "gid", "always", None, ("egress",), meta_key="skgid", interval=True)
 STATIC_KINDS = (AUID, SUID, AGID)       # the kinds reload fills (always rules)
+# the scope of a timed kind is the record that owns its key: a user-scope key (uid,
+# user cgroup) lives with the user record, a session-scope key with the session
+TUID = SetKind("tuid", "uid", "user", None, ("egress",), timeout=True)
+TUCG = SetKind("tucg", "cgroupsv2", "user", USER_LEVEL, ("ingress",), timeout=True)
+TSCG = SetKind("tscg", "cgroupsv2", "session", SESSION_LEVEL, ("egress", "ingress"),
+               timeout=True)
+WINDOW_KINDS = (TUID, TUCG, TSCG)       # logins matched by rules with `time`
+GUID = SetKind("guid", "uid", "user", None, ("egress",), timeout=True, guarded=False)
+GUCG = SetKind("gucg", "cgroupsv2", "user", USER_LEVEL, ("ingress",), timeout=True,
+               guarded=False)
+GSCG = SetKind("gscg", "cgroupsv2", "session", SESSION_LEVEL, ("egress", "ingress"),
+               timeout=True, guarded=False)
+GRANT_KINDS = (GUID, GUCG, GSCG)        # `netfence grant`: exempt from a profile
+RUID = SetKind("ruid", "uid", "user", None, ("egress",), timeout=True)
+RESTRICT_KINDS = (RUID,)                # `netfence restrict`: a profile on a uid's egress
+TIMED_KINDS = WINDOW_KINDS + GRANT_KINDS + RESTRICT_KINDS
 
 
 def profile_sets(profile_name):
@@ -101,6 +135,20 @@ def profile_sets(profile_name):
 def guards():
     """{field: guard set name}, as the login part stores it."""
     return {kind.field: kind.guard for kind in KINDS}
+
+
+def window_sets(profile_name):
+    """{field: set name} of a profile's time-window sets (only profiles that a rule
+    with `time` names have them; the login part stores these too)."""
+    return {kind.field: kind.set_name(profile_name) for kind in WINDOW_KINDS}
+
+
+def is_timed(set_name):
+    """Whether a set of our table holds elements with a kernel timeout (time windows,
+    grants, restrictions): timed.py, not the records' element lists, says what is in
+    it."""
+    return any(set_name.startswith(kind.prefix) or set_name == kind.guard
+               for kind in TIMED_KINDS)
 
 
 def key_number(hex_key):

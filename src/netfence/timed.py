@@ -1,0 +1,178 @@
+"""Elements with a kernel timeout: time windows, grants and restrictions. Pure.
+
+Every element of a timed set (setkinds.TIMED_KINDS) is computed, never recorded with
+its expiry: from the session and run records (the rules with `time` a login matched,
+with the elements they would add, in record["timed"]), the grants (grants.json) and
+the clock. Whoever writes these sets (the hook at open, reload, gc, watch, `grant`)
+asks `desired` (or `record_elements`) and sends each key with the time left until its
+expiry, so the kernel removes it on time even when nothing netfence runs:
+
+  a time window   until the windows of the rule stop covering the clock (a rule with
+                  Mo-Fr 08:00-20:00 matched at 19:55 expires at 20:00; adjacent windows
+                  run on), at most HORIZON_DAYS ahead (gc and watch refresh it)
+  a grant / restriction  until its "expires"
+
+One key may have several sources (two sessions of one user matched by rules with
+different windows, the guard of several profiles): it expires with the last of them
+(merge_max). Light on purpose (the hook imports it): time and matcher only.
+
+A record's timed entries, written at open (plan.session_record):
+  {"rule": index, "scope": "user"|"session", "windows": [[days, start, end]...],
+   "elements": {set name: [hex key]}}     # the keys, whatever the clock says
+A grant (grants.py): {"id", "kind": "grant"|"restrict", "profile", "uid", "user" or
+"session" (key) with "cgroup_id", "expires" (epoch seconds), "reason", "by", ...}.
+"""
+
+import time
+
+from . import setkinds
+from .matcher import time_matches
+
+HORIZON_DAYS = 7            # an expiry further than this is cut here and refreshed
+MINUTES_PER_DAY = 1440
+
+
+# ---- the clock --------------------------------------------------------------------
+
+def _local(now):
+    lt = time.localtime(now)
+    return lt.tm_wday, lt.tm_hour * 60 + lt.tm_min, lt
+
+
+def _epoch(lt, day_offset, minute):
+    """The epoch of local wall-clock minute `minute` (0..1440) of the day day_offset
+    days after lt's day (mktime normalises day overflow and DST)."""
+    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday + day_offset, minute // 60,
+                        minute % 60, 0, 0, 0, -1))
+
+
+def _boundaries(windows):
+    """The minutes of a day at which the windows may open or close."""
+    return sorted({m % MINUTES_PER_DAY for _days, start, end in windows
+                   for m in (start, end)})
+
+
+def _walk(windows, now):
+    """(epoch, open) at every boundary after now, for HORIZON_DAYS + 1 days."""
+    weekday, minute, lt = _local(now)
+    marks = _boundaries(windows)
+    for offset in range(HORIZON_DAYS + 2):
+        day = (weekday + offset) % 7
+        for mark in marks:
+            if offset == 0 and mark <= minute:
+                continue
+            yield _epoch(lt, offset, mark), time_matches(windows, day, mark)
+
+
+def open_until(windows, now):
+    """The epoch at which the windows stop covering the clock without a gap from now,
+    capped at HORIZON_DAYS ahead; None when none is open at now."""
+    weekday, minute, _lt = _local(now)
+    if not time_matches(windows, weekday, minute):
+        return None
+    cap = now + HORIZON_DAYS * 86400
+    for at, is_open in _walk(windows, now):
+        if at >= cap:
+            break
+        if not is_open:
+            return at
+    return cap
+
+
+def next_opening(windows, now):
+    """The epoch at which a window next opens after now (None: within the horizon
+    none does, or they cover the clock throughout)."""
+    weekday, minute, _lt = _local(now)
+    was_open = time_matches(windows, weekday, minute)
+    for at, is_open in _walk(windows, now):
+        if is_open and not was_open:
+            return at
+        was_open = is_open
+    return None
+
+
+# ---- elements with an expiry: {set: {hex key: expires epoch}} -----------------------
+
+def merge_max(target, elements):
+    """Add {set: {key: expires}} to target, a key keeping its latest expiry."""
+    for set_name, keys in elements.items():
+        have = target.setdefault(set_name, {})
+        for key, until in keys.items():
+            if until > have.get(key, 0):
+                have[key] = until
+    return target
+
+
+def record_elements(record, now, scope=None):
+    """The timed elements of one session or run record at now (entries of `scope`
+    only when given). A closing record has none."""
+    out = {}
+    if record.get("closing"):
+        return out
+    for entry in record.get("timed", ()):
+        if scope is not None and entry["scope"] != scope:
+            continue
+        until = open_until(entry["windows"], now)
+        if until is not None:
+            merge_max(out, {s: dict.fromkeys(keys, until)
+                            for s, keys in entry["elements"].items()})
+    return out
+
+
+def record_keys(record, scope=None):
+    """{set: [hex key]} of every timed entry of a record, open or not (what a close
+    may have to destroy)."""
+    out = {}
+    for entry in record.get("timed", ()):
+        if scope is None or entry["scope"] == scope:
+            for set_name, keys in entry["elements"].items():
+                have = out.setdefault(set_name, [])
+                have += [k for k in keys if k not in have]
+    return out
+
+
+def grant_elements(grant, sessions):
+    """{set: [hex key]} of one grant or restriction; sessions: the live session
+    records (a user grant also exempts the ingress of the user cgroups of the user's
+    live fenced logins, which a socket on input is matched by)."""
+    profile = grant["profile"]
+    if grant["kind"] == "restrict":
+        key = setkinds.RUID.key(grant["uid"])
+        return {setkinds.RUID.set_name(profile): [key], setkinds.RUID.guard: [key]}
+    if "session" in grant:
+        return {setkinds.GSCG.set_name(profile): [setkinds.GSCG.key(grant["cgroup_id"])]}
+    user_cgroups = sorted({r["user_cgroup_id"] for r in sessions
+                           if r.get("uid") == grant["uid"] and r.get("user_cgroup_id")
+                           and not r.get("closing")})
+    out = {setkinds.GUID.set_name(profile): [setkinds.GUID.key(grant["uid"])]}
+    if user_cgroups:
+        out[setkinds.GUCG.set_name(profile)] = [setkinds.GUCG.key(c) for c in user_cgroups]
+    return out
+
+
+def desired(sessions, runs, grants, now):
+    """{set: {hex key: expires}}: every element the timed sets should hold at now."""
+    out = {}
+    for record in list(sessions) + list(runs):
+        merge_max(out, record_elements(record, now))
+    for grant in grants:
+        if grant["expires"] > now:
+            merge_max(out, {s: dict.fromkeys(keys, grant["expires"])
+                            for s, keys in grant_elements(grant, sessions).items()})
+    return out
+
+
+def timeouts_ms(elements, now):
+    """{set: {hex key: ms}}: the kernel timeout of each element (at least 1 ms)."""
+    return {s: {k: max(1, int((until - now) * 1000 + 0.999)) for k, until in keys.items()}
+            for s, keys in elements.items()}
+
+
+def next_change(sessions, now):
+    """The earliest epoch after now at which a window of a live record opens (what
+    watch wakes up for; closings are the kernel's), or None."""
+    times = [next_opening(entry["windows"], now)
+             for record in sessions if not record.get("closing")
+             for entry in record.get("timed", ())]
+    times = [t for t in times if t is not None]
+    return min(times) if times else None
