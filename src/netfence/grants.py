@@ -254,12 +254,15 @@ def event_line(event, entry, by, **extra):
 
 # ---- transactions -------------------------------------------------------------------
 
-def add(paths, entry, by):
+def add(paths, entry, by, recheck=None):
     """Record `entry` (grants_cli built and checked it, without "id" and "by") and
-    apply it; returns it with its id. UsageError for a conflict; the kernel's error,
-    with grants.json put back, when it refuses."""
+    apply it; returns it with its id. recheck: called first under the state lock
+    (the profile is still applied: a reload takes the same lock). UsageError for a
+    conflict; the kernel's error, with grants.json put back, when it refuses."""
     from .apply import state_lock
     with state_lock(paths.state_dir):
+        if recheck is not None:
+            recheck()
         now = time.time()
         previous = fsutil.read_regular(path_of(paths.state_dir))
         entries = read_all(paths.state_dir)

@@ -197,7 +197,7 @@ def _entry(args, paths, kind):
     """The grant or restriction the arguments describe, every argument checked."""
     seconds = parse_duration(args.duration)
     reason = check_reason(args.reason)
-    applied_profile(paths.state_dir, args.profile, need_egress=kind == "restrict")
+    _check_profile(args, paths, kind)
     now = time.time()
     entry = {"kind": kind, "profile": args.profile, "reason": reason,
              "created": round(now, 3), "expires": round(now + seconds, 3)}
@@ -212,9 +212,14 @@ def _entry(args, paths, kind):
     return dict(entry, user=name, uid=uid)
 
 
+def _check_profile(args, paths, kind):
+    applied_profile(paths.state_dir, args.profile, need_egress=kind == "restrict")
+
+
 def cmd_grant(args, paths, kind="grant"):
     try:
-        entry = grants.add(paths, _entry(args, paths, kind), who_ran())
+        entry = grants.add(paths, _entry(args, paths, kind), who_ran(),
+                           recheck=lambda: _check_profile(args, paths, kind))
     except UsageError as err:
         print(f"netfence {kind}: {err}", file=sys.stderr)
         return 2
@@ -239,8 +244,10 @@ def cmd_revoke(args, paths):
 
 
 def cmd_grants(args, paths):
+    from .snapshot import read_snapshot
     now = time.time()
-    rows = [listed(g, now) for g in grants.active(paths.state_dir, now)]
+    applied = (read_snapshot(paths.state_dir) or {}).get("login", {}).get("profiles", {})
+    rows = [listed(g, now, applied) for g in grants.active(paths.state_dir, now)]
     rows.sort(key=lambda r: (r["expires"], r["id"]))
     if args.json:
         print(json.dumps({"now": now, "grants": rows}, indent=2, sort_keys=True))
@@ -249,20 +256,25 @@ def cmd_grants(args, paths):
     return 0
 
 
-def listed(entry, now):
-    """One entry as `netfence grants` shows it."""
+def listed(entry, now, applied):
+    """One entry as `netfence grants` shows it; applied: the applied policy's
+    profiles (an entry whose profile a reload removed does nothing until a reload
+    brings it back or it expires)."""
     kind, target = grants.target_of(entry)
     return {**entry, "target": f"user {entry['user']}" if kind == "user"
             else f"session {target}", "expires_at": grants.show_time(entry["expires"]),
             "remaining_s": round(entry["expires"] - now, 1),
-            "remaining": format_duration(entry["expires"] - now)}
+            "remaining": format_duration(entry["expires"] - now),
+            "profile_applied": entry["profile"] in applied}
 
 
 def format_rows(rows):
     if not rows:
         return "no grants or restrictions in force\n"
     head = ("ID", "KIND", "TARGET", "PROFILE", "EXPIRES", "LEFT", "BY", "REASON")
-    table = [head] + [(r["id"], r["kind"], r["target"], r["profile"], r["expires_at"],
+    table = [head] + [(r["id"], r["kind"], r["target"],
+                       r["profile"] + ("" if r["profile_applied"] else " (not applied)"),
+                       r["expires_at"],
                        r["remaining"], r["by"], r["reason"]) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head) - 1)]
     return "".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)) + "  "

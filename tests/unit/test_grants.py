@@ -471,3 +471,25 @@ def test_a_damaged_file_exits_1_naming_it(paths, kernel, capsys):
     assert run_cli(paths, "grant", "root", "--profile", "web", "--for", "1h",
                    "--reason", "r") == 1
     assert path in capsys.readouterr().err
+
+
+def test_the_profile_is_checked_again_under_the_state_lock(paths, kernel):
+    """A reload between the argument checks and the change may remove the profile."""
+    def removed():
+        raise UsageError("unknown profile 'web'")
+    with pytest.raises(UsageError, match="unknown profile"):
+        grants.add(paths, entry(expires=9e9), "root", recheck=removed)
+    assert not os.path.exists(grants.path_of(paths.state_dir)) and kernel.seen == []
+
+
+def test_the_listing_marks_a_profile_no_longer_applied(paths, kernel, capsys):
+    assert run_cli(paths, "grant", "root", "--profile", "quiet", "--for", "1h",
+                   "--reason", "r") == 0
+    compiled = os.path.join(paths.state_dir, "compiled.json")
+    with open(compiled, "w") as handle:
+        json.dump({"format": formats.SNAPSHOT, "login": {"profiles": {"web": {}}}}, handle)
+    capsys.readouterr()
+    assert run_cli(paths, "grants") == 0
+    assert "quiet (not applied)" in capsys.readouterr().out
+    assert run_cli(paths, "grants", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["grants"][0]["profile_applied"] is False
