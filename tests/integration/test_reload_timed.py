@@ -4,13 +4,14 @@ kernel itself expires an element when its timeout runs out."""
 
 import json
 import os
+import re
 import sys
 import time
 
 import pytest
 
 from netfence import grants, records, timed
-from netfence.setkinds import TUID, key_number
+from netfence.setkinds import TSCG, TUID, key_number
 from support.livesession import login
 from test_reload import POLICY, add_uid
 
@@ -241,3 +242,30 @@ def test_gc_restores_a_flushed_table_with_its_timed_elements(loaded):
     _, sets = kernel(nf, "ruid-no-plain-http")
     assert 590 < sets["ruid-no-plain-http"][60028] <= 600
     assert nf.probe("tcp", "127.0.0.1", 80, uid=60028) == "refused"
+
+
+def test_status_shows_each_timed_entry_with_its_expiry(loaded):
+    nf = loaded
+    key, _app = login(nf, 60030)
+    windows, closes = open_window()
+    path = records.session_path(nf.run_dir, key)
+    record = records.read(path)
+    record["timed"] = [{"rule": 1, "scope": "session", "windows": windows, "elements": {
+        "tscg-lab": [TSCG.key(record["cgroup_id"])],
+        "any-tscg": [TSCG.key(record["cgroup_id"])]}}]
+    records.write(path, record)
+    restrict(nf, 60029, "no-plain-http", 600)
+    reconcile(nf)
+    text = nf.cli("status").stdout
+    assert "timed entries (time windows, grants, restrictions): 2" in text, text
+    expires = time.strftime("%H:%M:%S", time.localtime(time.time() + 600))[:5]
+    assert re.search(r"  ruid-no-plain-http: uid 60029, expires in 9m5\ds \(" + expires,
+                     text), text
+    assert f"  tscg-lab: session {key} of nobody, expires in " in text, text
+    state = json.loads(nf.cli("status", "--json").stdout)
+    (entry,) = state["profiles"]["no-plain-http"]["timed"]["ruid-no-plain-http"]
+    assert entry["key"] == 60029 and 590 < entry["expires_in"] <= 600
+    assert abs(entry["expires_at"] - (time.time() + entry["expires_in"])) < 5
+    (window,) = state["profiles"]["lab"]["timed"]["tscg-lab"]
+    assert abs(window["expires_at"] - closes) < 2
+    assert state["profiles"]["lab"]["timed"]["guid-lab"] == []
