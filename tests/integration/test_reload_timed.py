@@ -269,3 +269,26 @@ def test_status_shows_each_timed_entry_with_its_expiry(loaded):
     (window,) = state["profiles"]["lab"]["timed"]["tscg-lab"]
     assert abs(window["expires_at"] - closes) < 2
     assert state["profiles"]["lab"]["timed"]["guid-lab"] == []
+
+
+def test_a_damaged_grants_file_does_not_keep_a_flushed_table_away(loaded):
+    """Attack: cut grants.json (or make it foreign-owned), then flush the ruleset.
+    gc must still bring the login fences back (the restrictions stay out until the
+    file is fixed: guessing "no grants" would be the same), and say why, exit 1."""
+    nf = loaded
+    add_uid(nf, "uid-no-plain-http", 60031)
+    key, _app = login(nf, 60031, ["no-plain-http"])
+    restrict(nf, 60032, "no-plain-http", 600)
+    reconcile(nf)
+    with open(os.path.join(nf.state_dir, "grants.json"), "r+") as handle:
+        handle.truncate(10)
+    nf.netns.nft("flush", "ruleset")
+    out = nf.cli("gc", check=False)
+    assert out.returncode == 1, out.stdout
+    assert "grants.json" in out.stdout, out.stdout
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60031) == "refused"   # fence back
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60032) == "ok"   # not guessed, not kept
+    drift = json.loads(nf.cli("status", "--json").stdout)["drift"]
+    assert not drift["ok"] and "grants.json" in drift["timed_error"], drift
+    # reload refuses instead: it would otherwise drop the restrictions in force
+    assert nf.cli("reload", check=False).returncode == 1
