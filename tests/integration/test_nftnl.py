@@ -77,7 +77,8 @@ def cgroup_dir():
 TCP, ANY_STATE = "06", "00000000"
 EVERY_KIND = ir.TableDef(
     sets=(S("uid-web", "uid"), S("uid-db", "uid"),
-          S("scg-web", "cgroupsv2"), S("ucg-web", "cgroupsv2")),
+          S("scg-web", "cgroupsv2"), S("ucg-web", "cgroupsv2"),
+          S("ruid-web", "uid", timeout=True)),
     chains=(C("out-web"), C("deny-web"), C("egress", hook="output"),
             C("ingress", hook="input", priority=-10, policy="accept")),
     rules=(
