@@ -134,7 +134,9 @@ def _dispatch(profiles, always=(), windowed=()):
     tests. Per packet: two lookups for traffic netfence does not restrict, whatever the
     number of profiles or sessions (five on egress with always rules: the guards of
     uid ranges and gids cost a tree walk of depth log2(ranges), that of single uids
-    one hash lookup; never one test per uid)."""
+    one hash lookup; never one test per uid). Timed guards add one hash lookup each:
+    any-ruid on egress, and, when a rule has `time`, any-tuid/any-tscg on egress and
+    any-tucg/any-tscg on new inbound flows."""
     egress = [p for p in profiles if has_egress(p)]
     ingress = [p for p in profiles if has_ingress(p)]
     static = [p for p in egress if p.name in always]

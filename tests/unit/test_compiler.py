@@ -90,7 +90,7 @@ def test_logging_profiles_go_to_logging_chains():
     assert log[0] == ("limit", 5, 1, 10) and log[1][0] == "log" and log[1][2] == 0x08
 
 
-def test_unrestricted_traffic_costs_two_guard_lookups_whatever_the_profiles():
+def test_unrestricted_traffic_costs_one_guard_lookup_per_kind_whatever_the_profiles():
     profiles = [Profile(f"p{i}", egress=(NetRule("deny", ("tcp",), ((25, 25),)),))
                 for i in range(5)]
     table = table_of(*profiles)
