@@ -254,22 +254,24 @@ def event_line(event, entry, by, **extra):
 
 # ---- transactions -------------------------------------------------------------------
 
-def add(paths, entry, by, recheck=None):
-    """Record `entry` (grants_cli built and checked it, without "id" and "by") and
-    apply it; returns it with its id. recheck: called first under the state lock
-    (the profile is still applied: a reload takes the same lock). UsageError for a
-    conflict; the kernel's error, with grants.json put back, when it refuses."""
+def add(paths, entry, seconds, by, recheck=None):
+    """Record `entry` (grants_cli built and checked it: kind, target, profile,
+    reason) for `seconds` from now and apply it; returns it whole. recheck: called
+    first under the state lock (the profile is still applied: a reload takes the
+    same lock). UsageError for a conflict; the kernel's error, with grants.json put
+    back, when it refuses."""
     from .apply import state_lock
     with state_lock(paths.state_dir):
         if recheck is not None:
             recheck()
-        now = time.time()
+        now = time.time()           # after the lock: the duration starts when applied
         previous = fsutil.read_regular(path_of(paths.state_dir))
         entries = read_all(paths.state_dir)
+        entry = dict(entry, id=new_id(entries), by=by, created=round(now, 3),
+                     expires=round(now + seconds, 3))
         problem = conflict(entries, entry, now)
         if problem:
             raise UsageError(problem)
-        entry = dict(entry, id=new_id(entries), by=by)
         _apply(paths, previous, entries + [entry], now, event_line(entry["kind"], entry, by))
     return entry
 

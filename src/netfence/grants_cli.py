@@ -194,13 +194,11 @@ def who_ran(environ=os.environ, loginuid_path="/proc/self/loginuid",
 # ---- the commands ---------------------------------------------------------------------
 
 def _entry(args, paths, kind):
-    """The grant or restriction the arguments describe, every argument checked."""
-    seconds = parse_duration(args.duration)
-    reason = check_reason(args.reason)
+    """The grant or restriction the arguments describe (without its times), every
+    argument checked."""
+    check_reason(args.reason)
     _check_profile(args, paths, kind)
-    now = time.time()
-    entry = {"kind": kind, "profile": args.profile, "reason": reason,
-             "created": round(now, 3), "expires": round(now + seconds, 3)}
+    entry = {"kind": kind, "profile": args.profile, "reason": args.reason}
     if getattr(args, "session", None) is not None:
         key, cgroup_id, uid = resolve_session(paths.run_dir, args.session)
         return dict(entry, session=key, cgroup_id=cgroup_id, uid=uid)
@@ -218,13 +216,15 @@ def _check_profile(args, paths, kind):
 
 def cmd_grant(args, paths, kind="grant"):
     try:
-        entry = grants.add(paths, _entry(args, paths, kind), who_ran(),
+        seconds = parse_duration(args.duration)
+        entry = grants.add(paths, _entry(args, paths, kind), seconds, who_ran(),
                            recheck=lambda: _check_profile(args, paths, kind))
     except UsageError as err:
         print(f"netfence {kind}: {err}", file=sys.stderr)
         return 2
+    left = format_duration(entry["expires"] - time.time())
     print(f"{entry['id']}: {grants.describe(entry)} until "
-          f"{grants.show_time(entry['expires'])} ({format_duration(entry['expires'] - time.time())})")
+          f"{grants.show_time(entry['expires'])} ({left})")
     return 0
 
 

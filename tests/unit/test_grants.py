@@ -6,6 +6,7 @@ import os
 import pwd
 import stat
 import sys
+import time
 import types
 
 import pytest
@@ -352,8 +353,11 @@ def test_log_lines_cannot_be_forged():
 # ---- transactions ----------------------------------------------------------------------
 
 def test_add_writes_the_intent_then_reconciles_and_logs(paths, kernel):
-    made = grants.add(paths, entry(id=None, by=None, created=NOW, expires=9e9), "root")
+    before = time.time()
+    made = grants.add(paths, entry(id=None, by=None, created=0, expires=0), 90, "root")
     assert grants.is_grant_id(made["id"]) and made["by"] == "root"
+    assert before <= made["created"] <= time.time()
+    assert made["expires"] == pytest.approx(made["created"] + 90)
     assert kernel.seen == [[made]]                      # the file held it already
     assert grants.read_all(paths.state_dir) == [made]
     assert kernel.logged[0].startswith(f"event=grant id={made['id']} by=root")
@@ -361,11 +365,12 @@ def test_add_writes_the_intent_then_reconciles_and_logs(paths, kernel):
 
 def test_a_refused_reconcile_puts_the_file_back(paths, kernel):
     from netfence.errors import KernelError
-    first = grants.add(paths, entry(expires=9e9), "root")
+    first = grants.add(paths, entry(), 3600, "root")
     before = open(grants.path_of(paths.state_dir), "rb").read()
     kernel.fail = KernelError("timed sets", 2, "no such set ruid-web")
     with pytest.raises(StateError, match="no such set ruid-web.*put back"):
-        grants.add(paths, entry(kind="restrict", uid=1001, user="bob", expires=9e9), "root")
+        grants.add(paths, entry(kind="restrict", uid=1001, user="bob"), 3600,
+                   "root")
     assert open(grants.path_of(paths.state_dir), "rb").read() == before
     assert kernel.logged[-1].endswith("result=failed error='timed sets: No such file or "
                                       "directory (errno 2): no such set ruid-web'")
@@ -377,13 +382,13 @@ def test_a_refused_reconcile_puts_the_file_back(paths, kernel):
 def test_a_refused_first_grant_leaves_no_file(paths, kernel):
     kernel.fail = StateError("table inet netfence missing")
     with pytest.raises(StateError):
-        grants.add(paths, entry(expires=9e9), "root")
+        grants.add(paths, entry(), 3600, "root")
     assert not os.path.exists(grants.path_of(paths.state_dir))
 
 
 def test_revoke_removes_then_reconciles(paths, kernel):
-    one = grants.add(paths, entry(expires=9e9), "root")
-    two = grants.add(paths, entry(profile="quiet", expires=9e9), "root")
+    one = grants.add(paths, entry(), 3600, "root")
+    two = grants.add(paths, entry(profile="quiet"), 3600, "root")
     assert grants.revoke(paths, one["id"], "bob")["id"] == one["id"]
     assert kernel.seen[-1] == [two]
     assert grants.read_all(paths.state_dir) == [two]
@@ -401,7 +406,7 @@ def test_a_damaged_file_stops_every_change(paths, kernel):
     with open(path, "w") as handle:
         handle.write('{"format": 1, "grants": [{"id": "g-0000abcd", "kind": "restr')
     os.chmod(path, 0o600)
-    for change in (lambda: grants.add(paths, entry(expires=9e9), "root"),
+    for change in (lambda: grants.add(paths, entry(), 3600, "root"),
                    lambda: grants.revoke(paths, "g-0000abcd", "root")):
         with pytest.raises(StateError, match="damaged"):
             change()
@@ -478,7 +483,7 @@ def test_the_profile_is_checked_again_under_the_state_lock(paths, kernel):
     def removed():
         raise UsageError("unknown profile 'web'")
     with pytest.raises(UsageError, match="unknown profile"):
-        grants.add(paths, entry(expires=9e9), "root", recheck=removed)
+        grants.add(paths, entry(), 3600, "root", recheck=removed)
     assert not os.path.exists(grants.path_of(paths.state_dir)) and kernel.seen == []
 
 
