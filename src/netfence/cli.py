@@ -175,7 +175,7 @@ def cmd_gc(args, paths):
         failed, applied = True, {}
         print(f"gc: snapshot: {err}")
     base = applied.get("settings", {}).get("cgroup_base")
-    report = gc(paths.run_dir, cgroup_base=base)
+    report = gc(paths.run_dir, cgroup_base=base, state_dir=paths.state_dir)
     print(report)
     return 1 if report.errors or failed else 0
 
