@@ -269,6 +269,9 @@ def add(paths, entry, seconds, by, recheck=None):
         entries = read_all(paths.state_dir)
         entry = dict(entry, id=new_id(entries), by=by, created=round(now, 3),
                      expires=round(now + seconds, 3))
+        problem = entry_problem(entry)
+        if problem:         # never write what every reader would then refuse
+            raise StateError(f"refusing to record {entry!r}: {problem}")
         problem = conflict(entries, entry, now)
         if problem:
             raise UsageError(problem)

@@ -114,15 +114,25 @@ def resolve_user(text, getpwnam=pwd.getpwnam, getpwuid=pwd.getpwuid):
         if uid > grants.MAX_UID:
             raise UsageError(f"uid {text} out of range: 0 to {grants.MAX_UID}")
         try:
-            return getpwuid(uid).pw_name, uid
+            name = getpwuid(uid).pw_name
         except KeyError:
             return text, uid
+        return (name if _is_name(name) else text), uid
     try:
         account = getpwnam(text)
     except KeyError:
         raise UsageError(f"unknown user {text!r}: NSS has no such account (a numeric "
                          f"uid is taken as it is)") from None
+    if not _is_name(account.pw_name):
+        raise UsageError(f"user {text!r}: NSS gives it the name {account.pw_name!r}, "
+                         f"which holds unprintable characters: give its uid instead")
     return account.pw_name, account.pw_uid
+
+
+def _is_name(name):
+    """An account name NSS gave that may go into grants.json and log lines (a
+    directory service may hold any bytes)."""
+    return bool(name) and name.isprintable() and len(name) <= 256
 
 
 def resolve_session(run_dir, key, mount=None):
@@ -183,6 +193,8 @@ def who_ran(environ=os.environ, loginuid_path="/proc/self/loginuid",
         try:
             name = getpwuid(uid).pw_name
         except KeyError:
+            name = f"uid {uid}"
+        if not _is_name(name):
             name = f"uid {uid}"
     sudo = environ.get("SUDO_USER", "")
     if sudo and sudo != name:

@@ -136,6 +136,24 @@ def test_users_by_name_or_number():
     assert grants_cli.resolve_user("0", **nss) == ("root", 0)
 
 
+def test_names_nss_gives_with_control_characters_go_no_further():
+    """An LDAP name with a newline would make grants.json unreadable for everyone
+    (and forge log lines): the uid stands in for it, or the name is refused."""
+    def getpwuid(uid):
+        return pwd.struct_passwd(("ev\nil", "x", uid, 100, "", "/", "/bin/sh"))
+    def getpwnam(name):
+        return getpwuid(1000)
+    assert grants_cli.resolve_user("1000", getpwnam, getpwuid) == ("1000", 1000)
+    with pytest.raises(UsageError, match="give its uid instead"):
+        grants_cli.resolve_user("evil", getpwnam, getpwuid)
+
+
+def test_an_entry_that_could_not_be_read_back_is_never_written(paths, kernel):
+    with pytest.raises(StateError, match="refusing to record.*invalid 'by'"):
+        grants.add(paths, entry(), 3600, "x\ny")
+    assert not os.path.exists(grants.path_of(paths.state_dir)) and kernel.seen == []
+
+
 @pytest.mark.parametrize("text, message", [
     ("mallory", "unknown user 'mallory'"), ("4294967295", "out of range"),
     ("alice\n", "unprintable"), ("99999999999", "out of range"),
@@ -173,6 +191,9 @@ def test_who_ran(tmp_path):
     assert grants_cli.who_ran({}, str(loginuid), **nss) == "no-login"
     loginuid.write_text("4242")
     assert grants_cli.who_ran({}, str(loginuid), **nss) == "uid 4242"
+    loginuid.write_text("7")
+    evil = {"getpwuid": lambda uid: pwd.struct_passwd(("a\x1bb", "x", 7, 7, "", "/", ""))}
+    assert grants_cli.who_ran({}, str(loginuid), **evil) == "uid 7"
 
 
 # ---- sessions -------------------------------------------------------------------------
