@@ -296,24 +296,39 @@ def revoke(paths, grant_id, by):
                              f"(`netfence grants` lists them)")
         rest = [g for g in entries if g["id"] != grant_id]
         _apply(paths, previous, rest, now,
-               event_line("revoke", found[0], by, kind=found[0]["kind"]))
+               event_line("revoke", found[0], by, kind=found[0]["kind"]), revoking=True)
     return found[0]
 
 
-def _apply(paths, previous, entries, now, line):
+def _apply(paths, previous, entries, now, line, revoking=False):
     """Intent first: the file, then one kernel batch; the file put back if that
-    fails. The line is logged either way (result=failed with the error)."""
+    fails. The line is logged either way (result=failed with the error).
+
+    revoking: without our table (flushed, deleted, no policy applied) the kernel
+    holds nothing to remove, and the entry must not come back with the table (gc and
+    reload rebuild it from this file), so the revoke stands."""
     from .apply import log_event
-    from .timed_apply import reconcile
+    from .timed_apply import TableMissing, reconcile
     write(paths.state_dir, entries, now)
     try:
         reconcile(paths.run_dir, paths.state_dir)
+    except TableMissing as err:
+        if not revoking:
+            _failed(paths, previous, line, err)
+        log_event(f"{line} table=missing")
     except BaseException as err:
-        try:
-            _put_back(paths.state_dir, previous)
-        finally:
-            log_event(f"{line} result=failed error={field(str(err) or type(err).__name__)}")
-        if isinstance(err, NetfenceError):
-            raise StateError(f"{err}; grants.json was put back, nothing changed") from None
-        raise
-    log_event(line)
+        _failed(paths, previous, line, err)
+    else:
+        log_event(line)
+
+
+def _failed(paths, previous, line, err):
+    """Put grants.json back, log the failure, raise."""
+    from .apply import log_event
+    try:
+        _put_back(paths.state_dir, previous)
+    finally:
+        log_event(f"{line} result=failed error={field(str(err) or type(err).__name__)}")
+    if isinstance(err, NetfenceError):
+        raise StateError(f"{err}; grants.json was put back, nothing changed") from None
+    raise err

@@ -186,6 +186,17 @@ def test_a_refused_kernel_change_leaves_no_grant(nf):
     assert not os.path.exists(grants.path_of(nf.state_dir))
 
 
+def test_a_revoke_without_the_table_stands_when_gc_restores_it(nf):
+    setup(nf)
+    nf.cli("restrict", str(FREE), "--profile", "no-web", "--for", "1h", "--reason", "r")
+    [entry] = listed(nf)
+    nf.netns.nft("delete", "table", "inet", "netfence")
+    nf.cli("revoke", entry["id"])
+    nf.cli("gc", check=False)
+    assert elements(nf, "ruid-no-web") == {} and probe(nf, FREE) == "ok"
+    assert probe(nf, FENCED) == "refused"             # the table is back
+
+
 def test_bad_inputs_change_nothing(nf):
     setup(nf)
     key, app = login(nf, 65534, session_profiles=["no-web"])

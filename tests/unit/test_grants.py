@@ -5,13 +5,11 @@ import json
 import os
 import pwd
 import stat
-import sys
 import time
-import types
 
 import pytest
 
-from netfence import cli, formats, grants, grants_cli, records
+from netfence import cli, formats, grants, grants_cli, records, timed_apply
 from netfence.apply import Paths
 from netfence.errors import StateError, UsageError
 from netfence.liveness import proc_starttime
@@ -61,9 +59,7 @@ class Kernel:
 @pytest.fixture
 def kernel(monkeypatch):
     kernel = Kernel()
-    module = types.ModuleType("netfence.timed_apply")
-    module.reconcile = kernel.reconcile
-    monkeypatch.setitem(sys.modules, "netfence.timed_apply", module)
+    monkeypatch.setattr("netfence.timed_apply.reconcile", kernel.reconcile)
     logged = []
     monkeypatch.setattr("netfence.apply.log_event", logged.append)
     kernel.logged = logged
@@ -401,10 +397,23 @@ def test_a_refused_reconcile_puts_the_file_back(paths, kernel):
 
 
 def test_a_refused_first_grant_leaves_no_file(paths, kernel):
-    kernel.fail = StateError("table inet netfence missing")
+    kernel.fail = StateError("records lock held")
     with pytest.raises(StateError):
         grants.add(paths, entry(), 3600, "root")
     assert not os.path.exists(grants.path_of(paths.state_dir))
+
+
+def test_without_a_table_a_grant_fails_and_a_revoke_stands(paths, kernel):
+    """The revoked entry must not come back when gc or reload rebuilds the table
+    from grants.json; a grant without a table would enforce nothing."""
+    one = grants.add(paths, entry(), 3600, "root")
+    kernel.fail = timed_apply.NoPolicyApplied("no policy is applied")
+    with pytest.raises(StateError, match="no policy is applied.*put back"):
+        grants.add(paths, entry(profile="quiet"), 3600, "root")
+    assert grants.read_all(paths.state_dir) == [one]
+    grants.revoke(paths, one["id"], "root")
+    assert grants.read_all(paths.state_dir) == []
+    assert kernel.logged[-1].endswith("table=missing")
 
 
 def test_revoke_removes_then_reconciles(paths, kernel):
