@@ -113,12 +113,13 @@ def marker_policy(marker):
     return marker.split(" ", 1)[0] if marker else None
 
 
-def _replace(prepared, run_dir, state_dir):
+def _replace(prepared, run_dir, state_dir, restoring=False):
     """Send the table with the records' elements (and the timed elements the records,
     grants.json and the clock give): once optimistically, then under the records
-    lock. Returns (kept, dropped, attempts, seconds the lock was held)."""
+    lock. restoring: gc's restore (see timed_apply.desired_timeouts). Returns (kept,
+    dropped, attempts, seconds the lock was held)."""
     try:
-        return _attempt(prepared, run_dir, state_dir) + (1, 0.0)
+        return _attempt(prepared, run_dir, state_dir, restoring) + (1, 0.0)
     except (GenerationChanged, _NeedsLock):
         pass
     records.ensure_dirs(run_dir)
@@ -128,7 +129,7 @@ def _replace(prepared, run_dir, state_dir):
             started = time.monotonic()
             for attempt in range(RETRIES):
                 try:
-                    kept, dropped = _attempt(prepared, run_dir, state_dir, sockets)
+                    kept, dropped = _attempt(prepared, run_dir, state_dir, restoring, sockets)
                 except GenerationChanged:
                     if attempt == RETRIES - 1:
                         raise GenerationChanged(
@@ -148,7 +149,7 @@ class _NeedsLock(Exception):
     """The lock-free attempt cannot be trusted: go straight to the locked one."""
 
 
-def _attempt(prepared, run_dir, state_dir, sockets=None):
+def _attempt(prepared, run_dir, state_dir, restoring=False, sockets=None):
     """One transaction. sockets: None for the lock-free attempt; under the records
     lock, a list to leave the connection in (the caller closes it after the lock)."""
     from .nftnl import Ruleset
@@ -168,7 +169,8 @@ def _attempt(prepared, run_dir, state_dir, sockets=None):
                    if name not in wanted and keys}
         # Timed elements are computed, never recorded: each goes into the new table
         # with the time it has left (not a fresh timeout, not permanent).
-        timed = desired_timeouts(run_dir, state_dir, prepared.table)
+        timed = desired_timeouts(run_dir, state_dir, prepared.table,
+                                 without_grants=restoring)
         ruleset.replace_table(prepared.table, kept, genid=generation, prepared=prepared,
                               timed=timed)
     finally:
@@ -212,7 +214,8 @@ def restore_table(applied, run_dir, state_dir):
     table = ir.TableDef.from_json(applied["table"])
     prepared = PreparedTable(table, new_marker(applied["policy_id"]),
                              ranges=(applied.get("resolved") or {}).get("sets"))
-    kept, _dropped, _attempts, _held = _replace(prepared, run_dir, state_dir)
+    kept, _dropped, _attempts, _held = _replace(prepared, run_dir, state_dir,
+                                                restoring=True)
     return kept
 
 

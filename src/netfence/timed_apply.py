@@ -21,7 +21,7 @@ the same elements over inside its own transaction (desired_timeouts), and drift
 import time
 
 from . import grants, records, setkinds, snapshot, timed
-from .errors import NetfenceError
+from .errors import NetfenceError, StateError
 
 SLACK = 1.0         # seconds: a kernel expiry this close to the desired one is right
 SETTLING = 2.0      # seconds: a key expiring this soon is about to change (drift)
@@ -35,27 +35,37 @@ class NoPolicyApplied(TableMissing):
     """No policy applied (none yet, or flushed): no table is expected."""
 
 
-def desired_inputs(run_dir, state_dir, now):
+def desired_inputs(run_dir, state_dir, now, without_grants=False):
     """(records, grants in force): the live session and run records, strictly read
     (a damaged record raises StateError: its window keys cannot be known, and
-    destroying them would unfence its login), and grants.active."""
+    destroying them would unfence its login), and grants.active (StateError when
+    grants.json cannot be trusted; without_grants: no grants then)."""
     records.live_elements(run_dir)                  # strict: raises on a damaged record
     live = records.list_sessions(run_dir) + records.list_runs(run_dir, strict=True)
-    return live, grants.active(state_dir, now)
+    try:
+        return live, grants.active(state_dir, now)
+    except StateError:
+        if not without_grants:
+            raise
+        return live, []
 
 
-def desired_now(run_dir, state_dir, now, sets=None):
+def desired_now(run_dir, state_dir, now, sets=None, without_grants=False):
     """{set: {hex key: expires epoch}} at now, only sets named in `sets` when given
     (a grant of a profile a reload removed has no set to go to)."""
-    want = _desired_from(*desired_inputs(run_dir, state_dir, now), now)
+    want = _desired_from(*desired_inputs(run_dir, state_dir, now, without_grants), now)
     return {s: keys for s, keys in want.items() if sets is None or s in sets}
 
 
-def desired_timeouts(run_dir, state_dir, table, now=None):
-    """{set: {hex key: ms left}}: what reload puts in the new table's timed sets."""
+def desired_timeouts(run_dir, state_dir, table, now=None, without_grants=False):
+    """{set: {hex key: ms left}}: what reload puts in the new table's timed sets.
+    without_grants (gc restoring a missing table): an untrusted grants.json leaves
+    the grants out instead of keeping every login's fence away; gc's reconcile then
+    fails naming the file, and reload refuses it."""
     now = time.time() if now is None else now
     sets = {s.name for s in table.sets if s.timeout}
-    return timed.timeouts_ms(desired_now(run_dir, state_dir, now, sets), now)
+    return timed.timeouts_ms(
+        desired_now(run_dir, state_dir, now, sets, without_grants), now)
 
 
 def plan_changes(want, have, now):
@@ -97,6 +107,18 @@ def key_drift(want, have, now):
         if lost:
             missing[set_name] = lost
     return missing, extra
+
+
+def table_drift(table, run_dir, state_dir, ruleset, now=None):
+    """(missing, extra) keys {set: [hex key]} of the kernel's timed sets against what
+    the records, grants.json and the clock want (key_drift: keys about to change are
+    left out); expiries are reconcile's business, not drift's."""
+    now = time.time() if now is None else now
+    sets = {s.name for s in table.sets if s.timeout}
+    if not sets:
+        return {}, {}
+    want = desired_now(run_dir, state_dir, now, sets)
+    return key_drift(want, ruleset.read_expiries(sets, table.name), now)
 
 
 def applied_timed_sets(state_dir):

@@ -4,13 +4,14 @@ kernel itself expires an element when its timeout runs out."""
 
 import json
 import os
+import re
 import sys
 import time
 
 import pytest
 
 from netfence import grants, records, timed
-from netfence.setkinds import TUID, key_number
+from netfence.setkinds import TSCG, TUID, key_number
 from support.livesession import login
 from test_reload import POLICY, add_uid
 
@@ -241,3 +242,53 @@ def test_gc_restores_a_flushed_table_with_its_timed_elements(loaded):
     _, sets = kernel(nf, "ruid-no-plain-http")
     assert 590 < sets["ruid-no-plain-http"][60028] <= 600
     assert nf.probe("tcp", "127.0.0.1", 80, uid=60028) == "refused"
+
+
+def test_status_shows_each_timed_entry_with_its_expiry(loaded):
+    nf = loaded
+    key, _app = login(nf, 60030)
+    windows, closes = open_window()
+    path = records.session_path(nf.run_dir, key)
+    record = records.read(path)
+    record["timed"] = [{"rule": 1, "scope": "session", "windows": windows, "elements": {
+        "tscg-lab": [TSCG.key(record["cgroup_id"])],
+        "any-tscg": [TSCG.key(record["cgroup_id"])]}}]
+    records.write(path, record)
+    restrict(nf, 60029, "no-plain-http", 600)
+    reconcile(nf)
+    text = nf.cli("status").stdout
+    assert "timed entries (time windows, grants, restrictions): 2" in text, text
+    expires = time.strftime("%H:%M:%S", time.localtime(time.time() + 600))[:5]
+    assert re.search(r"  ruid-no-plain-http: uid 60029, expires in 9m5\ds \(" + expires,
+                     text), text
+    assert f"  tscg-lab: session {key} of nobody, expires in " in text, text
+    state = json.loads(nf.cli("status", "--json").stdout)
+    (entry,) = state["profiles"]["no-plain-http"]["timed"]["ruid-no-plain-http"]
+    assert entry["key"] == 60029 and 590 < entry["expires_in"] <= 600
+    assert abs(entry["expires_at"] - (time.time() + entry["expires_in"])) < 5
+    (window,) = state["profiles"]["lab"]["timed"]["tscg-lab"]
+    assert abs(window["expires_at"] - closes) < 2
+    assert state["profiles"]["lab"]["timed"]["guid-lab"] == []
+
+
+def test_a_damaged_grants_file_does_not_keep_a_flushed_table_away(loaded):
+    """Attack: cut grants.json (or make it foreign-owned), then flush the ruleset.
+    gc must still bring the login fences back (the restrictions stay out until the
+    file is fixed: guessing "no grants" would be the same), and say why, exit 1."""
+    nf = loaded
+    add_uid(nf, "uid-no-plain-http", 60031)
+    key, _app = login(nf, 60031, ["no-plain-http"])
+    restrict(nf, 60032, "no-plain-http", 600)
+    reconcile(nf)
+    with open(os.path.join(nf.state_dir, "grants.json"), "r+") as handle:
+        handle.truncate(10)
+    nf.netns.nft("flush", "ruleset")
+    out = nf.cli("gc", check=False)
+    assert out.returncode == 1, out.stdout
+    assert "grants.json" in out.stdout, out.stdout
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60031) == "refused"   # fence back
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60032) == "ok"   # not guessed, not kept
+    drift = json.loads(nf.cli("status", "--json").stdout)["drift"]
+    assert not drift["ok"] and "grants.json" in drift["timed_error"], drift
+    # reload refuses instead: it would otherwise drop the restrictions in force
+    assert nf.cli("reload", check=False).returncode == 1
