@@ -178,8 +178,10 @@ def _put_back(state_dir, previous):
     except FileNotFoundError:
         pass
     except OSError as err:
-        raise StateError(f"{path}: could not be put back ({err.strerror}): it now "
-                         f"says what the kernel refused; `netfence revoke` it") from None
+        raise StateError(f"{path}: could not be put back ({err.strerror}): it holds "
+                         f"the change the kernel refused, which the next reconcile "
+                         f"tries again (`netfence grants` shows it, `revoke` ends "
+                         f"it)") from None
 
 
 # ---- decisions (pure) ---------------------------------------------------------------
@@ -226,7 +228,8 @@ def _verb(entry):
 
 
 def describe(entry):
-    """'user alice (uid 1000) from/to profile web' or 'session KEY (uid N) ...'."""
+    """'user alice (uid 1000) from profile web' (a grant), '... with profile web' (a
+    restriction), or 'session KEY (uid N) ...'."""
     kind, target = target_of(entry)
     who = (f"user {entry['user']} (uid {target})" if kind == "user"
            else f"session {target} (uid {entry['uid']})")
