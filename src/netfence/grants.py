@@ -178,8 +178,10 @@ def _put_back(state_dir, previous):
     except FileNotFoundError:
         pass
     except OSError as err:
-        raise StateError(f"{path}: could not be put back ({err.strerror}): it now "
-                         f"says what the kernel refused; `netfence revoke` it") from None
+        raise StateError(f"{path}: could not be put back ({err.strerror}): it holds "
+                         f"the change the kernel refused, which the next reconcile "
+                         f"tries again (`netfence grants` shows it, `revoke` ends "
+                         f"it)") from None
 
 
 # ---- decisions (pure) ---------------------------------------------------------------
@@ -226,7 +228,8 @@ def _verb(entry):
 
 
 def describe(entry):
-    """'user alice (uid 1000) from/to profile web' or 'session KEY (uid N) ...'."""
+    """'user alice (uid 1000) from profile web' (a grant), '... with profile web' (a
+    restriction), or 'session KEY (uid N) ...'."""
     kind, target = target_of(entry)
     who = (f"user {entry['user']} (uid {target})" if kind == "user"
            else f"session {target} (uid {entry['uid']})")
@@ -254,22 +257,27 @@ def event_line(event, entry, by, **extra):
 
 # ---- transactions -------------------------------------------------------------------
 
-def add(paths, entry, by, recheck=None):
-    """Record `entry` (grants_cli built and checked it, without "id" and "by") and
-    apply it; returns it with its id. recheck: called first under the state lock
-    (the profile is still applied: a reload takes the same lock). UsageError for a
-    conflict; the kernel's error, with grants.json put back, when it refuses."""
+def add(paths, entry, seconds, by, recheck=None):
+    """Record `entry` (grants_cli built and checked it: kind, target, profile,
+    reason) for `seconds` from now and apply it; returns it whole. recheck: called
+    first under the state lock (the profile is still applied: a reload takes the
+    same lock). UsageError for a conflict; the kernel's error, with grants.json put
+    back, when it refuses."""
     from .apply import state_lock
     with state_lock(paths.state_dir):
         if recheck is not None:
             recheck()
-        now = time.time()
+        now = time.time()           # after the lock: the duration starts when applied
         previous = fsutil.read_regular(path_of(paths.state_dir))
         entries = read_all(paths.state_dir)
+        entry = dict(entry, id=new_id(entries), by=by, created=round(now, 3),
+                     expires=round(now + seconds, 3))
+        problem = entry_problem(entry)
+        if problem:         # never write what every reader would then refuse
+            raise StateError(f"refusing to record {entry!r}: {problem}")
         problem = conflict(entries, entry, now)
         if problem:
             raise UsageError(problem)
-        entry = dict(entry, id=new_id(entries), by=by)
         _apply(paths, previous, entries + [entry], now, event_line(entry["kind"], entry, by))
     return entry
 
@@ -291,24 +299,39 @@ def revoke(paths, grant_id, by):
                              f"(`netfence grants` lists them)")
         rest = [g for g in entries if g["id"] != grant_id]
         _apply(paths, previous, rest, now,
-               event_line("revoke", found[0], by, kind=found[0]["kind"]))
+               event_line("revoke", found[0], by, kind=found[0]["kind"]), revoking=True)
     return found[0]
 
 
-def _apply(paths, previous, entries, now, line):
+def _apply(paths, previous, entries, now, line, revoking=False):
     """Intent first: the file, then one kernel batch; the file put back if that
-    fails. The line is logged either way (result=failed with the error)."""
+    fails. The line is logged either way (result=failed with the error).
+
+    revoking: without our table (flushed, deleted, no policy applied) the kernel
+    holds nothing to remove, and the entry must not come back with the table (gc and
+    reload rebuild it from this file), so the revoke stands."""
     from .apply import log_event
-    from .timed_apply import reconcile
+    from .timed_apply import TableMissing, reconcile
     write(paths.state_dir, entries, now)
     try:
         reconcile(paths.run_dir, paths.state_dir)
+    except TableMissing as err:
+        if not revoking:
+            _failed(paths, previous, line, err)
+        log_event(f"{line} table=missing")
     except BaseException as err:
-        try:
-            _put_back(paths.state_dir, previous)
-        finally:
-            log_event(f"{line} result=failed error={field(str(err) or type(err).__name__)}")
-        if isinstance(err, NetfenceError):
-            raise StateError(f"{err}; grants.json was put back, nothing changed") from None
-        raise
-    log_event(line)
+        _failed(paths, previous, line, err)
+    else:
+        log_event(line)
+
+
+def _failed(paths, previous, line, err):
+    """Put grants.json back, log the failure, raise."""
+    from .apply import log_event
+    try:
+        _put_back(paths.state_dir, previous)
+    finally:
+        log_event(f"{line} result=failed error={field(str(err) or type(err).__name__)}")
+    if isinstance(err, NetfenceError):
+        raise StateError(f"{err}; grants.json was put back, nothing changed") from None
+    raise err

@@ -114,15 +114,25 @@ def resolve_user(text, getpwnam=pwd.getpwnam, getpwuid=pwd.getpwuid):
         if uid > grants.MAX_UID:
             raise UsageError(f"uid {text} out of range: 0 to {grants.MAX_UID}")
         try:
-            return getpwuid(uid).pw_name, uid
+            name = getpwuid(uid).pw_name
         except KeyError:
             return text, uid
+        return (name if _is_name(name) else text), uid
     try:
         account = getpwnam(text)
     except KeyError:
         raise UsageError(f"unknown user {text!r}: NSS has no such account (a numeric "
                          f"uid is taken as it is)") from None
+    if not _is_name(account.pw_name):
+        raise UsageError(f"user {text!r}: NSS gives it the name {account.pw_name!r}, "
+                         f"which holds unprintable characters: give its uid instead")
     return account.pw_name, account.pw_uid
+
+
+def _is_name(name):
+    """An account name NSS gave that may go into grants.json and log lines (a
+    directory service may hold any bytes)."""
+    return bool(name) and name.isprintable() and len(name) <= 256
 
 
 def resolve_session(run_dir, key, mount=None):
@@ -184,6 +194,8 @@ def who_ran(environ=os.environ, loginuid_path="/proc/self/loginuid",
             name = getpwuid(uid).pw_name
         except KeyError:
             name = f"uid {uid}"
+        if not _is_name(name):
+            name = f"uid {uid}"
     sudo = environ.get("SUDO_USER", "")
     if sudo and sudo != name:
         shown = sudo[:64] if sudo.isprintable() else repr(sudo[:64])
@@ -194,13 +206,11 @@ def who_ran(environ=os.environ, loginuid_path="/proc/self/loginuid",
 # ---- the commands ---------------------------------------------------------------------
 
 def _entry(args, paths, kind):
-    """The grant or restriction the arguments describe, every argument checked."""
-    seconds = parse_duration(args.duration)
-    reason = check_reason(args.reason)
+    """The grant or restriction the arguments describe (without its times), every
+    argument checked."""
+    check_reason(args.reason)
     _check_profile(args, paths, kind)
-    now = time.time()
-    entry = {"kind": kind, "profile": args.profile, "reason": reason,
-             "created": round(now, 3), "expires": round(now + seconds, 3)}
+    entry = {"kind": kind, "profile": args.profile, "reason": args.reason}
     if getattr(args, "session", None) is not None:
         key, cgroup_id, uid = resolve_session(paths.run_dir, args.session)
         return dict(entry, session=key, cgroup_id=cgroup_id, uid=uid)
@@ -218,13 +228,15 @@ def _check_profile(args, paths, kind):
 
 def cmd_grant(args, paths, kind="grant"):
     try:
-        entry = grants.add(paths, _entry(args, paths, kind), who_ran(),
+        seconds = parse_duration(args.duration)
+        entry = grants.add(paths, _entry(args, paths, kind), seconds, who_ran(),
                            recheck=lambda: _check_profile(args, paths, kind))
     except UsageError as err:
         print(f"netfence {kind}: {err}", file=sys.stderr)
         return 2
+    left = format_duration(entry["expires"] - time.time())
     print(f"{entry['id']}: {grants.describe(entry)} until "
-          f"{grants.show_time(entry['expires'])} ({format_duration(entry['expires'] - time.time())})")
+          f"{grants.show_time(entry['expires'])} ({left})")
     return 0
 
 

@@ -5,12 +5,11 @@ import json
 import os
 import pwd
 import stat
-import sys
-import types
+import time
 
 import pytest
 
-from netfence import cli, formats, grants, grants_cli, records
+from netfence import cli, formats, grants, grants_cli, records, timed_apply
 from netfence.apply import Paths
 from netfence.errors import StateError, UsageError
 from netfence.liveness import proc_starttime
@@ -60,9 +59,7 @@ class Kernel:
 @pytest.fixture
 def kernel(monkeypatch):
     kernel = Kernel()
-    module = types.ModuleType("netfence.timed_apply")
-    module.reconcile = kernel.reconcile
-    monkeypatch.setitem(sys.modules, "netfence.timed_apply", module)
+    monkeypatch.setattr("netfence.timed_apply.reconcile", kernel.reconcile)
     logged = []
     monkeypatch.setattr("netfence.apply.log_event", logged.append)
     kernel.logged = logged
@@ -135,6 +132,24 @@ def test_users_by_name_or_number():
     assert grants_cli.resolve_user("0", **nss) == ("root", 0)
 
 
+def test_names_nss_gives_with_control_characters_go_no_further():
+    """An LDAP name with a newline would make grants.json unreadable for everyone
+    (and forge log lines): the uid stands in for it, or the name is refused."""
+    def getpwuid(uid):
+        return pwd.struct_passwd(("ev\nil", "x", uid, 100, "", "/", "/bin/sh"))
+    def getpwnam(name):
+        return getpwuid(1000)
+    assert grants_cli.resolve_user("1000", getpwnam, getpwuid) == ("1000", 1000)
+    with pytest.raises(UsageError, match="give its uid instead"):
+        grants_cli.resolve_user("evil", getpwnam, getpwuid)
+
+
+def test_an_entry_that_could_not_be_read_back_is_never_written(paths, kernel):
+    with pytest.raises(StateError, match="refusing to record.*invalid 'by'"):
+        grants.add(paths, entry(), 3600, "x\ny")
+    assert not os.path.exists(grants.path_of(paths.state_dir)) and kernel.seen == []
+
+
 @pytest.mark.parametrize("text, message", [
     ("mallory", "unknown user 'mallory'"), ("4294967295", "out of range"),
     ("alice\n", "unprintable"), ("99999999999", "out of range"),
@@ -172,6 +187,9 @@ def test_who_ran(tmp_path):
     assert grants_cli.who_ran({}, str(loginuid), **nss) == "no-login"
     loginuid.write_text("4242")
     assert grants_cli.who_ran({}, str(loginuid), **nss) == "uid 4242"
+    loginuid.write_text("7")
+    evil = {"getpwuid": lambda uid: pwd.struct_passwd(("a\x1bb", "x", 7, 7, "", "/", ""))}
+    assert grants_cli.who_ran({}, str(loginuid), **evil) == "uid 7"
 
 
 # ---- sessions -------------------------------------------------------------------------
@@ -352,8 +370,11 @@ def test_log_lines_cannot_be_forged():
 # ---- transactions ----------------------------------------------------------------------
 
 def test_add_writes_the_intent_then_reconciles_and_logs(paths, kernel):
-    made = grants.add(paths, entry(id=None, by=None, created=NOW, expires=9e9), "root")
+    before = time.time()
+    made = grants.add(paths, entry(id=None, by=None, created=0, expires=0), 90, "root")
     assert grants.is_grant_id(made["id"]) and made["by"] == "root"
+    assert before - 0.001 <= made["created"] <= time.time() + 0.001   # ms precision
+    assert made["expires"] == pytest.approx(made["created"] + 90)
     assert kernel.seen == [[made]]                      # the file held it already
     assert grants.read_all(paths.state_dir) == [made]
     assert kernel.logged[0].startswith(f"event=grant id={made['id']} by=root")
@@ -361,11 +382,12 @@ def test_add_writes_the_intent_then_reconciles_and_logs(paths, kernel):
 
 def test_a_refused_reconcile_puts_the_file_back(paths, kernel):
     from netfence.errors import KernelError
-    first = grants.add(paths, entry(expires=9e9), "root")
+    first = grants.add(paths, entry(), 3600, "root")
     before = open(grants.path_of(paths.state_dir), "rb").read()
     kernel.fail = KernelError("timed sets", 2, "no such set ruid-web")
     with pytest.raises(StateError, match="no such set ruid-web.*put back"):
-        grants.add(paths, entry(kind="restrict", uid=1001, user="bob", expires=9e9), "root")
+        grants.add(paths, entry(kind="restrict", uid=1001, user="bob"), 3600,
+                   "root")
     assert open(grants.path_of(paths.state_dir), "rb").read() == before
     assert kernel.logged[-1].endswith("result=failed error='timed sets: No such file or "
                                       "directory (errno 2): no such set ruid-web'")
@@ -375,15 +397,28 @@ def test_a_refused_reconcile_puts_the_file_back(paths, kernel):
 
 
 def test_a_refused_first_grant_leaves_no_file(paths, kernel):
-    kernel.fail = StateError("table inet netfence missing")
+    kernel.fail = StateError("records lock held")
     with pytest.raises(StateError):
-        grants.add(paths, entry(expires=9e9), "root")
+        grants.add(paths, entry(), 3600, "root")
     assert not os.path.exists(grants.path_of(paths.state_dir))
 
 
+def test_without_a_table_a_grant_fails_and_a_revoke_stands(paths, kernel):
+    """The revoked entry must not come back when gc or reload rebuilds the table
+    from grants.json; a grant without a table would enforce nothing."""
+    one = grants.add(paths, entry(), 3600, "root")
+    kernel.fail = timed_apply.NoPolicyApplied("no policy is applied")
+    with pytest.raises(StateError, match="no policy is applied.*put back"):
+        grants.add(paths, entry(profile="quiet"), 3600, "root")
+    assert grants.read_all(paths.state_dir) == [one]
+    grants.revoke(paths, one["id"], "root")
+    assert grants.read_all(paths.state_dir) == []
+    assert kernel.logged[-1].endswith("table=missing")
+
+
 def test_revoke_removes_then_reconciles(paths, kernel):
-    one = grants.add(paths, entry(expires=9e9), "root")
-    two = grants.add(paths, entry(profile="quiet", expires=9e9), "root")
+    one = grants.add(paths, entry(), 3600, "root")
+    two = grants.add(paths, entry(profile="quiet"), 3600, "root")
     assert grants.revoke(paths, one["id"], "bob")["id"] == one["id"]
     assert kernel.seen[-1] == [two]
     assert grants.read_all(paths.state_dir) == [two]
@@ -401,7 +436,7 @@ def test_a_damaged_file_stops_every_change(paths, kernel):
     with open(path, "w") as handle:
         handle.write('{"format": 1, "grants": [{"id": "g-0000abcd", "kind": "restr')
     os.chmod(path, 0o600)
-    for change in (lambda: grants.add(paths, entry(expires=9e9), "root"),
+    for change in (lambda: grants.add(paths, entry(), 3600, "root"),
                    lambda: grants.revoke(paths, "g-0000abcd", "root")):
         with pytest.raises(StateError, match="damaged"):
             change()
@@ -478,7 +513,7 @@ def test_the_profile_is_checked_again_under_the_state_lock(paths, kernel):
     def removed():
         raise UsageError("unknown profile 'web'")
     with pytest.raises(UsageError, match="unknown profile"):
-        grants.add(paths, entry(expires=9e9), "root", recheck=removed)
+        grants.add(paths, entry(), 3600, "root", recheck=removed)
     assert not os.path.exists(grants.path_of(paths.state_dir)) and kernel.seen == []
 
 
