@@ -23,6 +23,7 @@ class Kernel:
         self.run_dir, self.calls = run_dir, []
         self.fail_add = None
         self.busy = False
+        self.timed = []                 # the timed argument of each add batch
         fp, cg = sessions.fastpath, sessions.cgroups
         monkeypatch.setattr(fp, "add_elements", self.add)
         monkeypatch.setattr(fp, "destroy_elements", self.destroy)
@@ -42,8 +43,9 @@ class Kernel:
         return {"sessions": records.list_sessions(self.run_dir),
                 "users": records.list_users(self.run_dir)}
 
-    def add(self, templates, elements, timeout_ms):
+    def add(self, templates, elements, timeout_ms, timed=None):
         self.calls.append(("add", elements, self.state()))
+        self.timed.append(timed)
         if self.fail_add:
             raise self.fail_add
 
