@@ -7,6 +7,9 @@ import sys
 from . import __version__
 from .apply import Paths
 from .errors import NetfenceError, PolicyError, UsageError
+# grant, restrict, grants, revoke (main finds each cmd_* by its name here)
+from .grants_cli import add_commands as add_grant_commands
+from .grants_cli import cmd_grant, cmd_grants, cmd_restrict, cmd_revoke  # noqa: F401
 
 DEFAULT_HOOK = "/usr/lib/netfence/netfence-hook"
 
@@ -38,6 +41,7 @@ def build_parser():
     commands.add_parser("gc", help="restore a missing or altered table; remove entries of "
                                    "sessions and users that are gone")
     _add_run(commands)
+    add_grant_commands(commands)
     pam_line = commands.add_parser("pam-line", help="print the PAM session line to install")
     pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
     install = commands.add_parser("install-hook", help="write the hook program pam_exec runs")

@@ -157,7 +157,8 @@ def _set_attrs(table_name, set_def, set_id):
     # without it. KEYBYTEORDER=host: without it `nft list` prints keys byte-swapped.
     # An interval set keeps the same userdata as nft writes for it (key byte order
     # host: nft converts its big-endian keys back for `nft list`).
-    flags = nf.NFT_SET_INTERVAL if set_def.interval else nf.NFT_SET_FLAGS_NONE
+    flags = ((nf.NFT_SET_INTERVAL if set_def.interval else nf.NFT_SET_FLAGS_NONE)
+             | (nf.NFT_SET_TIMEOUT if set_def.timeout else nf.NFT_SET_FLAGS_NONE))
     return [('NFTA_SET_TABLE', table_name), ('NFTA_SET_NAME', set_def.name),
             ('NFTA_SET_FLAGS', flags), ('NFTA_SET_KEY_TYPE', key_type),
             ('NFTA_SET_KEY_LEN', key_len), ('NFTA_SET_ID', set_id),

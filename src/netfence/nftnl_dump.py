@@ -62,7 +62,10 @@ def table_of(table, set_msgs, chain_msgs, rule_msgs):
 def _decode_set(msg):
     key_type = m.attr(msg, 'NFTA_SET_KEY_TYPE')
     key = KEY_TYPE_NAMES.get(key_type, f"type-{key_type}")
-    return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key=key)
+    flags = m.attr(msg, 'NFTA_SET_FLAGS') or 0
+    return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key=key,
+                     interval=bool(flags & nf.NFT_SET_INTERVAL),
+                     timeout=bool(flags & nf.NFT_SET_TIMEOUT))
 
 
 def _decode_chain(msg):
