@@ -25,39 +25,21 @@ cgroup_base = "{base}"
 
 [profile.no-http]
 egress = [ {{ action = "reject", proto = "tcp", ports = [80] }} ]
-
-[[rule]]
-users = ["nobody"]
-profiles = ["no-http"]
-scope = "user"
-time = "{ends_soon}"
-
-[[rule]]
-users = ["daemon"]
-services = ["sshd"]
-profiles = ["no-http"]
-scope = "user"
-time = "{ends_soon}"
-
-[[rule]]
-users = ["daemon"]
-services = ["login"]
-profiles = ["no-http"]
-scope = "user"
-time = "{ends_later}"
-
-[[rule]]
-users = ["bin"]
-services = ["sshd"]
-profiles = ["no-http"]
-time = "{all_day}"
-
-[[rule]]
-users = ["bin"]
-services = ["login"]
-profiles = ["no-http"]
-time = "{never_today}"
 """
+# (user, service or None, scope, the window's name in load())
+RULES = [("nobody", None, "user", "ends_soon"), ("daemon", "sshd", "user", "ends_soon"),
+         ("daemon", "login", "user", "ends_later"), ("bin", "sshd", "session", "all_day"),
+         ("bin", "login", "session", "never_today")]
+
+
+def policy_text(base, windows):
+    rules = "".join(
+        f'\n[[rule]]\nusers = ["{user}"]\nprofiles = ["no-http"]\nscope = "{scope}"\n'
+        f'time = "{windows[name]}"\n' + (f'services = ["{service}"]\n' if service else "")
+        for user, service, scope, name in RULES)
+    return POLICY.format(base=base) + rules
+
+
 NOBODY, DAEMON = 65534, 1
 DAYS = ("Mo", "Tu", "We", "Th", "Fr", "Sa", "Su")
 
@@ -119,10 +101,10 @@ def world(nf, tmp_path):
 def load(nf, ends_at):
     today = DAYS[time.localtime().tm_wday]
     other = DAYS[(time.localtime().tm_wday + 3) % 7]
-    nf.write_policy(POLICY.format(
-        base=nf.cgroup_base, ends_soon=window(ends_at - 600, ends_at),
-        ends_later=window(ends_at - 600, ends_at + 60), all_day=f"{today} 00:00-24:00",
-        never_today=f"{other} 00:00-24:00"))
+    nf.write_policy(policy_text(nf.cgroup_base, {
+        "ends_soon": window(ends_at - 600, ends_at),
+        "ends_later": window(ends_at - 600, ends_at + 60),
+        "all_day": f"{today} 00:00-24:00", "never_today": f"{other} 00:00-24:00"}))
     nf.cli("reload")
     nf.echo_server(["tcp:127.0.0.1:80"])
 

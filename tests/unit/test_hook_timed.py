@@ -4,22 +4,11 @@ session record, the log line says until when, and the clock is read only for the
 import time
 import types
 
-import pytest
-
 from netfence import fastpath, hook, sessions
+from support.clock import MONDAY, utc  # noqa: F401  (a fixture)
 from netfence.hooklog import Log
 
-MONDAY = 1795996800                                 # 2026-11-30 00:00 UTC
 EVERY_DAY = 0b1111111
-
-
-@pytest.fixture
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def entry(scope, profiles, windows):

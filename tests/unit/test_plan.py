@@ -1,10 +1,7 @@
 """plan: what an open or a close does, decided without files, kernel or root."""
 
-import time
-
-import pytest
-
 from netfence import plan, setkinds
+from support.clock import MONDAY, utc  # noqa: F401  (a fixture)
 
 PROFILES = {"web": {"egress": True, "ingress": True, "uid_set": "uid-web",
                     "ucg_set": "ucg-web", "scg_set": "scg-web"}}
@@ -119,7 +116,6 @@ def test_union_keeps_first_seen_order_once():
 
 # ---- rules with `time`: timed entries, their expiry, what a close destroys -----------
 
-MONDAY = 1795996800                                 # 2026-11-30 00:00 UTC
 EVERY_DAY = 0b1111111
 LAB = {"egress": True, "ingress": True, "uid_set": "uid-lab", "ucg_set": "ucg-lab",
        "scg_set": "scg-lab", **setkinds.window_sets("lab")}
@@ -136,15 +132,6 @@ def hm(hour, minute=0):
 
 def window(start_h, end_h):
     return (EVERY_DAY, start_h * 60, end_h * 60)
-
-
-@pytest.fixture
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def timed_record(key="5-6", scope="session", windows=(window(8, 20),), cgroup=CGROUP,

@@ -9,25 +9,21 @@ import time
 import pytest
 
 from netfence import timed
+from support.clock import MONDAY, utc  # noqa: F401  (a fixture)
 
 WORKDAYS = 0b0011111
 EVERY_DAY = 0b1111111
 FRI, SAT, SUN = 1 << 4, 1 << 5, 1 << 6
-MON_2026_11_30 = 1795996800          # Monday 2026-11-30 00:00 UTC
 
 
 def at(day, hour, minute=0):
     """Epoch of Monday 2026-11-30 + day days, hour:minute UTC."""
-    return MON_2026_11_30 + day * 86400 + hour * 3600 + minute * 60
+    return MONDAY + day * 86400 + hour * 3600 + minute * 60
 
 
 @pytest.fixture(autouse=True)
-def utc(monkeypatch):
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
+def local_time_is_utc(utc):
     yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def test_the_epoch_helper_is_a_monday_midnight():
