@@ -30,7 +30,7 @@ import _signal
 
 from . import formats, fsutil, pamitems
 from .errors import HookInputError, KernelError, NetfenceError, StateError
-from .hooklog import LOG_ERR, LOG_INFO, Log, show
+from .hooklog import LOG_ERR, LOG_INFO, Log, show, timed_field
 
 STATE_DIR = "/var/lib/netfence"
 RUN_DIR = "/run/netfence"
@@ -341,27 +341,6 @@ def login_facts(login, items, account):
     from .matcher import LoginFacts
     return LoginFacts(**dict(items, user=account.pw_name), uid=account.pw_uid,
                       groups=Groups(account.pw_name, account.pw_gid))
-
-
-def timed_field(record, now):
-    """The log's timed=: each rule with `time` as scope:profiles@until, ";" between
-    them: local HH:MM, +Nd when on a later day, "-" when no window is open now (watch
-    adds the elements when one opens), e.g. timed=session:lab@20:00."""
-    from .timed import open_until
-    parts = []
-    for entry in record["timed"]:
-        until = open_until(entry["windows"], now)
-        when = "-"
-        if until is not None:
-            at = time.localtime(until)
-            days = round((_midnight(at) - _midnight(time.localtime(now))) / 86400)
-            when = f"{at.tm_hour:02d}:{at.tm_min:02d}" + (f"+{days}d" if days else "")
-        parts.append(f"{entry['scope']}:{','.join(entry['profiles'])}@{when}")
-    return ";".join(parts)
-
-
-def _midnight(lt):
-    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
 
 
 def _changed_login(opts, login):

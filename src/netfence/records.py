@@ -11,6 +11,10 @@ added, so that its close removes exactly that, and gc and reload can find it.
                         time>" of the run process; its elements are session-scope,
                         keyed by the tree's own cgroup (runtree.py)
 
+A session record's "timed" (rules with `time`: their keys, whatever the clock says)
+and a user record's "timed_keys" are no elements of these lists: timed.py computes
+which are open and until when (live_elements counts them only with timed_at).
+
 Records are written before the kernel changes (intent first, docs/security.md): a
 record may carry "destroy" ({set: [key]}, elements a close or a failed open is
 removing) and "closing" (the record goes once they are gone). Readers that rebuild

@@ -27,6 +27,11 @@ accounting:
   - user elements: all of the uid's, but only when the uid has no other live session
     and no task left in its user cgroups (liveness.has_processes: no /proc scan).
 A session is live while its PAM application (ppid with the recorded start time) is.
+
+Timed keys (rules with `time`, docs/hook.md "Time windows") follow the same order: the
+open sends those open now with an exact kernel timeout (the latest end among the live
+records that need them), a close destroys its session-scope ones and a release the
+user's, each minus what a live record needs at now.
 """
 
 import errno

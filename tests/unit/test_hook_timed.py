@@ -4,7 +4,7 @@ session record, the log line says until when, and the clock is read only for the
 import time
 import types
 
-from netfence import fastpath, hook, sessions
+from netfence import fastpath, hook, hooklog, sessions
 from support.clock import MONDAY, utc  # noqa: F401  (a fixture)
 from netfence.hooklog import Log
 
@@ -21,9 +21,9 @@ def test_the_log_says_until_when_each_timed_rule_holds(utc):
                         entry("user", ["web", "mail"], [[EVERY_DAY, 22 * 60, 6 * 60]]),
                         entry("session", ["x"], [[0, 0, 1440]])]}
     now = MONDAY + 19 * 3600 + 55 * 60
-    assert hook.timed_field(record, now) == "session:lab@20:00;user:web,mail@-;session:x@-"
+    assert hooklog.timed_field(record, now) == "session:lab@20:00;user:web,mail@-;session:x@-"
     late = MONDAY + 23 * 3600
-    assert hook.timed_field(record, late) == "session:lab@-;user:web,mail@06:00+1d;session:x@-"
+    assert hooklog.timed_field(record, late) == "session:lab@-;user:web,mail@06:00+1d;session:x@-"
 
 
 LOGIN = {"rules": [{"index": 0, "scope": "session", "profiles": ("lab",),
