@@ -20,6 +20,7 @@ from . import __version__, formats, nfencode
 from . import fastpath_py as _py
 from .errors import KernelError
 from .nfconst import NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NLMSG_HDRLEN
+from .setkinds import TABLE
 
 DEFAULT_TIMEOUT_MS = 2000
 FIRST_SEQ = 1
@@ -118,40 +119,64 @@ def _load(prefer):
 
 # ---- transactions ----------------------------------------------------------------
 
-def messages(templates, kind, elements):
-    """[(template, key, key offset)] for BEGIN, one message per element, END."""
+def messages(templates, kind, elements, timed=None):
+    """[(template, key, key offset)] for BEGIN, one message per element, END; then
+    the ops, (set name, hex key) per message after BEGIN.
+
+    timed ({set: {hex key: timeout ms}}, with kind "new"): each key also goes as a
+    DESTROYSETELEM and a NEWSETELEM carrying its timeout, in that order: a kernel that
+    holds the key already would keep (or only lengthen) its old timeout otherwise, and
+    the expiry sent is exact (the batch is atomic, so the key is never missing)."""
     if templates is None or templates.get("format") != formats.TEMPLATES:
         templates = {}
-    sets = templates.get("sets", {})
     begin = templates.get("begin") or nfencode.batch_message(NFNL_MSG_BATCH_BEGIN)
     out = [(begin, b"", NLMSG_HDRLEN)]
     ops = []
     for set_name in sorted(elements):
         for hex_key in elements[set_name]:
             key = bytes.fromhex(hex_key)
-            entry = sets.get(set_name)
-            if entry is None or entry["key_len"] != len(key):
-                entry = nfencode.set_templates(set_name, len(key))
-            out.append((entry[kind], key, entry["key_offset"]))
+            out.append(_template(templates, set_name, key, kind))
             ops.append((set_name, hex_key))
+    table = templates.get("table") or TABLE
+    for set_name in sorted(timed or {}):
+        for hex_key, ms in timed[set_name].items():
+            key = bytes.fromhex(hex_key)
+            out.append(_template(templates, set_name, key, "destroy"))
+            # the key is in the message already; the fill writes it again at its offset
+            out.append(_timed_template(table, set_name, key, ms))
+            ops += [(set_name, hex_key)] * 2
     end = templates.get("end") or nfencode.batch_message(NFNL_MSG_BATCH_END)
     out.append((end, b"", NLMSG_HDRLEN))
     return out, ops
 
 
-def _send(templates, kind, elements, timeout_ms, flags=0):
+def _template(templates, set_name, key, kind):
+    entry = templates.get("sets", {}).get(set_name)
+    if entry is None or entry["key_len"] != len(key):
+        entry = nfencode.set_templates(set_name, len(key))
+    return entry[kind], key, entry["key_offset"]
+
+
+def _timed_template(table, set_name, key, ms):
+    message, key_offset = nfencode.timed_element_message(table, set_name, key, ms)
+    return message, key, key_offset
+
+
+def _send(templates, kind, elements, timeout_ms, flags=0, timed=None):
     impl = get()
-    msgs, ops = messages(templates, kind, elements)
+    msgs, ops = messages(templates, kind, elements, timed)
     buf = impl.batch(msgs, FIRST_SEQ)
     rc, errors = impl.send(buf, FIRST_SEQ, len(ops), timeout_ms, flags)
     return rc, list(zip(ops, errors))
 
 
-def add_elements(templates, elements, timeout_ms=DEFAULT_TIMEOUT_MS):
-    """Add every element in one transaction; KernelError (nothing added) on failure."""
-    if not any(elements.values()):
+def add_elements(templates, elements, timeout_ms=DEFAULT_TIMEOUT_MS, timed=None):
+    """Add every element in one transaction; KernelError (nothing added) on failure.
+    timed: {set: {hex key: timeout ms}}, elements the kernel removes on time (see
+    messages), in the same transaction."""
+    if not any(elements.values()) and not any((timed or {}).values()):
         return
-    rc, results = _send(templates, "new", elements, timeout_ms)
+    rc, results = _send(templates, "new", elements, timeout_ms, timed=timed)
     if rc:
         raise KernelError("add set elements (one batch)", -rc)
     for (set_name, hex_key), err in results:

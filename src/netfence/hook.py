@@ -30,7 +30,7 @@ import _signal
 
 from . import formats, fsutil, pamitems
 from .errors import HookInputError, KernelError, NetfenceError, StateError
-from .hooklog import LOG_ERR, LOG_INFO, Log, show
+from .hooklog import LOG_ERR, LOG_INFO, Log, show, timed_field
 
 STATE_DIR = "/var/lib/netfence"
 RUN_DIR = "/run/netfence"
@@ -315,7 +315,8 @@ def do_open(opts, login, items, account, ppid, budget, log, retry=True):
     try:
         record = sessions.open_session(opts["run_dir"], login, info,
                                        decision.user_profiles, decision.session_profiles,
-                                       ppid=ppid, timeout_ms=budget.left_ms())
+                                       ppid=ppid, timeout_ms=budget.left_ms(),
+                                       timed_rules=decision.timed)
     except KernelError as err:
         # A reload that renamed or removed a profile committed between our reading
         # login.marshal and our batch: its sets are gone (ENOENT), the open was put
@@ -328,21 +329,18 @@ def do_open(opts, login, items, account, ppid, budget, log, retry=True):
     budget.disarm()                         # committed: a late alarm must not undo it
     log.fields.update(session=record["key"], cgroup=record["cgroup"] or "-",
                       rules=",".join(str(i + 1) for i in decision.matched), result="ok")
+    if record["timed"]:
+        log.fields["timed"] = timed_field(record, time.time())
 
 
 def login_facts(login, items, account):
     """matcher.LoginFacts of this login: pam_exec's items with the account's canonical
-    name and uid, its groups (looked up only if a rule asks), and the local weekday and
-    minute (time.localtime, which reads /etc/localtime, only if a rule has a window)."""
+    name and uid and its groups (looked up only if a rule asks). The clock is no fact:
+    rules with `time` go to Decision.timed whatever it says (timed.py follows it)."""
     from .accounts import Groups
     from .matcher import LoginFacts
-    weekday = minute = 0
-    if any(rule["time"] for rule in login["rules"]):
-        now = time.localtime()
-        weekday, minute = now.tm_wday, now.tm_hour * 60 + now.tm_min
     return LoginFacts(**dict(items, user=account.pw_name), uid=account.pw_uid,
-                      groups=Groups(account.pw_name, account.pw_gid),
-                      weekday=weekday, minute=minute)
+                      groups=Groups(account.pw_name, account.pw_gid))
 
 
 def _changed_login(opts, login):

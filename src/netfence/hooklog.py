@@ -5,6 +5,8 @@ log when syslog cannot take it, and to stderr with the hook's `debug` argument
 Light on purpose (the hook imports it at every login): posix, errno and time, and
 `_socket` only when a line is written (matcher has loaded it by then); no `syslog`
 module, whose import the hook would pay for the logins that match nothing.
+timed_field writes the value of `timed=` (rules with `time`), importing timed.py only
+for the logins that have one.
 """
 
 import errno
@@ -122,3 +124,24 @@ def field(value):
 def show(value, limit=64):
     """repr of a truncated value: safe to put in a log line."""
     return repr(value[:limit] + ("..." if len(value) > limit else ""))
+
+
+def timed_field(record, now):
+    """The log's timed=: each rule with `time` as scope:profiles@until, ";" between
+    them: local HH:MM, +Nd when on a later day, "-" when no window is open now (watch
+    adds the elements when one opens), e.g. timed=session:lab@20:00."""
+    from .timed import open_until
+    parts = []
+    for entry in record["timed"]:
+        until = open_until(entry["windows"], now)
+        when = "-"
+        if until is not None:
+            at = time.localtime(until)
+            days = round((_midnight(at) - _midnight(time.localtime(now))) / 86400)
+            when = f"{at.tm_hour:02d}:{at.tm_min:02d}" + (f"+{days}d" if days else "")
+        parts.append(f"{entry['scope']}:{','.join(entry['profiles'])}@{when}")
+    return ";".join(parts)
+
+
+def _midnight(lt):
+    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))

@@ -15,11 +15,13 @@ tested alone and read in one place:
   run_record     the record of a `netfence run` tree (closed with close_plan too)
 
 Elements are {set name: [hex key, ...]} (records.py); union, merge_into and subtract
-are their algebra, shared with reload. Light on purpose (the hook imports it): only
-setkinds (sys).
+are their algebra, shared with reload. Timed elements (rules with `time`: sets with a
+kernel timeout) are never in these lists: a record keeps their keys in "timed" (the
+user record in "timed_keys"), and timed.py says which are open and until when.
+Light on purpose (the hook imports it): setkinds and timed (time, matcher).
 """
 
-from . import setkinds
+from . import setkinds, timed
 
 DEFAULT_CGROUP_BASE = "netfence"
 
@@ -69,38 +71,64 @@ def cgroup_base(login):
     return login.get("settings", {}).get("cgroup_base", DEFAULT_CGROUP_BASE)
 
 
-def elements_for(profiles, user_profiles, session_profiles, uid, cgroup, guards=None):
+def elements_for(profiles, user_profiles, session_profiles, uid, cgroup, guards=None,
+                 kinds=setkinds.KINDS):
     """(user elements, session elements) of one login, as {set: [hex key]}.
 
-    Each set kind (setkinds) of a profile gets the login's key when the profile
-    restricts one of the kind's directions: the uid, the user cgroup's id or the
-    session cgroup's id, by the kind's level. guards: the login part's "guards"
-    ({field: guard set}): every key that goes into a profile's set goes into the
-    matching guard set too, which the base chains test first, so that unrestricted
-    traffic costs two lookups however many profiles there are. Being ordinary
-    elements of the login, they are shared and released exactly like the profile
-    elements.
+    Each set kind (kinds: setkinds.KINDS, or WINDOW_KINDS for a rule with `time`) of
+    a profile gets the login's key when the profile restricts one of the kind's
+    directions: the uid, the user cgroup's id or the session cgroup's id, by the
+    kind's level. guards: the login part's "guards" ({field: guard set}): every key
+    that goes into a profile's set goes into the matching guard set too, which the
+    base chains test first, so that unrestricted traffic costs two lookups however
+    many profiles there are. Being ordinary elements of the login, they are shared
+    and released exactly like the profile elements. A kind whose field the profile
+    (or guards) lacks adds nothing there: the compiler makes window sets only for
+    profiles a rule with `time` names.
     """
     numbers = {None: uid, setkinds.USER_LEVEL: cgroup["user_id"],
                setkinds.SESSION_LEVEL: cgroup["id"]}
+    guards = guards or {}
     out = {"user": {}, "session": {}}
     for scope, names in (("user", user_profiles), ("session", session_profiles)):
         for name in names:
             profile = profiles[name]
-            for kind in setkinds.KINDS:
-                if kind.scope != scope or not any(profile[d] for d in kind.directions):
+            for kind in kinds:
+                if (kind.scope != scope or not profile.get(kind.field)
+                        or not any(profile[d] for d in kind.directions)):
                     continue
                 key = kind.key(numbers[kind.level])
                 merge_into(out[scope], {profile[kind.field]: [key]})
-                if guards:
+                if guards.get(kind.field):
                     merge_into(out[scope], {guards[kind.field]: [key]})
     return out["user"], out["session"]
 
 
-def session_record(login, info, session, user_profiles, session_profiles, cgroup, now):
+def timed_entries(login, decided, uid, cgroup):
+    """record["timed"] of one login: decided is matcher.Decision.timed ((rule index,
+    scope, profiles, windows)); each entry keeps the keys of its window sets whatever
+    the clock says (timed.record_elements decides when they are open). An entry
+    whose profiles have no window set (an older compiler) is left out."""
+    out = []
+    for index, scope, profiles, windows in decided:
+        in_user = profiles if scope == "user" else ()
+        in_session = profiles if scope != "user" else ()
+        user_elements, session_elements = elements_for(
+            login["profiles"], in_user, in_session, uid, cgroup, login.get("guards"),
+            setkinds.WINDOW_KINDS)
+        elements = user_elements if scope == "user" else session_elements
+        if elements:
+            out.append({"rule": index, "scope": scope, "profiles": list(profiles),
+                        "elements": elements, "windows": [list(w) for w in windows]})
+    return out
+
+
+def session_record(login, info, session, user_profiles, session_profiles, cgroup, now,
+                   timed_rules=()):
     """The record of one login. session: {"key", "ppid", "starttime"} of its PAM
     application; cgroup: what cgroups.open_session_cgroup returned; now: time.time();
-    info: the account's user and uid and pamitems.login_items' items."""
+    info: the account's user and uid and pamitems.login_items' items; timed_rules:
+    matcher.Decision.timed (its "timed" entries, see timed_entries)."""
     user_elements, session_elements = elements_for(
         login["profiles"], user_profiles, session_profiles, info["uid"], cgroup,
         login.get("guards"))
@@ -114,6 +142,7 @@ def session_record(login, info, session, user_profiles, session_profiles, cgroup
         "created": cgroup["created"], "origin": cgroup["origin"],
         "base": cgroup_base(login), "session_elements": session_elements,
         "user_elements": user_elements, "opened_at": now,
+        "timed": timed_entries(login, timed_rules, info["uid"], cgroup),
     }
 
 
@@ -131,15 +160,18 @@ def run_record(login, run, profiles, cgroup, now):
             "base": cgroup_base(login), "session_elements": elements, "started": now}
 
 
-def open_plan(record, previous, user, refs, sharing):
+def open_plan(record, previous, user, refs, sharing, timed_sources=(), now=0.0):
     """What an open writes and sends.
 
     record: session_record's; previous: the record of an earlier open by the same PAM
     application (None: first); user: the uid's record (None: none yet); refs: the keys
     of the sessions recorded in the session cgroup; sharing: the live records of the
-    other sessions in it. Returns {"record", "user", "refs" (None: unchanged), "send",
-    "added"}: send is every element of the login (the batch), added those no live
-    record had yet (what an undo takes back when the batch's outcome is unknown).
+    other sessions in it; timed_sources: the other live records that may hold one of
+    the record's timed keys (the user's sessions); now: time.time(). Returns
+    {"record", "user", "refs" (None: unchanged), "send", "timed", "added"}: send is
+    every element of the login (the batch), timed the timed elements open at now
+    with their expiry (timed_open), added those of both no live record had yet (what
+    an undo takes back when the batch's outcome is unknown).
     """
     already = union([user["elements"] if user else {}]
                     + [other.get("session_elements", {}) for other in sharing])
@@ -148,9 +180,30 @@ def open_plan(record, previous, user, refs, sharing):
         record = _with_previous(record, previous)
     key, cgroup_id = record["key"], record["cgroup_id"]
     send = union([record["user_elements"], record["session_elements"]])
+    timed_send, timed_added = timed_open(record, list(sharing) + list(timed_sources), now)
     return {"record": record, "user": _user_with(user, record),
             "refs": refs + [key] if cgroup_id and key not in refs else None,
-            "send": send, "added": subtract(send, already)}
+            "send": send, "timed": timed_send,
+            "added": union([subtract(send, already), timed_added])}
+
+
+def timed_open(record, sources, now):
+    """({set: {hex key: expires}}, {set: [hex key]}): the record's timed elements open
+    at now, each expiring with the last of its sources (this record and the other live
+    records given: the open sends an exact expiry, which must not cut another
+    session's window short), and those no other source needs at now."""
+    own = timed.record_elements(record, now)
+    if not own:
+        return {}, {}
+    needed = {}
+    for other in sources:
+        timed.merge_max(needed, timed.record_elements(other, now))
+    send = timed.merge_max({s: dict(keys) for s, keys in own.items()},
+                           {s: {k: until for k, until in needed.get(s, {}).items()
+                                if k in keys} for s, keys in own.items()})
+    added = subtract({s: list(keys) for s, keys in own.items()},
+                     {s: list(keys) for s, keys in needed.items()})
+    return send, added
 
 
 def _with_previous(record, previous):
@@ -160,7 +213,9 @@ def _with_previous(record, previous):
                   session_elements=merge_into(_copy(record["session_elements"]),
                                               previous.get("session_elements", {})),
                   user_elements=merge_into(_copy(record["user_elements"]),
-                                           previous.get("user_elements", {})))
+                                           previous.get("user_elements", {})),
+                  timed=previous.get("timed", []) + [
+                      e for e in record.get("timed", []) if e not in previous.get("timed", [])])
     if previous.get("cgroup_id") == record["cgroup_id"]:
         record["created"], record["origin"] = previous["created"], previous["origin"]
     return record
@@ -171,6 +226,11 @@ def _user_with(user, record):
     user = dict(user or {"uid": record["uid"], "user": record["user"], "elements": {},
                          "sessions": [], "user_cgroups": [], "live_cgroups": []})
     user["elements"] = union([user["elements"], record["user_elements"]])
+    # every user-scope timed key of its sessions, open or not: what a release destroys
+    # once the session records that know them are gone
+    user_timed = timed.record_keys(record, "user")
+    if user_timed or "timed_keys" in user:
+        user["timed_keys"] = union([user.get("timed_keys", {}), user_timed])
     if record["key"] not in user["sessions"]:
         user["sessions"] = user["sessions"] + [record["key"]]
     own = record["user_cgroup"]
@@ -184,23 +244,30 @@ def _user_with(user, record):
 
 # ---- close ------------------------------------------------------------------------
 
-def close_plan(record, refs, sharing, user, user_in_use, others):
+def close_plan(record, refs, sharing, user, user_in_use, others, now=0.0):
     """What closing the session of `record` does.
 
     refs: the keys recorded in its cgroup; sharing: the live records of the other
     sessions there (a nested login shares its cgroup); user: the uid's record (None:
     none); user_in_use: the uid has another live session or a task left in its user
     cgroups; others: the elements other users' records hold that this user's may
-    share (su inside a logind session shares the caller's user slice).
+    share (su inside a logind session shares the caller's user slice), their timed
+    keys included; now: time.time().
+    Timed keys: the session-scope ones of the record minus those a sharing record
+    needs at now; on a release the user's "timed_keys" too (a user-scope key stays
+    while the user does, until its kernel timeout, as user elements do).
     Returns {"destroy", "release", "ours", "user", "closing" (the session record to
     write first), "refs" (None: no cgroup id), "user_after" (None: nothing to write)}.
     """
     key = record["key"]
-    destroy = subtract(record.get("session_elements", {}),
-                       union([other.get("session_elements", {}) for other in sharing]))
+    keep = union([other.get("session_elements", {}) for other in sharing]
+                 + [_keys(timed.record_elements(other, now)) for other in sharing])
+    destroy = subtract(union([record.get("session_elements", {}),
+                              timed.record_keys(record, "session")]), keep)
     release = user is not None and not user_in_use
     if release:
         merge_into(destroy, user["elements"])
+        merge_into(destroy, user.get("timed_keys", {}))
         destroy = subtract(destroy, others)
     after = None
     if user is not None and not release:
@@ -212,10 +279,17 @@ def close_plan(record, refs, sharing, user, user_in_use, others):
             "user_after": after}
 
 
+def _keys(elements):
+    """{set: [hex key]} of {set: {hex key: expires}}."""
+    return {set_name: list(keys) for set_name, keys in elements.items()}
+
+
 def releasing(user):
     """The user record of a release, before its batch: closing, all its elements
-    pending (what no live record needs goes, see after_pending)."""
-    return dict(user, closing=True, destroy=user["elements"])
+    (timed keys included) pending (what no live record needs goes, see
+    after_pending)."""
+    return dict(user, closing=True,
+                destroy=union([user["elements"], user.get("timed_keys", {})]))
 
 
 def after_pending(record):

@@ -11,6 +11,10 @@ added, so that its close removes exactly that, and gc and reload can find it.
                         time>" of the run process; its elements are session-scope,
                         keyed by the tree's own cgroup (runtree.py)
 
+A session record's "timed" (rules with `time`: their keys, whatever the clock says)
+and a user record's "timed_keys" are no elements of these lists: timed.py computes
+which are open and until when (live_elements counts them only with timed_at).
+
 Records are written before the kernel changes (intent first, docs/security.md): a
 record may carry "destroy" ({set: [key]}, elements a close or a failed open is
 removing) and "closing" (the record goes once they are gone). Readers that rebuild
@@ -36,6 +40,7 @@ import posix
 from . import formats, fsutil
 from .errors import StateError
 from .plan import union
+from .timed import record_elements
 
 SESSIONS, USERS, CGROUPS, RUNS, LOCK = "sessions", "users", "cgroups", "runs", "lock"
 KINDS = (SESSIONS, USERS, CGROUPS, RUNS)
@@ -207,7 +212,7 @@ def list_users(run_dir, strict=False):
     return sorted(_all(run_dir, USERS, strict), key=lambda r: r["uid"])
 
 
-def live_elements(run_dir, unsettled=None):
+def live_elements(run_dir, unsettled=None, timed_at=None):
     """{set: [hex key]}: every element the records say should be in the kernel.
 
     A record marked closing is on its way out (its elements are being, or are to be,
@@ -218,7 +223,9 @@ def live_elements(run_dir, unsettled=None):
 
     unsettled: a list that gets the records with a pending destroy (an interrupted
     close or undo), whose elements may still be in the kernel although no live
-    record needs them.
+    record needs them. timed_at: an epoch: the timed elements (time windows) the live
+    session and run records have open then count too (what a pending destroy must
+    not take from another session).
     """
     sessions = _all(run_dir, SESSIONS, strict=True)
     users = _all(run_dir, USERS, strict=True)
@@ -227,6 +234,9 @@ def live_elements(run_dir, unsettled=None):
         unsettled += [r for r in sessions + users if "destroy" in r]
     parts = [r.get("session_elements", {}) for r in sessions if not r.get("closing")]
     parts += [r.get("elements", {}) for r in users if not r.get("closing")]
+    if timed_at is not None:
+        parts += [{s: list(keys) for s, keys in record_elements(r, timed_at).items()}
+                  for r in sessions]
     return union(parts)
 
 

@@ -27,12 +27,17 @@ accounting:
   - user elements: all of the uid's, but only when the uid has no other live session
     and no task left in its user cgroups (liveness.has_processes: no /proc scan).
 A session is live while its PAM application (ppid with the recorded start time) is.
+
+Timed keys (rules with `time`, docs/hook.md "Time windows") follow the same order: the
+open sends those open now with an exact kernel timeout (the latest end among the live
+records that need them), a close destroys its session-scope ones and a release the
+user's, each minus what a live record needs at now.
 """
 
 import errno
 import time
 
-from . import cgroups, fastpath, plan, records
+from . import cgroups, fastpath, plan, records, timed
 from .errors import KernelError, StateError
 from .liveness import has_processes, is_alive, session_key
 from .records import Lock
@@ -45,8 +50,10 @@ __all__ = ["open_session", "close_session", "finish_session", "release_user",
 # ---- open -------------------------------------------------------------------------
 
 def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
-                 timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=None):
-    """Record and apply one login. info: user, uid, service, rhost, tty.
+                 timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=None, timed_rules=()):
+    """Record and apply one login. info: user, uid, service, rhost, tty; timed_rules:
+    matcher.Decision.timed (rules with `time`: recorded whatever the clock says, their
+    elements sent with a kernel timeout while a window is open).
 
     Every login that gets a profile gets a session cgroup, user scope included: the
     user cgroup above it is what keeps user-scope elements alive after the logout
@@ -64,14 +71,17 @@ def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
                                              ppid)
         undo = _Undo(run_dir, key, cgroup, mount, ppid)
         try:
+            now = time.time()
             record = plan.session_record(
                 login, info, {"key": key, "ppid": ppid, "starttime": start},
-                user_profiles, session_profiles, cgroup, time.time())
+                user_profiles, session_profiles, cgroup, now, timed_rules)
             before = _read_for_open(run_dir, key, uid, cgroup["id"])
-            todo = plan.open_plan(record, *before)
+            todo = plan.open_plan(record, *before,
+                                  _timed_sources(run_dir, record, before[1]), now)
             _write_open(run_dir, todo, undo, before)
             undo.added, undo.sent = todo["added"], True
-            fastpath.add_elements(login.get("templates"), todo["send"], timeout_ms)
+            fastpath.add_elements(login.get("templates"), todo["send"], timeout_ms,
+                                  timed=timed.timeouts_ms(todo["timed"], now))
         except BaseException as err:
             undo.run(err)
             raise
@@ -86,6 +96,19 @@ def _read_for_open(run_dir, key, uid, cgroup_id):
     user = records.read_user(run_dir, uid)
     refs = records.read_refs(run_dir, cgroup_id)
     return previous, user, refs, _live_sessions(run_dir, refs, key)
+
+
+def _timed_sources(run_dir, record, user):
+    """The other live records that may hold one of the record's timed keys: the
+    user's sessions (read only when the login has a timed entry: most have none);
+    under a logind slice, which su to another user shares, every live session."""
+    if not record["timed"]:
+        return []
+    if cgroups.is_logind_slice(record["user_cgroup"]):
+        keys = records.names(run_dir, records.SESSIONS)
+    else:
+        keys = user["sessions"] if user else []
+    return _live_sessions(run_dir, keys, record["key"])
 
 
 def _write_open(run_dir, todo, undo, before):
@@ -161,7 +184,8 @@ def finish_pending(run_dir, path, timeout_ms, record=None):
     record = record or _read_quiet(path)
     if record is None or "destroy" not in record:
         return None
-    destroy = plan.subtract(record["destroy"], records.live_elements(run_dir))
+    destroy = plan.subtract(record["destroy"],
+                            records.live_elements(run_dir, timed_at=time.time()))
     fastpath.destroy_elements(destroy, timeout_ms)
     after = plan.after_pending(record)
     if after is None:
@@ -197,7 +221,8 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
         if record is None:
             return {"result": "absent"}
         mount = mount or cgroups.cgroup2_mount()
-        todo = plan.close_plan(record, *_read_for_close(run_dir, record, pids, mount))
+        todo = plan.close_plan(record, *_read_for_close(run_dir, record, pids, mount),
+                               now=time.time())
         _write_closing(run_dir, record, todo)
         if todo["ours"]:
             # Leave first: the batch may fork a child (detach), which must not be
@@ -295,9 +320,9 @@ def _held_by_others(run_dir, user):
     cgroup key. Only logind slices are shared; netfence's own are one per uid."""
     if not any(cgroups.is_logind_slice(p) for p in user.get("live_cgroups", [])):
         return {}
-    return plan.union([other["elements"]
-                       for other in records.list_users(run_dir, strict=True)
-                       if other["uid"] != user["uid"] and not other.get("closing")])
+    return plan.union([part for other in records.list_users(run_dir, strict=True)
+                       if other["uid"] != user["uid"] and not other.get("closing")
+                       for part in (other["elements"], other.get("timed_keys", {}))])
 
 
 def _user_busy(user, mount, exclude=()):

@@ -161,15 +161,16 @@ def test_pam_environment_tz_cannot_move_the_clock_out_of_a_rule(fence, user, pro
     launcher; libc would take it for the local time zone, and a user could shift the
     clock 12 h, out of the window, and log in unrestricted."""
     fence.echo()
-    fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"')
-               + f'time = "{clock_window()}"\n')
+    window = clock_window()
+    fence.load(POLICY.format(port=PORT_B, users=f'"{user.name}"') + f'time = "{window}"\n')
     write_pam_environment(user, [f"TZ DEFAULT={shifted_tz()}"])
     stack = pam_env_stack(fence, program)
     r = su(fence, user, fence.view() + '; echo "tz=$TZ"', stack)
     assert parse_view(r.stdout).get("tz") == shifted_tz(), r.stdout   # pam_env set it
     assert fenced(fence, r, user), (r.stdout, fence.log())
     (opened,) = fence.events("open")
-    assert "result=ok" in opened and "rules=1" in opened, opened
+    # the rule's window, open until its end in the machine's local time
+    assert "result=ok" in opened and f"timed=session:fence@{window[-5:]}" in opened, opened
 
 
 # ---- finding 5: the time bound ----------------------------------------------------------

@@ -269,3 +269,56 @@ def test_nothing_to_do_sends_nothing(monkeypatch):
     fastpath.add_elements(None, {})
     assert fastpath.destroy_elements({"uid-web": []}) == []
     assert kernel.batches == []
+
+
+# ---- timed elements (time windows): destroy + add with a timeout, one batch ----------
+
+timed_raw = st.dictionaries(
+    st.sampled_from(["tuid-web", "tscg-web", "any-tuid", "any-tscg"]),
+    st.dictionaries(st.integers(0, 2**32 - 1), st.integers(1, 2**40), min_size=1,
+                    max_size=3), max_size=4)
+
+
+def timed_hex(raw):
+    return {name: {v.to_bytes(4 if "uid" in name else 8, ORDER).hex(): ms
+                   for v, ms in keys.items()} for name, keys in raw.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=elements, timed=timed_raw, seq=st.integers(1, 2**31))
+def test_c_and_python_build_identical_timed_batches(raw, timed, seq):
+    impl = c_impl()
+    templates = nfencode.build_templates(LOGIN)
+    msgs, ops = fastpath.messages(templates, "new", as_hex(raw), timed_hex(timed))
+    assert len(msgs) == len(ops) + 2
+    assert impl.to_bytes(impl.batch(msgs, seq)) == fastpath._PyImpl("test").batch(msgs, seq)
+
+
+def test_a_timed_key_goes_as_destroy_then_add_with_its_timeout():
+    key = (1001).to_bytes(4, ORDER).hex()
+    msgs, ops = fastpath.messages(None, "new", {"uid-web": ["01000000"]},
+                                  {"tuid-web": {key: 90_000}})
+    batch = fastpath._PyImpl("test").batch(msgs, 1)
+    found, offset = [], 0
+    while offset < len(batch):
+        length = u32(batch, offset)
+        found.append((u16(batch, offset + 4) & 0xFF, batch[offset:offset + length]))
+        offset += length
+    types = [t for t, _ in found]
+    assert types[1:4] == [nfencode.NFT_MSG_NEWSETELEM, nfencode.NFT_MSG_DESTROYSETELEM,
+                          nfencode.NFT_MSG_NEWSETELEM]
+    assert ops == [("uid-web", "01000000"), ("tuid-web", key), ("tuid-web", key)]
+    timed_msg = found[3][1]
+    expected, _ = nfencode.timed_element_message("netfence", "tuid-web",
+                                                 bytes.fromhex(key), 90_000)
+    assert timed_msg[:8] + timed_msg[12:] == expected[:8] + expected[12:]   # seq aside
+    assert (90_000).to_bytes(8, "big") in timed_msg and bytes.fromhex(key) in timed_msg
+    untimed = found[1][1]
+    assert (90_000).to_bytes(8, "big") not in untimed     # login elements: no timeout
+
+
+def test_only_timed_elements_are_still_sent(monkeypatch):
+    kernel = FakeKernel({"tscg-web"})
+    monkeypatch.setattr(fastpath, "_impl", kernel)
+    fastpath.add_elements(None, {}, timed={"tscg-web": {"02" * 8: 5000}})
+    assert kernel.batches == [["tscg-web", "tscg-web"]]

@@ -36,7 +36,9 @@ def test_login_path_imports_nothing_heavy():
 
 # The netfence modules each kind of hook run loads. Every module costs a file read and
 # an unmarshal (~0.1 ms) on every login: a new one on these paths must be a decision,
-# so the lists are exact (docs/benchmarks.md has the hook's import cost).
+# so the lists are exact (docs/benchmarks.md has the hook's import cost). timed (and
+# the matcher it uses) is on every path that touches records: which timed keys a
+# close may destroy depends on the clock.
 PATHS = {
     "open, nothing matches": ("hook, matcher, accounts",
                               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
@@ -45,11 +47,11 @@ PATHS = {
                         {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
                          "matcher", "accounts", "sessions", "plan", "records", "liveness",
                          "cgroups", "fastpath", "fastpath_py", "nfencode", "nfconst",
-                         "setkinds"}),
+                         "setkinds", "timed"}),
     "close": ("hook, sessions, records, fastpath",
               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog", "sessions",
                "plan", "records", "liveness", "cgroups", "fastpath", "fastpath_py",
-               "nfencode", "nfconst", "setkinds"}),
+               "nfencode", "nfconst", "setkinds", "timed", "matcher"}),
 }
 
 

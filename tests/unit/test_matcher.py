@@ -3,7 +3,7 @@
 import pytest
 
 from netfence.compiler import build_login
-from netfence.matcher import LoginFacts, match_login
+from netfence.matcher import LoginFacts, match_login, time_matches
 from netfence.model import Location, MatchRule, Patterns, Policy, Settings, TimeWindow
 
 MON, SAT, SUN = 0, 5, 6
@@ -87,13 +87,39 @@ def test_positive_rhost_items(rhost, expected):
 def test_time_windows_including_midnight_crossing():
     workday = TimeWindow(days=0b0011111, start=8 * 60, end=20 * 60)
     night = TimeWindow(days=1 << 4, start=22 * 60, end=6 * 60)        # Fr 22:00-06:00
-    login = login_part(rule(users=["*"], time=(workday, night)))
-    assert not run(login, weekday=MON, minute=8 * 60).empty
-    assert run(login, weekday=MON, minute=20 * 60).empty
-    assert run(login, weekday=SAT, minute=12 * 60).empty
-    assert not run(login, weekday=4, minute=23 * 60).empty               # Friday night
-    assert not run(login, weekday=SAT, minute=5 * 60).empty              # … into Saturday
-    assert run(login, weekday=SUN, minute=5 * 60).empty
+    windows = [(w.days, w.start, w.end) for w in (workday, night)]
+    assert time_matches(windows, MON, 8 * 60)
+    assert not time_matches(windows, MON, 20 * 60)
+    assert not time_matches(windows, SAT, 12 * 60)
+    assert time_matches(windows, 4, 23 * 60)                           # Friday night
+    assert time_matches(windows, SAT, 5 * 60)                          # … into Saturday
+    assert not time_matches(windows, SUN, 5 * 60)
+    assert time_matches([], SUN, 5 * 60)                               # no window: always
+
+
+def test_a_rule_with_time_goes_to_timed_whatever_the_clock_says():
+    """The clock is followed by the kernel and watch, not decided once at login: the
+    rule is matched on everything else and handed over with its windows."""
+    workday = TimeWindow(days=0b0011111, start=8 * 60, end=20 * 60)
+    login = login_part(rule(users=["*"], profiles=("lab",), time=(workday,)),
+                       rule(index=1, users=["bob"], profiles=("web",), time=(workday,)))
+    for weekday, minute in ((MON, 9 * 60), (SUN, 3 * 60)):
+        decision = run(login, weekday=weekday, minute=minute)
+        assert not decision.empty and decision.matched == ()
+        assert decision.session_profiles == decision.user_profiles == ()
+        ((index, scope, profiles, windows),) = decision.timed
+        assert (index, scope, profiles) == (0, "session", ("lab",))
+        assert [tuple(w) for w in windows] == [(0b0011111, 480, 1200)]
+    assert run(login, user="root", uid=0).empty             # the rest still decides
+
+
+def test_a_timed_profile_an_untimed_rule_applies_is_left_out():
+    workday = TimeWindow(days=0b0011111, start=8 * 60, end=20 * 60)
+    login = login_part(rule(users=["*"], profiles=("lab", "web"), time=(workday,)),
+                       rule(index=1, scope="user", users=["*"], profiles=("web",)))
+    decision = run(login)
+    assert decision.user_profiles == ("web",)
+    assert [t[2] for t in decision.timed] == [("lab",)]
 
 
 def test_all_matching_rules_accumulate_and_user_scope_wins_duplicates():

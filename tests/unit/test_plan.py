@@ -1,6 +1,7 @@
 """plan: what an open or a close does, decided without files, kernel or root."""
 
 from netfence import plan, setkinds
+from support.clock import MONDAY, utc  # noqa: F401  (a fixture)
 
 PROFILES = {"web": {"egress": True, "ingress": True, "uid_set": "uid-web",
                     "ucg_set": "ucg-web", "scg_set": "scg-web"}}
@@ -111,3 +112,103 @@ def test_release_and_pending_records():
 def test_union_keeps_first_seen_order_once():
     assert plan.union([{"s": ["2", "1"]}, {"s": ["1", "3"], "t": []}]) == \
         {"s": ["2", "1", "3"], "t": []}
+
+
+# ---- rules with `time`: timed entries, their expiry, what a close destroys -----------
+
+EVERY_DAY = 0b1111111
+LAB = {"egress": True, "ingress": True, "uid_set": "uid-lab", "ucg_set": "ucg-lab",
+       "scg_set": "scg-lab", **setkinds.window_sets("lab")}
+TIMED_LOGIN = dict(LOGIN, profiles={"web": PROFILES["web"], "lab": LAB},
+                   guards={**setkinds.guards(),
+                           **{k.field: k.guard for k in setkinds.WINDOW_KINDS}})
+TUID_KEY, TUCG_KEY = setkinds.TUID.key(1001), setkinds.TUCG.key(0x20)
+TSCG_KEY = setkinds.TSCG.key(0x10)
+
+
+def hm(hour, minute=0):
+    return MONDAY + hour * 3600 + minute * 60
+
+
+def window(start_h, end_h):
+    return (EVERY_DAY, start_h * 60, end_h * 60)
+
+
+def timed_record(key="5-6", scope="session", windows=(window(8, 20),), cgroup=CGROUP,
+                 login=TIMED_LOGIN):
+    session = {"key": key, "ppid": int(key.split("-")[0]),
+               "starttime": int(key.split("-")[1])}
+    return plan.session_record(login, INFO, session, [], [], cgroup, 100.0,
+                               ((3, scope, ("lab",), windows),))
+
+
+def test_a_timed_rule_records_its_window_keys_apart_from_the_login_elements():
+    rec = timed_record()
+    assert rec["user_elements"] == rec["session_elements"] == {}
+    assert rec["timed"] == [{"rule": 3, "scope": "session", "profiles": ["lab"],
+                             "windows": [[EVERY_DAY, 480, 1200]],
+                             "elements": {"tscg-lab": [TSCG_KEY], "any-tscg": [TSCG_KEY]}}]
+    user = timed_record(scope="user")["timed"][0]["elements"]
+    assert user == {"tuid-lab": [TUID_KEY], "any-tuid": [TUID_KEY],
+                    "tucg-lab": [TUCG_KEY], "any-tucg": [TUCG_KEY]}
+    assert not any(setkinds.is_timed(s) for s in plan.union(
+        [rec["user_elements"], rec["session_elements"]]))
+
+
+def test_a_profile_without_window_sets_gets_no_timed_entry():
+    """An older compiler made no window sets: nothing to add, no set to invent."""
+    old = dict(LOGIN, profiles={"lab": dict(PROFILES["web"], uid_set="uid-lab")})
+    assert timed_record(login=old)["timed"] == []
+
+
+def test_the_open_sends_the_open_window_with_its_end(utc):
+    rec = timed_record(scope="user")
+    todo = plan.open_plan(rec, None, None, [], [], [], hm(19, 55))
+    assert todo["send"] == {}
+    assert todo["timed"]["tuid-lab"] == {TUID_KEY: hm(20)}
+    assert todo["added"]["tuid-lab"] == [TUID_KEY]
+    assert todo["user"]["timed_keys"]["tuid-lab"] == [TUID_KEY]
+    closed = plan.open_plan(rec, None, None, [], [], [], hm(21))
+    assert closed["timed"] == {} and closed["added"] == {}
+    assert closed["user"]["timed_keys"]["tuid-lab"] == [TUID_KEY]   # known for release
+
+
+def test_a_shorter_window_does_not_cut_another_sessions_short(utc):
+    """Attack: a second login of the user whose rule ends sooner would, with an exact
+    expiry sent as destroy+add, end the first session's restriction early."""
+    late = timed_record("1-2", scope="user", windows=(window(8, 22),))
+    early = timed_record("3-4", scope="user", windows=(window(8, 18),))
+    todo = plan.open_plan(early, None, None, [], [], [late], hm(17))
+    assert todo["timed"]["tuid-lab"] == {TUID_KEY: hm(22)}
+    assert "tuid-lab" not in todo["added"]          # the other record needs it: undo keeps
+
+
+def test_a_close_destroys_its_session_keys_but_not_what_a_sharing_session_needs(utc):
+    rec = timed_record("1-2")
+    nested = timed_record("3-4", windows=(window(8, 22),))
+    user = {"uid": 1001, "elements": {}, "sessions": ["1-2", "3-4"]}
+    kept = plan.close_plan(rec, ["1-2", "3-4"], [nested], user, True, {}, now=hm(12))
+    assert kept["destroy"] == {}
+    late = plan.close_plan(rec, ["1-2", "3-4"], [nested], user, True, {}, now=hm(23))
+    assert late["destroy"] == {"tscg-lab": [TSCG_KEY], "any-tscg": [TSCG_KEY]}
+    alone = plan.close_plan(rec, ["1-2"], [], user, True, {}, now=hm(12))
+    assert alone["destroy"] == {"tscg-lab": [TSCG_KEY], "any-tscg": [TSCG_KEY]}
+
+
+def test_a_release_destroys_the_users_timed_keys_but_not_other_users(utc):
+    rec = timed_record(scope="user")
+    user = plan.open_plan(rec, None, None, [], [], [], hm(12))["user"]
+    others = {"tucg-lab": [TUCG_KEY], "any-tucg": [TUCG_KEY]}   # a shared logind slice
+    todo = plan.close_plan(rec, ["5-6"], [], user, False, others, now=hm(12))
+    assert todo["release"]
+    assert todo["destroy"] == {"tuid-lab": [TUID_KEY], "any-tuid": [TUID_KEY]}
+    kept = plan.close_plan(rec, ["5-6"], [], user, True, {}, now=hm(12))
+    assert kept["destroy"] == {}                    # user scope stays while the user does
+    assert plan.releasing(user)["destroy"] == user["timed_keys"]
+
+
+def test_a_second_open_by_the_same_application_keeps_its_timed_entries(utc):
+    first = timed_record()
+    again = timed_record(scope="user")
+    record = plan.open_plan(again, first, None, ["5-6"], [], [], hm(12))["record"]
+    assert [e["scope"] for e in record["timed"]] == ["session", "user"]

@@ -23,6 +23,7 @@ class Kernel:
         self.run_dir, self.calls = run_dir, []
         self.fail_add = None
         self.busy = False
+        self.timed = []                 # the timed argument of each add batch
         fp, cg = sessions.fastpath, sessions.cgroups
         monkeypatch.setattr(fp, "add_elements", self.add)
         monkeypatch.setattr(fp, "destroy_elements", self.destroy)
@@ -42,8 +43,9 @@ class Kernel:
         return {"sessions": records.list_sessions(self.run_dir),
                 "users": records.list_users(self.run_dir)}
 
-    def add(self, templates, elements, timeout_ms):
+    def add(self, templates, elements, timeout_ms, timed=None):
         self.calls.append(("add", elements, self.state()))
+        self.timed.append(timed)
         if self.fail_add:
             raise self.fail_add
 
@@ -173,3 +175,83 @@ def test_an_undo_spares_what_another_users_record_holds(kernel, monkeypatch):
     assert op == "destroy"
     assert (0x20).to_bytes(8, sys.byteorder).hex() not in elements.get("ucg-web", [])
     assert records.list_sessions(kernel.run_dir) == []    # finished: nothing pending
+
+
+# ---- rules with `time` ---------------------------------------------------------------
+
+LAB = {"egress": True, "ingress": True, "uid_set": "uid-lab", "ucg_set": "ucg-lab",
+       "scg_set": "scg-lab", "tuid_set": "tuid-lab", "tucg_set": "tucg-lab",
+       "tscg_set": "tscg-lab"}
+TIMED_LOGIN = dict(LOGIN, profiles={"web": PROFILES["web"], "lab": LAB})
+ALWAYS_OPEN = [[0b1111111, 0, 1440]]
+NEVER_OPEN = [[0, 0, 1440]]
+TSCG_KEY = (0x10).to_bytes(8, sys.byteorder).hex()
+
+
+def open_timed(kernel, windows, scope="session", **kw):
+    return sessions.open_session(kernel.run_dir, TIMED_LOGIN, INFO, [], [],
+                                 ppid=os.getpid(),
+                                 timed_rules=((0, scope, ("lab",), windows),), **kw)
+
+
+def test_a_timed_open_records_before_sending_the_open_window(kernel):
+    record = open_timed(kernel, ALWAYS_OPEN)
+    (op, elements, state), = kernel.calls
+    assert op == "add" and elements == {}
+    (timed,) = kernel.timed
+    ms = timed["tscg-lab"][TSCG_KEY]
+    assert 7 * 86400_000 - 5000 < ms <= 7 * 86400_000            # the horizon
+    assert state["sessions"][0]["timed"] == record["timed"]        # recorded first
+
+
+def test_a_login_outside_its_window_is_recorded_with_nothing_sent(kernel):
+    record = open_timed(kernel, NEVER_OPEN)
+    assert kernel.timed == [{}]
+    assert records.list_sessions(kernel.run_dir)[0]["timed"] == record["timed"]
+    sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    op, elements, _ = kernel.calls[-1]
+    assert op == "destroy" and elements == {"tscg-lab": [TSCG_KEY]}
+
+
+def test_a_pending_destroy_spares_a_timed_key_a_live_session_needs(kernel):
+    """Attack: an interrupted close of another session (or gc) would otherwise take a
+    live session's window restriction away while its window is open."""
+    record = open_timed(kernel, ALWAYS_OPEN)
+    pending = dict(record, key="1-2", ppid=1, starttime=2, closing=True,
+                   destroy={"tscg-lab": [TSCG_KEY], "uid-web": ["01000000"]})
+    records.write(records.session_path(kernel.run_dir, "1-2"), pending)
+    collect.gc(kernel.run_dir, mount="/fake")
+    destroyed = [c[1] for c in kernel.calls if c[0] == "destroy"]
+    assert destroyed == [{"uid-web": ["01000000"]}]
+
+
+def test_a_timed_key_no_window_needs_now_is_destroyed_by_a_pending_destroy(kernel):
+    record = open_timed(kernel, NEVER_OPEN)
+    pending = dict(record, key="1-2", ppid=1, starttime=2, closing=True,
+                   destroy={"tscg-lab": [TSCG_KEY]})
+    records.write(records.session_path(kernel.run_dir, "1-2"), pending)
+    collect.gc(kernel.run_dir, mount="/fake")
+    assert [c[1] for c in kernel.calls if c[0] == "destroy"] == [{"tscg-lab": [TSCG_KEY]}]
+
+
+def test_an_undo_takes_back_the_timed_keys_it_sent(kernel, monkeypatch):
+    kernel.fail_add = KernelError("add", 110)            # ETIMEDOUT: maybe applied
+    with pytest.raises(KernelError):
+        open_timed(kernel, ALWAYS_OPEN)
+    op, elements, _ = kernel.calls[-1]
+    assert op == "destroy" and elements == {"tscg-lab": [TSCG_KEY]}
+    assert records.list_sessions(kernel.run_dir) == []
+
+
+def test_a_release_destroys_the_users_timed_keys(kernel):
+    record = open_timed(kernel, ALWAYS_OPEN, scope="user")
+    (user,) = records.list_users(kernel.run_dir)
+    assert user["timed_keys"] == {"tuid-lab": ["e9030000" if sys.byteorder == "little"
+                                               else "000003e9"],
+                                  "tucg-lab": [(0x20).to_bytes(8, sys.byteorder).hex()]}
+    kernel.busy = True
+    sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    assert kernel.calls[-1][1] == {}                     # the user stays: so does its key
+    kernel.busy = False
+    assert sessions.release_user(kernel.run_dir, 1001, mount="/fake") is True
+    assert kernel.calls[-1][1] == user["timed_keys"]
