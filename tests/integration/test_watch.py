@@ -16,6 +16,7 @@ import pytest
 
 from support.livesession import login, logout
 from support.pamsvc import wait_until
+from support.watcher import Watcher
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: netns, cgroups")
 
@@ -49,58 +50,6 @@ while True:
     print(f"{time.time():.4f} {res}", flush=True)
     time.sleep(0.01)
 """
-
-
-class Watcher:
-    """`netfence watch` running in the test's namespace; its stderr in a file."""
-
-    def __init__(self, nf, gc_interval=600):
-        self.nf, self.gc_interval = nf, gc_interval
-        self.log_path = f"{nf.root}/watch.log"
-        self.proc = None
-
-    def start(self):
-        env = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
-        gcs = self.log().count("event=gc")
-        with open(self.log_path, "ab") as log:
-            self.proc = self.nf.netns.popen(
-                self.nf.cli_argv("watch", "--gc-interval", str(self.gc_interval)),
-                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env)
-        wait_until(lambda: self.log().count("event=gc") > gcs, timeout=15,
-                   interval=0.02, what="watch's first gc")
-        return self
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            code = self.proc.wait(timeout=10)
-            self.proc = None
-            return code
-        return None
-
-    def log(self):
-        try:
-            with open(self.log_path, errors="replace") as handle:
-                return handle.read()
-        except FileNotFoundError:
-            return ""
-
-    def wait_line(self, event, count=1, timeout=2):
-        try:
-            wait_until(lambda: len(self.lines(event)) >= count, timeout=timeout,
-                       interval=0.02, what=f"event={event}")
-        except TimeoutError as err:
-            raise AssertionError(f"{err}\n{self.log()}") from None
-
-    def lines(self, event):
-        return [l for l in self.log().splitlines() if f" event={event}" in l]
-
-    def rss_kb(self):
-        with open(f"/proc/{self.proc.pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmRSS")
 
 
 @pytest.fixture
