@@ -19,8 +19,11 @@ class Watcher:
         env = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
         gcs = self.log().count("event=gc")
         with open(self.log_path, "ab") as log:
+            # NF_WATCH_WRAP: e.g. "setpriv --bounding-set=-all,+net_admin
+            # --inh-caps=-all --": the capabilities the systemd unit leaves it
             self.proc = self.nf.netns.popen(
-                self.nf.cli_argv("watch", "--gc-interval", str(self.gc_interval)),
+                os.environ.get("NF_WATCH_WRAP", "").split()
+                + self.nf.cli_argv("watch", "--gc-interval", str(self.gc_interval)),
                 stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env)
         wait_until(lambda: self.log().count("event=gc") > gcs, timeout=15,
                    interval=0.02, what="watch's first gc")
