@@ -95,9 +95,15 @@ def flush_to_enforcement(nf, tries):
                 pass
             started = time.time()
             nf.netns.nft("flush", "ruleset")
+            # from before `nft` started to the first refused probe after one that
+            # passed (the flush took effect): an upper bound, nft's own time included
+            unfenced = False
             while True:
                 stamp, result = prober.stdout.readline().split()
-                if float(stamp) > started and result == "refused":
+                if float(stamp) < started:
+                    continue
+                unfenced = unfenced or result == "ok"
+                if unfenced and result == "refused":
                     out.append(float(stamp) - started)
                     break
             time.sleep(0.2)

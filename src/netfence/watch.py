@@ -4,7 +4,7 @@ Event-driven, one thread, one poll loop (docs/watch.md):
   - nf_tables events of this network namespace (watch_sources.NftEvents): a change to
     table inet netfence's table, chains, rules or sets is checked 50 ms later (events
     of one transaction arrive together), element changes (logins do that) at most
-    once a second; the check is read only and repairs (drift.repair_table, gc's
+    twice a second; the check is read only and repairs (drift.repair_table, gc's
     repair) only when the kernel differs from the snapshot and the records;
   - a pidfd per live session's PAM application, inotify on each session, user and
     `run` tree cgroup's cgroup.events and on run_dir's sessions/, users/ and runs/:
@@ -29,7 +29,7 @@ from .watch_sources import (IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_IGNORED, IN
                             open_pidfd)
 
 TABLE_SETTLE_S = 0.05      # the messages of one transaction arrive within this
-ELEMENT_SETTLE_S = 1.0     # element changes: one check a second at most, however many logins
+ELEMENT_SETTLE_S = 0.5     # element changes: two checks a second at most, however many logins
 EXITED_RETRY_S = 0.02     # first retry after a pidfd fired for a still-unreaped zombie
 EXITED_GIVE_UP_S = 10.0
 DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF

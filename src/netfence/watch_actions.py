@@ -75,7 +75,10 @@ def check_and_repair(paths):
     if drift.ok:
         return None, False
     repair = repair_table(paths)
-    fields = {"event": "repair", "action": repair.action,
+    # "none": the difference was a login or logout between its record and its batch
+    # (repair_table compares again under the records lock)
+    fields = {"event": "repair" if repair.action != "none" else "check-raced",
+              "action": repair.action,
               "problems": "; ".join(drift.problems()) or "-",
               "ms": round((time.monotonic() - started) * 1000, 1)}
     if repair.error:

@@ -28,7 +28,7 @@ NFNLGRP_NFTABLES = 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 RECEIVE_BUFFER = 1 << 20     # a burst of logins fits; beyond it ENOBUFS: check everything
 TABLE_NAME_ATTR = 1          # NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,...}
-NFPROTO_INET = 1
+NFPROTO_INET = nfconst.NFPROTO_INET
 ELEMENT_MESSAGES = frozenset({nfconst.NFT_MSG_NEWSETELEM, nfconst.NFT_MSG_DELSETELEM,
                               nfconst.NFT_MSG_DESTROYSETELEM})
 _NLMSG = struct.Struct("=IHHII")
@@ -73,31 +73,40 @@ class NftEvents:
                 if err.errno == errno.ENOBUFS:
                     return "overflow"
                 raise KernelError("read nf_tables events", err.errno or errno.EIO) from None
-            for kind in self._kinds(data):
-                if kind == "table":
-                    found = "table"
-                elif kind == "elements" and found is None:
-                    found = "elements"
+            kind = event_kind(data, self.table)
+            if kind == "table" or (kind == "elements" and found is None):
+                found = kind
 
-    def _kinds(self, data):
-        offset = 0
-        while offset + _NLMSG.size <= len(data):
-            length, msg_type, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
-            if length < _NLMSG.size:
-                return
-            yield self._kind(msg_type, data[offset + _NLMSG.size:offset + length])
-            offset += (length + 3) & ~3
 
-    def _kind(self, msg_type, payload):
-        if msg_type >> 8 != nfconst.NFNL_SUBSYS_NFTABLES:
-            return None
-        msg = msg_type & 0xFF
-        if msg == nfconst.NFT_MSG_NEWGEN or len(payload) < 4 or payload[0] != NFPROTO_INET:
-            return None
-        name = _first_string_attr(payload[4:], TABLE_NAME_ATTR)
-        if name is not None and name != self.table:
-            return None
-        return "elements" if msg in ELEMENT_MESSAGES else "table"
+def event_kind(data, table):
+    """What the netlink messages in data say about table `table` (bytes) of family
+    inet: "table" (the table, a chain, a rule or a set changed), "elements" (only
+    set elements), or None (nothing of it)."""
+    found = None
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, msg_type, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size or offset + length > len(data):
+            break
+        kind = _message_kind(msg_type, data[offset + _NLMSG.size:offset + length], table)
+        if kind == "table":
+            return kind
+        found = found or kind
+        offset += (length + 3) & ~3
+    return found
+
+
+def _message_kind(msg_type, payload, table):
+    if msg_type >> 8 != nfconst.NFNL_SUBSYS_NFTABLES:
+        return None
+    msg = msg_type & 0xFF
+    if msg == nfconst.NFT_MSG_NEWGEN or len(payload) < 4 or payload[0] != NFPROTO_INET:
+        return None
+    name = _first_string_attr(payload[4:], TABLE_NAME_ATTR)
+    if name is not None and name != table:
+        return None
+    # a message naming no table is taken as ours: checking costs less than missing it
+    return "elements" if msg in ELEMENT_MESSAGES else "table"
 
 
 def _first_string_attr(attrs, wanted):
