@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from . import compiler, fsutil, ir, records, resolve, setkinds, snapshot
 from .errors import GenerationChanged, NetfenceError, PolicyError, StateError
 from .policy import load_policy
+from .timed_apply import desired_timeouts
 
 RETRIES = 5          # under the records lock: only foreign changes can refuse us
 
@@ -81,7 +82,7 @@ def reload(paths):
             previous = None           # unreadable: this reload is what replaces it
         staged = snapshot.stage(paths.state_dir, snap)
         try:
-            outcome = _replace(prepared, paths.run_dir)
+            outcome = _replace(prepared, paths.run_dir, paths.state_dir)
         except BaseException:
             staged.discard()
             raise
@@ -112,11 +113,12 @@ def marker_policy(marker):
     return marker.split(" ", 1)[0] if marker else None
 
 
-def _replace(prepared, run_dir):
-    """Send the table with the records' elements: once optimistically, then under the
-    records lock. Returns (kept, dropped, attempts, seconds the lock was held)."""
+def _replace(prepared, run_dir, state_dir):
+    """Send the table with the records' elements (and the timed elements the records,
+    grants.json and the clock give): once optimistically, then under the records
+    lock. Returns (kept, dropped, attempts, seconds the lock was held)."""
     try:
-        return _attempt(prepared, run_dir) + (1, 0.0)
+        return _attempt(prepared, run_dir, state_dir) + (1, 0.0)
     except (GenerationChanged, _NeedsLock):
         pass
     records.ensure_dirs(run_dir)
@@ -126,7 +128,7 @@ def _replace(prepared, run_dir):
             started = time.monotonic()
             for attempt in range(RETRIES):
                 try:
-                    kept, dropped = _attempt(prepared, run_dir, sockets)
+                    kept, dropped = _attempt(prepared, run_dir, state_dir, sockets)
                 except GenerationChanged:
                     if attempt == RETRIES - 1:
                         raise GenerationChanged(
@@ -146,7 +148,7 @@ class _NeedsLock(Exception):
     """The lock-free attempt cannot be trusted: go straight to the locked one."""
 
 
-def _attempt(prepared, run_dir, sockets=None):
+def _attempt(prepared, run_dir, state_dir, sockets=None):
     """One transaction. sockets: None for the lock-free attempt; under the records
     lock, a list to leave the connection in (the caller closes it after the lock)."""
     from .nftnl import Ruleset
@@ -164,7 +166,11 @@ def _attempt(prepared, run_dir, sockets=None):
         kept = {name: keys for name, keys in live.items() if name in wanted}
         dropped = {name: len(keys) for name, keys in live.items()
                    if name not in wanted and keys}
-        ruleset.replace_table(prepared.table, kept, genid=generation, prepared=prepared)
+        # Timed elements are computed, never recorded: each goes into the new table
+        # with the time it has left (not a fresh timeout, not permanent).
+        timed = desired_timeouts(run_dir, state_dir, prepared.table)
+        ruleset.replace_table(prepared.table, kept, genid=generation, prepared=prepared,
+                              timed=timed)
     finally:
         if sockets is None:
             ruleset.close()
@@ -186,7 +192,7 @@ def _roll_back(previous, renamed, paths):
             done.append("the previous compiled.json was put back")
         previous = snapshot.parse_raw(previous) if previous else None
         if previous and previous.get("table") and not previous.get("flushed"):
-            restore_table(previous, paths.run_dir)
+            restore_table(previous, paths.run_dir, paths.state_dir)
             done.append("the previous table was restored")
         else:
             from .nftnl import Ruleset
@@ -199,14 +205,14 @@ def _roll_back(previous, renamed, paths):
     return "; ".join(done)
 
 
-def restore_table(applied, run_dir):
+def restore_table(applied, run_dir, state_dir):
     """Send the applied snapshot's table with the records' elements (gc's repair).
     Same transaction as reload; returns the number of live elements restored."""
     from .nftnl import PreparedTable
     table = ir.TableDef.from_json(applied["table"])
     prepared = PreparedTable(table, new_marker(applied["policy_id"]),
                              ranges=(applied.get("resolved") or {}).get("sets"))
-    kept, _dropped, _attempts, _held = _replace(prepared, run_dir)
+    kept, _dropped, _attempts, _held = _replace(prepared, run_dir, state_dir)
     return kept
 
 

@@ -7,6 +7,9 @@ import sys
 from . import __version__
 from .apply import Paths
 from .errors import NetfenceError, PolicyError, UsageError
+# grant, restrict, grants, revoke (main finds each cmd_* by its name here)
+from .grants_cli import add_commands as add_grant_commands
+from .grants_cli import cmd_grant, cmd_grants, cmd_restrict, cmd_revoke  # noqa: F401
 
 DEFAULT_HOOK = "/usr/lib/netfence/netfence-hook"
 
@@ -38,6 +41,7 @@ def build_parser():
     commands.add_parser("gc", help="restore a missing or altered table; remove entries of "
                                    "sessions and users that are gone")
     _add_run(commands)
+    add_grant_commands(commands)
     watch = commands.add_parser("watch", help="keep enforcement continuous: restore the "
                                 "table, close ended sessions, follow time windows "
                                 "(docs/watch.md)")
@@ -176,7 +180,7 @@ def cmd_gc(args, paths):
         failed, applied = True, {}
         print(f"gc: snapshot: {err}")
     base = applied.get("settings", {}).get("cgroup_base")
-    report = gc(paths.run_dir, cgroup_base=base)
+    report = gc(paths.run_dir, cgroup_base=base, state_dir=paths.state_dir)
     print(report)
     return 1 if report.errors or failed else 0
 

@@ -4,7 +4,9 @@ gc finishes interrupted opens and closes (records with a pending "destroy"), clo
 sessions whose PAM application is gone, closes `netfence run` trees whose cgroup holds
 no task (runtree.close_tree), releases users with no task left in their user cgroups,
 removes the empty cgroups of netfence's own hierarchy that no record
-uses, and removes temp files a killed writer left. Each step goes through sessions,
+uses, and removes temp files a killed writer left. Then (given the state dir) the
+timed sets are reconciled with what is left (timed_apply.reconcile): a closed
+session's window keys go, a window that opened meanwhile is filled. Each step goes through sessions,
 under the records lock, exactly as the hook's own close would.
 forget_all drops every record once the table is gone.
 
@@ -23,13 +25,14 @@ from .sessions import close_session, finish_session, release_user
 
 class GcReport:
     __slots__ = ("sessions", "users", "trees", "cgroups", "temp_files", "pending",
-                 "errors")
+                 "errors", "timed")
 
     def __init__(self):
         self.sessions, self.users, self.cgroups, self.temp_files = 0, 0, 0, 0
         self.trees = 0
         self.pending = 0
         self.errors = []
+        self.timed = None       # timed_apply.reconcile's result, when it ran
 
     def __str__(self):
         text = (f"gc: {self.sessions} dead sessions closed, {self.users} users released, "
@@ -38,13 +41,20 @@ class GcReport:
             text += f", {self.trees} ended run trees closed"
         if self.pending:
             text += f", {self.pending} interrupted changes finished"
-        return "\n".join([text] + [f"gc: error: {e}" for e in self.errors])
+        lines = [text]
+        if self.timed is not None:
+            lines.append(f"gc: timed entries: {self.timed['added']} added, "
+                         f"{self.timed['refreshed']} refreshed, {self.timed['removed']} "
+                         f"removed")
+        return "\n".join(lines + [f"gc: error: {e}" for e in self.errors])
 
 
-def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=None):
+def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mount=None,
+       state_dir=None):
     """Finish interrupted opens and closes, close sessions whose PAM application is
     gone, release users with no task left in their user cgroups, remove empty cgroups
-    of netfence's own hierarchy that no record uses."""
+    of netfence's own hierarchy that no record uses; with state_dir, reconcile the
+    timed sets with the records left and grants.json."""
     report = GcReport()
     records.ensure_dirs(run_dir)
     try:
@@ -59,6 +69,8 @@ def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mou
     if mount is not None:
         for tree in records.list_runs(run_dir):
             _collect_tree(run_dir, tree, report, timeout_ms, mount)
+    if state_dir is not None:
+        _reconcile_timed(run_dir, state_dir, report, mount)
     if mount is not None:
         report.cgroups += _remove_orphan_cgroups(run_dir, mount, cgroup_base)
     if records.stale_temp_files(run_dir):
@@ -67,6 +79,19 @@ def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mou
                 records.delete(path)
                 report.temp_files += 1
     return report
+
+
+def _reconcile_timed(run_dir, state_dir, report, mount):
+    """After the sessions part (closed sessions need no window keys any more). No
+    policy applied: nothing to do; a missing table or a refusal is an error (gc
+    exits 1), as the table check reports drift."""
+    from .timed_apply import NoPolicyApplied, reconcile
+    try:
+        report.timed = reconcile(run_dir, state_dir, cgroup_mount=mount)
+    except NoPolicyApplied:
+        pass
+    except NetfenceError as err:
+        report.errors.append(f"timed entries: {err}")
 
 
 def _collect_session(run_dir, record, report, timeout_ms, mount):

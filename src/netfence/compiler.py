@@ -17,7 +17,8 @@ from . import formats, ir, nfencode, setkinds
 from .model import LOOPBACK
 from .nfconst import (HOST_ORDER, IP_CT_NEW_STATE_BIT, NETWORK_ORDER, NF_LOG_UID,
                       NFPROTO_IPV4, NFPROTO_IPV6)
-from .setkinds import AGID, AUID, SCG, STATIC_KINDS, SUID, UCG, UID
+from .setkinds import (AGID, AUID, GRANT_KINDS, RUID, SCG, STATIC_KINDS, SUID, TSCG, TUCG,
+                       TUID, UCG, UID, WINDOW_KINDS)
 
 # Register values are compared as the kernel holds them: meta nfproto is one byte,
 # meta oif/iif and ct state are host-order u32 (nfconst), packet fields network order.
@@ -41,9 +42,10 @@ def has_ingress(profile):
 def compile_policy(policy):
     """Return the snapshot dict (JSON-serialisable) for a parsed model.Policy."""
     always = build_always(policy)
+    windowed = windowed_profiles(policy)
     table = build_table(policy.profiles.values(), policy.settings.log_rate,
-                        always["profiles"])
-    login = build_login(policy)
+                        always["profiles"], windowed)
+    login = build_login(policy, windowed)
     body = {"format": formats.SNAPSHOT, "files": list(policy.files),
             "settings": asdict(policy.settings), "table": table.to_json(), "login": login,
             "always": always}
@@ -57,21 +59,57 @@ def compile_policy(policy):
 
 # ---- the table -------------------------------------------------------------------
 
-def build_table(profiles, log_rate=5, always=()):
-    """always: the names of the profiles used at always scope (static sets)."""
-    profiles = list(profiles)
-    # Guard sets first: the union of the profiles' sets, tested first by the base chains.
-    sets = [ir.SetDef(kind.guard, kind.key_type) for kind in setkinds.KINDS]
+def windowed_profiles(policy):
+    """The names of the profiles a login rule with `time` names (they have the
+    time-window sets), in policy order."""
+    names = []
+    for rule in policy.rules:
+        if rule.scope != "always" and rule.time:
+            names += [p for p in rule.profiles if p not in names]
+    return names
+
+
+def timed_kinds_of(profile, windowed=()):
+    """The timed set kinds a profile has: grants always; a restriction when it
+    restricts egress; the window kinds, like the login kinds, each when the profile
+    restricts one of its directions, when a rule with `time` names it."""
+    kinds = list(GRANT_KINDS)
+    if has_egress(profile):
+        kinds.append(RUID)
+    if profile.name in windowed:
+        present = {"egress": has_egress(profile), "ingress": has_ingress(profile)}
+        kinds += [k for k in WINDOW_KINDS if any(present[d] for d in k.directions)]
+    return kinds
+
+
+def _set_def(kind, name):
+    return ir.SetDef(name, kind.key_type, interval=kind.interval, timeout=kind.timeout)
+
+
+def _guard_sets(profiles, always, windowed):
+    """The guards: the union of the profiles' sets, tested first by the base chains.
+    A timed kind's guard exists when one of its profile sets does."""
+    sets = [_set_def(kind, kind.guard) for kind in setkinds.KINDS]
     if always:
-        sets += [ir.SetDef(kind.guard, kind.key_type, interval=kind.interval)
-                 for kind in STATIC_KINDS]
+        sets += [_set_def(kind, kind.guard) for kind in STATIC_KINDS]
+    timed = {k for p in profiles for k in timed_kinds_of(p, windowed)}
+    sets += [_set_def(kind, kind.guard) for kind in WINDOW_KINDS + (RUID,)
+             if kind in timed]
+    return sets
+
+
+def build_table(profiles, log_rate=5, always=(), windowed=()):
+    """always: the names of the profiles used at always scope (static sets);
+    windowed: those named by a login rule with `time` (time-window sets)."""
+    profiles = list(profiles)
+    sets = _guard_sets(profiles, always, windowed)
     chains, rules = [], []
     for profile in profiles:
-        sets += [ir.SetDef(kind.set_name(profile.name), kind.key_type)
-                 for kind in setkinds.KINDS]
+        sets += [_set_def(kind, kind.set_name(profile.name)) for kind in setkinds.KINDS]
         if profile.name in always:
-            sets += [ir.SetDef(kind.set_name(profile.name), kind.key_type,
-                               interval=kind.interval) for kind in STATIC_KINDS]
+            sets += [_set_def(kind, kind.set_name(profile.name)) for kind in STATIC_KINDS]
+        sets += [_set_def(kind, kind.set_name(profile.name))
+                 for kind in timed_kinds_of(profile, windowed)]
         if profile.log:
             chains += [ir.ChainDef(f"deny-{profile.name}"), ir.ChainDef(f"reject-{profile.name}")]
             rules += _log_chain_rules(profile.name, log_rate)
@@ -81,7 +119,7 @@ def build_table(profiles, log_rate=5, always=()):
                 chain = _profile_chain(profile.name, direction)
                 chains.append(ir.ChainDef(chain))
                 rules += _profile_rules(profile, direction, chain)
-    dispatch_chains, dispatch_rules = _dispatch(profiles, always)
+    dispatch_chains, dispatch_rules = _dispatch(profiles, always, windowed)
     chains += dispatch_chains
     rules += dispatch_rules
     return ir.TableDef(sets=tuple(sets), chains=tuple(chains), rules=tuple(rules))
@@ -91,7 +129,7 @@ def _profile_chain(name, direction):
     return ("out-" if direction == "egress" else "in-") + name
 
 
-def _dispatch(profiles, always=()):
+def _dispatch(profiles, always=(), windowed=()):
     """Base chains test the guard sets; only keys found there go on to the per-profile
     tests. Per packet: two lookups for traffic netfence does not restrict, whatever the
     number of profiles or sessions (five on egress with always rules: the guards of
@@ -100,15 +138,22 @@ def _dispatch(profiles, always=()):
     egress = [p for p in profiles if has_egress(p)]
     ingress = [p for p in profiles if has_ingress(p)]
     static = [p for p in egress if p.name in always]
+    timed_egress = [p for p in egress if p.name in windowed]
+    timed_ingress = [p for p in ingress if p.name in windowed]
     new = (("ct", "state"), ("bitwise", CT_STATE_NEW, NO_BITS), ("cmp", "neq", NO_BITS))
     plan = [  # (base chain, extra tests, set kind, sub-chain, profiles, direction)
         ("egress", (), AUID, "egress-always-uid", static, "egress"),
         ("egress", (), SUID, "egress-always-single", static, "egress"),
         ("egress", (), AGID, "egress-always-gid", static, "egress"),
+        ("egress", (), RUID, "egress-restrict", egress, "egress"),
         ("egress", (), UID, "egress-uid", egress, "egress"),
         ("egress", (), SCG, "egress-session", egress, "egress"),
+        ("egress", (), TUID, "egress-tuid", timed_egress, "egress"),
+        ("egress", (), TSCG, "egress-tsession", timed_egress, "egress"),
         ("ingress", new, UCG, "ingress-user", ingress, "ingress"),
         ("ingress", new, SCG, "ingress-session", ingress, "ingress"),
+        ("ingress", new, TUCG, "ingress-tuser", timed_ingress, "ingress"),
+        ("ingress", new, TSCG, "ingress-tsession", timed_ingress, "ingress"),
     ]
     chains, rules = [], []
     for base, tests, kind, sub, members, direction in plan:
@@ -156,7 +201,10 @@ def _log_chain_rules(name, log_rate):
 def _profile_rules(profile, direction, chain):
     net_rules = profile.egress if direction == "egress" else profile.ingress
     default = profile.egress_default if direction == "egress" else profile.ingress_default
-    rules = []
+    rules = [ir.RuleDef(chain, _key_load(kind) + (("lookup", kind.set_name(profile.name)),
+                                                  ("verdict", "return")),
+                        f"{profile.name} {direction} grant")
+             for kind in GRANT_KINDS if direction in kind.directions]
     for number, net_rule in enumerate(net_rules, 1):
         comment = f"{profile.name} {direction} rule {number}"
         verdict = _verdict(profile, net_rule.action, net_rule.protos)
@@ -236,16 +284,22 @@ def _port_match(port):
 
 # ---- the login part --------------------------------------------------------------
 
-def build_login(policy):
-    profiles = {}
+def build_login(policy, windowed=()):
+    """The login part. A profile named by a rule with `time` also names its
+    time-window sets (tuid_set, ...: only those the table has), and "guards" the
+    window kinds' guards that exist: the hook adds only to sets that exist."""
+    profiles, guards = {}, setkinds.guards()
     for profile in policy.profiles.values():
+        kinds = [k for k in timed_kinds_of(profile, windowed) if k in WINDOW_KINDS]
+        window = {k.field: k.set_name(profile.name) for k in kinds}
+        guards.update({k.field: k.guard for k in kinds})
         profiles[profile.name] = {"egress": has_egress(profile),
                                   "ingress": has_ingress(profile),
-                                  **setkinds.profile_sets(profile.name)}
+                                  **setkinds.profile_sets(profile.name), **window}
     # Always rules are resolved at reload, not matched at login.
     rules = [_login_rule(rule) for rule in policy.rules if rule.scope != "always"]
     return {"format": formats.LOGIN, "policy_id": "", "settings": asdict(policy.settings),
-            "profiles": profiles, "guards": setkinds.guards(), "rules": rules}
+            "profiles": profiles, "guards": guards, "rules": rules}
 
 
 def build_always(policy):

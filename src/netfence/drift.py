@@ -12,9 +12,10 @@ content differs is replaced whole, flushed and filled in one transaction.
 """
 
 import errno
+import time
 from dataclasses import dataclass, field
 
-from . import ir, records, resolve, snapshot
+from . import ir, records, resolve, snapshot, timed_apply
 from .apply import log_event, marker_policy, restore_table, state_lock
 from .errors import KernelError, NetfenceError, StateError
 from .plan import subtract
@@ -31,12 +32,14 @@ class Drift:
     login_policy: str = ""            # login.marshal's policy id when it is not compiled.json's
     static_missing: dict = field(default_factory=dict)  # interval set -> elements missing
     static_extra: dict = field(default_factory=dict)    # interval set -> elements not resolved
+    timed_missing: dict = field(default_factory=dict)   # timed set -> desired keys missing
+    timed_extra: dict = field(default_factory=dict)     # timed set -> keys not desired
 
     @property
     def ok(self):
         return not (self.table_missing or self.altered or self.missing_elements
                     or self.leaked_elements or self.login_policy or self.static_missing
-                    or self.static_extra)
+                    or self.static_extra or self.timed_missing or self.timed_extra)
 
     def problems(self):
         out = []
@@ -60,6 +63,11 @@ class Drift:
         if self.leaked_elements:
             out.append("entries without a session record: " + ", ".join(
                 f"{n} in {s}" for s, n in sorted(self.leaked_elements.items())))
+        if self.timed_missing or self.timed_extra:
+            out.append("timed entries differ from the records, grants and clock: " + ", ".join(
+                f"{s} ({self.timed_missing.get(s, 0)} missing, "
+                f"{self.timed_extra.get(s, 0)} not due)"
+                for s in sorted(set(self.timed_missing) | set(self.timed_extra))))
         return out
 
     def as_dict(self):
@@ -69,6 +77,8 @@ class Drift:
                 "leaked_elements": dict(self.leaked_elements),
                 "static_missing": dict(self.static_missing),
                 "static_extra": dict(self.static_extra),
+                "timed_missing": dict(self.timed_missing),
+                "timed_extra": dict(self.timed_extra),
                 "login_policy": self.login_policy or None,
                 "problems": self.problems()}
 
@@ -106,7 +116,23 @@ def check_table(applied, run_dir, ruleset, state_dir=None):
     add, remove = static_drift(table, applied, ruleset)
     drift.static_missing = {s: len(items) for s, items in add.items()}
     drift.static_extra = {s: len(items) for s, items in remove.items()}
+    if state_dir is not None:
+        add, remove = timed_drift(table, run_dir, state_dir, ruleset)
+        drift.timed_missing = {s: len(keys) for s, keys in add.items()}
+        drift.timed_extra = {s: len(keys) for s, keys in remove.items()}
     return drift
+
+
+def timed_drift(table, run_dir, state_dir, ruleset, now=None):
+    """(missing, extra) keys {set: [hex key]} of the timed sets against what the
+    records, grants.json and the clock want (timed_apply.key_drift: keys about to
+    change are left out). Expiries are reconcile's business, not drift's."""
+    now = time.time() if now is None else now
+    sets = {s.name for s in table.sets if s.timeout}
+    if not sets:
+        return {}, {}
+    want = timed_apply.desired_now(run_dir, state_dir, now, sets)
+    return timed_apply.key_drift(want, ruleset.read_expiries(sets, table.name), now)
 
 
 def static_drift(table, applied, ruleset):
@@ -146,7 +172,8 @@ def static_replacements(wanted, missing, extra):
 def element_drift(table, run_dir, ruleset):
     """(missing, unrecorded): the elements the records need that the kernel lacks, and
     those the kernel holds without a record, as {set: [hex key]}."""
-    wanted = {s.name for s in table.sets if not is_static(s.name)}   # no records: always
+    # no records: always rules' sets (resolved) and timed sets (computed)
+    wanted = {s.name for s in table.sets if not (is_static(s.name) or s.timeout)}
     need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
     have = {s: k for s, k in ruleset.read_elements(table.name).items() if s in wanted}
     return (subtract(need, _as_sets(have)), subtract(have, _as_sets(need)))
@@ -187,6 +214,7 @@ class Repair:
     unresolved: list = field(default_factory=list)  # names NSS lost since they resolved
     narrower: list = field(default_factory=list)    # sets NSS lists narrower: kept
     widen_error: str = ""      # resolving again or applying it failed (table repaired)
+    timed: dict = field(default_factory=dict)       # timed_apply.reconcile's result
 
     @property
     def failed(self):
@@ -235,6 +263,10 @@ class Repair:
             if self.static_added or self.static_removed:
                 text += (f"; always rules' ranges: {self.static_added} elements added, "
                          f"{self.static_removed} removed")
+            if self.timed:
+                text += (f"; timed entries: {self.timed['added']} added, "
+                         f"{self.timed['refreshed']} refreshed, "
+                         f"{self.timed['removed']} removed")
             return text
         if not self.drift.applied:
             return "gc: table: no policy applied"
@@ -279,7 +311,7 @@ def _repair_drift(repair, applied, paths):
     """Make the kernel what the applied snapshot and the records say."""
     drift = repair.drift
     if drift.table_missing or drift.altered:
-        repair.restored_elements = restore_table(applied, paths.run_dir)
+        repair.restored_elements = restore_table(applied, paths.run_dir, paths.state_dir)
         repair.action = "restored"
     elif drift.missing_elements or drift.leaked_elements:
         # Compared again under the records lock: what looked missing or leaked
@@ -287,8 +319,10 @@ def _repair_drift(repair, applied, paths):
         repair.added, repair.removed = _fix_elements(applied, paths.run_dir)
     if drift.static_missing or drift.static_extra:
         repair.static_added, repair.static_removed = _fix_ranges(applied)
+    if repair.action != "restored" and (drift.timed_missing or drift.timed_extra):
+        repair.timed = timed_apply.reconcile(paths.run_dir, paths.state_dir)
     if repair.action == "none" and (repair.added or repair.removed or repair.static_added
-                                    or repair.static_removed):
+                                    or repair.static_removed or repair.timed):
         repair.action = "elements"
 
 

@@ -4,7 +4,7 @@ import pwd
 import time
 from datetime import datetime
 
-from . import ir, render, resolve
+from . import ir, render, resolve, timed
 from .accounts import group_names
 from .apply import compile_from
 from .errors import UsageError
@@ -20,7 +20,8 @@ def explain(paths, user, service, rhost, tty, at):
     except KeyError:
         raise UsageError(f"no such user: {user!r}") from None
     groups = group_names(entry.pw_name, entry.pw_gid)
-    weekday, minute = parse_when(at)
+    when = parse_when(at)
+    weekday, minute = _clock(when)
     _, snap = compile_from(paths)
     login = snap["login"]
     facts = LoginFacts(user=entry.pw_name, uid=entry.pw_uid, groups=groups,
@@ -32,6 +33,7 @@ def explain(paths, user, service, rhost, tty, at):
              f"{minute // 60:02d}:{minute % 60:02d}"]
     lines += _matched_rules(login, decision)
     lines += _scopes(entry.pw_uid, decision)
+    lines += _timed_lines(login, decision, when)
     always = _always_lines(snap["always"], entry)
     lines += always
     if not decision.empty or always:
@@ -44,21 +46,36 @@ def explain(paths, user, service, rhost, tty, at):
 
 
 def parse_when(text):
-    """(weekday 0=Monday, minute of day) for "Mo 09:30", "2026-12-01 09:30", "09:30"."""
+    """The epoch of --at: "Mo 09:30" (that day of the current week, today or after),
+    "2026-12-01 09:30", "09:30" (today); None: now."""
     if text is None:
-        now = time.localtime()
-        return now.tm_wday, now.tm_hour * 60 + now.tm_min
+        return time.time()
     parts = text.split()
+    today = datetime.now().replace(second=0, microsecond=0)
     if len(parts) == 2 and parts[0][:2].capitalize() in DAYS and len(parts[0]) <= 3:
-        return DAYS.index(parts[0][:2].capitalize()), _minute(parts[1], text)
+        ahead = (DAYS.index(parts[0][:2].capitalize()) - today.weekday()) % 7
+        return _at_minute(today, ahead, _minute(parts[1], text))
     if len(parts) == 1 and ":" in text and "-" not in text:
-        return time.localtime().tm_wday, _minute(text, text)
+        return _at_minute(today, 0, _minute(text, text))
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise UsageError(f'--at {text!r}: expected "Mo 09:30", "2026-12-01 09:30" '
                          f'or "09:30"') from None
-    return moment.weekday(), moment.hour * 60 + moment.minute
+    return moment.timestamp()
+
+
+def _at_minute(day, days_ahead, minute):
+    """The epoch of local minute `minute` of the day days_ahead after `day` (mktime
+    normalises the day overflow and DST)."""
+    return time.mktime((day.year, day.month, day.day + days_ahead, minute // 60,
+                        minute % 60, 0, 0, 0, -1))
+
+
+def _clock(epoch):
+    """(weekday 0=Monday, minute of day) of an epoch, in local time."""
+    lt = time.localtime(epoch)
+    return lt.tm_wday, lt.tm_hour * 60 + lt.tm_min
 
 
 def _minute(clock, text):
@@ -73,7 +90,8 @@ def _minute(clock, text):
 
 def _matched_rules(login, decision):
     if not decision.matched:
-        return ["matching rules: none: this login gets no restrictions"]
+        return [] if decision.timed else [
+            "matching rules: none: this login gets no restrictions"]
     by_index = {rule["index"]: rule for rule in login["rules"]}
     lines = ["matching rules:"]
     for index in decision.matched:
@@ -81,6 +99,39 @@ def _matched_rules(login, decision):
         lines.append(f"  rule {index + 1} ({rule['where']}): scope {rule['scope']}, "
                      f"profiles {', '.join(rule['profiles'])}")
     return lines
+
+
+def _timed_lines(login, decision, when):
+    """Each matching rule with `time`: its profiles apply while a window is open
+    (the kernel's timed sets); open at `when` and until when, or when it next opens."""
+    by_index = {rule["index"]: rule for rule in login["rules"]}
+    lines = []
+    for index, scope, profiles, windows in decision.timed:
+        head = (f"  rule {index + 1} ({by_index[index]['where']}): scope {scope}, "
+                f"profiles {', '.join(profiles)}, {_windows_text(windows)}: ")
+        until = timed.open_until(windows, when)
+        if until is not None:
+            lines.append(head + f"window open at that time, until {_show(until)}")
+            continue
+        opens = timed.next_opening(windows, when)
+        lines.append(head + "window closed at that time, " + (
+            f"next opens {_show(opens)}" if opens else
+            f"opens not within {timed.HORIZON_DAYS} days"))
+    if lines:
+        lines.insert(0, "time windows (these profiles apply only while a window is open):")
+    return lines
+
+
+def _windows_text(windows):
+    def days(mask):
+        return ",".join(DAYS[d] for d in range(7) if mask >> d & 1)
+    return " ".join(f"{days(mask)} {start // 60:02d}:{start % 60:02d}-"
+                    f"{end // 60:02d}:{end % 60:02d}" for mask, start, end in windows)
+
+
+def _show(epoch):
+    weekday, _minute = _clock(epoch)
+    return f"{DAYS[weekday]} " + time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
 
 
 def _scopes(uid, decision):
@@ -118,6 +169,7 @@ def _always_lines(always, entry):
 def _chains(snap, decision):
     table = ir.TableDef.from_json(snap["table"])
     wanted = set(decision.user_profiles) | set(decision.session_profiles)
+    wanted |= {p for _index, _scope, profiles, _windows in decision.timed for p in profiles}
     wanted |= set(snap["always"]["profiles"])
     names = {f"{prefix}-{p}" for p in wanted for prefix in ("out", "in", "deny", "reject")}
     lines = ["nftables rules (table inet netfence); a connection passes only if every "

@@ -27,7 +27,9 @@ The rule (docs/architecture.md, "File formats"):
 Light on purpose: the hook imports it.
 """
 
-SNAPSHOT = 2        # 2: always rules (scope, uids, static interval sets, resolved)
-LOGIN = 1
+SNAPSHOT = 3        # 2: always rules (scope, uids, static interval sets, resolved)
+                    # 3: timed sets (flags timeout): time windows, grants, restrictions
+LOGIN = 2           # 2: a rule with `time` adds to the time-window sets while its
+                    # window is open (a format 1 hook would apply it permanently or not)
 TEMPLATES = 1
 RECORDS = 1

@@ -36,6 +36,7 @@ class SetDef:
     name: str
     key: str              # a setkinds.KEY_TYPES name (an nftables datatype)
     interval: bool = False  # ranges (NFT_SET_INTERVAL): keys big-endian, start/end
+    timeout: bool = False   # NFT_SET_TIMEOUT: every element carries a kernel timeout
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from . import ir, nftnl_dump as dump, nftnl_msg as m
 from . import nfconst as nf
 from .errors import GenerationChanged, KernelError
 from .nftnl_batch import (Batch, PreparedTable, add_element_messages, add_static_replacement,
-                          encode_batch)
+                          add_timed_messages, encode_batch)
 from .nftnl_drift import differences, expected_summary
 from .nftnl_sock import AcksLost, Connection, DumpInterrupted
 
@@ -143,11 +143,23 @@ class Ruleset:
             for name in dump.set_names(table, self._raw_sets(table)) if name in wanted}
             if self.table_exists(table) else {})
 
+    def read_expiries(self, names, table=TABLE_NAME):
+        """set name -> {hex key: ms left} of the named timed sets (absent sets left
+        out; a key without a timeout: None), read consistently; {} without a table."""
+        wanted = set(names)
+        return self._consistent(lambda: {
+            name: dump.set_expiries(self._raw_elements(table, name))
+            for name in dump.set_names(table, self._raw_sets(table)) if name in wanted}
+            if self.table_exists(table) else {})
+
     def _set_keys(self, table, name, with_flags=False):
-        return dump.set_keys(self._dump(
+        return dump.set_keys(self._raw_elements(table, name), with_flags)
+
+    def _raw_elements(self, table, name):
+        return self._dump(
             m.SetElemMsg, nf.NFT_MSG_GETSETELEM,
             [('NFTA_SET_ELEM_LIST_TABLE', table), ('NFTA_SET_ELEM_LIST_SET', name)],
-            f"list elements of set {name}", raw=True), with_flags)
+            f"list elements of set {name}", raw=True)
 
     def _table(self, table):
         if not self.table_exists(table):
@@ -167,8 +179,9 @@ class Ruleset:
 
     # -- writes --
 
-    def replace_table(self, table, elements, genid=None, prepared=None):
-        """Replace the whole table (and put `elements` in its sets) in one transaction.
+    def replace_table(self, table, elements, genid=None, prepared=None, timed=None):
+        """Replace the whole table (and put `elements` in its sets, `timed` ({set:
+        {hex key: ms}}) in its timed sets) in one transaction.
 
         With `genid`, the kernel refuses the transaction if the ruleset changed since
         that generation was read: GenerationChanged. `prepared`: a PreparedTable of
@@ -185,7 +198,7 @@ class Ruleset:
             delete = "destroy"
         else:
             delete = "delete" if self.table_exists(prepared.table.name) else None
-        messages = prepared.messages(elements, genid, delete)
+        messages = prepared.messages(elements, genid, delete, timed)
         try:
             self._conn.batch(f"replace table inet {prepared.table.name}", messages)
         except AcksLost:
@@ -203,6 +216,18 @@ class Ruleset:
     def destroy_elements(self, elements, table=TABLE_NAME):
         """Remove elements; absent ones are not an error (NFT_MSG_DESTROYSETELEM)."""
         self._element_batch(elements, table, nf.NFT_MSG_DESTROYSETELEM, "destroy")
+
+    def set_timed(self, destroy, add, table=TABLE_NAME):
+        """One transaction: destroy `destroy` ({set: [hex key]}; absent keys are no
+        error), then add `add` ({set: {hex key: timeout ms}}). A key in both gets
+        exactly its new timeout (a NEWSETELEM alone may keep a longer one); a packet
+        sees the old element or the new one, never none."""
+        batch = Batch(self._conn.next_seq)
+        add_element_messages(batch, table, destroy, nf.NFT_MSG_DESTROYSETELEM, "destroy")
+        add_timed_messages(batch, table, add)
+        messages = batch.finish()
+        if len(messages) > 2:
+            self._conn.batch(f"set timed elements in table inet {table}", messages)
 
     def replace_static(self, contents, table=TABLE_NAME):
         """One transaction: each static set of `contents` ({set: [(key bytes,

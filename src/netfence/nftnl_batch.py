@@ -12,7 +12,7 @@ import itertools
 from . import nftnl_msg as m, setkinds
 from . import nfconst as nf
 from .nfencode import (element_list_message, interval_list_message, nft_message,
-                       set_flush_message, static_elements)
+                       set_flush_message, static_elements, timed_list_message)
 from .nftnl_expr import encode_expr, rule_body
 
 HOOKS = {"prerouting": nf.NF_INET_PRE_ROUTING, "input": nf.NF_INET_LOCAL_IN,
@@ -124,9 +124,10 @@ class PreparedTable:
         self.body = body.messages
         self.next_seq = seq_base + 2 + len(self.body)
 
-    def messages(self, elements, genid=None, delete="destroy"):
-        """The whole transaction, BEGIN to END, with `elements` in the new sets and
-        the ranges in its interval sets."""
+    def messages(self, elements, genid=None, delete="destroy", timed=None):
+        """The whole transaction, BEGIN to END, with `elements` in the new sets, the
+        ranges in its interval sets and `timed` ({set: {hex key: ms}}, timed.py's
+        elements with the time each has left) in its timed sets."""
         name = self.table.name
         begin = self.seq_base
         out = [("begin transaction",
@@ -148,6 +149,8 @@ class PreparedTable:
                                       sets[set_name].interval)
             for set_name, items in self.ranges.items() if set_name in sets and items},
             nf.NFT_MSG_NEWSETELEM, "add")
+        add_timed_messages(tail, name, {k: v for k, v in (timed or {}).items()
+                                        if k in wanted and sets[k].timeout})
         return out + tail.finish()
 
 
@@ -157,7 +160,8 @@ def _set_attrs(table_name, set_def, set_id):
     # without it. KEYBYTEORDER=host: without it `nft list` prints keys byte-swapped.
     # An interval set keeps the same userdata as nft writes for it (key byte order
     # host: nft converts its big-endian keys back for `nft list`).
-    flags = nf.NFT_SET_INTERVAL if set_def.interval else nf.NFT_SET_FLAGS_NONE
+    flags = ((nf.NFT_SET_INTERVAL if set_def.interval else nf.NFT_SET_FLAGS_NONE)
+             | (nf.NFT_SET_TIMEOUT if set_def.timeout else nf.NFT_SET_FLAGS_NONE))
     return [('NFTA_SET_TABLE', table_name), ('NFTA_SET_NAME', set_def.name),
             ('NFTA_SET_FLAGS', flags), ('NFTA_SET_KEY_TYPE', key_type),
             ('NFTA_SET_KEY_LEN', key_len), ('NFTA_SET_ID', set_id),
@@ -229,6 +233,17 @@ def add_element_messages(batch, table_name, elements, msg_type, verb):
                                         [bytes.fromhex(k) for k in chunk])
             batch.messages.append((f"{verb} {len(chunk)} element(s) of set {set_name}",
                                    data, seq))
+
+
+def add_timed_messages(batch, table_name, elements):
+    """Queue NEWSETELEM messages of timed elements ({set: {hex key: timeout ms}})."""
+    for set_name, keys in elements.items():
+        items = sorted(keys.items())
+        for start in range(0, len(items), ELEMENTS_PER_MESSAGE):
+            chunk = [(bytes.fromhex(k), ms) for k, ms in items[start:start + ELEMENTS_PER_MESSAGE]]
+            seq = batch.next_seq()
+            batch.messages.append((f"add {len(chunk)} timed element(s) of set {set_name}",
+                                   timed_list_message(seq, table_name, set_name, chunk), seq))
 
 
 def add_interval_messages(batch, table_name, elements, msg_type, verb):

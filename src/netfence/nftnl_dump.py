@@ -62,7 +62,10 @@ def table_of(table, set_msgs, chain_msgs, rule_msgs):
 def _decode_set(msg):
     key_type = m.attr(msg, 'NFTA_SET_KEY_TYPE')
     key = KEY_TYPE_NAMES.get(key_type, f"type-{key_type}")
-    return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key=key)
+    flags = m.attr(msg, 'NFTA_SET_FLAGS') or 0
+    return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key=key,
+                     interval=bool(flags & nf.NFT_SET_INTERVAL),
+                     timeout=bool(flags & nf.NFT_SET_TIMEOUT))
 
 
 def _decode_chain(msg):
@@ -94,10 +97,8 @@ def set_names(table, raw_sets):
     return names
 
 
-def set_keys(raw_elements, with_flags=False):
-    """[hex key] of one set, from its raw GETSETELEM dump; with_flags: [(hex key,
-    is_end)], for interval sets (NFT_SET_ELEM_INTERVAL_END)."""
-    keys = []
+def _element_attrs(raw_elements):
+    """(key hex, {attribute type: bytes}) of every element of a raw GETSETELEM dump."""
     for raw in raw_elements:
         for kind, items in m.iter_attrs(raw, m.ATTRS_OFFSET):
             if kind != nf.NFTA_SET_ELEM_LIST_ELEMENTS:
@@ -107,15 +108,30 @@ def set_keys(raw_elements, with_flags=False):
                     continue
                 attrs = m.parse_attrs(item, 0)
                 key = attrs.get(nf.NFTA_SET_ELEM_KEY)
-                if key is not None:
-                    value = m.parse_attrs(key, 0).get(nf.NFTA_DATA_VALUE)
-                    if value is not None and with_flags:
-                        flags = int.from_bytes(attrs.get(nf.NFTA_SET_ELEM_FLAGS, bytes(4)),
-                                               "big")
-                        keys.append((value.hex(), bool(flags & nf.NFT_SET_ELEM_INTERVAL_END)))
-                    elif value is not None:
-                        keys.append(value.hex())
-    return keys
+                value = m.parse_attrs(key, 0).get(nf.NFTA_DATA_VALUE) if key else None
+                if value is not None:
+                    yield value.hex(), attrs
+
+
+def set_keys(raw_elements, with_flags=False):
+    """[hex key] of one set, from its raw GETSETELEM dump; with_flags: [(hex key,
+    is_end)], for interval sets (NFT_SET_ELEM_INTERVAL_END)."""
+    if not with_flags:
+        return [key for key, _attrs in _element_attrs(raw_elements)]
+    return [(key, bool(_be32(attrs.get(nf.NFTA_SET_ELEM_FLAGS, bytes(4)))
+                       & nf.NFT_SET_ELEM_INTERVAL_END))
+            for key, attrs in _element_attrs(raw_elements)]
+
+
+def set_expiries(raw_elements):
+    """{hex key: ms until the kernel removes it} of one timed set, from its raw
+    GETSETELEM dump (NFTA_SET_ELEM_EXPIRATION: the time left, not the timeout it was
+    added with); None for an element without a timeout (added by hand: never ours)."""
+    out = {}
+    for key, attrs in _element_attrs(raw_elements):
+        left = attrs.get(nf.NFTA_SET_ELEM_EXPIRATION)
+        out[key] = _be64(left) if left is not None else None
+    return out
 
 
 def rule_attrs(table, raw_rules):

@@ -30,8 +30,10 @@ def render_set(set_def, keys=()):
         raise ValueError(f"cannot render set key type {set_def.key!r}")
     """keys: hex keys, or [low, high] ranges (a static set's resolution, resolve.py)."""
     lines = [f"\tset {set_def.name} {{", f"\t\ttype {set_def.key}"]
-    if set_def.interval:
-        lines.append("\t\tflags interval")
+    flags = [name for name, on in (("interval", set_def.interval),
+                                   ("timeout", set_def.timeout)) if on]
+    if flags:
+        lines.append(f"\t\tflags {','.join(flags)}")
     if keys:
         shown = ", ".join(render_key(set_def.key, k) if isinstance(k, str) else _render_range(k)
                           for k in keys)

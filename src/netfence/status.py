@@ -1,9 +1,10 @@
 """`netfence status`: the table's state, from the kernel and the session records."""
 
+import pwd
 import time
 
 from . import records, resolve
-from .setkinds import SCG, UCG, UID, key_number
+from .setkinds import SCG, SESSION_LEVEL, TIMED_KINDS, UCG, UID, USER_LEVEL, key_number
 from .snapshot import read_snapshot
 
 
@@ -11,17 +12,23 @@ def collect(paths):
     from .drift import check_steadily
     from .nftnl import Ruleset
     applied = read_snapshot(paths.state_dir) or {}
+    timed_sets = [s["name"] for s in (applied.get("table") or {}).get("sets", [])
+                  if s.get("timeout")]
     with Ruleset() as ruleset:
         present = ruleset.table_exists()
         elements = ruleset.read_elements() if present else {}
         counters = ruleset.read_counters() if present else []
+        expiries = ruleset.read_expiries(timed_sets) if present else {}
     drift = check_steadily(applied, paths)
+    entries = timed_entries(expiries, paths.run_dir, time.time())
     profiles = {}
     for name in (applied.get("login") or {}).get("profiles", {}):
         profiles[name] = {
             "uids": sorted(key_number(k) for k in elements.get(UID.set_name(name), [])),
             "user_cgroups": len(elements.get(UCG.set_name(name), [])),
             "session_cgroups": len(elements.get(SCG.set_name(name), [])),
+            "timed": {s: [e for e in entries if e["set"] == s] for s in timed_sets
+                      if any(s == kind.set_name(name) for kind in TIMED_KINDS)},
         }
     return {
         "table": present,
@@ -29,6 +36,7 @@ def collect(paths):
         "flushed": bool(applied.get("flushed")),
         "profiles": profiles,
         "sessions": records.list_sessions(paths.run_dir),
+        "timed": entries,
         "trees": _trees(paths),
         "counters": [{"chain": c, "rule": r, "packets": p, "bytes": b}
                      for c, r, p, b in counters],
@@ -36,6 +44,59 @@ def collect(paths):
         "drift": drift.as_dict(),
         "fix": _fix(drift),
     }
+
+
+def timed_entries(expiries, run_dir, now):
+    """Every element of the timed sets the kernel holds (guards aside: they mirror
+    the profile sets), as {"set", "key", "who", "expires_in" (seconds, None: no
+    timeout), "expires_at"}, soonest first."""
+    live = records.list_sessions(run_dir) + records.list_runs(run_dir)
+    out = []
+    for set_name, keys in sorted(expiries.items()):
+        kind = next((k for k in TIMED_KINDS if set_name.startswith(k.prefix)), None)
+        if kind is None:
+            continue
+        for key, left_ms in keys.items():
+            left = None if left_ms is None else left_ms / 1000
+            out.append({"set": set_name, "key": key_number(key),
+                        "who": _who(kind.level, key_number(key), live),
+                        "expires_in": left,
+                        "expires_at": None if left is None else round(now + left, 3)})
+    return sorted(out, key=lambda e: (e["expires_in"] is None, e["expires_in"] or 0,
+                                      e["set"], e["key"]))
+
+
+def _who(level, number, live):
+    """A timed key as the admin knows it: the user of a uid, the session (or run
+    tree) of a session cgroup, the user of a user cgroup."""
+    if level is None:
+        try:
+            return f"user {pwd.getpwuid(number).pw_name} (uid {number})"
+        except KeyError:
+            return f"uid {number}"
+    if level == SESSION_LEVEL:
+        for record in live:
+            if record.get("cgroup_id") == number:
+                noun = "run tree" if record.get("kind") == "run" else "session"
+                return f"{noun} {record['key']} of {record.get('user', '?')}"
+    if level == USER_LEVEL:
+        for record in live:
+            if record.get("user_cgroup_id") == number:
+                return f"user {record.get('user', '?')} (user cgroup {number})"
+    return f"cgroup {number} (no live record)"
+
+
+def format_expiry(left, at):
+    """"expires in 2m59s (20:00:00)"; a date when it is not within a day."""
+    if left is None:
+        return "no timeout (not set by netfence)"
+    seconds = max(0, int(left))
+    parts = [(seconds // 86400, "d"), (seconds // 3600 % 24, "h"),
+             (seconds // 60 % 60, "m"), (seconds % 60, "s")]
+    shown = "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
+    clock = time.strftime("%H:%M:%S" if seconds < 86400 else "%Y-%m-%d %H:%M:%S",
+                          time.localtime(at))
+    return f"expires in {shown} ({clock})"
 
 
 def always_part(applied):
@@ -90,6 +151,11 @@ def format_text(state):
         lines.append(f"profile {name}: uids {uids}; user cgroups {info['user_cgroups']}; "
                      f"session cgroups {info['session_cgroups']}")
     lines += _always_lines(state.get("always"))
+    lines.append(f"timed entries (time windows, grants, restrictions): "
+                 f"{len(state.get('timed', []))}")
+    for entry in state.get("timed", []):
+        lines.append(f"  {entry['set']}: {entry['who']}, "
+                     f"{format_expiry(entry['expires_in'], entry['expires_at'])}")
     lines.append(f"live sessions: {len(state['sessions'])}")
     for session in state["sessions"]:
         lines.append("  " + " ".join(f"{k}={session[k]}" for k in

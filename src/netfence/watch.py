@@ -30,6 +30,7 @@ from .watch_sources import (IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_IGNORED, IN
 
 TABLE_SETTLE_S = 0.05      # the messages of one transaction arrive within this
 ELEMENT_SETTLE_S = 0.5     # element changes: two checks a second at most, however many logins
+WINDOW_MARGIN_S = 0.01
 EXITED_RETRY_S = 0.02     # first retry after a pidfd fired for a still-unreaped zombie
 EXITED_GIVE_UP_S = 10.0
 DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF
@@ -139,15 +140,23 @@ class Watch:
     def _resync(self):
         """The full gc (at start, on SIGHUP, every gc_interval), then the watches
         made to match the records."""
-        self.log_fields(watch_actions.full_gc(self.paths))
-        self._reconcile()
+        fields, next_change = watch_actions.full_gc(self.paths)
+        self.log_fields(fields)
+        self._windows_at(next_change)
         self._sync_all()
 
     def _reconcile(self):
         fields, next_change = watch_actions.reconcile_windows(self.paths)
-        if next_change is not None:
-            self.due["windows"] = time.monotonic() + max(0.0, next_change - time.time())
+        self._windows_at(next_change)
         return fields
+
+    def _windows_at(self, next_change):
+        """Reconcile again when the next window opens or closes (an epoch)."""
+        if next_change is not None:
+            # a little after: woken a hair before the opening, reconcile would find
+            # the window still closed and name the same time again
+            delay = max(WINDOW_MARGIN_S, next_change - time.time() + WINDOW_MARGIN_S)
+            self.due["windows"] = time.monotonic() + delay
 
     # ---- nf_tables events ---------------------------------------------------------------
     def _on_nft(self):

@@ -87,8 +87,8 @@ def check_and_repair(paths):
 
 
 def full_gc(paths):
-    """What `netfence gc` does (cli.cmd_gc): the table first, then the records.
-    Returns the fields of its log line."""
+    """What `netfence gc` does (cli.cmd_gc): the table first, then the records, then
+    the timed sets. Returns (the fields of its log line, the next window change)."""
     fields = {"event": "gc"}
     try:
         repair = repair_table(paths)
@@ -99,36 +99,44 @@ def full_gc(paths):
             fields["table_error"] = repair.error
     except NetfenceError as err:
         fields["table"], fields["table_error"] = "failed", str(err)
-    fields.update(collect_records(paths, event=None) or {})
-    return fields
+    counts, next_change = _collect(paths)
+    fields.update(counts)
+    return fields, next_change
 
 
-def collect_records(paths, event="collect"):
-    """gc's records part (collect.gc): dead sessions, idle users, ended trees,
-    orphan cgroups. The fields of its log line, None when it did nothing."""
+def collect_records(paths):
+    """gc's records part (collect.gc, timed sets reconciled after it): dead sessions,
+    idle users, ended trees, orphan cgroups. The fields of its log line, None when
+    it did nothing."""
+    counts, _next_change = _collect(paths)
+    return {"event": "collect", **counts} if any(counts.values()) else None
+
+
+def _collect(paths):
     try:
         base = ((read_snapshot(paths.state_dir) or {}).get("settings") or {}).get(
             "cgroup_base")
     except NetfenceError:
         base = None
-    report = collect.gc(paths.run_dir, cgroup_base=base)
+    report = collect.gc(paths.run_dir, cgroup_base=base, state_dir=paths.state_dir)
     counts = {"sessions": report.sessions, "users": report.users, "trees": report.trees,
               "cgroups": report.cgroups, "pending": report.pending}
+    timed = report.timed or {}
+    counts.update({f"timed_{name}": _count(timed.get(name))
+                   for name in ("added", "refreshed", "removed") if timed.get(name)})
     if report.errors:
         counts["errors"] = "; ".join(report.errors)
-    if event is None:
-        return counts
-    return {"event": event, **counts} if any(counts.values()) else None
+    return counts, timed.get("next_change")
 
 
 def reconcile_windows(paths):
     """timed_apply.reconcile (time windows, grants): (fields, next change as an
-    epoch or None). Without the module (an older install) there is nothing to do."""
+    epoch or None). No policy applied: nothing to do."""
+    from . import timed_apply
     try:
-        from . import timed_apply
-    except ImportError:
+        result = timed_apply.reconcile(paths.run_dir, paths.state_dir)
+    except timed_apply.NoPolicyApplied:
         return None, None
-    result = timed_apply.reconcile(paths.run_dir, paths.state_dir)
     counts = {name: _count(result.get(name)) for name in ("added", "refreshed", "removed")}
     fields = {"event": "windows", **counts} if any(counts.values()) else None
     return fields, result.get("next_change")
@@ -145,9 +153,6 @@ def _count(value):
 
 def grants_active(state_dir):
     """Whether any grant or restriction is active (a new session may need its
-    elements); False without the grants module."""
-    try:
-        from . import grants
-    except ImportError:
-        return False
+    elements)."""
+    from . import grants
     return bool(grants.active(state_dir, time.time()))

@@ -48,7 +48,14 @@ def test_explain_shows_rules_scopes_and_nft_rules(nf):
                  "--at", "Tu 19:30").stdout
     assert "rule 1 (" in out and "rule 2 (" in out
     assert "user scope (every socket of uid 65534" in out and "no-plain-http" in out
-    assert "session scope" in out and "evening" in out
+    assert "scope session, profiles evening, Mo,Tu,We,Th,Fr 18:00-23:00: " in out
+    assert "window open at that time, until Tu " in out and " 23:00\n" in out
+    assert "chain out-evening" in out          # its rules, whether open or not
+    closed = nf.cli("explain", "nobody", "--service", "sshd", "--rhost", "203.0.113.9",
+                    "--at", "2026-12-05 12:00").stdout             # a Saturday
+    assert "window closed at that time, next opens Mo 2026-12-07 18:00" in closed, closed
+    early = nf.cli("explain", "nobody", "--service", "sshd", "--at", "2026-12-01 17:59")
+    assert "next opens Tu 2026-12-01 18:00" in early.stdout, early.stdout
     assert "tcp dport 80 counter reject with tcp reset" in out
     assert "not yet applied" in out
     quiet = nf.cli("explain", "nobody", "--service", "sshd", "--rhost", "10.1.1.1",

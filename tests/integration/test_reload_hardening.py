@@ -265,12 +265,12 @@ def break_delete_rule(nf):
     text = nf.netns.nft("-a", "list", "chain", "inet", "netfence", "out-web").stdout
     handle = re.search(r"reject .*# handle (\d+)", text).group(1)
     nf.netns.nft("delete", "rule", "inet", "netfence", "out-web", "handle", handle)
-    return "chain out-web has 1 rules instead of 2"
+    return "chain out-web has 3 rules instead of 4"   # 2 grant exemptions first
 
 
 def break_foreign_rule(nf):
     nf.netns.nft("add", "rule", "inet", "netfence", "egress", "accept")
-    return "chain egress has 3 rules instead of 2"
+    return "chain egress has 4 rules instead of 3"   # restrict, uid, session
 
 
 def break_policy(nf):
@@ -285,7 +285,7 @@ def break_replace_rule(nf):
     handle = re.search(r"reject .*# handle (\d+)", text).group(1)
     nf.netns.nft("replace", "rule", "inet", "netfence", "out-web", "handle", handle,
                  "tcp", "dport", "80", "counter", "accept", "comment", '"web egress rule 1"')
-    return "chain out-web: rule 1 changed"
+    return "chain out-web: rule 3 changed"         # after the 2 grant rules
 
 
 def break_elements(nf):

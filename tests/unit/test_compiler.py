@@ -3,7 +3,8 @@
 import json
 
 from netfence import compiler, ir
-from netfence.model import MatchRule, NetRule, Patterns, Policy, Profile, Settings
+from netfence.model import (MatchRule, NetRule, Patterns, Policy, Profile, Settings,
+                            TimeWindow)
 
 
 def policy(*profiles, rules=()):
@@ -15,6 +16,12 @@ def table_of(*profiles):
 
 
 def rules_in(table, chain):
+    """The rules of a chain, the grant exemptions that start a profile chain aside."""
+    return [r.exprs for r in table.rules
+            if r.chain == chain and not r.comment.endswith(" grant")]
+
+
+def every_rule_in(table, chain):
     return [r.exprs for r in table.rules if r.chain == chain]
 
 
@@ -88,6 +95,7 @@ def test_unrestricted_traffic_costs_two_guard_lookups_whatever_the_profiles():
                 for i in range(5)]
     table = table_of(*profiles)
     assert rules_in(table, "egress") == [
+        (("meta", "skuid"), ("lookup", "any-ruid"), ("verdict", "jump", "egress-restrict")),
         (("meta", "skuid"), ("lookup", "any-uid"), ("verdict", "jump", "egress-uid")),
         (("socket", "cgroupv2", 3), ("lookup", "any-scg"),
          ("verdict", "jump", "egress-session"))]
@@ -96,7 +104,8 @@ def test_unrestricted_traffic_costs_two_guard_lookups_whatever_the_profiles():
     assert len(rules_in(table, "egress-session")) == 5
     assert {c.name: c.hook for c in table.chains}["egress"] == "output"
     assert {c.name: c.hook for c in table.chains}["ingress"] == "input"
-    assert len(table.sets) == 3 + 15
+    # per profile: 3 login sets, 3 grant sets, ruid; guards: 3 login kinds and any-ruid
+    assert len(table.sets) == 4 + 5 * 7
     # regular chains exist before the chains that jump to them
     names = [c.name for c in table.chains]
     assert names.index("out-p0") < names.index("egress-uid") < names.index("egress")
@@ -114,6 +123,84 @@ def test_compile_is_deterministic_and_json_round_trips():
         "scg_set": "scg-p"}
     assert first["login"]["guards"] == {
         "uid_set": "any-uid", "ucg_set": "any-ucg", "scg_set": "any-scg"}
+
+
+def test_the_first_rules_of_a_profile_chain_return_for_its_grants():
+    profile = Profile("p", egress=(NetRule("deny", ("tcp",), ((25, 25),)),),
+                      ingress_default="deny")
+    table = table_of(profile)
+    assert every_rule_in(table, "out-p")[:2] == [
+        (("meta", "skuid"), ("lookup", "guid-p"), ("verdict", "return")),
+        (("socket", "cgroupv2", 3), ("lookup", "gscg-p"), ("verdict", "return"))]
+    assert every_rule_in(table, "in-p")[:2] == [
+        (("socket", "cgroupv2", 2), ("lookup", "gucg-p"), ("verdict", "return")),
+        (("socket", "cgroupv2", 3), ("lookup", "gscg-p"), ("verdict", "return"))]
+    timed = {s.name for s in table.sets if s.timeout}
+    assert timed == {"guid-p", "gucg-p", "gscg-p", "ruid-p", "any-ruid"}
+    assert not any(s.timeout for s in table.sets if s.name.startswith(("uid-", "any-uid")))
+
+
+def test_a_restriction_applies_a_profile_to_a_uids_egress():
+    table = table_of(Profile("p", egress=(NetRule("deny", ("tcp",), ((25, 25),)),)),
+                     Profile("in-only", ingress_default="deny"))
+    assert rules_in(table, "egress")[0] == (
+        ("meta", "skuid"), ("lookup", "any-ruid"), ("verdict", "jump", "egress-restrict"))
+    assert rules_in(table, "egress-restrict") == [
+        (("meta", "skuid"), ("lookup", "ruid-p"), ("verdict", "jump", "out-p"))]
+    names = {s.name for s in table.sets}
+    assert "ruid-in-only" not in names and "guid-in-only" in names   # nothing to restrict
+
+
+def test_no_restricting_profile_no_restriction_guard():
+    table = table_of(Profile("in-only", ingress_default="deny"))
+    assert "any-ruid" not in {s.name for s in table.sets}
+    assert all("egress-restrict" not in str(r) for r in rules_in(table, "egress"))
+
+
+def windowed_policy():
+    egress_only = Profile("web", egress=(NetRule("deny", ("tcp",), ((80, 80),)),))
+    ingress_only = Profile("nosrv", ingress_default="deny")
+    untimed = Profile("dns", egress=(NetRule("deny", ("udp",), ((53, 53),)),))
+    rules = [MatchRule(0, users=Patterns(("*",)), profiles=("web", "nosrv"),
+                       time=(TimeWindow(0b0011111, 480, 1200),)),
+             MatchRule(1, users=Patterns(("*",)), profiles=("dns",))]
+    return policy(egress_only, ingress_only, untimed, rules=rules)
+
+
+def test_profiles_of_a_rule_with_time_get_window_sets_by_direction():
+    snap = compiler.compile_policy(windowed_policy())
+    table = ir.TableDef.from_json(snap["table"])
+    timed = {s.name for s in table.sets if s.timeout and s.name[0] == "t"}
+    assert timed == {"tuid-web", "tscg-web", "tucg-nosrv", "tscg-nosrv"}
+    guards = {s.name for s in table.sets if s.timeout and s.name.startswith("any-t")}
+    assert guards == {"any-tuid", "any-tucg", "any-tscg"}
+    assert rules_in(table, "egress")[-2:] == [
+        (("meta", "skuid"), ("lookup", "any-tuid"), ("verdict", "jump", "egress-tuid")),
+        (("socket", "cgroupv2", 3), ("lookup", "any-tscg"),
+         ("verdict", "jump", "egress-tsession"))]
+    new = (("ct", "state"), ("bitwise", "08000000", "00000000"), ("cmp", "neq", "00000000"))
+    assert rules_in(table, "ingress")[-2:] == [
+        new + (("socket", "cgroupv2", 2), ("lookup", "any-tucg"),
+               ("verdict", "jump", "ingress-tuser")),
+        new + (("socket", "cgroupv2", 3), ("lookup", "any-tscg"),
+               ("verdict", "jump", "ingress-tsession"))]
+    assert rules_in(table, "egress-tsession") == [
+        (("socket", "cgroupv2", 3), ("lookup", "tscg-web"), ("verdict", "jump", "out-web"))]
+    assert rules_in(table, "ingress-tsession") == [
+        (("socket", "cgroupv2", 3), ("lookup", "tscg-nosrv"), ("verdict", "jump", "in-nosrv"))]
+
+
+def test_the_login_part_names_the_window_sets_that_exist():
+    login = compiler.compile_policy(windowed_policy())["login"]
+    assert login["profiles"]["web"]["tuid_set"] == "tuid-web"
+    assert login["profiles"]["web"]["tscg_set"] == "tscg-web"
+    assert "tucg_set" not in login["profiles"]["web"]
+    assert login["profiles"]["nosrv"]["tucg_set"] == "tucg-nosrv"
+    assert "tuid_set" not in login["profiles"]["nosrv"]
+    assert not any(f.startswith("t") for f in login["profiles"]["dns"])
+    assert login["guards"] == {"uid_set": "any-uid", "ucg_set": "any-ucg",
+                               "scg_set": "any-scg", "tuid_set": "any-tuid",
+                               "tucg_set": "any-tucg", "tscg_set": "any-tscg"}
 
 
 def test_login_rules_carry_compiled_rhosts():

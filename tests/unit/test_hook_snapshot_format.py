@@ -6,8 +6,8 @@ Both directions, with the hook run as pam_exec runs it (`python3 -I -S`, an
 environment that ends with pam_exec's items and PAM_TYPE):
   - this hook meeting a snapshot of another format (the next one, and 0);
   - the hook of the previous release (commit 6937bdf, extracted with git archive)
-    meeting a snapshot the current compiler wrote (same format: it reads it) and one
-    of the next format (it refuses per on_error).
+    meeting a snapshot the current compiler wrote (LOGIN 2 since issue 9's time
+    windows: it refuses per on_error) and one of the next format (the same).
 The log line goes to a file standing in for /dev/kmsg (no syslog socket), not to the
 host's log. PAM_USER is root, whom no wildcard rule matches: the hook reads the
 snapshot, matches, and ends with result=none without touching the kernel.
@@ -140,15 +140,22 @@ def test_another_formats_own_on_error_is_not_read(state_dir, tmp_path):
     assert code == 1 and "result=refused on_error=deny" in lines[0], lines
 
 
-def test_previous_hook_reads_the_current_compilers_snapshot(previous_release, state_dir,
-                                                            tmp_path):
-    """login.marshal is still LOGIN format 1 (issue 10's always rules changed only
-    compiled.json, SNAPSHOT 2): the previous release's hook reads it."""
+@pytest.mark.parametrize("on_error,code,result", [("deny", 1, "refused"),
+                                                  ("allow", 0, "allowed-after-error")])
+def test_previous_hook_meeting_the_current_compilers_snapshot_follows_on_error(
+        previous_release, state_dir, tmp_path, on_error, code, result):
+    """login.marshal is LOGIN format 2 since issue 9: a rule with `time` adds to the
+    time-window sets only while its window is open, which the previous release's hook
+    (format 1) would read as a permanent (or absent) profile. It refuses the snapshot
+    and on_error decides until `netfence reload` runs with the installed version."""
+    assert formats.LOGIN == 2
     current_snapshot(state_dir)
-    code, lines = previous_hook(previous_release, state_dir, tmp_path, "on_error=deny")
-    assert code == 0, lines
+    status, lines = previous_hook(previous_release, state_dir, tmp_path,
+                                  f"on_error={on_error}")
+    assert status == code, lines
     (line,) = lines
-    assert "event=open" in line and "result=none" in line, line
+    assert f"result={result} on_error={on_error}" in line, line
+    assert "StateError" in line and "login.marshal: not a format 1 login part" in line, line
 
 
 @pytest.mark.parametrize("on_error,code,result", [("deny", 1, "refused"),

@@ -1,0 +1,142 @@
+"""Timed sets in the kernel: make them hold what timed.py computes.
+
+Every element of a timed set (setkinds.TIMED_KINDS: time windows, grants,
+restrictions) is computed from the session and run records, grants.json and the
+clock (timed.desired), never read back from a record with its expiry. This module
+reads those inputs, dumps what the kernel holds (with the time each element has
+left, NFTA_SET_ELEM_EXPIRATION) and sends the difference in ONE transaction:
+
+  a key not desired          destroyed
+  a desired key missing      added with the time left until its expiry
+  an expiry off by > SLACK   destroyed and added again in the same batch (a NEWSETELEM
+                             alone may keep the old timeout: only destroy + add sets
+                             an exact one, atomically)
+
+reconcile runs under the records lock (no login between our read and our write) and
+is what gc, watch (at window openings), grant/restrict/revoke call. reload carries
+the same elements over inside its own transaction (desired_timeouts), and drift
+(status, gc) compares keys with key_drift.
+"""
+
+import time
+
+from . import grants, records, setkinds, snapshot, timed
+from .errors import NetfenceError
+
+SLACK = 1.0         # seconds: a kernel expiry this close to the desired one is right
+SETTLING = 2.0      # seconds: a key expiring this soon is about to change (drift)
+
+
+class TableMissing(NetfenceError):
+    """No table inet netfence to put timed elements in."""
+
+
+class NoPolicyApplied(TableMissing):
+    """No policy applied (none yet, or flushed): no table is expected."""
+
+
+def desired_inputs(run_dir, state_dir, now):
+    """(records, grants in force): the live session and run records, strictly read
+    (a damaged record raises StateError: its window keys cannot be known, and
+    destroying them would unfence its login), and grants.active."""
+    records.live_elements(run_dir)                  # strict: raises on a damaged record
+    live = records.list_sessions(run_dir) + records.list_runs(run_dir, strict=True)
+    return live, grants.active(state_dir, now)
+
+
+def desired_now(run_dir, state_dir, now, sets=None):
+    """{set: {hex key: expires epoch}} at now, only sets named in `sets` when given
+    (a grant of a profile a reload removed has no set to go to)."""
+    want = _desired_from(*desired_inputs(run_dir, state_dir, now), now)
+    return {s: keys for s, keys in want.items() if sets is None or s in sets}
+
+
+def desired_timeouts(run_dir, state_dir, table, now=None):
+    """{set: {hex key: ms left}}: what reload puts in the new table's timed sets."""
+    now = time.time() if now is None else now
+    sets = {s.name for s in table.sets if s.timeout}
+    return timed.timeouts_ms(desired_now(run_dir, state_dir, now, sets), now)
+
+
+def plan_changes(want, have, now):
+    """(destroy {set: [key]}, add {set: {key: ms}}, counts) that make `have` ({set:
+    {key: ms left or None}}, the kernel's dump) hold `want` ({set: {key: expires}}).
+    Sets the kernel lacks are left out: there is nowhere to put their keys."""
+    destroy, add_until = {}, {}
+    counts = {"added": 0, "refreshed": 0, "removed": 0}
+    for set_name, keys in have.items():
+        wanted = want.get(set_name, {})
+        for key, left_ms in keys.items():
+            if key not in wanted:
+                destroy.setdefault(set_name, []).append(key)
+                counts["removed"] += 1
+            elif left_ms is None or abs(now + left_ms / 1000 - wanted[key]) > SLACK:
+                destroy.setdefault(set_name, []).append(key)
+                add_until.setdefault(set_name, {})[key] = wanted[key]
+                counts["refreshed"] += 1
+        for key, until in wanted.items():
+            if key not in keys:
+                add_until.setdefault(set_name, {})[key] = until
+                counts["added"] += 1
+    return destroy, timed.timeouts_ms(add_until, now), counts
+
+
+def key_drift(want, have, now):
+    """(missing, extra) {set: [key]} between desired and kernel keys, leaving out
+    keys whose desired or kernel expiry is within SETTLING of now: they are about
+    to change (the kernel removes them, or a window just closed)."""
+    missing, extra = {}, {}
+    for set_name, keys in have.items():
+        wanted = want.get(set_name, {})
+        gone = sorted(k for k, left in keys.items() if k not in wanted
+                      and (left is None or left / 1000 > SETTLING))
+        lost = sorted(k for k, until in wanted.items() if k not in keys
+                      and until - now > SETTLING)
+        if gone:
+            extra[set_name] = gone
+        if lost:
+            missing[set_name] = lost
+    return missing, extra
+
+
+def applied_timed_sets(state_dir):
+    """The timed sets of the applied snapshot's table; NoPolicyApplied when no
+    policy is applied (none yet, or flushed)."""
+    applied = snapshot.read_snapshot(state_dir)
+    if not applied or applied.get("flushed") or not applied.get("table"):
+        raise NoPolicyApplied("no policy is applied (table inet netfence is not ours to "
+                           "fill): run `netfence reload`")
+    return sorted(s["name"] for s in applied["table"]["sets"] if s.get("timeout"))
+
+
+def reconcile(run_dir, state_dir, *, now=None, cgroup_mount=None):
+    """Make the timed sets hold timed.desired at now, in one batch, under the records
+    lock (callers must not hold it). Returns {"added", "refreshed", "removed",
+    "next_change"}. TableMissing without a table; the kernel's KernelError when it
+    refuses (nothing changed then: one transaction).
+
+    cgroup_mount is accepted for the callers' interface and not needed: keys are
+    cgroup ids, which the kernel never reuses, so a gone session's key matches
+    nothing until its own timeout removes it."""
+    from .nftnl import Ruleset
+    del cgroup_mount
+    sets = applied_timed_sets(state_dir)
+    records.ensure_dirs(run_dir)
+    with records.Lock(run_dir), Ruleset() as ruleset:
+        now = time.time() if now is None else now
+        live, active = desired_inputs(run_dir, state_dir, now)
+        want = _desired_from(live, active, now)
+        if not ruleset.table_exists(setkinds.TABLE):
+            raise TableMissing("table inet netfence is missing: nothing is enforced "
+                               "(`netfence gc` restores it)")
+        have = ruleset.read_expiries(sets, setkinds.TABLE)
+        destroy, add, result = plan_changes(want, have, now)
+        ruleset.set_timed(destroy, add, setkinds.TABLE)
+    result["next_change"] = timed.next_change(live, now)
+    return result
+
+
+def _desired_from(live, active, now):
+    sessions = [r for r in live if r.get("kind") != "run"]
+    runs = [r for r in live if r.get("kind") == "run"]
+    return timed.desired(sessions, runs, active, now)
