@@ -18,40 +18,10 @@ import subprocess
 import sys
 import time
 
-import common  # noqa: F401  (puts src/ and tests/ on sys.path)
-from common import NetNS, NfEnv, median, rnd
+from common import NetNS, NfEnv, median, rnd  # first: puts src/ and tests/ on sys.path
 
 from support.livesession import login, logout
-from support.watcher import Watcher
-
-UID = 65534
-POLICY = """
-[settings]
-cgroup_base = "{base}"
-
-[profile.web]
-egress = [ {{ action = "reject", proto = "tcp", ports = [80] }} ]
-
-[[rule]]
-users = ["*"]
-profiles = ["web"]
-scope = "user"
-"""
-PROBER = r"""
-import socket, time
-while True:
-    s = socket.socket(); s.settimeout(0.5)
-    try:
-        s.connect(("127.0.0.1", 80)); res = "ok"
-    except ConnectionRefusedError:
-        res = "refused"
-    except OSError:
-        res = "error"
-    s.close()
-    print(f"{time.time():.4f} {res}", flush=True)
-    time.sleep(0.002)
-"""
-
+from support.watcher import POLICY, PROBER, UID, Watcher
 
 def wait_for(predicate, timeout=5.0):
     deadline = time.monotonic() + timeout
@@ -86,7 +56,7 @@ def flush_to_enforcement(nf, tries):
     """Seconds from `nft flush ruleset` to the fenced uid's first refused probe."""
     key, app = login(nf, UID, user_profiles=["web"])
     prober = nf.netns.popen(["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups",
-                             sys.executable, "-I", "-S", "-c", PROBER],
+                             sys.executable, "-I", "-S", "-c", PROBER, "0.002"],
                             stdout=subprocess.PIPE, text=True)
     out = []
     try:

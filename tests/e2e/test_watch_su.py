@@ -61,3 +61,26 @@ def test_sigkilled_su_is_closed_within_1s_and_the_other_session_untouched(fence,
         code = watcher.stop()
     assert code == 0, watcher.log()
     assert "event=error" not in watcher.log(), watcher.log()
+
+
+def test_watch_killed_and_restarted_20_times_during_100_su_logins(fence, user):
+    """Logins never need watch: with it SIGKILLed and started again every 5 logins
+    (each start a full resync), every su login succeeds and nothing is left."""
+    fence.load(ONE_PROFILE.format(port=PORT_A, user=user.name, scope="session"))
+    fence.echo()
+    watcher = Watcher(fence.nf)
+    try:
+        for number in range(100):
+            if number % 5 == 0:
+                watcher.stop(signal.SIGKILL)
+                watcher.start()
+            out = fence.su(user.name, fence.view(ports=(PORT_A,)))
+            assert out.returncode == 0, (number, out.stderr, fence.log()[-2000:])
+            assert parse_view(out.stdout)[str(PORT_A)] == "refused", (number, out.stdout)
+        assert watcher.log().count("event=start") == 20
+        fence.wait_clean(timeout=5)
+        assert os.listdir(f"{fence.nf.run_dir}/users") == []
+    finally:
+        code = watcher.stop()
+    assert code == 0, watcher.log()
+    assert len(fence.events("open")) == 100

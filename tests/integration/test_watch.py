@@ -16,41 +16,9 @@ import pytest
 
 from support.livesession import login, logout
 from support.pamsvc import wait_until
-from support.watcher import Watcher
+from support.watcher import POLICY, PROBER, UID, Watcher
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: netns, cgroups")
-
-UID = 65534
-POLICY = """
-[settings]
-cgroup_base = "{base}"
-
-[profile.web]
-egress = [ {{ action = "reject", proto = "tcp", ports = [80] }} ]
-
-[[rule]]
-users = ["*"]
-profiles = ["web"]
-scope = "user"
-"""
-
-# probes tcp 127.0.0.1:80 every 10 ms as the restricted uid, one "epoch result" line each
-PROBER = r"""
-import socket, sys, time
-while True:
-    s = socket.socket()
-    s.settimeout(0.5)
-    try:
-        s.connect(("127.0.0.1", 80)); res = "ok"
-    except ConnectionRefusedError:
-        res = "refused"
-    except OSError as err:
-        res = "error"
-    s.close()
-    print(f"{time.time():.4f} {res}", flush=True)
-    time.sleep(0.01)
-"""
-
 
 @pytest.fixture
 def loaded(nf):
@@ -223,7 +191,7 @@ def _session_cgroups(nf):
 def test_memory_stays_flat_over_many_sessions(watcher):
     nf = watcher.nf
     rss = []
-    total = int(os.environ.get("NF_WATCH_SESSIONS", "300"))
+    total = int(os.environ.get("NF_WATCH_SESSIONS", "1000"))
     for number in range(total):
         key, app = login(nf, UID, user_profiles=["web"])
         if number % 2:

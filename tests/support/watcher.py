@@ -7,6 +7,40 @@ import subprocess
 from support.pamsvc import wait_until
 
 
+# the fenced uid (nobody) and its policy: tcp to port 80 rejected
+UID = 65534
+POLICY = """
+[settings]
+cgroup_base = "{base}"
+
+[profile.web]
+egress = [ {{ action = "reject", proto = "tcp", ports = [80] }} ]
+
+[[rule]]
+users = ["*"]
+profiles = ["web"]
+scope = "user"
+"""
+
+# probes tcp 127.0.0.1:80 as the fenced uid every 10 ms (or argv[1] s), one
+# "epoch result" line each
+PROBER = r"""
+import socket, sys, time
+while True:
+    s = socket.socket()
+    s.settimeout(0.5)
+    try:
+        s.connect(("127.0.0.1", 80)); res = "ok"
+    except ConnectionRefusedError:
+        res = "refused"
+    except OSError as err:
+        res = "error"
+    s.close()
+    print(f"{time.time():.4f} {res}", flush=True)
+    time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0.01)
+"""
+
+
 class Watcher:
     """`netfence watch` running in the test's namespace; its stderr in a file."""
 
