@@ -266,10 +266,14 @@ class Watch:
             os.close(fd)
 
     def _set_cgroups(self, owner, paths):
-        for path in self.record_cgroups.pop(owner, []):
+        """Make owner's watched cgroups exactly paths (a rewritten user record
+        usually names the same ones: nothing changes then)."""
+        old = self.record_cgroups.pop(owner, [])
+        for path in set(old) - set(paths):
             self.owners.get(path, set()).discard(owner)
             if not self.owners.get(path):
                 self._forget_cgroup(path, remove_watch=True)
+        kept = []
         for path in paths:
             if path not in self.cgroup_wds:
                 wd = self.inotify.add(f"{self.mount}{path}/cgroup.events", IN_MODIFY)
@@ -277,7 +281,9 @@ class Watch:
                     continue              # gone: populated() says so to _track
                 self.cgroup_wds[path], self.wd_cgroup[wd] = wd, path
             self.owners.setdefault(path, set()).add(owner)
-            self.record_cgroups.setdefault(owner, []).append(path)
+            kept.append(path)
+        if kept:
+            self.record_cgroups[owner] = kept
 
     def _forget_cgroup(self, path, remove_watch=False):
         wd = self.cgroup_wds.pop(path, None)
