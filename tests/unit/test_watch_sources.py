@@ -1,11 +1,13 @@
 """watch_sources.event_kind: which nf_tables event messages concern table inet netfence,
 and how (no root: messages built by nfencode as the kernel sends them)."""
 
+import os
 import struct
 
 from netfence import nfconst
+from netfence.liveness import proc_starttime
 from netfence.nfencode import attr, cstring, element_list_message, message, nft_message
-from netfence.watch_sources import event_kind
+from netfence.watch_sources import event_kind, open_pidfd
 
 NFPROTO_IPV4 = 2
 
@@ -41,3 +43,13 @@ def test_a_truncated_or_foreign_message_is_not_misread():
     assert event_kind(b"\x00" * 10, b"netfence") is None
     route = message(16, 0, 0, 0, b"")            # RTM_NEWLINK-like, not nfnetlink
     assert event_kind(route, b"netfence") is None
+
+
+def test_a_pidfd_is_only_given_for_the_recorded_start_time():
+    """A pid the kernel reused names another process: never watched in its place."""
+    start = proc_starttime(os.getpid())
+    assert open_pidfd(os.getpid(), start + 1) is None
+    fd = open_pidfd(os.getpid(), start)
+    assert fd is not None
+    os.close(fd)
+    assert open_pidfd(2 ** 22 + 1, 0) is None             # no such process
