@@ -69,7 +69,10 @@ TMPFILES="$PREFIX/usr/lib/tmpfiles.d/netfence.conf"
 PAM_PROFILE="$PREFIX/usr/share/pam-configs/netfence"
 UNIT_DIR="$PREFIX/etc/systemd/system"
 CRON_FILE="$PREFIX/etc/cron.d/netfence"
-UNITS=(netfence.service netfence-gc.service netfence-gc.timer)
+UNITS=(netfence.service netfence-gc.service netfence-gc.timer netfence-watch.service)
+# without systemd: `netfence watch` restarted by a shell loop (docs/watch.md); the
+# loop leads its own process group, whose id this file holds
+WATCH_PIDFILE="$PREFIX/run/netfence-watch.pid"
 APT_PACKAGES=(nftables python3 python3-venv python3-dev gcc libc6-dev libffi-dev
               ca-certificates)
 
@@ -204,9 +207,10 @@ install_units() {
         note "not enabled (--no-enable)"
     elif systemd_running; then
         systemctl daemon-reload
-        systemctl enable netfence.service netfence-gc.timer
+        systemctl enable netfence.service netfence-gc.timer netfence-watch.service
         systemctl start netfence-gc.timer
-        note "enabled netfence.service (reload at boot) and netfence-gc.timer (gc every minute)"
+        systemctl restart netfence-watch.service
+        note "enabled netfence.service (reload at boot), netfence-gc.timer (gc every minute) and netfence-watch.service (started)"
     else
         note "systemd is not PID 1: units installed but not enabled (skipped: daemon-reload, enable, start)"
     fi
@@ -225,6 +229,39 @@ install_cron() {
     else
         step "cron: skipped: neither systemd nor cron: run 'netfence gc' periodically and 'netfence reload' at boot yourself"
     fi
+}
+
+watch_running() {
+    [ -f "$WATCH_PIDFILE" ] && kill -0 "$(cat "$WATCH_PIDFILE")" 2>/dev/null
+}
+
+start_watch() {
+    if [ "$ENABLE" -eq 0 ] || systemd_running; then
+        return                      # systemd: install_units started the service
+    fi
+    stop_watch
+    step "watch: netfence watch under a restart loop (no systemd; docs/watch.md), pid file $WATCH_PIDFILE"
+    # setsid: the loop leads a process group of its own, which stop_watch ends whole
+    setsid sh -c 'echo $$ > "$1"; while :; do "$2" watch; sleep 1; done' sh \
+        "$WATCH_PIDFILE" "$BIN_LINK" </dev/null >/dev/null 2>&1 &
+    local tries=0
+    until watch_running || [ $tries -ge 50 ]; do sleep 0.1; tries=$((tries + 1)); done
+    watch_running || die "netfence watch did not start"
+    note "started (process group $(cat "$WATCH_PIDFILE")); after a reboot start it again the same way"
+}
+
+stop_watch() {
+    if watch_running; then
+        step "watch: stop (process group $(cat "$WATCH_PIDFILE"))"
+        local group tries=0
+        group="$(cat "$WATCH_PIDFILE")"
+        kill -TERM -- "-$group" 2>/dev/null || true
+        # watch exits on SIGTERM at once; wait so that a new one never overlaps it
+        while kill -0 -- "-$group" 2>/dev/null && [ $tries -lt 50 ]; do
+            sleep 0.1; tries=$((tries + 1))
+        done
+    fi
+    rm -f "$WATCH_PIDFILE"
 }
 
 load_table() {
@@ -278,6 +315,7 @@ do_install() {
     fi
     install_units
     install_cron
+    start_watch
     enable_pam
     if [ "$ENABLE" -eq 1 ]; then
         step "done: netfence is on. Try: netfence status; netfence explain USER --service sshd --rhost 203.0.113.9"
@@ -303,8 +341,10 @@ do_uninstall() {
     fi
     if systemd_running; then
         step "systemd: disable --now ${UNITS[*]}"
-        systemctl disable --now netfence-gc.timer netfence.service 2>/dev/null || true
+        systemctl disable --now netfence-watch.service netfence-gc.timer netfence.service \
+            2>/dev/null || true
     fi
+    stop_watch
     local unit
     for unit in "${UNITS[@]}"; do rm -f "$UNIT_DIR/$unit"; done
     if systemd_running; then systemctl daemon-reload; fi

@@ -26,6 +26,17 @@ say() { printf '### %s\n' "$*"; }
 fail() { printf '### FAIL: %s\n' "$*" >&2; exit 1; }
 check() { local what="$1"; shift; if "$@" >/dev/null; then printf '    ok: %s\n' "$what"; else fail "$what"; fi; }
 
+# systemd as PID 1: the service is active; otherwise the installer's restart loop (its
+# pid file) and a `netfence watch` process
+watch_runs() {
+    if [ -d /run/systemd/system ]; then
+        systemctl is-active --quiet netfence-watch.service
+    else
+        [ -f /run/netfence-watch.pid ] && kill -0 "$(cat /run/netfence-watch.pid)" &&
+            pgrep -g "$(cat /run/netfence-watch.pid)" -f ' watch$'
+    fi
+}
+
 # -- inside the sandbox ------------------------------------------------------------------
 inside() {
     local work="$1"
@@ -64,9 +75,12 @@ inside() {
     fi
     check "pam-line matches the profile" \
         [ "$(netfence pam-line)" = "session required pam_exec.so seteuid quiet $HOOK" ]
-    for unit in netfence.service netfence-gc.service netfence-gc.timer; do
+    for unit in netfence.service netfence-gc.service netfence-gc.timer netfence-watch.service; do
         check "unit $unit" [ -f "/etc/systemd/system/$unit" ]
     done
+    check "netfence watch runs" watch_runs
+    local watch_group
+    watch_group="$(cat /run/netfence-watch.pid 2>/dev/null || true)"
     if [ -x /usr/sbin/cron ]; then
         check "cron job" [ -f /etc/cron.d/netfence ]
     else
@@ -88,6 +102,12 @@ inside() {
     check "hook once in common-session" [ "$(grep -c "$HOOK" /etc/pam.d/common-session)" = 1 ]
     check "table still loaded" nft list table inet netfence
     check "cron job installed" cmp -s "$SRC/packaging/netfence.cron" /etc/cron.d/netfence
+    check "netfence watch runs once, restarted by the install" watch_runs
+    if [ ! -d /run/systemd/system ]; then
+        check "the first restart loop was stopped" bash -c "! kill -0 -- -$watch_group 2>/dev/null"
+        check "one netfence watch" [ "$(pgrep -g "$(cat /run/netfence-watch.pid)" -c -f ' watch$')" = 1 ]
+        watch_group="$(cat /run/netfence-watch.pid)"
+    fi
 
     if [ "$LOGIN" -eq 1 ]; then
         say "a login through the installed PAM stack: su - USER"
@@ -118,6 +138,13 @@ inside() {
     check "venv, command, hook gone" bash -c '[ ! -e /opt/netfence ] && [ ! -L /usr/sbin/netfence ] && [ ! -e /usr/lib/netfence ]'
     check "units gone" bash -c '! ls /etc/systemd/system/netfence* >/dev/null 2>&1'
     check "cron job gone" [ ! -e /etc/cron.d/netfence ]
+    if [ -d /run/systemd/system ]; then
+        check "netfence watch stopped" bash -c '! systemctl is-active --quiet netfence-watch.service'
+    else
+        check "netfence watch and its restart loop stopped" \
+            bash -c "sleep 0.5; ! pgrep -g $watch_group >/dev/null"
+        check "no pid file left" [ ! -e /run/netfence-watch.pid ]
+    fi
     if [ "$fake_cron" -eq 1 ]; then rm -f /usr/sbin/cron; fi
     check "policy kept" grep -q "edited by the admin" /etc/netfence/netfence.toml
     say "sandbox: all checks passed"

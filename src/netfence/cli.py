@@ -42,6 +42,11 @@ def build_parser():
                                    "sessions and users that are gone")
     _add_run(commands)
     add_grant_commands(commands)
+    watch = commands.add_parser("watch", help="keep enforcement continuous: restore the "
+                                "table, close ended sessions, follow time windows "
+                                "(docs/watch.md)")
+    watch.add_argument("--gc-interval", type=float, default=60.0, metavar="SECONDS",
+                       help="full gc every SECONDS (default: %(default)s)")
     pam_line = commands.add_parser("pam-line", help="print the PAM session line to install")
     pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
     install = commands.add_parser("install-hook", help="write the hook program pam_exec runs")
@@ -178,6 +183,15 @@ def cmd_gc(args, paths):
     report = gc(paths.run_dir, cgroup_base=base, state_dir=paths.state_dir)
     print(report)
     return 1 if report.errors or failed else 0
+
+
+def cmd_watch(args, paths):
+    from .watch import run
+    if args.gc_interval <= 0:
+        raise UsageError("--gc-interval must be positive")
+    # under systemd (INVOCATION_ID set) the syslog line is enough; in a terminal or a
+    # plain service manager the same line goes to stderr too
+    return run(paths, args.gc_interval, to_stderr="INVOCATION_ID" not in os.environ)
 
 
 def cmd_pam_line(args, paths):

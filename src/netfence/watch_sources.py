@@ -1,0 +1,197 @@
+"""The event sources of `netfence watch`: nf_tables events, inotify, pidfds.
+
+Each source is a file descriptor the watch loop polls; nothing here polls by time.
+
+- `NftEvents`: a netlink socket in the multicast group NFNLGRP_NFTABLES
+  (every committed nf_tables change of this network namespace, one message per
+  object). `read()` says which of them touch table inet netfence, and how: the table or
+  its chains, rules and sets (a deletion, a flush, a foreign rule) or only set
+  elements (logins and logouts do that all the time). A full socket buffer (ENOBUFS)
+  means events were lost: the caller checks everything.
+- `Inotify`: inotify through ctypes (the standard library has no binding).
+- `open_pidfd`: a pidfd of a PAM application, verified against its recorded start
+  time after opening, so a reused pid is never watched in the session's place.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import socket
+import struct
+
+from . import nfconst
+from .errors import KernelError
+from .liveness import proc_starttime
+
+NFNLGRP_NFTABLES = 7
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+RECEIVE_BUFFER = 1 << 20     # a burst of logins fits; beyond it ENOBUFS: check everything
+TABLE_NAME_ATTR = 1          # NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,...}
+NFPROTO_INET = nfconst.NFPROTO_INET
+ELEMENT_MESSAGES = frozenset({nfconst.NFT_MSG_NEWSETELEM, nfconst.NFT_MSG_DELSETELEM,
+                              nfconst.NFT_MSG_DESTROYSETELEM})
+_NLMSG = struct.Struct("=IHHII")
+
+
+class NftEvents:
+    """The nf_tables event subscription of the current network namespace.
+
+    A plain AF_NETLINK socket joined to the group with NETLINK_ADD_MEMBERSHIP, read
+    and parsed here, rather than pyroute2's NFTSocket: NFTSocket binds to the group
+    fine, but its get() reads ahead into a queue of its own, so a poll on its file
+    descriptor no longer says when messages are waiting; measured here, a foreign
+    rule was seen only when the next event came (about 1 s later). The header and
+    the table name (the first attribute of every nf_tables object message) are all
+    the watcher needs.
+    """
+
+    def __init__(self, table="netfence"):
+        self.table = table.encode()
+        self.socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
+                                    | socket.SOCK_NONBLOCK, nfconst.NETLINK_NETFILTER)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        self.socket.bind((0, 0))
+        self.socket.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+
+    def fileno(self):
+        return self.socket.fileno()
+
+    def close(self):
+        self.socket.close()
+
+    def read(self):
+        """("overflow"|"table"|"elements"|None): what the pending messages say about
+        our table. "overflow" and "table" win over "elements"; None: nothing of ours."""
+        found = None
+        while True:
+            try:
+                data = self.socket.recv(1 << 16)
+            except BlockingIOError:
+                return found
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:
+                    return "overflow"
+                raise KernelError("read nf_tables events", err.errno or errno.EIO) from None
+            kind = event_kind(data, self.table)
+            if kind == "table" or (kind == "elements" and found is None):
+                found = kind
+
+
+def event_kind(data, table):
+    """What the netlink messages in data say about table `table` (bytes) of family
+    inet: "table" (the table, a chain, a rule or a set changed), "elements" (only
+    set elements), or None (nothing of it)."""
+    found = None
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, msg_type, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size or offset + length > len(data):
+            break
+        kind = _message_kind(msg_type, data[offset + _NLMSG.size:offset + length], table)
+        if kind == "table":
+            return kind
+        found = found or kind
+        offset += (length + 3) & ~3
+    return found
+
+
+def _message_kind(msg_type, payload, table):
+    if msg_type >> 8 != nfconst.NFNL_SUBSYS_NFTABLES:
+        return None
+    msg = msg_type & 0xFF
+    if msg == nfconst.NFT_MSG_NEWGEN or len(payload) < 4 or payload[0] != NFPROTO_INET:
+        return None
+    name = _first_string_attr(payload[4:], TABLE_NAME_ATTR)
+    if name is not None and name != table:
+        return None
+    # a message naming no table is taken as ours: checking costs less than missing it
+    return "elements" if msg in ELEMENT_MESSAGES else "table"
+
+
+def _first_string_attr(attrs, wanted):
+    offset = 0
+    while offset + 4 <= len(attrs):
+        length, attr_type = struct.unpack_from("HH", attrs, offset)
+        if length < 4:
+            return None
+        if attr_type & 0x3FFF == wanted:
+            return attrs[offset + 4:offset + length].rstrip(b"\0")
+        offset += (length + 3) & ~3
+    return None
+
+
+# ---- inotify --------------------------------------------------------------------------
+
+IN_MODIFY = 0x002
+IN_MOVED_FROM = 0x040
+IN_MOVED_TO = 0x080
+IN_CREATE = 0x100
+IN_DELETE = 0x200
+IN_DELETE_SELF = 0x400
+IN_IGNORED = 0x8000
+IN_Q_OVERFLOW = 0x4000
+IN_NONBLOCK = os.O_NONBLOCK
+IN_CLOEXEC = os.O_CLOEXEC
+_EVENT = struct.Struct("iIII")
+
+
+class Inotify:
+    def __init__(self):
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                                 use_errno=True)
+        self.fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self.fd < 0:
+            raise KernelError("inotify_init1", ctypes.get_errno())
+
+    def fileno(self):
+        return self.fd
+
+    def add(self, path, mask):
+        """The watch descriptor, or None when path does not exist (any more)."""
+        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask)
+        if wd < 0:
+            code = ctypes.get_errno()
+            if code in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise KernelError(f"inotify_add_watch {path}", code)
+        return wd
+
+    def remove(self, wd):
+        self._libc.inotify_rm_watch(self.fd, wd)     # EINVAL: already gone, fine
+
+    def read(self):
+        """[(wd, mask, name)] of the pending events."""
+        events = []
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return events
+            offset = 0
+            while offset < len(data):
+                wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                offset += _EVENT.size
+                name = data[offset:offset + length].rstrip(b"\0").decode(errors="replace")
+                offset += length
+                events.append((wd, mask, name))
+
+    def close(self):
+        os.close(self.fd)
+
+
+# ---- pidfds ---------------------------------------------------------------------------
+
+def open_pidfd(pid, starttime):
+    """A pidfd of pid while it is the process started at starttime, else None (gone,
+    or the pid now names another process). Readable once that process exits."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    # checked after opening: the pidfd pins this process, so a match now cannot turn
+    # into a reused pid later
+    if proc_starttime(pid) != starttime:
+        os.close(fd)
+        return None
+    return fd
