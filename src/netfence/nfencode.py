@@ -126,6 +126,11 @@ def interval_list_message(msg_type, flags, seq, table, set_name, items):
         nested(NFTA_LIST_ELEM, (end if is_end else b"")
                + nested(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, key)))
         for key, is_end in items)
+    return _list_message(msg_type, flags, seq, table, set_name, elements)
+
+
+def _list_message(msg_type, flags, seq, table, set_name, elements):
+    """A set element message around already encoded NFTA_LIST_ELEM items."""
     body = (attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
             + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
             + nested(NFTA_SET_ELEM_LIST_ELEMENTS, elements))
@@ -167,10 +172,7 @@ def timed_list_message(seq, table, set_name, items):
         nested(NFTA_LIST_ELEM, attr(NFTA_SET_ELEM_TIMEOUT, int(ms).to_bytes(8, NETWORK_ORDER))
                + nested(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, key)))
         for key, ms in items)
-    body = (attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
-            + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
-            + nested(NFTA_SET_ELEM_LIST_ELEMENTS, elements))
-    return nft_message(NFT_MSG_NEWSETELEM, NEW_FLAGS, body, seq)
+    return _list_message(NFT_MSG_NEWSETELEM, NEW_FLAGS, seq, table, set_name, elements)
 
 
 def element_list_message(msg_type, flags, seq, table, set_name, keys):
