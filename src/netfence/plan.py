@@ -17,7 +17,8 @@ tested alone and read in one place:
 Elements are {set name: [hex key, ...]} (records.py); union, merge_into and subtract
 are their algebra, shared with reload. Timed elements (rules with `time`: sets with a
 kernel timeout) are never in these lists: a record keeps their keys in "timed" (the
-user record in "timed_keys"), and timed.py says which are open and until when.
+user record its sessions' user-scope entries in "timed", and every key in
+"timed_keys"), and timed.py says which are open and until when.
 Light on purpose (the hook imports it): setkinds and timed (time, matcher).
 """
 
@@ -195,12 +196,9 @@ def timed_open(record, sources, now):
     own = timed.record_elements(record, now)
     if not own:
         return {}, {}
-    needed = {}
-    for other in sources:
-        timed.merge_max(needed, timed.record_elements(other, now))
-    send = timed.merge_max({s: dict(keys) for s, keys in own.items()},
-                           {s: {k: until for k, until in needed.get(s, {}).items()
-                                if k in keys} for s, keys in own.items()})
+    needed = timed.elements_of(sources, now)
+    every = timed.elements_of([record] + list(sources), now)   # one union per key
+    send = {s: {k: every[s][k] for k in keys} for s, keys in own.items()}
     added = subtract({s: list(keys) for s, keys in own.items()},
                      {s: list(keys) for s, keys in needed.items()})
     return send, added
@@ -231,6 +229,12 @@ def _user_with(user, record):
     user_timed = timed.record_keys(record, "user")
     if user_timed or "timed_keys" in user:
         user["timed_keys"] = union([user.get("timed_keys", {}), user_timed])
+    # and the user-scope entries themselves: a user-scope key stays open while the
+    # user does (a process left behind), not only while the session that made it does
+    entries = [e for e in record.get("timed", ()) if e["scope"] == "user"]
+    if entries or "timed" in user:
+        kept = list(user.get("timed", []))
+        user["timed"] = kept + [e for e in entries if e not in kept]
     if record["key"] not in user["sessions"]:
         user["sessions"] = user["sessions"] + [record["key"]]
     own = record["user_cgroup"]

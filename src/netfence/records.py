@@ -11,8 +11,9 @@ added, so that its close removes exactly that, and gc and reload can find it.
                         time>" of the run process; its elements are session-scope,
                         keyed by the tree's own cgroup (runtree.py)
 
-A session record's "timed" (rules with `time`: their keys, whatever the clock says)
-and a user record's "timed_keys" are no elements of these lists: timed.py computes
+A session record's "timed" (rules with `time`: their keys, whatever the clock says),
+a user record's "timed" (its sessions' user-scope entries, kept after their logout
+until the release) and "timed_keys" are no elements of these lists: timed.py computes
 which are open and until when (live_elements counts them only with timed_at).
 
 Records are written before the kernel changes (intent first, docs/security.md): a
@@ -224,7 +225,7 @@ def live_elements(run_dir, unsettled=None, timed_at=None):
     unsettled: a list that gets the records with a pending destroy (an interrupted
     close or undo), whose elements may still be in the kernel although no live
     record needs them. timed_at: an epoch: the timed elements (time windows) the live
-    session and run records have open then count too (what a pending destroy must
+    session, run and user records have open then count too (what a pending destroy must
     not take from another session).
     """
     sessions = _all(run_dir, SESSIONS, strict=True)
@@ -234,9 +235,9 @@ def live_elements(run_dir, unsettled=None, timed_at=None):
         unsettled += [r for r in sessions + users if "destroy" in r]
     parts = [r.get("session_elements", {}) for r in sessions if not r.get("closing")]
     parts += [r.get("elements", {}) for r in users if not r.get("closing")]
-    if timed_at is not None:
+    if timed_at is not None:          # user records: their sessions' user-scope entries
         parts += [{s: list(keys) for s, keys in record_elements(r, timed_at).items()}
-                  for r in sessions]
+                  for r in sessions + users]
     return union(parts)
 
 

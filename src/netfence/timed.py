@@ -104,18 +104,36 @@ def merge_max(target, elements):
 
 
 def record_elements(record, now, scope=None):
-    """The timed elements of one session or run record at now (entries of `scope`
-    only when given). A closing record has none."""
-    out = {}
-    if record.get("closing"):
-        return out
-    for entry in record.get("timed", ()):
-        if scope is not None and entry["scope"] != scope:
+    """The timed elements of one session, run or user record at now (entries of
+    `scope` only when given). A closing record has none."""
+    return elements_of([record], now, scope)
+
+
+def elements_of(records, now, scope=None):
+    """{set: {hex key: expires}} of the timed entries of the records (closing ones
+    left out) at now. A key held by several entries (two rules, two records) expires
+    with ONE open_until over the union of their windows: adjacent windows of
+    different rules run on (08:00-12:00 and 12:00-20:00 give 20:00, not 12:00)."""
+    held = {}
+    for record in records:
+        if record.get("closing"):
             continue
-        until = open_until(entry["windows"], now)
-        if until is not None:
-            merge_max(out, {s: dict.fromkeys(keys, until)
-                            for s, keys in entry["elements"].items()})
+        for entry in record.get("timed", ()):
+            if scope is not None and entry["scope"] != scope:
+                continue
+            windows = {tuple(w) for w in entry["windows"]}
+            for set_name, keys in entry["elements"].items():
+                have = held.setdefault(set_name, {})
+                for key in keys:
+                    have.setdefault(key, set()).update(windows)
+    cache, out = {}, {}
+    for set_name, keys in held.items():
+        for key, windows in keys.items():
+            union = tuple(sorted(windows))
+            if union not in cache:          # many keys share a few window lists
+                cache[union] = open_until([list(w) for w in union], now)
+            if cache[union] is not None:
+                out.setdefault(set_name, {})[key] = cache[union]
     return out
 
 
@@ -150,11 +168,11 @@ def grant_elements(grant, sessions):
     return out
 
 
-def desired(sessions, runs, grants, now):
-    """{set: {hex key: expires}}: every element the timed sets should hold at now."""
-    out = {}
-    for record in list(sessions) + list(runs):
-        merge_max(out, record_elements(record, now))
+def desired(sessions, runs, grants, now, users=()):
+    """{set: {hex key: expires}}: every element the timed sets should hold at now.
+    users: the user records, whose user-scope entries outlive the sessions that
+    made them (a logout leaving a process behind keeps the user's window keys)."""
+    out = elements_of(list(sessions) + list(runs) + list(users), now)
     for grant in grants:
         if grant["expires"] > now:
             merge_max(out, {s: dict.fromkeys(keys, grant["expires"])
@@ -169,8 +187,9 @@ def timeouts_ms(elements, now):
 
 
 def next_change(sessions, now):
-    """The earliest epoch after now at which a window of a live record opens (what
-    watch wakes up for; closings are the kernel's), or None."""
+    """The earliest epoch after now at which a window of a live record (session,
+    run or user record) opens (what watch wakes up for; closings are the kernel's),
+    or None."""
     times = [next_opening(entry["windows"], now)
              for record in sessions if not record.get("closing")
              for entry in record.get("timed", ())]

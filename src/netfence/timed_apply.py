@@ -41,7 +41,8 @@ def desired_inputs(run_dir, state_dir, now, without_grants=False):
     destroying them would unfence its login), and grants.active (StateError when
     grants.json cannot be trusted; without_grants: no grants then)."""
     records.live_elements(run_dir)                  # strict: raises on a damaged record
-    live = records.list_sessions(run_dir) + records.list_runs(run_dir, strict=True)
+    live = (records.list_sessions(run_dir) + records.list_runs(run_dir, strict=True)
+            + [dict(u, kind="user") for u in records.list_users(run_dir, strict=True)])
     try:
         return live, grants.active(state_dir, now)
     except StateError:
@@ -159,6 +160,8 @@ def reconcile(run_dir, state_dir, *, now=None, cgroup_mount=None):
 
 
 def _desired_from(live, active, now):
-    sessions = [r for r in live if r.get("kind") != "run"]
+    """live: session, run and user records (desired_inputs marks the user ones)."""
+    sessions = [r for r in live if r.get("kind") not in ("run", "user")]
     runs = [r for r in live if r.get("kind") == "run"]
-    return timed.desired(sessions, runs, active, now)
+    users = [r for r in live if r.get("kind") == "user"]
+    return timed.desired(sessions, runs, active, now, users)

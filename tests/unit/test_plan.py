@@ -1,6 +1,6 @@
 """plan: what an open or a close does, decided without files, kernel or root."""
 
-from netfence import plan, setkinds
+from netfence import plan, setkinds, timed
 from support.clock import MONDAY, utc  # noqa: F401  (a fixture)
 
 PROFILES = {"web": {"egress": True, "ingress": True, "uid_set": "uid-web",
@@ -212,3 +212,22 @@ def test_a_second_open_by_the_same_application_keeps_its_timed_entries(utc):
     again = timed_record(scope="user")
     record = plan.open_plan(again, first, None, ["5-6"], [], [], hm(12))["record"]
     assert [e["scope"] for e in record["timed"]] == ["session", "user"]
+
+
+def test_a_lingering_user_keeps_its_window_after_the_logout(utc):
+    """Hole: close with a process left behind kept the user-scope keys but only the
+    session records fed timed.desired, so the next gc destroyed tuid-P while the
+    user's processes ran, and no later window re-added it."""
+    rec = timed_record(scope="user")
+    user = plan.open_plan(rec, None, None, [], [], [], hm(12))["user"]
+    closed = plan.close_plan(rec, ["5-6"], [], user, True, {}, now=hm(12))
+    left = closed["user_after"]                     # the session record is gone now
+    assert timed.desired([], [], [], hm(13), users=[left])["tuid-lab"] == \
+        {TUID_KEY: hm(20)}
+    assert timed.desired([], [], [], hm(21), users=[left]) == {}
+    assert timed.next_change([left], hm(21)) == hm(24 + 8)
+    assert timed.desired([], [], [], hm(24 + 9), users=[left])["any-tuid"] == \
+        {TUID_KEY: hm(24 + 20)}                     # the next opening re-adds it
+    assert timed.desired([], [], [], hm(13), users=[plan.releasing(left)]) == {}
+    again = plan.open_plan(rec, None, left, [], [], [], hm(13))["user"]
+    assert again["timed"] == left["timed"]          # no duplicate entries

@@ -126,3 +126,17 @@ def test_daylight_saving_time_changes_the_length_not_the_wall_clock():
     # 00:30 CEST -> 05:00 CET is 5.5 h (02:00-03:00 happens twice)
     assert int(float(out[2])) == 19800
     assert int(float(out[3])) == 7 * 86400 + 1800         # next Sunday 00:00 CET
+
+
+def test_adjacent_windows_of_two_rules_sharing_a_key_run_on():
+    """Bug: expiry per entry, max'ed: 08:00-12:00 + 12:00-20:00 gave 12:00."""
+    morning = entry("user", [[WORKDAYS, 8 * 60, 12 * 60]], {"tuid-lab": ["aa"]})
+    afternoon = entry("user", [[WORKDAYS, 12 * 60, 20 * 60]], {"tuid-lab": ["aa"]})
+    assert timed.record_elements({"timed": [morning, afternoon]}, at(0, 9)) == \
+        {"tuid-lab": {"aa": at(0, 20)}}
+    two_records = timed.desired([{"timed": [morning]}], [], [], at(0, 9),
+                                users=[{"timed": [afternoon]}])
+    assert two_records == {"tuid-lab": {"aa": at(0, 20)}}
+    closing = timed.desired([{"timed": [morning]}], [], [], at(0, 9),
+                            users=[{"timed": [afternoon], "closing": True}])
+    assert closing == {"tuid-lab": {"aa": at(0, 12)}}
