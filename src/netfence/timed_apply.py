@@ -10,7 +10,8 @@ left, NFTA_SET_ELEM_EXPIRATION) and sends the difference in ONE transaction:
   a desired key missing      added with the time left until its expiry
   an expiry off by > SLACK   destroyed and added again in the same batch (a NEWSETELEM
                              alone may keep the old timeout: only destroy + add sets
-                             an exact one, atomically)
+                             an exact one, atomically); an expiry at the 7-day
+                             horizon is right within AT_CAP (it moves with the clock)
 
 reconcile runs under the records lock (no login between our read and our write) and
 is what gc, watch (at window openings), grant/restrict/revoke call. reload carries
@@ -24,6 +25,7 @@ from . import grants, records, setkinds, snapshot, timed
 from .errors import NetfenceError, StateError
 
 SLACK = 1.0         # seconds: a kernel expiry this close to the desired one is right
+AT_CAP = 86400.0    # seconds: an expiry at the horizon this close to it is right
 SETTLING = 2.0      # seconds: a key expiring this soon is about to change (drift)
 
 
@@ -81,7 +83,7 @@ def plan_changes(want, have, now):
             if key not in wanted:
                 destroy.setdefault(set_name, []).append(key)
                 counts["removed"] += 1
-            elif left_ms is None or abs(now + left_ms / 1000 - wanted[key]) > SLACK:
+            elif not _expiry_right(left_ms, wanted[key], now):
                 destroy.setdefault(set_name, []).append(key)
                 add_until.setdefault(set_name, {})[key] = wanted[key]
                 counts["refreshed"] += 1
@@ -90,6 +92,18 @@ def plan_changes(want, have, now):
                 add_until.setdefault(set_name, {})[key] = until
                 counts["added"] += 1
     return destroy, timed.timeouts_ms(add_until, now), counts
+
+
+def _expiry_right(left_ms, until, now):
+    """Whether a kernel expiry (ms left, None: no timeout) is the desired one. An
+    expiry at the horizon (a window covering the whole week) moves with the clock:
+    any expiry within AT_CAP of it is right, or it would be rewritten every run."""
+    if left_ms is None:
+        return False
+    have = now + left_ms / 1000
+    if until >= now + timed.HORIZON_DAYS * 86400 - SLACK:
+        return until - AT_CAP <= have <= until + SLACK
+    return abs(have - until) <= SLACK
 
 
 def key_drift(want, have, now):

@@ -32,3 +32,19 @@ def test_drift_leaves_out_keys_about_to_change():
     missing, extra = key_drift(want, have, NOW)
     assert missing == {"s": ["later"]}
     assert extra == {"s": ["forever", "stays"]}
+
+
+def test_a_window_at_the_horizon_is_not_rewritten_every_minute():
+    """A window covering the whole week expires at the 7-day cap, which moves with
+    the clock: an expiry set a minute (or hours) ago is right; one day off is not."""
+    from netfence.timed import HORIZON_DAYS
+    cap = NOW + HORIZON_DAYS * 86400
+    have = {"tuid-p": {"aa": (cap - NOW - 60) * 1000,         # set a minute ago
+                       "bb": (cap - NOW - 20 * 3600) * 1000,   # 20 h ago
+                       "cc": (cap - NOW - 86400 - 60) * 1000}}  # more than a day
+    want = {"tuid-p": {"aa": cap, "bb": cap, "cc": cap}}
+    destroy, add, counts = plan_changes(want, have, NOW)
+    assert counts == {"added": 0, "refreshed": 1, "removed": 0}
+    assert destroy == {"tuid-p": ["cc"]}
+    short = {"tuid-p": {"aa": NOW + 3600}}                    # not at the cap: exact
+    assert plan_changes(short, {"tuid-p": {"aa": 3_000_000}}, NOW)[2]["refreshed"] == 1
