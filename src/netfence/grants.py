@@ -45,6 +45,9 @@ MAX_ACTIVE = 1000              # active grants and restrictions at once
 KINDS = ("grant", "restrict")
 ID_PREFIX, ID_HEX = "g-", 8
 MAX_UID = 4294967294           # (uid_t)-1 means "no uid"
+MAX_CGROUP_ID = (1 << 64) - 1  # a cgroup id is a u64 key
+MAX_SPAN = 31 * 86400          # expires - created: `--for` takes 30 days, + slack
+CLOCK_SLACK = 86400            # created this far ahead of the clock is still ours
 _NUMBER = (int, float)
 
 
@@ -54,11 +57,12 @@ def path_of(state_dir):
 
 # ---- reading ----------------------------------------------------------------------
 
-def read_all(state_dir):
-    """Every entry of grants.json, expired or not; [] when there is none. StateError
-    naming the file when it is damaged, too big, of another format, or not owned by
-    us (root) alone."""
-    path = path_of(state_dir)
+def read_all(state_dir, now=None, path=None):
+    """Every entry of grants.json (or `path`), expired or not; [] when there is none.
+    StateError naming the file when it is damaged, too big, of another format, holds
+    an entry the kernel could not take (entry_problem), or is not owned by us (root)
+    alone."""
+    path = path or path_of(state_dir)
     fd = fsutil.open_regular(path)
     if fd is None:
         return []
@@ -75,11 +79,12 @@ def read_all(state_dir):
         blob = fsutil.read_all(fd, limit=MAX_BYTES)        # closes fd
     except OSError as err:
         raise StateError(f"{path}: unreadable: {err.strerror}") from None
-    return parse(blob, path)
+    return parse(blob, path, now)
 
 
-def parse(blob, path=FILE):
+def parse(blob, path=FILE, now=None):
     """The entries of grants.json's bytes; StateError naming path and the problem."""
+    now = time.time() if now is None else now
     try:
         data = json.loads(blob)
     except (ValueError, UnicodeDecodeError) as err:
@@ -91,14 +96,18 @@ def parse(blob, path=FILE):
     if not isinstance(entries, list):
         raise StateError(f"{path}: damaged: \"grants\" is not a list")
     for number, entry in enumerate(entries, 1):
-        problem = entry_problem(entry)
+        problem = entry_problem(entry, now)
         if problem:
-            raise StateError(f"{path}: damaged: entry {number}: {problem}")
+            name = entry.get("id") if isinstance(entry, dict) else None
+            raise StateError(f"{path}: damaged: entry {number}"
+                             f"{f' ({name!r})' if name else ''}: {problem}")
     return entries
 
 
-def entry_problem(entry):
-    """Why one entry is not a grant as this version writes it, or ""."""
+def entry_problem(entry, now):
+    """Why one entry is not a grant as this version writes it at now, or "". Bounds
+    what the kernel takes: a timeout of centuries is refused (ERANGE) and a key past
+    64 bits cannot be encoded, and either would stop every restore of the table."""
     if not isinstance(entry, dict):
         return "not an object"
     checks = [("id", is_grant_id), ("kind", lambda v: v in KINDS),
@@ -115,6 +124,17 @@ def entry_problem(entry):
             return f"no {key!r}"
         if not check(entry[key]):
             return f"invalid {key!r}: {entry[key]!r}"
+    return _span_problem(entry, now)
+
+
+def _span_problem(entry, now):
+    if entry.get("cgroup_id", 0) > MAX_CGROUP_ID:
+        return f"invalid 'cgroup_id': {entry['cgroup_id']!r} (more than 64 bits)"
+    if entry["created"] > now + CLOCK_SLACK:
+        return f"'created' {entry['created']!r} is in the future"
+    if entry["expires"] - entry["created"] > MAX_SPAN:
+        return (f"'expires' {entry['expires']!r} is more than {MAX_SPAN // 86400} days "
+                f"after 'created'")
     return ""
 
 
@@ -145,7 +165,7 @@ def active(state_dir, now):
     """The grants and restrictions of state_dir/grants.json still in force at now
     (expires after now); [] without a file. StateError when the file cannot be
     trusted: never guess "none" (see the module's docstring)."""
-    return [g for g in read_all(state_dir) if g["expires"] > now]
+    return [g for g in read_all(state_dir, now) if g["expires"] > now]
 
 
 # ---- writing ----------------------------------------------------------------------
@@ -272,7 +292,7 @@ def add(paths, entry, seconds, by, recheck=None):
         entries = read_all(paths.state_dir)
         entry = dict(entry, id=new_id(entries), by=by, created=round(now, 3),
                      expires=round(now + seconds, 3))
-        problem = entry_problem(entry)
+        problem = entry_problem(entry, now)
         if problem:         # never write what every reader would then refuse
             raise StateError(f"refusing to record {entry!r}: {problem}")
         problem = conflict(entries, entry, now)

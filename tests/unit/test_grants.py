@@ -50,7 +50,7 @@ class Kernel:
         self.seen, self.fail = [], fail
 
     def reconcile(self, run_dir, state_dir, **kw):
-        self.seen.append(grants.active(state_dir, 0))
+        self.seen.append(grants.active(state_dir, time.time()))
         if self.fail:
             raise self.fail
         return {"added": 1, "refreshed": 0, "removed": 0, "next_change": None}
@@ -247,7 +247,7 @@ def test_write_then_read_prunes_the_expired(paths):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     data = json.loads(open(path).read())
     assert data == {"format": 1, "grants": [live]}
-    assert grants.read_all(paths.state_dir) == [live]
+    assert grants.read_all(paths.state_dir, NOW) == [live]
     assert grants.active(paths.state_dir, NOW) == [live]
     assert grants.active(paths.state_dir, NOW + 3600) == []     # expires is exclusive
     assert sorted(os.listdir(paths.state_dir)) == ["compiled.json", "grants.json"]  # no temp
@@ -265,10 +265,10 @@ def test_no_file_no_grants(paths):
     (b'[]', "not a format 1"),
     (b'{"format": 1, "grants": {}}', "not a list"),
     (b'{"format": 1}', "not a list"),
-    (json.dumps({"format": 1, "grants": [entry(uid="0")]}).encode(), "entry 1: invalid 'uid'"),
+    (json.dumps({"format": 1, "grants": [entry(uid="0")]}).encode(), "entry 1 .*: invalid 'uid'"),
     (json.dumps({"format": 1, "grants": [entry(uid=True)]}).encode(), "invalid 'uid'"),
     (json.dumps({"format": 1, "grants": [entry(), entry(expires=None)]}).encode(),
-     "entry 2: invalid 'expires'"),
+     "entry 2 .*: invalid 'expires'"),
     (json.dumps({"format": 1, "grants": [entry(kind="allow")]}).encode(), "invalid 'kind'"),
     (json.dumps({"format": 1, "grants": [entry(id="../x")]}).encode(), "invalid 'id'"),
     (json.dumps({"format": 1, "grants": [entry(reason="a\nb")]}).encode(), "invalid 'reason'"),
@@ -286,6 +286,28 @@ def test_a_damaged_file_is_an_error_naming_it(paths, content, message):
     with pytest.raises(StateError, match=message) as err:
         grants.active(paths.state_dir, NOW)
     assert path in str(err.value)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (entry(expires=NOW + 1000 * 365 * 86400), "more than 31 days after 'created'"),
+    (entry(created=NOW + 1000 * 365 * 86400, expires=NOW + 1000 * 365 * 86400 + 60),
+     "'created' .* is in the future"),
+    (session_entry(cgroup_id=2 ** 70), "invalid 'cgroup_id'.*64 bits"),
+    (session_entry(cgroup_id=2 ** 64), "invalid 'cgroup_id'"),
+    (entry(uid=2 ** 32 - 1), "invalid 'uid'"),
+])
+def test_values_the_kernel_cannot_take_make_the_file_untrusted(paths, bad, message):
+    """Attack: an expires 1000 years out made the kernel refuse every restore
+    (ERANGE); a cgroup_id of 2**70 raised OverflowError out of gc and watch."""
+    path = grants.path_of(paths.state_dir)
+    with open(path, "w") as handle:
+        json.dump({"format": 1, "grants": [bad]}, handle)
+    os.chmod(path, 0o600)
+    with pytest.raises(StateError, match=message) as err:
+        grants.active(paths.state_dir, NOW)
+    assert path in str(err.value) and bad["id"] in str(err.value)
+    grants.write(paths.state_dir, [entry(expires=NOW + 30 * 86400)], NOW)
+    assert len(grants.active(paths.state_dir, NOW)) == 1      # the longest --for
 
 
 def test_a_file_others_may_write_is_refused(paths):
