@@ -20,7 +20,11 @@ Root-owned 0600, written whole (fsutil.write_atomic, fsynced) under the state lo
 expired entries pruned at every write. A damaged or foreign-owned file is an error
 naming it, for every reader: treated as "no grants", it would make the next
 reconcile destroy the restrictions in force (an incident responder's cut undone by a
-cut file). The kernel keeps what it holds until each element's own timeout.
+cut file). Every write also writes grants.good.json (same format and checks): while
+grants.json is untrusted, restore and reconcile use the RESTRICTIONS of that copy still
+in force (kept_restrictions; never its grants), destroy nothing in the grant and
+restriction sets, and still report the error. The kernel keeps what it holds until
+each element's own timeout.
 
 One change (add or revoke) runs: state lock -> read -> check -> write the file
 (intent) -> reconcile (one kernel batch) -> log; when the kernel refuses, the
@@ -39,6 +43,7 @@ from .errors import NetfenceError, StateError, UsageError
 from .hooklog import field
 
 FILE = "grants.json"
+GOOD_FILE = "grants.good.json"  # the last grants.json written: see kept_restrictions
 FORMAT = 1
 MAX_BYTES = 4 << 20            # far above MAX_ACTIVE entries; a bigger file is damage
 MAX_ACTIVE = 1000              # active grants and restrictions at once
@@ -53,6 +58,10 @@ _NUMBER = (int, float)
 
 def path_of(state_dir):
     return os.path.join(state_dir, FILE)
+
+
+def good_path_of(state_dir):
+    return os.path.join(state_dir, GOOD_FILE)
 
 
 # ---- reading ----------------------------------------------------------------------
@@ -168,6 +177,18 @@ def active(state_dir, now):
     return [g for g in read_all(state_dir, now) if g["expires"] > now]
 
 
+def kept_restrictions(state_dir, now):
+    """The restrictions (never the grants: a revoked grant must not come back) of the
+    last-good copy still in force at now: what restore and reconcile keep when
+    grants.json cannot be trusted, so that a damaged file and a flush do not lift an
+    incident responder's cut. [] when the copy is missing or untrusted too."""
+    try:
+        entries = read_all(state_dir, now, good_path_of(state_dir))
+    except StateError:
+        return []
+    return [g for g in entries if g["kind"] == "restrict" and g["expires"] > now]
+
+
 # ---- writing ----------------------------------------------------------------------
 
 def encode(entries, now):
@@ -178,13 +199,33 @@ def encode(entries, now):
 
 
 def write(state_dir, entries, now):
-    """Replace grants.json whole, fsynced, root-only (0600); StateError on failure,
-    with the file as it was."""
+    """Replace grants.json whole, fsynced, root-only (0600), then its last-good copy
+    (kept_restrictions); StateError on failure, with grants.json as it was."""
     path = path_of(state_dir)
+    blob = encode(entries, now)
     try:
-        fsutil.write_atomic(path, encode(entries, now), mode=0o600, sync=True)
+        fsutil.write_atomic(path, blob, mode=0o600, sync=True)
     except OSError as err:
         raise StateError(f"write {path}: {err.strerror}; nothing was changed") from None
+    _write_good(state_dir, blob)
+
+
+def _write_good(state_dir, blob):
+    """The last-good copy of a grants.json just written (None: none). grants.json
+    is the intent and is written: a copy that cannot be written is logged, not
+    raised (the change goes on to the kernel; the next write retries the copy)."""
+    from .apply import log_event
+    path = good_path_of(state_dir)
+    try:
+        if blob is None:
+            os.unlink(path)
+        else:
+            fsutil.write_atomic(path, blob, mode=0o600, sync=True)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        log_event(f"event=grants-copy result=failed file={field(path)} "
+                  f"error={field(err.strerror or str(err))}")
 
 
 def _put_back(state_dir, previous):
@@ -202,6 +243,7 @@ def _put_back(state_dir, previous):
                          f"the change the kernel refused, which the next reconcile "
                          f"tries again (`netfence grants` shows it, `revoke` ends "
                          f"it)") from None
+    _write_good(state_dir, previous)
 
 
 # ---- decisions (pure) ---------------------------------------------------------------

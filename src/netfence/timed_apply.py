@@ -23,6 +23,7 @@ import time
 
 from . import grants, records, setkinds, snapshot, timed
 from .errors import NetfenceError, StateError
+from .hooklog import field
 
 SLACK = 1.0         # seconds: a kernel expiry this close to the desired one is right
 AT_CAP = 86400.0    # seconds: an expiry at the horizon this close to it is right
@@ -38,19 +39,38 @@ class NoPolicyApplied(TableMissing):
 
 
 def desired_inputs(run_dir, state_dir, now, without_grants=False):
-    """(records, grants in force): the live session and run records, strictly read
-    (a damaged record raises StateError: its window keys cannot be known, and
+    """(records, grants in force): the live session, run and user records, strictly
+    read (a damaged record raises StateError: its window keys cannot be known, and
     destroying them would unfence its login), and grants.active (StateError when
-    grants.json cannot be trusted; without_grants: no grants then)."""
+    grants.json cannot be trusted; without_grants: the last-good copy's restrictions
+    then, logged, see grants_or_kept)."""
+    live, active, untrusted = _inputs(run_dir, state_dir, now)
+    if untrusted is not None and not without_grants:
+        raise untrusted
+    return live, active
+
+
+def _inputs(run_dir, state_dir, now):
+    """(live records, grants or kept restrictions, None or the StateError)."""
     records.live_elements(run_dir)                  # strict: raises on a damaged record
     live = (records.list_sessions(run_dir) + records.list_runs(run_dir, strict=True)
             + [dict(u, kind="user") for u in records.list_users(run_dir, strict=True)])
+    return (live, *grants_or_kept(state_dir, now))
+
+
+def grants_or_kept(state_dir, now):
+    """(grants in force, None), or when grants.json cannot be trusted (the last-good
+    copy's restrictions in force, the StateError, logged with restrictions_kept=N):
+    never "no grants", which would lift every restriction (grants.kept_restrictions)."""
     try:
-        return live, grants.active(state_dir, now)
-    except StateError:
-        if not without_grants:
-            raise
-        return live, []
+        return grants.active(state_dir, now), None
+    except StateError as err:
+        kept = grants.kept_restrictions(state_dir, now)
+        from .apply import log_event
+        log_event(f"event=grants-untrusted restrictions_kept={len(kept)} "
+                  f"error={field(str(err))}")
+        return kept, StateError(f"{err} (restrictions_kept={len(kept)}: the "
+                                f"restrictions of {grants.GOOD_FILE} in force)")
 
 
 def desired_now(run_dir, state_dir, now, sets=None, without_grants=False):
@@ -63,8 +83,9 @@ def desired_now(run_dir, state_dir, now, sets=None, without_grants=False):
 def desired_timeouts(run_dir, state_dir, table, now=None, without_grants=False):
     """{set: {hex key: ms left}}: what reload puts in the new table's timed sets.
     without_grants (gc restoring a missing table): an untrusted grants.json leaves
-    the grants out instead of keeping every login's fence away; gc's reconcile then
-    fails naming the file, and reload refuses it."""
+    the grants out (keeping the last-good copy's restrictions) instead of keeping
+    every login's fence away; gc's reconcile then fails naming the file, and reload
+    refuses it."""
     now = time.time() if now is None else now
     sets = {s.name for s in table.sets if s.timeout}
     return timed.timeouts_ms(
@@ -150,7 +171,10 @@ def reconcile(run_dir, state_dir, *, now=None, cgroup_mount=None):
     """Make the timed sets hold timed.desired at now, in one batch, under the records
     lock (callers must not hold it). Returns {"added", "refreshed", "removed",
     "next_change"}. TableMissing without a table; the kernel's KernelError when it
-    refuses (nothing changed then: one transaction).
+    refuses (nothing changed then: one transaction). With grants.json untrusted the
+    window sets are still reconciled, the last-good copy's restrictions added or
+    refreshed, nothing in a grant or restriction set destroyed, and then the
+    StateError raised (gc exits 1 naming the file).
 
     cgroup_mount is accepted for the callers' interface and not needed: keys are
     cgroup ids, which the kernel never reuses, so a gone session's key matches
@@ -161,16 +185,41 @@ def reconcile(run_dir, state_dir, *, now=None, cgroup_mount=None):
     records.ensure_dirs(run_dir)
     with records.Lock(run_dir), Ruleset() as ruleset:
         now = time.time() if now is None else now
-        live, active = desired_inputs(run_dir, state_dir, now)
+        live, active, untrusted = _inputs(run_dir, state_dir, now)
         want = _desired_from(live, active, now)
         if not ruleset.table_exists(setkinds.TABLE):
             raise TableMissing("table inet netfence is missing: nothing is enforced "
                                "(`netfence gc` restores it)")
         have = ruleset.read_expiries(sets, setkinds.TABLE)
         destroy, add, result = plan_changes(want, have, now)
+        if untrusted is not None:
+            destroy = keep_grant_sets(destroy, add, result)
         ruleset.set_timed(destroy, add, setkinds.TABLE)
+    if untrusted is not None:
+        raise StateError(f"{untrusted}; window sets reconciled, grant and restriction "
+                         f"elements in the kernel kept")
     result["next_change"] = timed.next_change(live, now)
     return result
+
+
+def keep_grant_sets(destroy, add, counts):
+    """destroy without the keys of grant and restriction sets (guid/gucg/gscg/ruid,
+    any-ruid) that are not re-added in the same batch: with grants.json untrusted,
+    what the kernel holds there stays until its own timeout."""
+    kept = {}
+    for set_name, keys in destroy.items():
+        if is_grant_set(set_name):
+            refreshed = add.get(set_name, {})
+            counts["removed"] -= sum(1 for k in keys if k not in refreshed)
+            keys = [k for k in keys if k in refreshed]
+        if keys:
+            kept[set_name] = keys
+    return kept
+
+
+def is_grant_set(set_name):
+    kinds = setkinds.GRANT_KINDS + setkinds.RESTRICT_KINDS
+    return any(set_name.startswith(k.prefix) or set_name == k.guard for k in kinds)
 
 
 def _desired_from(live, active, now):

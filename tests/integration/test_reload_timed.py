@@ -273,8 +273,8 @@ def test_status_shows_each_timed_entry_with_its_expiry(loaded):
 
 def test_a_damaged_grants_file_does_not_keep_a_flushed_table_away(loaded):
     """Attack: cut grants.json (or make it foreign-owned), then flush the ruleset.
-    gc must still bring the login fences back (the restrictions stay out until the
-    file is fixed: guessing "no grants" would be the same), and say why, exit 1."""
+    gc must still bring the login fences back and the restrictions in force (from
+    the last-good copy: never "no grants"), and say why, exit 1."""
     nf = loaded
     add_uid(nf, "uid-no-plain-http", 60031)
     key, _app = login(nf, 60031, ["no-plain-http"])
@@ -285,10 +285,34 @@ def test_a_damaged_grants_file_does_not_keep_a_flushed_table_away(loaded):
     nf.netns.nft("flush", "ruleset")
     out = nf.cli("gc", check=False)
     assert out.returncode == 1, out.stdout
-    assert "grants.json" in out.stdout, out.stdout
+    assert "grants.json" in out.stdout and "restrictions_kept=1" in out.stdout, out.stdout
     assert nf.probe("tcp", "127.0.0.1", 80, uid=60031) == "refused"   # fence back
-    assert nf.probe("tcp", "127.0.0.1", 80, uid=60032) == "ok"   # not guessed, not kept
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60032) == "refused"   # restriction kept
     drift = json.loads(nf.cli("status", "--json").stdout)["drift"]
     assert not drift["ok"] and "grants.json" in drift["timed_error"], drift
     # reload refuses instead: it would otherwise drop the restrictions in force
     assert nf.cli("reload", check=False).returncode == 1
+
+
+def test_a_damaged_grants_file_stops_no_window_and_removes_no_grant(loaded):
+    """A damaged grants.json made reconcile raise before anything: no window opened.
+    Now the windows are reconciled, grant and restriction elements stay, the error
+    is still reported."""
+    nf = loaded
+    key, _app = login(nf, 60033)
+    windows, closes = open_window()
+    give_window(nf, key, 60033, "lab", windows)
+    add_timed(nf, "guid-no-plain-http", 60034, "300s")      # a grant the file had
+    add_timed(nf, "ruid-lab", 60035, "300s")                # a restriction it had
+    with open(os.path.join(nf.state_dir, "grants.json"), "w") as handle:
+        handle.write("{cut")
+    os.chmod(os.path.join(nf.state_dir, "grants.json"), 0o600)
+    args = [sys.executable, "-c", RECONCILE, nf.run_dir, nf.state_dir]
+    out = nf.netns.run(args, check=False)
+    assert out.returncode != 0 and "grants.json" in out.stderr, out.stderr
+    _, sets = kernel(nf, "tuid-lab", "guid-no-plain-http", "ruid-lab")
+    assert set(sets["tuid-lab"]) == {60033}                 # the window opened
+    assert abs(time.time() + sets["tuid-lab"][60033] - closes) < 2
+    assert set(sets["guid-no-plain-http"]) == {60034}       # nothing destroyed there
+    assert set(sets["ruid-lab"]) == {60035}
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60033) == "refused"

@@ -250,7 +250,8 @@ def test_write_then_read_prunes_the_expired(paths):
     assert grants.read_all(paths.state_dir, NOW) == [live]
     assert grants.active(paths.state_dir, NOW) == [live]
     assert grants.active(paths.state_dir, NOW + 3600) == []     # expires is exclusive
-    assert sorted(os.listdir(paths.state_dir)) == ["compiled.json", "grants.json"]  # no temp
+    assert sorted(os.listdir(paths.state_dir)) == ["compiled.json", "grants.good.json",
+                                                  "grants.json"]  # no temp
 
 
 def test_no_file_no_grants(paths):
@@ -550,3 +551,32 @@ def test_the_listing_marks_a_profile_no_longer_applied(paths, kernel, capsys):
     assert "quiet (not applied)" in capsys.readouterr().out
     assert run_cli(paths, "grants", "--json") == 0
     assert json.loads(capsys.readouterr().out)["grants"][0]["profile_applied"] is False
+
+
+def test_the_last_good_copy_keeps_restrictions_never_grants(paths, kernel):
+    """A damaged grants.json is never read as "no grants": restore and reconcile
+    keep the restrictions of the last file written; a grant (or a revoked entry)
+    never comes back from it."""
+    cut = entry(id="g-0000c0de", kind="restrict", created=time.time(),
+                expires=time.time() + 600)
+    grant = entry(created=time.time(), expires=time.time() + 600)
+    gone = dict(cut, id="g-0000dead", uid=1001, user="bob")
+    grants.write(paths.state_dir, [cut, grant, gone], time.time())
+    grants.write(paths.state_dir, [cut, grant], time.time())      # gone revoked
+    assert grants.kept_restrictions(paths.state_dir, time.time()) == [cut]
+    with open(grants.path_of(paths.state_dir), "wb") as handle:
+        handle.write(b"{cut")
+    assert grants.kept_restrictions(paths.state_dir, time.time()) == [cut]
+    assert grants.kept_restrictions(paths.state_dir, time.time() + 601) == []
+    os.chmod(grants.good_path_of(paths.state_dir), 0o666)         # untrusted too
+    assert grants.kept_restrictions(paths.state_dir, time.time()) == []
+
+
+def test_an_untrusted_file_destroys_nothing_in_grant_sets():
+    destroy = {"guid-web": ["aa"], "ruid-web": ["bb", "cc"], "any-ruid": ["bb"],
+               "tuid-web": ["dd"]}
+    add = {"ruid-web": {"cc": 5000}}                          # a refresh: kept
+    counts = {"added": 0, "refreshed": 1, "removed": 4}
+    assert timed_apply.keep_grant_sets(destroy, add, counts) == {
+        "ruid-web": ["cc"], "tuid-web": ["dd"]}
+    assert counts["removed"] == 1
