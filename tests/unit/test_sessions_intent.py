@@ -255,3 +255,30 @@ def test_a_release_destroys_the_users_timed_keys(kernel):
     kernel.busy = False
     assert sessions.release_user(kernel.run_dir, 1001, mount="/fake") is True
     assert kernel.calls[-1][1] == user["timed_keys"]
+
+
+def test_timed_sources_are_user_records_not_every_session(tmp_path):
+    """Hook cost: under a logind slice every session record was read (150 ms at
+    10,000). The user records carry their sessions' user-scope entries: the uid's
+    own, and other uids' whose user cgroups include this slice (su)."""
+    run = str(tmp_path)
+    records.ensure_dirs(run)
+    slice_ = "/user.slice/user-1000.slice"
+    entry = {"rule": 1, "scope": "user", "profiles": ["web"], "windows": [[127, 0, 60]],
+             "elements": {"tucg-web": ["0000000000000020"]}}
+    mine = {"uid": 1001, "user": "alice", "elements": {}, "sessions": [],
+            "live_cgroups": [slice_], "timed": [entry]}
+    caller = dict(mine, uid=1000, user="carol")
+    elsewhere = dict(mine, uid=1002, user="bob", live_cgroups=["/user.slice/user-1002.slice"])
+    for user in (mine, caller, elsewhere):
+        records.write(records.user_path(run, user["uid"]), user)
+    from netfence.liveness import proc_starttime
+    session = {"key": "9-9", "uid": 1003, "ppid": os.getpid(), "timed": [entry],
+               "starttime": proc_starttime(os.getpid()), "opened_at": 1}
+    records.write(records.session_path(run, "9-9"), session)   # live, another uid
+    record = {"key": "5-6", "uid": 1001, "user_cgroup": slice_, "timed": [entry]}
+    sources = sessions._timed_sources(run, record, mine)
+    assert sorted(s["uid"] for s in sources) == [1000, 1001]
+    own_slice = dict(record, user_cgroup="/nf/user-1001")
+    assert sessions._timed_sources(run, own_slice, mine) == [mine]
+    assert sessions._timed_sources(run, dict(record, timed=[]), mine) == []
