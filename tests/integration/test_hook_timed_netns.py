@@ -154,3 +154,30 @@ def test_outside_its_window_a_login_is_recorded_and_a_close_removes_the_window(w
     assert elements(nf, "tscg-no-http") == {} and elements(nf, "any-tscg") == {}
     assert outside.close(user="bin", service="login") == 0
     assert records.list_sessions(nf.run_dir) == []
+
+
+def test_a_process_left_behind_keeps_the_users_window_through_gc(world):
+    """Hole: close with a process of the user still running kept the user-scope
+    window key, but the next gc computed the timed sets from the session records
+    alone and destroyed it: the user escaped the window by logging out."""
+    import subprocess
+    nf, hooked = world
+    load(nf, next_boundary(margin=0) + 300)                 # nobody's window: open now
+    login_ = hooked.parent()
+    assert login_.open(user="nobody") == 0
+    lingering = subprocess.Popen(["sleep", "600"])
+    try:
+        mount = cgroups.cgroup2_mount()
+        Path(mount + login_.cgroup(), "cgroup.procs").write_text(str(lingering.pid))
+        assert login_.close(user="nobody") == 0
+        assert records.list_sessions(nf.run_dir) == []
+        assert nf.cli("gc", check=False).returncode == 0
+        assert NOBODY in elements(nf, "tuid-no-http")
+        assert nf.probe("tcp", "127.0.0.1", 80, uid=NOBODY) == "refused"
+        assert records.read_user(nf.run_dir, NOBODY)["timed"]   # the user stays
+    finally:
+        lingering.kill()
+        lingering.wait()
+    nf.cli("gc")                                            # no task left: released
+    assert NOBODY not in elements(nf, "tuid-no-http")
+    assert records.read_user(nf.run_dir, NOBODY) is None
