@@ -39,11 +39,35 @@ def _local(now):
     return lt.tm_wday, lt.tm_hour * 60 + lt.tm_min, lt
 
 
-def _epoch(lt, day_offset, minute):
-    """The epoch of local wall-clock minute `minute` (0..1440) of the day day_offset
-    days after lt's day (mktime normalises day overflow and DST)."""
-    return time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday + day_offset, minute // 60,
-                        minute % 60, 0, 0, 0, -1))
+def _epochs(lt, day_offset, minute):
+    """(first, last): the instants at which the local wall clock reaches minute
+    `minute` (0..1440) of the day day_offset days after lt's day. Equal but on
+    daylight saving nights: a minute the clock skips is reached when it jumps past
+    it (first == last); a repeated minute is reached twice (first < last)."""
+    if minute == MINUTES_PER_DAY:
+        day_offset, minute = day_offset + 1, 0
+    noon = time.localtime(time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday + day_offset,
+                                       12, 0, 0, 0, 0, -1)))
+    target = (noon.tm_year, noon.tm_mon, noon.tm_mday, minute // 60, minute % 60)
+    found = sorted({at for at in (time.mktime(target + (0, 0, 0, dst)) for dst in (0, 1))
+                    if tuple(time.localtime(at))[:5] == target})
+    if found:
+        return found[0], found[-1]
+    return (_jump_past(target),) * 2
+
+
+def _jump_past(target):
+    """The first whole minute at which the wall clock is past `target`, a minute
+    it skips (the daylight saving jump: at most 3 h before mktime's reading)."""
+    high = int(time.mktime(target + (0, 0, 0, -1))) // 60     # already past it
+    low = high - 180
+    while low < high:
+        middle = (low + high) // 2
+        if tuple(time.localtime(middle * 60))[:5] > target:
+            high = middle
+        else:
+            low = middle + 1
+    return float(low * 60)
 
 
 def _boundaries(windows):
@@ -53,7 +77,10 @@ def _boundaries(windows):
 
 
 def _walk(windows, now):
-    """(epoch, open) at every boundary after now, for HORIZON_DAYS + 1 days."""
+    """(epoch, open) at every boundary after now, for HORIZON_DAYS + 1 days. On a
+    repeated wall-clock minute (daylight saving ends) a window opens at its first
+    occurrence and closes at its last: the kernel never holds it for less than the
+    wall clock says."""
     weekday, minute, lt = _local(now)
     marks = _boundaries(windows)
     for offset in range(HORIZON_DAYS + 2):
@@ -61,7 +88,11 @@ def _walk(windows, now):
         for mark in marks:
             if offset == 0 and mark <= minute:
                 continue
-            yield _epoch(lt, offset, mark), time_matches(windows, day, mark)
+            first, last = _epochs(lt, offset, mark)
+            is_open = time_matches(windows, day, mark)
+            at = first if is_open else last
+            if at > now:
+                yield at, is_open
 
 
 def open_until(windows, now):

@@ -140,3 +140,32 @@ def test_adjacent_windows_of_two_rules_sharing_a_key_run_on():
     closing = timed.desired([{"timed": [morning]}], [], [], at(0, 9),
                             users=[{"timed": [afternoon], "closing": True}])
     assert closing == {"tuid-lab": {"aa": at(0, 12)}}
+
+
+def test_a_boundary_inside_the_skipped_or_the_repeated_hour():
+    """Europe/Berlin. 2026-03-29: 02:00 CET jumps to 03:00 CEST (01:00 UTC); a window
+    boundary at 02:30 never shows on the clock: it is crossed at the jump (mktime
+    read it as 03:30 CEST: a window opening then came 30 min late). 2026-10-25:
+    03:00 CEST falls back to 02:00 CET (01:00 UTC); 02:30 shows twice: a window
+    opens at the first (mktime took the second: an hour late) and closes at the
+    last (never shorter than the wall clock says)."""
+    spring_opens = [[SUN, 150, 300]]          # Sunday 02:30-05:00
+    spring_closes = [[SUN, 60, 150]]          # Sunday 01:00-02:30
+    spring = 1774744200                       # 2026-03-29 01:30 CET (00:30 UTC)
+    jump = 1774746000                         # 01:00 UTC
+    autumn = 1792881000                       # 2026-10-25 00:30 CEST (22:30 UTC Sat)
+    first, second = 1792888200, 1792891800    # 02:30 CEST (00:30 UTC), 02:30 CET
+    cases = [(spring, spring_opens), (spring, spring_closes),
+             (autumn, [[SUN, 150, 300]]), (autumn + 3600, [[SUN, 60, 150]])]
+    import netfence
+    path = os.path.dirname(os.path.dirname(netfence.__file__))
+    script = ("import sys\nsys.path.insert(0, %r)\nfrom netfence import timed\n"
+              "for now, w in %r:\n    print(timed.next_opening(w, now), "
+              "timed.open_until(w, now))\n" % (path, cases))
+    out = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True,
+                         text=True, check=True, env={"TZ": "Europe/Berlin"}).stdout
+    rows = [line.split() for line in out.splitlines()]
+    assert float(rows[0][0]) == jump                  # opens when 02:30 is passed
+    assert float(rows[1][1]) == jump                  # closes then too
+    assert float(rows[2][0]) == first                 # the first 02:30
+    assert float(rows[3][1]) == second                # the last 02:30
