@@ -52,7 +52,7 @@ ID_PREFIX, ID_HEX = "g-", 8
 MAX_UID = 4294967294           # (uid_t)-1 means "no uid"
 MAX_CGROUP_ID = (1 << 64) - 1  # a cgroup id is a u64 key
 MAX_SPAN = 31 * 86400          # expires - created: `--for` takes 30 days, + slack
-CLOCK_SLACK = 86400            # created this far ahead of the clock is still ours
+CLOCK_SLACK = 366 * 86400      # "created" ahead of a clock months behind (no RTC at boot)
 _NUMBER = (int, float)
 
 
