@@ -211,11 +211,19 @@ def write(state_dir, entries, now):
 
 
 def _write_good(state_dir, blob):
-    """The last-good copy of a grants.json just written (None: none). grants.json
-    is the intent and is written: a copy that cannot be written is logged, not
-    raised (the change goes on to the kernel; the next write retries the copy)."""
+    """The last-good copy of a grants.json just written (None: none); a failure is
+    logged, not raised: grants.json, the intent, is written, the kernel goes next."""
     from .apply import log_event
     path = good_path_of(state_dir)
+    try:
+        _replace(path, blob)
+    except OSError as err:
+        log_event(f"event=grants-copy result=failed file={field(path)} "
+                  f"error={field(err.strerror or str(err))}")
+
+
+def _replace(path, blob):
+    """Write blob whole, fsynced, 0600; None: remove the file (if it is there)."""
     try:
         if blob is None:
             os.unlink(path)
@@ -223,21 +231,13 @@ def _write_good(state_dir, blob):
             fsutil.write_atomic(path, blob, mode=0o600, sync=True)
     except FileNotFoundError:
         pass
-    except OSError as err:
-        log_event(f"event=grants-copy result=failed file={field(path)} "
-                  f"error={field(err.strerror or str(err))}")
 
 
 def _put_back(state_dir, previous):
     """grants.json as it was before a change the kernel did not take (None: absent)."""
     path = path_of(state_dir)
     try:
-        if previous is None:
-            os.unlink(path)
-        else:
-            fsutil.write_atomic(path, previous, mode=0o600, sync=True)
-    except FileNotFoundError:
-        pass
+        _replace(path, previous)
     except OSError as err:
         raise StateError(f"{path}: could not be put back ({err.strerror}): it holds "
                          f"the change the kernel refused, which the next reconcile "
