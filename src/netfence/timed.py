@@ -13,8 +13,12 @@ expiry, so the kernel removes it on time even when nothing netfence runs:
   a grant / restriction  until its "expires"
 
 One key may have several sources (two sessions of one user matched by rules with
-different windows, the guard of several profiles): it expires with the last of them
-(merge_max). Light on purpose (the hook imports it): time and matcher only.
+different windows, the guard of several profiles): a window key expires with ONE
+open_until over the union of the windows of every entry holding it (elements_of:
+windows of two rules that meet run on), a grant's with the last of them
+(merge_max). A user record keeps its sessions' user-scope entries ("timed") until
+its release: a user-scope window follows the user, as user elements do. Light on
+purpose (the hook imports it): time and matcher only.
 
 A record's timed entries, written at open (plan.session_record):
   {"rule": index, "scope": "user"|"session", "windows": [[days, start, end]...],
