@@ -4,10 +4,17 @@ and how (no root: messages built by nfencode as the kernel sends them)."""
 import os
 import struct
 
+import pytest
+
 from netfence import nfconst
 from netfence.liveness import proc_starttime
 from netfence.nfencode import attr, cstring, element_list_message, message, nft_message
+from netfence import cli
+from netfence.hooklog import field
+from netfence.watch import Watch
 from netfence.watch_sources import event_kind, open_pidfd
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 NFPROTO_IPV4 = 2
 
@@ -48,8 +55,47 @@ def test_a_truncated_or_foreign_message_is_not_misread():
 def test_a_pidfd_is_only_given_for_the_recorded_start_time():
     """A pid the kernel reused names another process: never watched in its place."""
     start = proc_starttime(os.getpid())
-    assert open_pidfd(os.getpid(), start + 1) is None
-    fd = open_pidfd(os.getpid(), start)
-    assert fd is not None
+    assert open_pidfd(os.getpid(), start + 1) == (None, False)
+    fd, hidden = open_pidfd(os.getpid(), start)
+    assert fd is not None and not hidden
     os.close(fd)
-    assert open_pidfd(2 ** 22 + 1, 0) is None             # no such process
+    assert open_pidfd(2 ** 22 + 1, 0) == (None, False)     # no such process
+
+
+def test_log_fields_cannot_forge_a_line():
+    """A user-chosen name (a session key, a cgroup path) with a newline or a control
+    character is quoted: one event, one line."""
+    assert field("a\nevent=closed") == repr("a\nevent=closed")
+    assert field("x\x1b[2J") == repr("x\x1b[2J")
+    assert field("") == "-" and field("plain") == "plain"
+    assert field("a b") == "'a b'"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "x"])
+def test_gc_interval_must_be_finite_and_positive(value):
+    """nan or inf made the loop spin (every timeout computed as nan or 0)."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["watch", "--gc-interval", value])
+    assert exit_info.value.code == 2
+
+
+def test_the_unit_never_stops_restarting_and_has_descriptors_for_sessions():
+    unit = open(os.path.join(REPO, "packaging/systemd/netfence-watch.service")).read()
+    head = unit.split("[Service]")[0]
+    assert "\nStartLimitIntervalSec=0\n" in head
+    assert "\nLimitNOFILE=524288\n" in unit
+    assert "\nCapabilityBoundingSet=CAP_NET_ADMIN\n" in unit
+
+
+def test_a_bad_input_never_ends_the_loop():
+    """Any exception in an action (a malformed record, a bug) is logged; the loop
+    goes on (it used to catch only NetfenceError and OSError)."""
+    watch = Watch.__new__(Watch)
+    lines = []
+    watch.log = lambda **fields: lines.append(fields)
+
+    def broken():
+        return {}["ppid"]
+
+    watch._guarded(broken)
+    assert lines and lines[0]["event"] == "error" and "KeyError" in lines[0]["error"]
