@@ -99,3 +99,30 @@ def test_a_bad_input_never_ends_the_loop():
 
     watch._guarded(broken)
     assert lines and lines[0]["event"] == "error" and "KeyError" in lines[0]["error"]
+
+
+def test_event_driven_repairs_never_resolve_nss(monkeypatch):
+    """A stuck NSS directory must not hold the state lock in a repair an event
+    started: only the periodic gc widens the always rules."""
+    from types import SimpleNamespace
+    from netfence import watch_actions
+    calls = []
+    drift = SimpleNamespace(ok=False, problems=lambda: ["table missing"])
+    monkeypatch.setattr(watch_actions, "read_snapshot", lambda state_dir: {"x": 1})
+    monkeypatch.setattr(watch_actions, "check_steadily", lambda applied, paths: drift)
+    monkeypatch.setattr(watch_actions, "repair_table", lambda paths, **kw: calls.append(kw)
+                        or SimpleNamespace(action="restored", error=None))
+    fields, repaired = watch_actions.check_and_repair(SimpleNamespace(state_dir="/x"))
+    assert repaired and calls == [{"widen": False}]
+
+
+def test_the_zone_is_read_again_before_each_window_computation(monkeypatch):
+    """`timedatectl set-timezone` while watch runs: localtime must follow."""
+    from netfence import watch_actions
+    zones = []
+    monkeypatch.setattr("time.tzset", lambda: zones.append(1))
+    monkeypatch.setattr(watch_actions, "reconcile_windows", lambda paths: (None, None))
+    watch = Watch.__new__(Watch)
+    watch.paths, watch.counts = None, {"reconciles": 0}
+    watch._reconcile()
+    assert zones and watch.counts["reconciles"] == 1
