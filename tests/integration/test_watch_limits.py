@@ -12,7 +12,8 @@ import pytest
 from netfence import grants
 from support.livesession import login, logout
 from support.pamsvc import wait_until
-from support.watcher import POLICY, UID, Watcher
+from support.watcher import UID, Watcher
+from test_watch import loaded  # noqa: F401  (the fixture: policy loaded, echo server)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: netns, cgroups")
 
@@ -22,14 +23,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: netns, cg
 UNIT_CAPS = ["setpriv", "--bounding-set=-all,+net_admin", "--inh-caps=-all", "--"]
 HIDEPID = ["unshare", "-m", "--propagation", "private", "sh", "-c",
            'mount -t proc -o hidepid=invisible,gid=4242 proc /proc && exec "$@"', "sh"]
-
-
-@pytest.fixture
-def loaded(nf):
-    nf.write_policy(POLICY.format(base=nf.cgroup_base))
-    nf.cli("reload")
-    nf.echo_server(["tcp:127.0.0.1:80"])
-    return nf
 
 
 def _stopped_cleanly(watcher):

@@ -126,3 +126,15 @@ def test_the_zone_is_read_again_before_each_window_computation(monkeypatch):
     watch.paths, watch.counts = None, {"reconciles": 0}
     watch._reconcile()
     assert zones and watch.counts["reconciles"] == 1
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_one():
+    """One pidfd per live session: the default soft 1024 ended watch near 1,000
+    sessions (every action then failed with EMFILE)."""
+    import subprocess
+    import sys
+    code = ("import resource; from netfence.watch_actions import raise_fd_limit; "
+            "cap = raise_fd_limit(); print(cap, *resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run(["prlimit", "--nofile=100:2000", "--", sys.executable, "-c", code],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1968", "2000", "2000"]
