@@ -129,6 +129,7 @@ def concurrent_sessions(nf, watcher, count, tries):
         app.wait()
     result["kill_all_to_closed_s"] = rnd(wait_for(
         lambda: not os.listdir(f"{nf.run_dir}/sessions"), timeout=60) - start, 3)
+    time.sleep(1.0)                       # the records' deletions reach watch
     result["fds_after"] = open_fds(pid)
     return result
 
