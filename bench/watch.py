@@ -4,9 +4,12 @@
   - `nft flush ruleset` -> enforcement back, seen by a probe running as the fenced uid;
   (median and worst of --tries each)
   - watch's CPU time per login (opens and closes of --sessions sessions), its RSS
-    after them and at start, and its idle CPU over --idle seconds.
+    after them and at start, and its idle CPU over --idle seconds;
+  - --concurrent live sessions at once: watch's descriptors and RSS with them, a
+    flush repaired with them live, and all of them killed -> every record gone.
 
-    sudo python3 bench/watch.py [--tries 20] [--sessions 2000] [--idle 30] [--json F]
+    sudo python3 bench/watch.py [--tries 20] [--sessions 2000] [--concurrent 1000]
+                                [--idle 30] [--json F]
 
 Runs from the checkout (src/ and tests/support on the path, as bench/run.py).
 """
@@ -107,6 +110,30 @@ def many_sessions(nf, watcher, count):
     return ((cpu_seconds(pid) - cpu_start) * 1000 / count, rss_start, watcher.rss_kb())
 
 
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def concurrent_sessions(nf, watcher, count, tries):
+    """count sessions live at once: watch's descriptors and RSS, flush -> enforcement
+    (tries), then SIGKILL of all -> every record gone."""
+    pid = watcher.proc.pid
+    apps = [login(nf, UID, user_profiles=["web"])[1] for _ in range(count)]
+    time.sleep(1.0)
+    result = {"count": count, "fds": open_fds(pid), "rss_kb": watcher.rss_kb()}
+    result["flush_to_enforcement"] = summary(flush_to_enforcement(nf, tries))
+    start = time.monotonic()
+    for app in apps:
+        app.kill()
+    for app in apps:
+        app.wait()
+    result["kill_all_to_closed_s"] = rnd(wait_for(
+        lambda: not os.listdir(f"{nf.run_dir}/sessions"), timeout=60) - start, 3)
+    time.sleep(1.0)                       # the records' deletions reach watch
+    result["fds_after"] = open_fds(pid)
+    return result
+
+
 def summary(values):
     return {"median_ms": rnd(median(values) * 1000, 1), "worst_ms": rnd(max(values) * 1000, 1),
             "tries": len(values)}
@@ -116,6 +143,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tries", type=int, default=20)
     parser.add_argument("--sessions", type=int, default=2000)
+    parser.add_argument("--concurrent", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
@@ -132,6 +160,10 @@ def main(argv=None):
             per_login, rss_before, rss_after = many_sessions(nf, watcher, args.sessions)
             results["sessions"] = {"count": args.sessions, "cpu_ms_per_session": rnd(per_login, 3),
                                    "rss_before_kb": rss_before, "rss_after_kb": rss_after}
+            if args.concurrent:
+                results["concurrent"] = concurrent_sessions(nf, watcher, args.concurrent,
+                                                            min(args.tries, 5))
+            results["checks_reconciles"] = None     # filled from the stop line
             before = cpu_seconds(watcher.proc.pid)
             time.sleep(args.idle)
             results["idle"] = {"seconds": args.idle,
@@ -140,6 +172,8 @@ def main(argv=None):
             results["repairs_logged"] = len(watcher.lines("repair"))
         finally:
             watcher.stop()
+        if watcher.lines("stop"):
+            results["checks_reconciles"] = watcher.counts()
     print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w") as handle:

@@ -1,6 +1,7 @@
 """The `netfence` command."""
 
 import argparse
+import math
 import os
 import sys
 
@@ -45,7 +46,7 @@ def build_parser():
     watch = commands.add_parser("watch", help="keep enforcement continuous: restore the "
                                 "table, close ended sessions, follow time windows "
                                 "(docs/watch.md)")
-    watch.add_argument("--gc-interval", type=float, default=60.0, metavar="SECONDS",
+    watch.add_argument("--gc-interval", type=_seconds, default=60.0, metavar="SECONDS",
                        help="full gc every SECONDS (default: %(default)s)")
     pam_line = commands.add_parser("pam-line", help="print the PAM session line to install")
     pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
@@ -185,10 +186,19 @@ def cmd_gc(args, paths):
     return 1 if report.errors or failed else 0
 
 
+def _seconds(text):
+    """A finite positive number of seconds (nan or inf would make watch spin)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a finite positive number")
+    return value
+
+
 def cmd_watch(args, paths):
     from .watch import run
-    if args.gc_interval <= 0:
-        raise UsageError("--gc-interval must be positive")
     # under systemd (INVOCATION_ID set) the syslog line is enough; in a terminal or a
     # plain service manager the same line goes to stderr too
     return run(paths, args.gc_interval, to_stderr="INVOCATION_ID" not in os.environ)

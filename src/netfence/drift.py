@@ -269,7 +269,7 @@ class Repair:
         return "gc: table: ok"
 
 
-def repair_table(paths):
+def repair_table(paths, widen=True):
     """gc's table check: restore a missing or altered table from the applied snapshot
     (what the last reload applied, not /etc) and the records; add back missing live
     elements; then widen the always rules by what NSS newly lists. Holds the state
@@ -278,7 +278,9 @@ def repair_table(paths):
 
     The restore comes first and uses the applied resolution as it is: neither NSS (a
     slow or unreachable directory) nor the state dir (full, read-only) may keep a
-    flushed table, and with it every login's fence, from coming back."""
+    flushed table, and with it every login's fence, from coming back.
+
+    widen=False: no NSS lookup (watch's event-driven repairs; its periodic gc widens)."""
     with state_lock(paths.state_dir):
         applied = snapshot.read_snapshot(paths.state_dir)
         if not applied:
@@ -299,7 +301,8 @@ def repair_table(paths):
         except NetfenceError as err:
             repair.action, repair.error = "failed", str(err)
             return repair
-        _widen(repair, applied, paths.state_dir)
+        if widen:
+            _widen(repair, applied, paths.state_dir)
         return repair
 
 

@@ -75,7 +75,26 @@ def session_key(ppid):
 
 
 def is_alive(record):
-    return proc_starttime(record["ppid"]) == record["starttime"]
+    start = proc_starttime(record["ppid"])
+    if start is None:
+        return _exists_unseen(record["ppid"])
+    return start == record["starttime"]
+
+
+def _exists_unseen(pid):
+    """/proc/PID/stat unreadable: the process is gone, or /proc hides it from us
+    (hidepid=2 without CAP_SYS_PTRACE, as netfence-watch.service runs: a su or sudo
+    application has the user's real uid). A pid that still exists counts as alive,
+    as a zombie does when /proc shows it: closing a live session on a guess would be
+    the unsafe mistake. Its start time cannot be checked then: a reused pid keeps the
+    session until that process is gone too."""
+    try:
+        posix.close(posix.pidfd_open(pid))
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True                       # EMFILE and the like: not a proof of exit
+    return True
 
 
 # ---- processes in a cgroup subtree -----------------------------------------------

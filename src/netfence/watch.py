@@ -9,8 +9,10 @@ Event-driven, one thread, one poll loop (docs/watch.md):
   - a pidfd per live session's PAM application, inotify on each session, user and
     `run` tree cgroup's cgroup.events and on run_dir's sessions/, users/ and runs/:
     gc's close, release and tree close, for that one record (watch_actions);
-  - timers only for the next window change (timed_apply.reconcile's next_change) and
-    the periodic full gc (the safety net; also at start and on SIGHUP).
+  - timers only for the next window change (timed_apply.reconcile's next_change, or a
+    new record's own next opening), one debounced reconcile after logins of a uid
+    with a user grant in force, and the periodic full gc (the safety net; also at
+    start and on SIGHUP).
 Logins never wait for it: it only ever does what `netfence gc` would do later.
 """
 
@@ -24,6 +26,7 @@ import time
 from . import cgroups, records, watch_actions
 from .apply import log_event
 from .errors import NetfenceError
+from .hooklog import field
 from .watch_sources import (IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_IGNORED, IN_MODIFY,
                             IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify, NftEvents,
                             open_pidfd)
@@ -31,6 +34,7 @@ from .watch_sources import (IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_IGNORED, IN
 TABLE_SETTLE_S = 0.05      # the messages of one transaction arrive within this
 ELEMENT_SETTLE_S = 0.5     # element changes: two checks a second at most, however many logins
 WINDOW_MARGIN_S = 0.01
+GRANT_SETTLE_S = 0.1       # logins of a granted uid: one reconcile for a burst of them
 EXITED_RETRY_S = 0.02     # first retry after a pidfd fired for a still-unreaped zombie
 EXITED_GIVE_UP_S = 10.0
 DIR_MASK = IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF
@@ -51,6 +55,9 @@ class Watch:
         self.owners = {}                  # cgroup path -> {(kind, key)}
         self.record_cgroups = {}          # (kind, key) -> [cgroup path]
         self.dir_wds = {}                 # wd -> records kind
+        self.counts = {"checks": 0, "repairs": 0, "reconciles": 0}
+        self.said = set()                 # conditions logged once (hidden /proc, EMFILE)
+        self.pidfd_cap = watch_actions.raise_fd_limit()
 
     # ---- setup ------------------------------------------------------------------------
     def open(self):
@@ -64,7 +71,7 @@ class Watch:
             self.dir_wds[wd] = kind
         self._signals()
         self.log(event="start", pid=os.getpid(), run_dir=self.paths.run_dir,
-                 gc_interval=self.gc_interval)
+                 gc_interval=self.gc_interval, pidfds=self.pidfd_cap)
 
     def _signals(self):
         reader, writer = socket.socketpair()
@@ -98,7 +105,7 @@ class Watch:
             for key, _ in self.selector.select(timeout):
                 self._guarded(key.data)
             self._run_due()
-        self.log(event="stop", pid=os.getpid())
+        self.log(event="stop", pid=os.getpid(), **self.counts)
 
     def _run_due(self):
         now = time.monotonic()
@@ -124,6 +131,9 @@ class Watch:
         except (NetfenceError, OSError) as err:
             self.log(event="error", action=getattr(action, "__name__", "?"),
                      error=str(err).replace("\n", "; "))
+        except Exception as err:          # a bad record or a bug: never end the loop
+            self.log(event="error", action=getattr(action, "__name__", "?"),
+                     error=f"{type(err).__name__}: {err}".replace("\n", "; "))
 
     def _schedule(self, name, delay):
         when = time.monotonic() + delay
@@ -132,7 +142,9 @@ class Watch:
 
     # ---- actions ----------------------------------------------------------------------
     def _check(self):
+        self.counts["checks"] += 1
         fields, repaired = watch_actions.check_and_repair(self.paths)
+        self.counts["repairs"] += bool(fields) and fields["event"] == "repair"
         if repaired:
             self._reconcile()             # a restored table lost its timed elements
         return fields
@@ -140,23 +152,29 @@ class Watch:
     def _resync(self):
         """The full gc (at start, on SIGHUP, every gc_interval), then the watches
         made to match the records."""
+        time.tzset()                      # `timedatectl set-timezone` since the last one
         fields, next_change = watch_actions.full_gc(self.paths)
         self.log_fields(fields)
         self._windows_at(next_change)
         self._sync_all()
 
     def _reconcile(self):
+        time.tzset()
+        self.counts["reconciles"] += 1
         fields, next_change = watch_actions.reconcile_windows(self.paths)
         self._windows_at(next_change)
         return fields
 
-    def _windows_at(self, next_change):
+    def _windows_at(self, next_change, earlier_only=False):
         """Reconcile again when the next window opens or closes (an epoch)."""
         if next_change is not None:
             # a little after: woken a hair before the opening, reconcile would find
             # the window still closed and name the same time again
             delay = max(WINDOW_MARGIN_S, next_change - time.time() + WINDOW_MARGIN_S)
-            self.due["windows"] = time.monotonic() + delay
+            if earlier_only:
+                self._schedule("windows", delay)
+            else:
+                self.due["windows"] = time.monotonic() + delay
 
     # ---- nf_tables events ---------------------------------------------------------------
     def _on_nft(self):
@@ -239,15 +257,35 @@ class Watch:
         self._set_cgroups((kind, name), paths)
         if any(not watch_actions.populated(self.mount, p) for p in paths):
             return self._act(kind, name)  # ended before the watch was in place
-        if kind == "session" and (record.get("timed") or
-                                  watch_actions.grants_active(self.paths.state_dir)):
-            return self._reconcile()
+        if kind == "session":
+            self._timed_of(record)
         return None
+
+    def _timed_of(self, record):
+        """A new session's timed elements: the hook sent the exact expiries of what is
+        open now; watch only wakes for its next opening (this record alone, no lock).
+        A user grant of its uid exempts its cgroup's ingress too: one reconcile for a
+        burst of logins (before it, the new session is fenced, not freed)."""
+        if record.get("timed"):
+            time.tzset()
+            self._windows_at(watch_actions.next_opening(record), earlier_only=True)
+        if watch_actions.user_grant_for(self.paths.state_dir, record.get("uid")):
+            self._schedule("windows", GRANT_SETTLE_S)
 
     def _watch_pid(self, key, record):
         if key in self.pidfds:
             return
-        fd = open_pidfd(record["ppid"], record["starttime"])
+        if len(self.pidfds) >= self.pidfd_cap:
+            return self._once("pidfds", f"{self.pidfd_cap} pidfds open: more sessions "
+                              "are closed on cgroup events and by the periodic gc")
+        try:
+            fd, hidden = open_pidfd(record["ppid"], record["starttime"])
+        except OSError as err:            # EMFILE, ENFILE: as above
+            return self._once("pidfds", f"pidfd_open: {err}: sessions without a pidfd "
+                              "are closed on cgroup events and by the periodic gc")
+        if hidden:
+            self._once("hidden", "/proc hides PAM applications (hidepid): they are "
+                       "taken as alive while their pidfd is open")
         if fd is None:                    # already gone: gc's close, now
             self.log_fields(self._act("session", key))
             return
@@ -310,16 +348,16 @@ class Watch:
         if fields:
             self.log(**fields)
 
+    def _once(self, condition, message):
+        if condition not in self.said:
+            self.said.add(condition)
+            self.log(event="warning", warning=message)
+
     def log(self, **fields):
-        line = " ".join(f"{k}={_quote(v)}" for k, v in fields.items())
+        line = " ".join(f"{k}={field(v)}" for k, v in fields.items())
         log_event(f"watch: {line}")
         if self.to_stderr:
             print(f"netfence watch: {line}", file=sys.stderr, flush=True)
-
-
-def _quote(value):
-    text = str(value)
-    return repr(text) if (not text or any(c in text for c in " ='\"")) else text
 
 
 def _read_record(run_dir, kind, name):

@@ -7,9 +7,10 @@ when there was nothing to do. None of them holds the records lock across a call:
 functions they call take it themselves (and repair_table the state lock as well).
 """
 
+import resource
 import time
 
-from . import collect, records, runtree, sessions
+from . import collect, records, runtree, sessions, timed
 from .drift import check_steadily, repair_table
 from .errors import NetfenceError
 from .fsutil import read_text
@@ -74,7 +75,9 @@ def check_and_repair(paths):
     drift = check_steadily(applied, paths)
     if drift.ok:
         return None, False
-    repair = repair_table(paths)
+    # no NSS here: a stuck directory must not hold the state lock and every repair
+    # after it; the periodic gc widens the always rules
+    repair = repair_table(paths, widen=False)
     # "none": the difference was a login or logout between its record and its batch
     # (repair_table compares again under the records lock)
     fields = {"event": "repair" if repair.action != "none" else "check-raced",
@@ -151,8 +154,38 @@ def _count(value):
     return len(value or ())
 
 
-def grants_active(state_dir):
-    """Whether any grant or restriction is active (a new session may need its
-    elements)."""
+def user_grant_for(state_dir, uid):
+    """Whether a grant for user uid is in force: only those name each login's cgroup
+    (the ingress keys of gucg-P), so only their logins need a reconcile. An untrusted
+    grants.json: yes (reconcile reports it)."""
     from . import grants
-    return bool(grants.active(state_dir, time.time()))
+    try:
+        return any(g["kind"] == "grant" and "user" in g and g["uid"] == uid
+                   for g in grants.active(state_dir, time.time()))
+    except NetfenceError:
+        return True
+
+
+def next_opening(record):
+    """The next opening of one of record's windows (an epoch, or None), computed from
+    this record alone, without the records lock."""
+    return timed.next_change([record], time.time())
+
+
+FD_RESERVE = 32    # descriptors kept for everything but pidfds (netlink, files, inotify)
+
+
+def raise_fd_limit():
+    """Raise the soft RLIMIT_NOFILE to the hard one (one pidfd per live session; the
+    default soft 1024 ends near 1,000 sessions) and return how many pidfds may be
+    open while FD_RESERVE descriptors stay free for repairs and record reads."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass                          # kept: the cap below follows what we have
+    return max(0, soft - FD_RESERVE)

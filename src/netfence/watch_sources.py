@@ -10,13 +10,15 @@ Each source is a file descriptor the watch loop polls; nothing here polls by tim
   means events were lost: the caller checks everything.
 - `Inotify`: inotify through ctypes (the standard library has no binding).
 - `open_pidfd`: a pidfd of a PAM application, verified against its recorded start
-  time after opening, so a reused pid is never watched in the session's place.
+  time after opening, so a reused pid is never watched in the session's place
+  (when /proc hides the process, see open_pidfd).
 """
 
 import ctypes
 import ctypes.util
 import errno
 import os
+import select
 import socket
 import struct
 
@@ -27,6 +29,7 @@ from .liveness import proc_starttime
 NFNLGRP_NFTABLES = 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 RECEIVE_BUFFER = 1 << 20     # a burst of logins fits; beyond it ENOBUFS: check everything
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 TABLE_NAME_ATTR = 1          # NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,...}
 NFPROTO_INET = nfconst.NFPROTO_INET
 ELEMENT_MESSAGES = frozenset({nfconst.NFT_MSG_NEWSETELEM, nfconst.NFT_MSG_DELSETELEM,
@@ -50,7 +53,11 @@ class NftEvents:
         self.table = table.encode()
         self.socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC
                                     | socket.SOCK_NONBLOCK, nfconst.NETLINK_NETFILTER)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        try:
+            # FORCE: past net.core.rmem_max (often 208 KiB), allowed with CAP_NET_ADMIN
+            self.socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except PermissionError:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         self.socket.bind((0, 0))
         self.socket.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
 
@@ -183,15 +190,33 @@ class Inotify:
 # ---- pidfds ---------------------------------------------------------------------------
 
 def open_pidfd(pid, starttime):
-    """A pidfd of pid while it is the process started at starttime, else None (gone,
-    or the pid now names another process). Readable once that process exits."""
+    """(pidfd, hidden) of pid while it is the process started at starttime; (None,
+    False) when it is gone or the pid names another process. The pidfd is readable
+    once that process exits. OSError (EMFILE, ENFILE) when no descriptor is left.
+
+    hidden: the pidfd opened but /proc/PID/stat cannot be read, as with /proc mounted
+    hidepid=2 and no CAP_SYS_PTRACE (netfence-watch.service): a su or sudo application
+    runs with the user's real uid. The process exists (pidfd_open found it) and has
+    not exited (its pidfd is not readable), so it counts as alive: closing the
+    session on an unreadable /proc would be the unsafe mistake. Its start time
+    cannot be checked then: a reused pid keeps the session until that process exits.
+    """
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
-        return None
+        return None, False
     # checked after opening: the pidfd pins this process, so a match now cannot turn
     # into a reused pid later
-    if proc_starttime(pid) != starttime:
-        os.close(fd)
-        return None
-    return fd
+    start = proc_starttime(pid)
+    if start == starttime:
+        return fd, False
+    if start is None and not _exited(fd):
+        return fd, True
+    os.close(fd)
+    return None, False
+
+
+def _exited(pidfd):
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))

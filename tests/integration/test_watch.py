@@ -132,13 +132,21 @@ def test_a_dead_pam_application_is_closed_within_1s_others_untouched(watcher):
 
 def test_logins_cause_no_repair_and_no_check_storm(watcher):
     nf = watcher.nf
+    started = time.monotonic()
     for _ in range(30):
         key, app = login(nf, UID, user_profiles=["web"])
         assert logout(nf, key) == "closed"
         app.kill()
     time.sleep(1.5)
+    elapsed = time.monotonic() - started
     assert watcher.lines("repair") == [], watcher.log()
     assert watcher.lines("closed") == [], watcher.log()
+    assert watcher.stop() == 0
+    counts = watcher.counts()
+    # element events are checked twice a second at most, however many logins: 60
+    # element changes, a few checks; at least one (else events never arrived)
+    assert 1 <= counts["checks"] <= 2 * elapsed + 2, (counts, elapsed)
+    assert counts["repairs"] == 0
 
 
 def test_sighup_resyncs_and_sigterm_exits_cleanly(watcher):

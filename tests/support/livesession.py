@@ -29,10 +29,12 @@ print(sessions.close_session(sys.argv[1], sys.argv[2])["result"])
 """
 
 
-def login(nf, uid, user_profiles=(), session_profiles=(), user="nobody", check=True):
-    """Open a session for uid with a fresh PAM application; returns (key, process) or,
-    with check=False, the CompletedProcess of a failed attempt."""
-    app = nf.spawn(["sleep", "infinity"])
+def login(nf, uid, user_profiles=(), session_profiles=(), user="nobody", check=True,
+          app_uid=None):
+    """Open a session for uid with a fresh PAM application (run as app_uid, as su's
+    real uid is the user's; default root); returns (key, process) or, with
+    check=False, the CompletedProcess of a failed attempt."""
+    app = nf.spawn(["sleep", "infinity"], uid=app_uid)
     req = {"user": user, "uid": uid, "user_profiles": list(user_profiles),
            "session_profiles": list(session_profiles), "ppid": app.pid}
     out = nf.netns.run([sys.executable, "-c", OPEN, nf.state_dir, nf.run_dir,

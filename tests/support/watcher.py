@@ -44,8 +44,11 @@ while True:
 class Watcher:
     """`netfence watch` running in the test's namespace; its stderr in a file."""
 
-    def __init__(self, nf, gc_interval=600):
+    def __init__(self, nf, gc_interval=600, wrap=None):
         self.nf, self.gc_interval = nf, gc_interval
+        # wrap: argv before watch's own (default NF_WATCH_WRAP, e.g. "setpriv
+        # --bounding-set=-all,+net_admin --inh-caps=-all --": the unit's capabilities)
+        self.wrap = os.environ.get("NF_WATCH_WRAP", "").split() if wrap is None else wrap
         self.log_path = f"{nf.root}/watch.log"
         self.proc = None
 
@@ -53,11 +56,8 @@ class Watcher:
         env = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
         gcs = self.log().count("event=gc")
         with open(self.log_path, "ab") as log:
-            # NF_WATCH_WRAP: e.g. "setpriv --bounding-set=-all,+net_admin
-            # --inh-caps=-all --": the capabilities the systemd unit leaves it
             self.proc = self.nf.netns.popen(
-                os.environ.get("NF_WATCH_WRAP", "").split()
-                + self.nf.cli_argv("watch", "--gc-interval", str(self.gc_interval)),
+                self.wrap + self.nf.cli_argv("watch", "--gc-interval", str(self.gc_interval)),
                 stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, env=env)
         wait_until(lambda: self.log().count("event=gc") > gcs, timeout=15,
                    interval=0.02, what="watch's first gc")
@@ -87,6 +87,12 @@ class Watcher:
 
     def lines(self, event):
         return [l for l in self.log().splitlines() if f" event={event}" in l]
+
+    def counts(self):
+        """The counters of the stop line (checks, repairs, reconciles): stop first."""
+        stop = self.lines("stop")[-1]
+        return {k: int(v) for k, v in (f.split("=", 1) for f in stop.split()[2:])
+                if k in ("checks", "repairs", "reconciles")}
 
     def rss_kb(self):
         with open(f"/proc/{self.proc.pid}/status") as handle:
