@@ -9,10 +9,12 @@ Event-driven, one thread, one poll loop (docs/watch.md):
   - a pidfd per live session's PAM application, inotify on each session, user and
     `run` tree cgroup's cgroup.events and on run_dir's sessions/, users/ and runs/:
     gc's close, release and tree close, for that one record (watch_actions);
-  - timers only for the next window change (timed_apply.reconcile's next_change, or a
-    new record's own next opening), one debounced reconcile after logins of a uid
-    with a user grant in force, and the periodic full gc (the safety net; also at
-    start and on SIGHUP).
+  - a wall-clock timerfd (watch_sources.WallTimer) at the next window change
+    (timed_apply.reconcile's next_change, or a new record's own next opening), which
+    also wakes on a clock step: a reconcile then rewrites every expiry;
+  - monotonic timers for one debounced reconcile after logins of a uid with a user
+    grant in force, the checks, retries and the periodic full gc (the safety net;
+    also at start and on SIGHUP).
 Logins never wait for it: it only ever does what `netfence gc` would do later.
 """
 
@@ -29,11 +31,12 @@ from .errors import NetfenceError
 from .hooklog import field
 from .watch_sources import (IN_CREATE, IN_DELETE, IN_DELETE_SELF, IN_IGNORED, IN_MODIFY,
                             IN_MOVED_FROM, IN_MOVED_TO, IN_Q_OVERFLOW, Inotify, NftEvents,
-                            open_pidfd)
+                            WallTimer, open_pidfd)
 
 TABLE_SETTLE_S = 0.05      # the messages of one transaction arrive within this
 ELEMENT_SETTLE_S = 0.5     # element changes: two checks a second at most, however many logins
 WINDOW_MARGIN_S = 0.01
+IDLE_REARM_S = 86400.0     # no window change ahead: armed anyway, so a clock step wakes it
 GRANT_SETTLE_S = 0.1       # logins of a granted uid: one reconcile for a burst of them
 EXITED_RETRY_S = 0.02     # first retry after a pidfd fired for a still-unreaped zombie
 EXITED_GIVE_UP_S = 10.0
@@ -64,7 +67,9 @@ class Watch:
         records.ensure_dirs(self.paths.run_dir)
         self.nft = NftEvents()
         self.inotify = Inotify()
+        self.wall = WallTimer()
         self.selector.register(self.nft, selectors.EVENT_READ, self._on_nft)
+        self.selector.register(self.wall, selectors.EVENT_READ, self._on_wall_clock)
         self.selector.register(self.inotify, selectors.EVENT_READ, self._on_inotify)
         for kind in KIND_OF_DIR:
             wd = self.inotify.add(f"{self.paths.run_dir}/{kind}", DIR_MASK)
@@ -166,15 +171,25 @@ class Watch:
         return fields
 
     def _windows_at(self, next_change, earlier_only=False):
-        """Reconcile again when the next window opens or closes (an epoch)."""
-        if next_change is not None:
-            # a little after: woken a hair before the opening, reconcile would find
-            # the window still closed and name the same time again
-            delay = max(WINDOW_MARGIN_S, next_change - time.time() + WINDOW_MARGIN_S)
+        """Reconcile again when the next window opens or closes (an epoch): an
+        absolute wall-clock timer, so a resume or a clock step past it fires it."""
+        if next_change is None:
             if earlier_only:
-                self._schedule("windows", delay)
-            else:
-                self.due["windows"] = time.monotonic() + delay
+                return
+            next_change = time.time() + IDLE_REARM_S
+        # a little after: woken a hair before the opening, reconcile would find the
+        # window still closed and name the same time again
+        when = next_change + WINDOW_MARGIN_S
+        if not earlier_only or self.wall.at is None or when < self.wall.at:
+            self.wall.arm(when)
+
+    def _on_wall_clock(self):
+        """A window change is due, or the wall clock was set (NTP, `date -s`): reconcile
+        rewrites the kernel expiries more than 1 s off, and re-arms the timer."""
+        what = self.wall.read()
+        if what == "clock-set":
+            self.log(event="clock-set", wall=f"{time.time():.3f}")
+        return self._reconcile() if what else None
 
     # ---- nf_tables events ---------------------------------------------------------------
     def _on_nft(self):

@@ -12,6 +12,8 @@ Each source is a file descriptor the watch loop polls; nothing here polls by tim
 - `open_pidfd`: a pidfd of a PAM application, verified against its recorded start
   time after opening, so a reused pid is never watched in the session's place
   (when /proc hides the process, see open_pidfd).
+- `WallTimer`: a CLOCK_REALTIME timerfd at the next window change, which also wakes
+  when the wall clock is set.
 """
 
 import ctypes
@@ -220,3 +222,75 @@ def _exited(pidfd):
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     return bool(poller.poll(0))
+
+
+# ---- the wall-clock timer -------------------------------------------------------------
+
+CLOCK_REALTIME = 0
+TFD_TIMER_ABSTIME = 1
+TFD_TIMER_CANCEL_ON_SET = 2
+TFD_NONBLOCK, TFD_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class WallTimer:
+    """A timerfd on CLOCK_REALTIME armed at an absolute wall-clock instant (an epoch).
+
+    Absolute, so it fires as soon as the wall clock is at or past the instant: right
+    after a resume from suspend or a forward step past it, where a monotonic delay
+    computed beforehand would fire late. TFD_TIMER_CANCEL_ON_SET: any setting of the
+    wall clock (a step either way) makes it readable and its read fail with
+    ECANCELED, once per setting; the flag stays in force after the timer expired.
+    """
+
+    def __init__(self):
+        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                                 use_errno=True)
+        self.fd = self._libc.timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC)
+        if self.fd < 0:
+            raise KernelError("timerfd_create", ctypes.get_errno())
+        self.at = None                    # the armed instant (an epoch), None: disarmed
+
+    def fileno(self):
+        return self.fd
+
+    def arm(self, epoch):
+        seconds = int(epoch // 1)
+        nanoseconds = min(999_999_999, int((epoch - seconds) * 1e9))
+        if seconds <= 0 and nanoseconds <= 0:
+            seconds, nanoseconds = 0, 1   # an all-zero it_value would disarm it
+        self._settime(TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET, seconds, nanoseconds)
+        self.at = epoch
+
+    def disarm(self):
+        self._settime(0, 0, 0)
+        self.at = None
+
+    def _settime(self, flags, seconds, nanoseconds):
+        spec = _Itimerspec(_Timespec(0, 0), _Timespec(seconds, nanoseconds))
+        if self._libc.timerfd_settime(self.fd, flags, ctypes.byref(spec), None) < 0:
+            raise KernelError("timerfd_settime", ctypes.get_errno())
+
+    def read(self):
+        """"expired" (the instant passed; no longer armed), "clock-set" (the wall
+        clock was set since it was armed) or None (nothing pending)."""
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ECANCELED:
+                return "clock-set"
+            raise KernelError("read timerfd", err.errno or errno.EIO) from None
+        self.at = None                    # fired: a later instant may be armed freely
+        return "expired"
+
+    def close(self):
+        os.close(self.fd)

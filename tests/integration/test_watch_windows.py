@@ -1,5 +1,7 @@
 """`netfence watch` applies a time window when it opens, for a session that is already
-open (root, private netns, the real clock: the test waits for the next minute)."""
+open (root, private netns, the real clock: the test waits for the next minute). The
+watcher's gc interval is 600 s: only the window timer (a CLOCK_REALTIME timerfd) can
+apply it in time; with the timerfd left unarmed this test fails."""
 
 import os
 import time

@@ -118,12 +118,14 @@ def test_event_driven_repairs_never_resolve_nss(monkeypatch):
 
 def test_the_zone_is_read_again_before_each_window_computation(monkeypatch):
     """`timedatectl set-timezone` while watch runs: localtime must follow."""
+    from types import SimpleNamespace
     from netfence import watch_actions
     zones = []
     monkeypatch.setattr("time.tzset", lambda: zones.append(1))
     monkeypatch.setattr(watch_actions, "reconcile_windows", lambda paths: (None, None))
     watch = Watch.__new__(Watch)
     watch.paths, watch.counts = None, {"reconciles": 0}
+    watch.wall = SimpleNamespace(at=None, arm=lambda epoch: None)
     watch._reconcile()
     assert zones and watch.counts["reconciles"] == 1
 
