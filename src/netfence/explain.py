@@ -25,7 +25,7 @@ def explain(paths, user, service, rhost, tty, at):
     _, snap = compile_from(paths)
     login = snap["login"]
     facts = LoginFacts(user=entry.pw_name, uid=entry.pw_uid, groups=groups,
-                       service=service, rhost=rhost, tty=tty, weekday=weekday, minute=minute)
+                       service=service, rhost=rhost, tty=tty)
     decision = match_login(login, facts)
     lines = [f"login: user {entry.pw_name} (uid {entry.pw_uid}; groups "
              f"{', '.join(sorted(groups)) or '-'}), service {service}, "

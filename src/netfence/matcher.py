@@ -38,20 +38,18 @@ class LoginFacts:
 
     user, uid: the account's canonical name and uid; groups: the names of every group
     of the user (primary and supplementary; anything answering `in`); service, rhost,
-    tty: the PAM items ("" when unset); weekday: 0 = Monday ... 6 = Sunday; minute:
-    minutes since local midnight. A new rule condition adds its fact here, with the
-    value of an unset item as its default (callers that do not know it, like explain
-    without an option for it, keep working), and its test in _rule_matches.
+    tty: the PAM items ("" when unset). The clock is no fact: rules with `time` go to
+    Decision.timed whatever it says (timed.py follows it). A new rule condition adds
+    its fact here, with the value of an unset item as its default (callers that do
+    not know it, like explain without an option for it, keep working), and its test
+    in _rule_matches.
     """
 
-    __slots__ = ("user", "uid", "groups", "service", "rhost", "tty", "weekday", "minute",
-                 "address")
+    __slots__ = ("user", "uid", "groups", "service", "rhost", "tty", "address")
 
-    def __init__(self, *, user, uid, groups, service="", rhost="", tty="", weekday=0,
-                 minute=0):
+    def __init__(self, *, user, uid, groups, service="", rhost="", tty=""):
         self.user, self.uid, self.groups = user, uid, groups
         self.service, self.rhost, self.tty = service, rhost, tty
-        self.weekday, self.minute = weekday, minute
         self.address = _parse_address(rhost)       # once, not per rule
 
 
@@ -162,24 +160,6 @@ def _parse_address(rhost):
             return 4, value & 0xFFFFFFFF
         return version, value
     return None
-
-
-def time_matches(windows, weekday, minute):
-    """Whether one of the windows ([[days mask, start, end]], minutes since local
-    midnight) holds at weekday (0 = Monday) and minute; no windows: always."""
-    if not windows:
-        return True
-    yesterday = (weekday - 1) % 7
-    for days, start, end in windows:
-        if start < end:
-            if days >> weekday & 1 and start <= minute < end:
-                return True
-        else:                       # crosses midnight
-            if days >> weekday & 1 and minute >= start:
-                return True
-            if days >> yesterday & 1 and minute < end:
-                return True
-    return False
 
 
 def _glob(pattern, text):

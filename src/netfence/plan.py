@@ -19,7 +19,7 @@ are their algebra, shared with reload. Timed elements (rules with `time`: sets w
 kernel timeout) are never in these lists: a record keeps their keys in "timed" (the
 user record its sessions' user-scope entries in "timed", and every key in
 "timed_keys"), and timed.py says which are open and until when.
-Light on purpose (the hook imports it): setkinds and timed (time, matcher).
+Light on purpose (the hook imports it): setkinds and timed (time).
 """
 
 from . import setkinds, timed

@@ -18,7 +18,7 @@ open_until over the union of the windows of every entry holding it (elements_of:
 windows of two rules that meet run on), a grant's with the last of them
 (merge_max). A user record keeps its sessions' user-scope entries ("timed") until
 its release: a user-scope window follows the user, as user elements do. Light on
-purpose (the hook imports it): time and matcher only.
+purpose (the hook imports it): time and setkinds only.
 
 A record's timed entries, written at open (plan.session_record):
   {"rule": index, "scope": "user"|"session", "windows": [[days, start, end]...],
@@ -30,13 +30,30 @@ A grant (grants.py): {"id", "kind": "grant"|"restrict", "profile", "uid", "user"
 import time
 
 from . import setkinds
-from .matcher import time_matches
 
 HORIZON_DAYS = 7            # an expiry further than this is cut here and refreshed
 MINUTES_PER_DAY = 1440
 
 
 # ---- the clock --------------------------------------------------------------------
+
+def time_matches(windows, weekday, minute):
+    """Whether one of the windows ([[days mask, start, end]], minutes since local
+    midnight) holds at weekday (0 = Monday) and minute; no windows: always."""
+    if not windows:
+        return True
+    yesterday = (weekday - 1) % 7
+    for days, start, end in windows:
+        if start < end:
+            if days >> weekday & 1 and start <= minute < end:
+                return True
+        else:                       # crosses midnight
+            if days >> weekday & 1 and minute >= start:
+                return True
+            if days >> yesterday & 1 and minute < end:
+                return True
+    return False
+
 
 def _local(now):
     lt = time.localtime(now)

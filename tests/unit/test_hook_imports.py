@@ -36,9 +36,9 @@ def test_login_path_imports_nothing_heavy():
 
 # The netfence modules each kind of hook run loads. Every module costs a file read and
 # an unmarshal (~0.1 ms) on every login: a new one on these paths must be a decision,
-# so the lists are exact (docs/benchmarks.md has the hook's import cost). timed (and
-# the matcher it uses) is on every path that touches records: which timed keys a
-# close may destroy depends on the clock.
+# so the lists are exact (docs/benchmarks.md has the hook's import cost). timed is on
+# every path that touches records (which timed keys a close may destroy depends on
+# the clock); it needs no matcher, so a logout does not load it.
 PATHS = {
     "open, nothing matches": ("hook, matcher, accounts",
                               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
@@ -51,7 +51,7 @@ PATHS = {
     "close": ("hook, sessions, records, fastpath",
               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog", "sessions",
                "plan", "records", "liveness", "cgroups", "fastpath", "fastpath_py",
-               "nfencode", "nfconst", "setkinds", "timed", "matcher"}),
+               "nfencode", "nfconst", "setkinds", "timed"}),
 }
 
 
