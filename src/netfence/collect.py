@@ -87,7 +87,7 @@ def _reconcile_timed(run_dir, state_dir, report, mount):
     exits 1), as the table check reports drift."""
     from .timed_apply import NoPolicyApplied, reconcile
     try:
-        report.timed = reconcile(run_dir, state_dir, cgroup_mount=mount)
+        report.timed = reconcile(run_dir, state_dir)
     except NoPolicyApplied:
         pass
     except NetfenceError as err:

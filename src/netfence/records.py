@@ -197,9 +197,11 @@ def _all(run_dir, kind, strict=False):
 
 # ---- views for the command line (status, reload, gc) ------------------------------
 
-def list_sessions(run_dir):
-    """Every session record, oldest first (plain dicts, JSON-serialisable)."""
-    return sorted(_all(run_dir, SESSIONS), key=lambda r: (r.get("opened_at", 0), r["key"]))
+def list_sessions(run_dir, strict=False):
+    """Every session record, oldest first (plain dicts, JSON-serialisable); strict: a
+    damaged one raises StateError instead of being skipped."""
+    return sorted(_all(run_dir, SESSIONS, strict),
+                  key=lambda r: (r.get("opened_at", 0), r["key"]))
 
 
 def list_runs(run_dir, strict=False):

@@ -52,8 +52,9 @@ def desired_inputs(run_dir, state_dir, now, without_grants=False):
 
 def _inputs(run_dir, state_dir, now):
     """(live records, grants or kept restrictions, None or the StateError)."""
-    records.live_elements(run_dir)                  # strict: raises on a damaged record
-    live = (records.list_sessions(run_dir) + records.list_runs(run_dir, strict=True)
+    # strict: a damaged record raises (its window keys cannot be known)
+    live = (records.list_sessions(run_dir, strict=True)
+            + records.list_runs(run_dir, strict=True)
             + [dict(u, kind="user") for u in records.list_users(run_dir, strict=True)])
     return (live, *grants_or_kept(state_dir, now))
 
@@ -167,20 +168,16 @@ def applied_timed_sets(state_dir):
     return sorted(s["name"] for s in applied["table"]["sets"] if s.get("timeout"))
 
 
-def reconcile(run_dir, state_dir, *, now=None, cgroup_mount=None):
+def reconcile(run_dir, state_dir, *, now=None):
     """Make the timed sets hold timed.desired at now, in one batch, under the records
     lock (callers must not hold it). Returns {"added", "refreshed", "removed",
     "next_change"}. TableMissing without a table; the kernel's KernelError when it
     refuses (nothing changed then: one transaction). With grants.json untrusted the
     window sets are still reconciled, the last-good copy's restrictions added or
     refreshed, nothing in a grant or restriction set destroyed, and then the
-    StateError raised (gc exits 1 naming the file).
-
-    cgroup_mount is accepted for the callers' interface and not needed: keys are
-    cgroup ids, which the kernel never reuses, so a gone session's key matches
-    nothing until its own timeout removes it."""
+    StateError raised (gc exits 1 naming the file). Keys are cgroup ids, which the
+    kernel never reuses: a gone session's key matches nothing until its timeout."""
     from .nftnl import Ruleset
-    del cgroup_mount
     sets = applied_timed_sets(state_dir)
     records.ensure_dirs(run_dir)
     with records.Lock(run_dir), Ruleset() as ruleset:

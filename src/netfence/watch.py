@@ -148,10 +148,10 @@ class Watch:
     # ---- actions ----------------------------------------------------------------------
     def _check(self):
         self.counts["checks"] += 1
-        fields, repaired = watch_actions.check_and_repair(self.paths)
+        # a repair carries the timed elements itself (a restore puts them in the new
+        # table with their time left, an element repair reconciles them): no second pass
+        fields, _repaired = watch_actions.check_and_repair(self.paths)
         self.counts["repairs"] += bool(fields) and fields["event"] == "repair"
-        if repaired:
-            self._reconcile()             # a restored table lost its timed elements
         return fields
 
     def _resync(self):
