@@ -2,7 +2,8 @@
 
 Pure: no files, no kernel. The table follows docs/architecture.md: per profile P the
 sets uid-P, ucg-P and scg-P, the chains out-P / in-P (and deny-P / reject-P when the
-profile logs), and two static base chains that dispatch on set membership. Profiles
+profile logs, counts or monitors: see _denial_chains), and two static base chains that
+dispatch on set membership. Profiles
 used by always rules also get the sets auid-P, suid-P and agid-P (setkinds.STATIC_KINDS),
 tested first by the egress chain; their elements are resolved at reload (resolve.py),
 so the always part of the snapshot lists the rules to resolve, not uids.
@@ -14,11 +15,12 @@ import json
 from dataclasses import asdict
 
 from . import formats, ir, nfencode, setkinds
-from .model import LOOPBACK
-from .nfconst import (HOST_ORDER, IP_CT_NEW_STATE_BIT, NETWORK_ORDER, NF_LOG_UID,
-                      NFPROTO_IPV4, NFPROTO_IPV6)
-from .setkinds import (AGID, AUID, GRANT_KINDS, RUID, SCG, STATIC_KINDS, SUID, TSCG, TUCG,
-                       TUID, UCG, UID, WINDOW_KINDS)
+from .model import LOOPBACK, Settings, profile_accounts, profile_logs, profile_mode
+from .nfconst import (HOST_ORDER, IP_CT_NEW_STATE_BIT, NETWORK_ORDER, NFPROTO_IPV4,
+                      NFPROTO_IPV6)
+from .setkinds import (ACCT_IN, ACCT_OUT, AGID, AUID, GRANT_KINDS, LOG_PREFIX, NO_CGROUP,
+                       RUID, SCG, SESSION_LEVEL, STATIC_KINDS, SUID, TSCG, TUCG, TUID, UCG,
+                       UID, USER_LEVEL, WINDOW_KINDS, denied_set)
 
 # Register values are compared as the kernel holds them: meta nfproto is one byte,
 # meta oif/iif and ct state are host-order u32 (nfconst), packet fields network order.
@@ -29,6 +31,8 @@ ADDR_OFFSET = {("egress", 4): 16, ("egress", 6): 24,     # destination address
 LOOPBACK_IFINDEX = (1).to_bytes(4, HOST_ORDER).hex()     # lo is ifindex 1 in every netns
 CT_STATE_NEW = IP_CT_NEW_STATE_BIT.to_bytes(4, HOST_ORDER).hex()
 NO_BITS = bytes(4).hex()
+LOG_SNAPLEN = 128        # bytes of each denied packet copied to nflog: its headers
+REG_SAVED_MARK = 2       # emit-P keeps the packet's mark here while it lends it out
 
 
 def has_egress(profile):
@@ -43,7 +47,7 @@ def compile_policy(policy):
     """Return the snapshot dict (JSON-serialisable) for a parsed model.Policy."""
     always = build_always(policy)
     windowed = windowed_profiles(policy)
-    table = build_table(policy.profiles.values(), policy.settings.log_rate,
+    table = build_table(policy.profiles.values(), policy.settings,
                         always["profiles"], windowed)
     login = build_login(policy, windowed)
     body = {"format": formats.SNAPSHOT, "files": list(policy.files),
@@ -98,11 +102,16 @@ def _guard_sets(profiles, always, windowed):
     return sets
 
 
-def build_table(profiles, log_rate=5, always=(), windowed=()):
-    """always: the names of the profiles used at always scope (static sets);
+def build_table(profiles, settings=None, always=(), windowed=()):
+    """settings: model.Settings (mode, account and the log's rate and group);
+    always: the names of the profiles used at always scope (static sets);
     windowed: those named by a login rule with `time` (time-window sets)."""
     profiles = list(profiles)
+    settings = settings or Settings()
     sets = _guard_sets(profiles, always, windowed)
+    counted = [p for p in profiles if profile_accounts(p, settings)]
+    if counted:
+        sets += [ir.SetDef(name, "cgroupsv2", counter=True) for name in (ACCT_OUT, ACCT_IN)]
     chains, rules = [], []
     for profile in profiles:
         sets += [_set_def(kind, kind.set_name(profile.name)) for kind in setkinds.KINDS]
@@ -110,19 +119,30 @@ def build_table(profiles, log_rate=5, always=(), windowed=()):
             sets += [_set_def(kind, kind.set_name(profile.name)) for kind in STATIC_KINDS]
         sets += [_set_def(kind, kind.set_name(profile.name))
                  for kind in timed_kinds_of(profile, windowed)]
-        if profile.log:
-            chains += [ir.ChainDef(f"deny-{profile.name}"), ir.ChainDef(f"reject-{profile.name}")]
-            rules += _log_chain_rules(profile.name, log_rate)
+        if profile in counted:
+            sets.append(ir.SetDef(denied_set(profile.name), "cgroupsv2", counter=True))
+        if denies_through_chains(profile, settings):
+            more_chains, more_rules = _denial_chains(profile, settings)
+            chains += more_chains
+            rules += more_rules
         for direction, present in (("egress", has_egress(profile)),
                                    ("ingress", has_ingress(profile))):
             if present:
                 chain = _profile_chain(profile.name, direction)
                 chains.append(ir.ChainDef(chain))
-                rules += _profile_rules(profile, direction, chain)
+                rules += _profile_rules(profile, direction, chain, settings)
     dispatch_chains, dispatch_rules = _dispatch(profiles, always, windowed)
     chains += dispatch_chains
-    rules += dispatch_rules
+    rules += _accounting_rules(bool(counted)) + dispatch_rules
     return ir.TableDef(sets=tuple(sets), chains=tuple(chains), rules=tuple(rules))
+
+
+def denies_through_chains(profile, settings):
+    """Whether P's deny and reject verdicts go to its deny-P / reject-P chains (which
+    log, count and, in monitor mode, let the packet through) instead of ending in
+    place."""
+    return (profile_logs(profile, settings) or profile_accounts(profile, settings)
+            or profile_mode(profile, settings) == "monitor")
 
 
 def _profile_chain(name, direction):
@@ -186,21 +206,74 @@ def _key_load(kind):
     return (("socket", "cgroupv2", kind.level),)
 
 
-def _log_chain_rules(name, log_rate):
-    def log(verdict):
-        return (("limit", log_rate, 1, 2 * log_rate),
-                ("log", f"netfence {verdict} profile={name} ", NF_LOG_UID))
+def _accounting_rules(counted):
+    """The first rules of the base chains when some profile counts: every packet's
+    socket cgroup, at the session level then the user level, looked up in acct-out
+    (egress) or acct-in (ingress, every packet, not only new flows); the lookup
+    updates the element's counter. No verdict: the packet goes on to the dispatch.
+    A socket-less packet, or one whose cgroup is not that deep, ends the rule there."""
+    if not counted:
+        return []
+    return [ir.RuleDef(base, (("socket", "cgroupv2", level), ("lookup", name)))
+            for base, name in (("egress", ACCT_OUT), ("ingress", ACCT_IN))
+            for level in (SESSION_LEVEL, USER_LEVEL)]
+
+
+def _denial_chains(profile, settings):
+    """deny-P and reject-P, where P's deny and reject verdicts go (goto):
+      1. jump log-P (when P logs): at most log_rate lines a second per profile, then
+         emit-P sends the packet's headers to nflog group log_group;
+      2. the denial counted for the socket's session and user cgroups (when P counts);
+      3. the verdict: drop, or reject (a TCP reset for TCP, else ICMP port
+         unreachable); in monitor mode `return` instead: the packet goes on to the
+         next profile as if P had allowed it (what it would have denied is in the log
+         and the counters)."""
+    name = profile.name
+    chains = [ir.ChainDef(f"deny-{name}"), ir.ChainDef(f"reject-{name}")]
+    rules, head = [], []
+    logs = profile_logs(profile, settings)
+    if logs:
+        chains += [ir.ChainDef(f"log-{name}"), ir.ChainDef(f"emit-{name}")]
+        rate = settings.log_rate
+        rules += [ir.RuleDef(f"log-{name}", (("limit", rate, 1, 2 * rate),
+                                             ("verdict", "goto", f"emit-{name}")))]
+        rules += _emit_rules(name, settings.log_group)
+        head.append((("verdict", "jump", f"log-{name}"),))
+    if profile_accounts(profile, settings):
+        head += [(("socket", "cgroupv2", level), ("lookup", denied_set(name)))
+                 for level in (SESSION_LEVEL, USER_LEVEL)]
+    if profile_mode(profile, settings) == "monitor":
+        ends = {"deny": [(("verdict", "return"),)], "reject": [(("verdict", "return"),)]}
+    else:
+        ends = {"deny": [(("verdict", "drop"),)],
+                "reject": [(("meta", "l4proto"), ("cmp", "eq", L4PROTO["tcp"]),
+                            ("reject", "tcp-reset")),
+                           (("reject", "icmpx-port-unreachable"),)]}
+    for verdict in ("deny", "reject"):
+        rules += [ir.RuleDef(f"{verdict}-{name}", exprs) for exprs in head + ends[verdict]]
+    return chains, rules
+
+
+def _emit_rules(name, group):
+    """emit-P: the nflog copy. The packet carries its socket's session cgroup id (its
+    low 32 bits: a mark is 32 bits) in its mark while the copy is taken, which is
+    how `netfence watch` names the session; the mark is saved in a register first and
+    put back by the same rule, so nothing after it sees a change. Without a socket (or
+    with one whose cgroup is not that deep) the first rule ends at the socket
+    expression and the second logs with the prefix "... nocg": the mark then is not a
+    cgroup id."""
+    prefix = f"{LOG_PREFIX} {name}"
     return [
-        ir.RuleDef(f"deny-{name}", log("drop")),
-        ir.RuleDef(f"deny-{name}", (("verdict", "drop"),)),
-        ir.RuleDef(f"reject-{name}", log("reject")),
-        ir.RuleDef(f"reject-{name}", (("meta", "l4proto"), ("cmp", "eq", L4PROTO["tcp"]),
-                                      ("reject", "tcp-reset"))),
-        ir.RuleDef(f"reject-{name}", (("reject", "icmpx-port-unreachable"),)),
+        ir.RuleDef(f"emit-{name}", (("meta", "mark", REG_SAVED_MARK),
+                                    ("socket", "cgroupv2", SESSION_LEVEL),
+                                    ("meta_set", "mark", 1),
+                                    ("nflog", prefix, group, LOG_SNAPLEN),
+                                    ("meta_set", "mark", REG_SAVED_MARK))),
+        ir.RuleDef(f"emit-{name}", (("nflog", f"{prefix} {NO_CGROUP}", group, LOG_SNAPLEN),)),
     ]
 
 
-def _profile_rules(profile, direction, chain):
+def _profile_rules(profile, direction, chain, settings):
     net_rules = profile.egress if direction == "egress" else profile.ingress
     default = profile.egress_default if direction == "egress" else profile.ingress_default
     rules = [ir.RuleDef(chain, _key_load(kind) + (("lookup", kind.set_name(profile.name)),
@@ -209,19 +282,19 @@ def _profile_rules(profile, direction, chain):
              for kind in GRANT_KINDS if direction in kind.directions]
     for number, net_rule in enumerate(net_rules, 1):
         comment = f"{profile.name} {direction} rule {number}"
-        verdict = _verdict(profile, net_rule.action, net_rule.protos)
+        verdict = _verdict(profile, net_rule.action, net_rule.protos, settings)
         for matches in expand_matches(net_rule, direction):
             rules.append(ir.RuleDef(chain, matches + (("counter",), verdict), comment))
-    verdict = _verdict(profile, default, ())
+    verdict = _verdict(profile, default, (), settings)
     rules.append(ir.RuleDef(chain, (("counter",), verdict),
                             f"{profile.name} {direction} default"))
     return rules
 
 
-def _verdict(profile, action, protos):
+def _verdict(profile, action, protos, settings):
     if action == "allow":
         return ("verdict", "return")     # not accept: later profiles must still be asked
-    if profile.log:
+    if denies_through_chains(profile, settings):
         return ("verdict", "goto", f"{'deny' if action == 'deny' else 'reject'}-{profile.name}")
     if action == "deny":
         return ("verdict", "drop")
@@ -291,17 +364,26 @@ def build_login(policy, windowed=()):
     time-window sets (tuid_set, ...: only those the table has), and "guards" the
     window kinds' guards that exist: the hook adds only to sets that exist."""
     profiles, guards = {}, setkinds.guards()
+    counted = False
     for profile in policy.profiles.values():
         kinds = [k for k in timed_kinds_of(profile, windowed) if k in WINDOW_KINDS]
         window = {k.field: k.set_name(profile.name) for k in kinds}
         guards.update({k.field: k.guard for k in kinds})
+        # "denied_set": the login's session and user cgroup ids go in it, and in the
+        # login part's "account" sets (setkinds.ACCT_FIELDS), when the profile counts
+        accounts = profile_accounts(profile, policy.settings)
+        counted = counted or accounts
         profiles[profile.name] = {"egress": has_egress(profile),
                                   "ingress": has_ingress(profile),
+                                  "mode": profile_mode(profile, policy.settings),
                                   **setkinds.profile_sets(profile.name), **window}
+        if accounts:
+            profiles[profile.name]["denied_set"] = denied_set(profile.name)
     # Always rules are resolved at reload, not matched at login.
     rules = [_login_rule(rule) for rule in policy.rules if rule.scope != "always"]
     return {"format": formats.LOGIN, "policy_id": "", "settings": asdict(policy.settings),
-            "profiles": profiles, "guards": guards, "rules": rules}
+            "profiles": profiles, "guards": guards, "rules": rules,
+            "account": dict(setkinds.ACCT_FIELDS) if counted else {}}
 
 
 def build_always(policy):

@@ -4,8 +4,12 @@ Expressions are tuples close to the kernel's nf_tables expressions, so encoding 
 mechanical and `render.py` can print them as `nft list` would. Byte strings are hex
 (`"0a000000"`), so a whole table round-trips through JSON unchanged. Every expression
 that loads a value loads it into register 1 (NFT_REG_1); every comparison reads it.
+The one exception is the log rule of emit-P (compiler._emit_rules), which saves the
+packet's mark in register 2 and puts it back after the nflog copy was taken.
 
-  ("meta", key)                      key: nfproto l4proto skuid skgid oif iif
+  ("meta", key)                      key: nfproto l4proto skuid skgid oif iif mark
+  ("meta", key, reg)                 the same into register `reg` (2: NFT_REG_2)
+  ("meta_set", key, reg)             key: mark; the packet's mark = register `reg`
   ("payload", base, offset, length)  base: network | transport
   ("socket", "cgroupv2", level)      the socket's cgroup v2 ancestor id at `level`
   ("ct", "state")
@@ -18,6 +22,7 @@ that loads a value loads it into register 1 (NFT_REG_1); every comparison reads 
   ("counter",)
   ("limit", rate, per_seconds, burst)   packets
   ("log", prefix, flags)             flags: NF_LOG_* bitmask (0x08 = NF_LOG_UID)
+  ("nflog", prefix, group, snaplen)  a copy (snaplen bytes) to nfnetlink_log `group`
   ("reject", kind)                   kind: tcp-reset | icmpx-port-unreachable
   ("verdict", kind)                  kind: accept drop return
   ("verdict", kind, chain)           kind: jump goto
@@ -37,6 +42,7 @@ class SetDef:
     key: str              # a setkinds.KEY_TYPES name (an nftables datatype)
     interval: bool = False  # ranges (NFT_SET_INTERVAL): keys big-endian, start/end
     timeout: bool = False   # NFT_SET_TIMEOUT: every element carries a kernel timeout
+    counter: bool = False   # NFTA_SET_EXPR counter: every element counts what it matched
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ a login-time lookup structure. Nothing here touches the system.
 from dataclasses import dataclass, field
 
 ACTIONS = ("allow", "deny", "reject")
+MODES = ("enforce", "monitor")           # monitor: deny and reject log and count, then let through
 PROTOS = ("tcp", "udp", "icmp")          # "any" is spelled as an empty tuple
 SCOPES = ("user", "session", "always")
 LOGIN_KEYS = ("services", "rhosts", "ttys", "time")   # conditions only a login has
@@ -29,6 +30,9 @@ class Settings:
     hook_timeout_ms: int = 2000        # the hook gives up after this long and follows on_error
     log_rate: int = 5                  # logged denials per second per profile (burst 2x)
     cgroup_base: str = "netfence"      # <cgroup2 mount>/<cgroup_base>/user-UID/session-KEY
+    mode: str = "enforce"              # a profile's mode when it sets none (one of MODES)
+    account: bool = False              # a profile's accounting when it sets none
+    log_group: int = 5140              # the nflog group denials go to (watch listens)
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,26 @@ class Profile:
     egress_default: str = "allow"       # one of ACTIONS
     ingress: tuple = ()                 # NetRule...; peers are sources, ports local ports
     ingress_default: str = "allow"
-    log: bool = False                   # log denied traffic (rate limited) with the uid
+    log: bool = False                   # log denied traffic (rate limited) with the identity
+    mode: str = ""                      # one of MODES; "": the [settings] mode
+    account: bool | None = None         # count bytes and denials; None: [settings] account
     where: Location = field(default=Location("<policy>"), compare=False)
+
+
+def profile_mode(profile, settings):
+    """The profile's mode: its own, else the [settings] one."""
+    return profile.mode or settings.mode
+
+
+def profile_accounts(profile, settings):
+    """Whether logins that get the profile are counted (bytes each way, denials)."""
+    return settings.account if profile.account is None else profile.account
+
+
+def profile_logs(profile, settings):
+    """Whether the profile's denials are logged: `log = true`, or monitor mode
+    (whose point is to show what it would deny)."""
+    return profile.log or profile_mode(profile, settings) == "monitor"
 
 
 @dataclass(frozen=True)

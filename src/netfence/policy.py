@@ -120,6 +120,9 @@ _SETTINGS = {
     "hook_timeout_ms": lambda v, k: integer(v, k, 100, 60000),
     "log_rate": lambda v, k: integer(v, k, 1, 10000),
     "cgroup_base": path_component,
+    "mode": lambda v, k: choice(v, k, model.MODES),
+    "account": boolean,
+    "log_group": lambda v, k: integer(v, k, 1, 65535),
 }
 
 
@@ -159,7 +162,8 @@ def _each(doc, keys, context, value, check, empty):
 
 # ---- [profile.NAME] ------------------------------------------------------------------
 
-_PROFILE_KEYS = ("egress", "egress_default", "ingress", "ingress_default", "log")
+_PROFILE_KEYS = ("egress", "egress_default", "ingress", "ingress_default", "log", "mode",
+                 "account")
 _PEER_KEY = {"egress": "to", "ingress": "from"}
 _NET_KEYS = ("action", "proto", "ports")
 _PORT_PROTOS = ("tcp", "udp")
@@ -167,6 +171,10 @@ _PORT_PROTOS = ("tcp", "udp")
 
 def _action(value, key):
     return choice(value, key, model.ACTIONS)
+
+
+_PROFILE_CHECKS = {"log": boolean, "account": boolean,
+                   "mode": lambda v, k: choice(v, k, model.MODES)}
 
 
 def _profiles(state, doc, table):
@@ -196,7 +204,7 @@ def _profile(state, doc, name, body):
         elif key in _PEER_KEY:
             fields[key] = _net_rules(doc, name, key, value)
         else:
-            check = boolean if key == "log" else _action
+            check = _PROFILE_CHECKS.get(key, _action)
             checked = _check(doc, keys + (key,), f"profile {name}", check, value, key)
             if checked is not None:
                 fields[key] = checked

@@ -127,6 +127,31 @@ RESTRICT_KINDS = (RUID,)                # `netfence restrict`: a profile on a ui
 TIMED_KINDS = WINDOW_KINDS + GRANT_KINDS + RESTRICT_KINDS
 
 
+# Accounting (docs/accounting.md): sets of cgroup ids whose elements each carry a
+# counter (the set's NFTA_SET_EXPR), which a lookup updates. A login that gets a
+# profile with accounting puts its session cgroup id (session element) and its user
+# cgroup id (user element) in ACCT_OUT and ACCT_IN, tested by the first rules of the
+# base chains for every packet (socket cgroupv2 at SESSION_LEVEL, then USER_LEVEL),
+# and in DENIED_PREFIX + P for each such profile P, tested by P's deny-P / reject-P
+# chains: bytes and packets each way, and denials per profile, per session and per
+# user, kept in the kernel (one hash lookup each, however many sessions).
+ACCT_OUT = "acct-out"
+ACCT_IN = "acct-in"
+DENIED_PREFIX = "denied-"
+ACCT_FIELDS = {"out": ACCT_OUT, "in": ACCT_IN}     # the login part's "account" names
+LOG_PREFIX = "netfence"     # nflog prefix: "netfence P" (cgroup id in the mark) or
+NO_CGROUP = "nocg"          # "netfence P nocg" (no socket, or one outside our levels)
+
+
+def denied_set(profile_name):
+    return DENIED_PREFIX + profile_name
+
+
+def is_counted(set_name):
+    """Whether a set's elements carry counters (accounting sets)."""
+    return set_name in (ACCT_OUT, ACCT_IN) or set_name.startswith(DENIED_PREFIX)
+
+
 def profile_sets(profile_name):
     """{field: set name} of one profile, as the login part stores it."""
     return {kind.field: kind.set_name(profile_name) for kind in KINDS}

@@ -86,8 +86,39 @@ def test_logging_profiles_go_to_logging_chains():
                              egress_default="reject"))
     assert rules_in(table, "out-p")[0][-1] == ("verdict", "goto", "deny-p")
     assert rules_in(table, "out-p")[-1][-1] == ("verdict", "goto", "reject-p")
-    log = rules_in(table, "deny-p")[0]
-    assert log[0] == ("limit", 5, 1, 10) and log[1][0] == "log" and log[1][2] == 0x08
+    assert rules_in(table, "deny-p") == [(("verdict", "jump", "log-p"),),
+                                         (("verdict", "drop"),)]
+    assert rules_in(table, "log-p") == [(("limit", 5, 1, 10), ("verdict", "goto", "emit-p"))]
+    marked, plain = rules_in(table, "emit-p")
+    # the mark is lent to the session cgroup id for the nflog copy, then put back
+    assert marked == (("meta", "mark", 2), ("socket", "cgroupv2", 3), ("meta_set", "mark", 1),
+                      ("nflog", "netfence p", 5140, 128), ("meta_set", "mark", 2))
+    assert plain == (("nflog", "netfence p nocg", 5140, 128),)
+
+
+def test_monitor_mode_logs_and_lets_through():
+    table = table_of(Profile("p", egress=(NetRule("deny", ("udp",)),), mode="monitor",
+                             egress_default="reject"))
+    assert rules_in(table, "deny-p") == [(("verdict", "jump", "log-p"),), (("verdict", "return"),)]
+    assert rules_in(table, "reject-p") == [(("verdict", "jump", "log-p"),),
+                                           (("verdict", "return"),)]
+
+
+def test_accounting_counts_every_packet_and_each_denial_per_cgroup():
+    table = table_of(Profile("p", egress=(NetRule("deny", ("udp",)),), account=True),
+                     Profile("q", egress=(NetRule("deny", ("udp",)),)))
+    counted = {s.name for s in table.sets if s.counter}
+    assert counted == {"acct-out", "acct-in", "denied-p"}
+    assert rules_in(table, "egress")[:2] == [
+        (("socket", "cgroupv2", 3), ("lookup", "acct-out")),
+        (("socket", "cgroupv2", 2), ("lookup", "acct-out"))]
+    assert rules_in(table, "ingress")[:2] == [
+        (("socket", "cgroupv2", 3), ("lookup", "acct-in")),
+        (("socket", "cgroupv2", 2), ("lookup", "acct-in"))]
+    assert rules_in(table, "deny-p") == [
+        (("socket", "cgroupv2", 3), ("lookup", "denied-p")),
+        (("socket", "cgroupv2", 2), ("lookup", "denied-p")), (("verdict", "drop"),)]
+    assert rules_in(table, "out-q")[-2][-1] == ("verdict", "drop")     # q: unchanged
 
 
 def test_unrestricted_traffic_costs_one_guard_lookup_per_kind_whatever_the_profiles():
