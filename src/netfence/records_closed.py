@@ -15,8 +15,8 @@ be is a live one:
     "<ppid>-<start time>" repeated after a reboot when run_dir outlives it) gets
     the next free name KEY-2, KEY-3, ...: an earlier closed record is never
     overwritten, and an open never reads closed/ (sessions reads sessions/KEY);
-  - find_by_cgroup, given the time of the packet, skips records that were not open
-    then (cgroup ids restart at every boot: their low 32 bits repeat).
+  - find_by_cgroup, given the time of the packet, skips records opened after it
+    (cgroup ids restart at every boot: their low 32 bits repeat).
 
 Bounded: entries older than KEEP_S (24 h) go at gc and watch's pruning (prune_closed);
 and when a close finds more than CAP entries (it counts them on one close in
@@ -39,7 +39,6 @@ CLOSED = records.CLOSED
 KEEP_S = 86400                  # a day of history (the issue: "the last day")
 CAP = 4096                      # entries kept at most (docs/hook.md "Closed sessions")
 CHECK_ONE_IN = 16               # closes that count the entries: one in 16, at random
-OPEN_SLACK_S = 1.0              # a denial may be read back just after the close began
 DROPPED = ("session_elements", "user_elements", "timed", "destroy", "closing")
 
 
@@ -111,24 +110,29 @@ def list_closed(run_dir):
 
 def find_by_cgroup(run_dir, cgroup_id_low32, at=None):
     """The record whose cgroup id has these low 32 bits: a live session or run tree
-    first, then the closed ones newest first. at (epoch, the packet's time): only a
-    record open at that time (opened before it, closed after it)."""
+    first, then the closed ones, newest first. at (epoch, the packet's time): only a
+    record opened by then, the latest such. Not "closed by then": a process left
+    behind in the session cgroup (a user-scope profile) is denied after the close, and
+    a cgroup id is never reused within a boot; the ids start again at each boot,
+    which the opening time tells apart."""
     def matches(record):
         cgroup_id = record.get("cgroup_id")
         if not isinstance(cgroup_id, int) or cgroup_id & 0xFFFFFFFF != cgroup_id_low32:
             return False
-        if at is None:
-            return True
-        opened = record.get("opened_at", record.get("started", 0))
-        return opened <= at and record.get("closed_at", at) + OPEN_SLACK_S >= at
-    live = records.list_sessions(run_dir) + records.list_runs(run_dir)
-    for record in reversed(live):                       # newest first
-        if matches(record):
-            return record
-    for record in reversed(list_closed(run_dir)):
-        if matches(record):
-            return record
-    return None
+        return at is None or _opened(record) <= at
+    live = [r for r in records.list_sessions(run_dir) + records.list_runs(run_dir)
+            if matches(r)]
+    if live:
+        return max(live, key=_opened)
+    closed = [r for r in list_closed(run_dir) if matches(r)]
+    if not closed:
+        return None
+    return max(closed, key=_opened if at is not None else lambda r: r["closed_at"])
+
+
+def _opened(record):
+    opened = record.get("opened_at", record.get("started", 0))
+    return opened if isinstance(opened, (int, float)) else 0
 
 
 def prune_closed(run_dir, now, keep_s=KEEP_S, cap=CAP):

@@ -177,7 +177,9 @@ def test_find_by_cgroup_live_first_then_newest_closed(tmp_path):
                                          "opened_at": 30.0}, 40.0)
     assert records.find_by_cgroup(run_dir, 42)["key"] == "2-1"
     assert records.find_by_cgroup(run_dir, 42, at=15.0)["key"] == "1-1"
-    assert records.find_by_cgroup(run_dir, 42, at=25.0) is None   # nobody had it then
+    # a process left behind in session 1-1's cgroup, denied after its close
+    assert records.find_by_cgroup(run_dir, 42, at=25.0)["key"] == "1-1"
+    assert records.find_by_cgroup(run_dir, 42, at=5.0) is None     # nobody had it then
     records.write(records.session_path(run_dir, "3-1"),
                   {"key": "3-1", "uid": 3, "cgroup_id": 42, "opened_at": 50.0})
     assert records.find_by_cgroup(run_dir, 42)["key"] == "3-1"
