@@ -111,6 +111,8 @@ def test_a_full_run_dir_loses_the_history_not_the_close(kernel, monkeypatch):
     monkeypatch.setattr(records_closed, "keep_closed", full)
     _record, result = open_close(kernel)
     assert "No space" in result["history_error"]
+    assert "No space" in hooklog.totals_fields(result)["history_error"]
+    assert hooklog.totals_fields(result)["sent_bytes"] == 1400    # the totals still said
     assert kernel.calls[-1][0] == "destroy" and records.list_sessions(kernel.run_dir) == []
 
 
