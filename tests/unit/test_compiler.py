@@ -90,9 +90,11 @@ def test_logging_profiles_go_to_logging_chains():
                                          (("verdict", "drop"),)]
     assert rules_in(table, "log-p") == [(("limit", 5, 1, 10), ("verdict", "goto", "emit-p"))]
     marked, plain = rules_in(table, "emit-p")
-    # the mark is lent to the session cgroup id for the nflog copy, then put back
+    # the mark is lent to the session cgroup id for the nflog copy, then put back; the
+    # rule returns, or the nocg rule would log the same denial a second time
     assert marked == (("meta", "mark", 2), ("socket", "cgroupv2", 3), ("meta_set", "mark", 1),
-                      ("nflog", "netfence p", 5140, 128), ("meta_set", "mark", 2))
+                      ("nflog", "netfence p", 5140, 128), ("meta_set", "mark", 2),
+                      ("verdict", "return"))
     assert plain == (("nflog", "netfence p nocg", 5140, 128),)
 
 
