@@ -101,8 +101,10 @@ def test_logging_profiles_go_to_logging_chains():
 def test_monitor_mode_logs_and_lets_through():
     table = table_of(Profile("p", egress=(NetRule("deny", ("udp",)),), mode="monitor",
                              egress_default="reject"))
-    assert rules_in(table, "deny-p") == [(("verdict", "jump", "log-p"),), (("verdict", "return"),)]
-    assert rules_in(table, "reject-p") == [(("verdict", "jump", "log-p"),),
+    # only a flow's first packet is logged (and counted): the flow goes on
+    assert rules_in(table, "deny-p") == [compiler.CT_NEW + (("verdict", "jump", "log-p"),),
+                                         (("verdict", "return"),)]
+    assert rules_in(table, "reject-p") == [compiler.CT_NEW + (("verdict", "jump", "log-p"),),
                                            (("verdict", "return"),)]
 
 
