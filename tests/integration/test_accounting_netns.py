@@ -226,6 +226,42 @@ def test_monitor_mode_lets_through_and_counts_what_it_would_deny(loaded):
     logout(nf, key)
 
 
+MARKED_SEND = """\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(sys.argv[2]))
+s.sendto(b"x" * 100, ("127.0.0.1", int(sys.argv[1])))
+"""
+
+MARK_WATCH = """table inet nftest-mark {
+    chain out {
+        type filter hook output priority 10; policy accept;
+        udp dport 7022 meta mark 0x1234 counter
+        udp dport 7022 meta mark != 0x1234 counter
+    }
+}
+"""
+
+
+def test_the_packet_keeps_its_own_mark_after_the_log_lent_it(loaded):
+    """emit-P puts the session cgroup id in the mark for the nflog copy: a later chain
+    (another table, after ours) must see the packet's own mark again, or a policy
+    routing or firewall rule keyed on marks would see our cgroup ids."""
+    nf = loaded
+    nf.netns.run(["nft", "-f", "-"], input=MARK_WATCH, stdin=None)
+    key, _app = login(nf, UID, session_profiles=["watched"])
+    cgroup, session, _user = session_cgroup(nf, key)
+    log = listener(nf)
+    nf.netns.run(in_cgroup([sys.executable, "-c", MARKED_SEND, "7022", str(0x1234)], cgroup))
+    low32 = struct.unpack("=Q", bytes.fromhex(session))[0] & 0xFFFFFFFF
+    assert log_lines(log) == [["netfence", "watched", str(low32)]]
+    lines = nf.netns.nft("list", "chain", "inet", "nftest-mark", "out").stdout.splitlines()
+    own, other = [line.strip() for line in lines if "counter" in line]
+    assert own.endswith("counter packets 1 bytes 128"), own
+    assert other.endswith("counter packets 0 bytes 0"), other
+    logout(nf, key)
+
+
 def test_a_packet_without_a_session_cgroup_is_logged_nocg(loaded):
     """User scope: the uid is in uid-guarded; a process of that uid outside any session
     cgroup (here at level 1) is still denied, and logged with the nocg prefix."""

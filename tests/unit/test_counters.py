@@ -63,3 +63,22 @@ def test_counters_imports_nothing_heavy():
     assert {n for n in loaded if n.startswith("netfence.")} == {
         "netfence.counters", "netfence.errors", "netfence.nfconst", "netfence.nfencode",
         "netfence.setkinds", "netfence.formats"}
+
+
+def test_reload_goes_on_when_the_counters_cannot_be_read(monkeypatch):
+    """Accounting must not stand in the way of a policy change: a failed read loses
+    the totals (and says so), the reload still sends its table."""
+    from netfence import apply, ir
+    from netfence.errors import KernelError
+
+    def refuse(**_kw):
+        raise KernelError("list elements of set acct-out", 105)
+    logged = []
+    monkeypatch.setattr(counters, "read_counters", refuse)
+    monkeypatch.setattr(apply, "log_event", logged.append)
+    table = ir.TableDef(sets=(ir.SetDef("acct-out", "cgroupsv2", counter=True),),
+                        chains=(), rules=())
+    assert apply.carried_counters(table) == {}
+    assert logged and logged[0].startswith("event=reload-counters-lost ")
+    plain = ir.TableDef(sets=(ir.SetDef("uid-a", "uid"),), chains=(), rules=())
+    assert apply.carried_counters(plain) == {}          # nothing counted: nothing read
