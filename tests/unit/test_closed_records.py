@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from netfence import collect, hooklog, plan, records, records_closed, sessions
+from netfence import collect, hooklog, plan, records, records_closed, sessions, setkinds
 from netfence.errors import KernelError, StateError
 from test_sessions_intent import INFO, Kernel
 
@@ -229,3 +229,28 @@ def test_gc_prunes_the_closed_records_and_their_temp_files(tmp_path, monkeypatch
     report = collect.gc(run_dir, mount=str(tmp_path))
     assert report.pruned == 1 and report.temp_files == 1
     assert os.listdir(f"{run_dir}/closed") == []
+
+
+def test_a_closed_run_tree_keeps_its_totals_and_history(tmp_path, monkeypatch):
+    from netfence import runtree
+    run_dir = str(tmp_path / "run")
+    records.ensure_dirs(run_dir)
+    key = setkinds.SCG.key(0x30)
+    tree = {"key": "7-8", "kind": "run", "pid": 7, "starttime": 8, "uid": 1001,
+            "user": "alice", "cgroup": "/nf/run/t-7-8", "cgroup_id": 0x30, "created": True,
+            "session_elements": {"acct-out": [key], "acct-in": [key], "scg-p": [key]},
+            "started": 1.0}
+    records.write(records.run_path(run_dir, "7-8"), tree)
+    destroyed = []
+    monkeypatch.setattr(runtree, "has_processes", lambda *a: False)
+    monkeypatch.setattr(runtree.fastpath, "destroy_elements",
+                        lambda elements, timeout_ms: destroyed.append(elements) or [])
+    monkeypatch.setattr(runtree.cgroups, "remove", lambda *a: "removed")
+    counters = Counters({"acct-out": {key: (2, 200)}, "acct-in": {key: (1, 60)}})
+    install(monkeypatch, counters)
+    assert runtree.close_tree(run_dir, "7-8", "/fake") == "closed"
+    assert counters.asked == [{"acct-out": [key], "acct-in": [key]}]
+    (closed,) = records.list_closed(run_dir)
+    assert closed["kind"] == "run" and closed["totals"]["sent_bytes"] == 200
+    assert destroyed and records.list_runs(run_dir) == []
+    assert records.find_by_cgroup(run_dir, 0x30)["key"] == "7-8"
