@@ -39,7 +39,7 @@ CLOSED = records.CLOSED
 KEEP_S = 86400                  # a day of history (the issue: "the last day")
 CAP = 4096                      # entries kept at most (docs/hook.md "Closed sessions")
 CHECK_ONE_IN = 16               # closes that count the entries: one in 16, at random
-DROPPED = ("session_elements", "user_elements", "timed", "destroy", "closing")
+DROPPED = ("session_elements", "user_elements", "timed", "destroy", "closing", "history")
 
 
 def closed_dir(run_dir):
@@ -55,15 +55,20 @@ def closed_record(record, now, totals=None):
     return kept
 
 
-def keep_closed(run_dir, record, now, totals=None, cap=CAP, check_one_in=CHECK_ONE_IN):
+def keep_closed(run_dir, record, now, totals=None, cap=CAP, check_one_in=CHECK_ONE_IN,
+                once=False):
     """Write the closed record under a free name; on one close in check_one_in, drawn
     at random (a loop cannot time it), count the entries and prune over the cap: a
-    listing of CAP names costs ~1 ms, too much for every logout. Returns the name
-    written. StateError when it cannot be written (the caller's close goes on: losing
-    history never keeps elements in the kernel)."""
+    listing of CAP names costs ~1 ms, too much for every logout. once: not when this
+    very session (same key, cgroup and opening time) is kept already (a close that
+    stopped after keeping it, finished later). Returns the name written. StateError
+    when it cannot be written (the caller's close goes on: losing history never keeps
+    elements in the kernel)."""
     directory = closed_dir(run_dir)
     records.ensure_dir(directory)
-    name = free_name(directory, record["key"])
+    name, same = free_name(directory, record["key"], record if once else None)
+    if same:
+        return name
     records.write(f"{directory}/{name}", closed_record(record, now, totals))
     if check_one_in <= 1 or posix.urandom(1)[0] % check_one_in == 0:
         if len(posix.listdir(directory)) > cap:
@@ -71,13 +76,25 @@ def keep_closed(run_dir, record, now, totals=None, cap=CAP, check_one_in=CHECK_O
     return name
 
 
-def free_name(directory, key):
-    """KEY, else KEY-2, KEY-3, ...: the first name not taken in directory."""
+def free_name(directory, key, record=None):
+    """(name, False): KEY, else KEY-2, KEY-3, ...: the first name not taken in
+    directory; (name, True) when one of them holds `record` already."""
     name, number = key, 1
     while _taken(f"{directory}/{name}"):
+        if record is not None and _same_session(f"{directory}/{name}", record):
+            return name, True
         number += 1
         name = f"{key}-{number}"
-    return name
+    return name, False
+
+
+def _same_session(path, record):
+    try:
+        kept = records.read(path)
+    except StateError:
+        return False
+    fields = ("key", "cgroup_id", "opened_at", "started")
+    return kept is not None and all(kept.get(f) == record.get(f) for f in fields)
 
 
 def _taken(path):

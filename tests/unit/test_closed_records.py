@@ -254,3 +254,35 @@ def test_a_closed_run_tree_keeps_its_totals_and_history(tmp_path, monkeypatch):
     assert closed["kind"] == "run" and closed["totals"]["sent_bytes"] == 200
     assert destroyed and records.list_runs(run_dir) == []
     assert records.find_by_cgroup(run_dir, 0x30)["key"] == "7-8"
+
+
+def test_a_close_that_stopped_before_its_history_is_finished_with_it(kernel, monkeypatch):
+    install(monkeypatch, Counters(VALUES))
+    record = sessions.open_session(kernel.run_dir, COUNTING, INFO, [], ["web"],
+                                   ppid=os.getpid())
+    real = records_closed.keep_closed
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt          # the hook killed between intent and history
+    monkeypatch.setattr(records_closed, "keep_closed", crash)
+    with pytest.raises(KeyboardInterrupt):
+        sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    assert records.list_closed(kernel.run_dir) == []
+    monkeypatch.setattr(records_closed, "keep_closed", real)
+    assert sessions.finish_session(kernel.run_dir, record["key"])      # gc's step
+    (closed,) = records.list_closed(kernel.run_dir)
+    assert closed["totals"]["sent_bytes"] == 1400 and "history" not in closed
+    assert kernel.calls[-1][0] == "destroy"
+
+
+def test_a_close_that_stopped_after_its_history_keeps_it_once(kernel, monkeypatch):
+    install(monkeypatch, Counters(VALUES))
+    record = sessions.open_session(kernel.run_dir, COUNTING, INFO, [], ["web"],
+                                   ppid=os.getpid())
+    def refuse(*args, **kwargs):
+        raise KernelError("destroy", 105)
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements", refuse)
+    with pytest.raises(KernelError):
+        sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements", kernel.destroy)
+    assert sessions.finish_session(kernel.run_dir, record["key"])
+    assert records.names(kernel.run_dir, "closed") == [record["key"]]
