@@ -260,7 +260,7 @@ def keep_history(run_dir, record):
     totals, error = read_totals(record)
     history_error = None
     try:
-        keep_closed(run_dir, record, time.time(), totals, once=True)
+        keep_closed(run_dir, record, time.time(), totals)
     except StateError as err:               # a full /run: history lost, close goes on
         history_error = str(err)
     return {"totals": totals, "totals_error": error, "history_error": history_error}

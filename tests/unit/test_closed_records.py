@@ -140,7 +140,9 @@ def test_a_key_used_again_opens_fresh_and_keeps_both_histories(kernel, monkeypat
     assert "closed_at" not in again and "totals" not in again
     sessions.close_session(kernel.run_dir, again["key"], pids=(os.getpid(),))
     names = records.names(kernel.run_dir, "closed")
-    assert names == sorted([first["key"], first["key"] + "-2"])
+    second = f"{first['key']}-{again['cgroup_id']}-{int(again['opened_at'] * 1e6)}"
+    assert names == sorted([first["key"], second])
+    assert records.list_closed(kernel.run_dir)[0]["opened_at"] == first["opened_at"]
 
 
 def test_a_close_loop_is_capped_and_evicts_the_looping_uid_first(tmp_path):
