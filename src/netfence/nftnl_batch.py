@@ -156,7 +156,7 @@ class PreparedTable:
             for set_name, items in self.ranges.items() if set_name in sets and items},
             nf.NFT_MSG_NEWSETELEM, "add")
         add_timed_messages(tail, name, {k: v for k, v in (timed or {}).items()
-                                        if k in wanted and sets[k].timeout})
+                                        if k in sets and sets[k].timeout})
         return out + tail.finish()
 
 
