@@ -390,3 +390,16 @@ def test_traffic_smoke(netns):
     assert nobody.stdout.strip() == "ECONNREFUSED"
     assert root.stdout.strip() == "connected"
     assert counters["no 8080"] >= 1
+
+
+def test_counted_set_elements_list_as_rendered(netns):
+    """A counted set's elements, each with its counter, as nft lists them (and as
+    render.py prints them): ids of cgroups that do not exist print as numbers."""
+    from netfence import render
+    table = ir.TableDef(sets=(S("acct-out", "cgroupsv2", counter=True),), chains=(), rules=())
+    elements = {"acct-out": [cgroup_key(4242), cgroup_key(4243)]}
+    with ruleset_in(netns) as ruleset:
+        ruleset.replace_table(table, elements)
+        assert ruleset.read_table().sets == table.sets
+    listing = netns.nft("list", "table", "inet", "netfence").stdout
+    assert listing == render.render_table(table, elements)
