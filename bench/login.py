@@ -24,10 +24,11 @@ NFT = "/usr/sbin/nft"
 
 # ---- a private installation with the login policy ------------------------------------
 
-def setup_env(ws, name, user):
+def setup_env(ws, name, user, account=False):
     ns = ws.netns()
     env = ws.env(ns, name)
-    env.write_policy(policies.login_policy(user.name, user.groups["students"], env.cgroup_base))
+    env.write_policy(policies.login_policy(user.name, user.groups["students"], env.cgroup_base,
+                                           account=account))
     env.cli("reload")
     return env
 

@@ -8,6 +8,10 @@ Five namespaces, each with a C accept-and-close server on 127.0.0.1:8080:
   netfence  the login policy, N live sessions loaded (N fake elements in each of
             scg-web-only, uid-no-mail, ucg-no-servers), and one real session of the
             restricted user opened by the hook;
+  accounting  the same with `[settings] account = true`: every packet's socket
+            cgroup looked up at two levels in acct-out (egress) or acct-in (ingress),
+            whose elements count it; N fake sessions' session and user cgroup ids in
+            both sets, and the real session's elements added by the hook;
   linear    the blog's way: one `meta skuid <other uid> counter drop` rule per live
             session (N of them), then the restricted user's own owner rules, in one
             output chain of its own table, loaded with `nft -f`.
@@ -21,13 +25,16 @@ round; ratios are taken within a round (variant / empty) and their median report
 Client and server are pinned to CPUs 0 and 1 (taskset).
 """
 
+import json
 import os
 import subprocess
+import sys
 
 import policies
 from common import log, median, rnd
 from login import HeldLogin, setup_env
-from scale import FAKE_UID, fill_sessions
+from netfence.setkinds import ACCT_IN, ACCT_OUT
+from scale import FAKE_SESSION_CG, FAKE_UID, FAKE_USER_CG, fill_sessions
 
 PORT = policies.ALLOWED_PORT
 BLOCKED_PORT = 25              # no-mail rule 1 (uid set): rejected with a TCP reset
@@ -105,37 +112,18 @@ def conntrack_setup(ns):
 
 
 def packet_section(ws, user, sessions, rounds, seconds):
-    # netfence: the login policy, `sessions` live sessions, one real session of the user
-    env = setup_env(ws, "packet", user)
-    fill_sessions(env, sessions)
-    login = HeldLogin(ws, env, user)
-    empty = ws.netns()
-    empty_again = ws.netns()
-    tracked = ws.netns()
-    conntrack_table(ws, tracked)
-    linear = ws.netns()
-    linear_rules = linear_table(ws, linear, user, sessions)
-    variants = {"empty": empty, "empty_again": empty_again, "conntrack": tracked,
-                "netfence": env.netns, "linear": linear}
-    for ns in variants.values():
-        conntrack_setup(ns)
-        start_server(ws, ns, PORT)
-    start_server(ws, env.netns, BLOCKED_PORT)      # root may bind port 25
+    envs, logins, variants, linear_rules = _variants(ws, user, sessions)
     clients = {"unrestricted": (NOBODY, NOBODY, None),
-               "restricted": (user.uid, user.gid, login.cgroup_dir)}
+               "restricted": (user.uid, user.gid, logins["netfence"].cgroup_dir)}
 
-    # the policy is live for this very client: its uid is refused port 25, and its
-    # connections to 8080 go through web-only (session cgroup) up to rule 6
-    _, ok_blocked, _ = connect_rate(ws, env.netns, clients["restricted"], 0.2, BLOCKED_PORT)
-    _, ok_free, _ = connect_rate(ws, env.netns, clients["unrestricted"], 0.2, BLOCKED_PORT)
-    before = allow_counter(env.netns)
-    _, ok_allowed, _ = connect_rate(ws, env.netns, clients["restricted"], 0.2, PORT)
-    counted = allow_counter(env.netns) - before
-    if ok_blocked or not ok_free or not ok_allowed or counted < ok_allowed:
-        raise RuntimeError(f"netfence namespace does not enforce the policy: port 25 "
-                           f"restricted={ok_blocked} unrestricted={ok_free}; port {PORT} "
-                           f"restricted={ok_allowed}, web-only rule 6 counted {counted}")
+    def who(variant, client):
+        """The restricted client of `accounting` runs in that namespace's own session."""
+        if variant == "accounting" and client == "restricted":
+            return (user.uid, user.gid, logins["accounting"].cgroup_dir)
+        return clients[client]
 
+    for name, env in envs.items():
+        _check_enforced(ws, env, lambda client, n=name: who(n, client), name == "accounting")
     pairs = [(v, c) for v in variants for c in clients]
     rates = {pair: [] for pair in pairs}
     failures = 0
@@ -143,24 +131,83 @@ def packet_section(ws, user, sessions, rounds, seconds):
         f"linear chain of {linear_rules} rules ...")
     for r in range(rounds):
         for variant, client in (pairs if r % 2 == 0 else pairs[::-1]):
-            rate, _, failed = connect_rate(ws, variants[variant], clients[client], seconds)
+            rate, _, failed = connect_rate(ws, variants[variant], who(variant, client), seconds)
             rates[(variant, client)].append(rate)
             failures += failed
-    login.close()
-
+    for held in logins.values():
+        held.close()
     out = {"packet_live_sessions": sessions, "linear_chain_rules": linear_rules,
            "connect_failures": failures}
     for variant, client in pairs:
         out[f"connect_rate_{variant}_{client}"] = rnd(median(rates[(variant, client)]), 0)
-    for variant, base in (("netfence", "empty"), ("linear", "empty"), ("conntrack", "empty"),
-                          ("netfence", "conntrack"), ("empty_again", "empty")):
+    for variant, base in RATIOS:
         for client in clients:
             ratios = [a / b for a, b in zip(rates[(variant, client)], rates[(base, client)])]
             suffix = "" if client == "restricted" else "_unrestricted"
             middle = "" if base == "empty" else f"_vs_{base}"
             out[f"connect_rate_ratio_{variant}{middle}{suffix}"] = rnd(median(ratios), 3)
-    out["conntrack_entries_netfence"] = _conntrack_count(env.netns)
+    out["conntrack_entries_netfence"] = _conntrack_count(envs["netfence"].netns)
     return out
+
+
+# (variant, baseline) of every ratio reported; accounting / netfence is what counting
+# every packet (two hash lookups per direction, per packet) costs on top of the fence
+RATIOS = (("netfence", "empty"), ("linear", "empty"), ("conntrack", "empty"),
+          ("netfence", "conntrack"), ("empty_again", "empty"), ("accounting", "empty"),
+          ("accounting", "netfence"))
+
+
+def _variants(ws, user, sessions):
+    """The namespaces, each with its servers: netfence and accounting (the same login
+    policy with `[settings] account = true`) with `sessions` live sessions and one
+    real held session of the user."""
+    envs, logins = {}, {}
+    for name, account in (("netfence", False), ("accounting", True)):
+        env = setup_env(ws, f"packet-{name}", user, account=account)
+        fill_sessions(env, sessions)
+        if account:         # the other sessions counted too: acct sets as big as theirs
+            for set_name in (ACCT_OUT, ACCT_IN):
+                for first in (FAKE_SESSION_CG, FAKE_USER_CG):
+                    env.helper("fill", set_name, "cg", str(first), str(sessions))
+        envs[name], logins[name] = env, HeldLogin(ws, env, user)
+    tracked, linear = ws.netns(), ws.netns()
+    conntrack_table(ws, tracked)
+    linear_rules = linear_table(ws, linear, user, sessions)
+    variants = {"empty": ws.netns(), "empty_again": ws.netns(), "conntrack": tracked,
+                "netfence": envs["netfence"].netns, "accounting": envs["accounting"].netns,
+                "linear": linear}
+    for ns in variants.values():
+        conntrack_setup(ns)
+        start_server(ws, ns, PORT)
+    for env in envs.values():
+        start_server(ws, env.netns, BLOCKED_PORT)      # root may bind port 25
+    return envs, logins, variants, linear_rules
+
+
+def _check_enforced(ws, env, who, counted):
+    """The policy is live for this very client: its uid is refused port 25, its
+    connections to 8080 go through web-only (session cgroup) up to rule 6 and, with
+    accounting, its session's acct-out element counts them."""
+    _, ok_blocked, _ = connect_rate(ws, env.netns, who("restricted"), 0.2, BLOCKED_PORT)
+    _, ok_free, _ = connect_rate(ws, env.netns, who("unrestricted"), 0.2, BLOCKED_PORT)
+    before = allow_counter(env.netns)
+    sent_before = _session_sent(env.netns, who("restricted")) if counted else 0
+    _, ok_allowed, _ = connect_rate(ws, env.netns, who("restricted"), 0.2, PORT)
+    counted_rule = allow_counter(env.netns) - before
+    sent = _session_sent(env.netns, who("restricted")) - sent_before if counted else 1
+    if ok_blocked or not ok_free or not ok_allowed or counted_rule < ok_allowed or not sent:
+        raise RuntimeError(f"{env.tag}: the namespace does not enforce the policy: port 25 "
+                           f"restricted={ok_blocked} unrestricted={ok_free}; port {PORT} "
+                           f"restricted={ok_allowed}, web-only rule 6 counted "
+                           f"{counted_rule}, acct-out counted {sent} packets")
+
+
+def _session_sent(ns, who):
+    """Packets acct-out counted for the session cgroup `who` runs in."""
+    key = os.stat(who[2]).st_ino.to_bytes(8, sys.byteorder).hex()
+    out = ns.run([sys.executable, "-c", "import json; from netfence import counters; "
+                  "print(json.dumps(counters.read_counters(sets=['acct-out'])))"]).stdout
+    return (json.loads(out).get(ACCT_OUT, {}).get(key) or [0])[0]
 
 
 def _conntrack_count(ns):

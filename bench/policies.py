@@ -102,14 +102,16 @@ def profile_toml(name, profile):
     return "\n".join(lines) + "\n"
 
 
-def login_policy(user, group, cgroup_base, uid_only=False):
+def login_policy(user, group, cgroup_base, uid_only=False, account=False):
     """The login benchmark's policy for `user` (member of `group`).
 
     uid_only: the same profiles (hence the same table), but the user gets only the two
     egress profiles, at user scope: a login then adds two uid elements and needs no
-    cgroup (what a login costs without the cgroup migration).
+    cgroup (what a login costs without the cgroup migration). account: every profile
+    counts (`[settings] account = true`: acct-out, acct-in, denied-P).
     """
-    parts = [f'[settings]\non_error = "deny"\ncgroup_base = "{cgroup_base}"\n']
+    counting = "account = true\n" if account else ""
+    parts = [f'[settings]\non_error = "deny"\ncgroup_base = "{cgroup_base}"\n{counting}']
     parts += [profile_toml(name, profile) for name, profile in PROFILES.items()]
     if uid_only:
         parts.append(f"""[[rule]]

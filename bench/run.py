@@ -8,7 +8,7 @@ Runs, as root, in network namespaces of its own (the host's ruleset is never tou
             one `nft -f`, one `iptables -A` process per rule)
   2 scale   open/close time with 0, 1,000 and 10,000 live sessions
   3 packet  new TCP connections per second: empty ruleset, netfence with the most
-            sessions, a blog-style linear chain
+            sessions, the same with accounting on, a blog-style linear chain
   4 reload  `netfence reload` of 10, 100, 1,000-rule policies
   5 memory  peak RSS of the hook process (measured during section 1)
 Prints a table; --json writes one JSON object (milliseconds unless named otherwise).
@@ -79,6 +79,10 @@ TABLE = [
         "connect_rate_ratio_conntrack_unrestricted", "connect_rate_ratio_netfence_vs_conntrack",
         "connect_rate_ratio_netfence_vs_conntrack_unrestricted", "connect_failures",
         "connect_rate_ratio_empty_again", "connect_rate_ratio_empty_again_unrestricted",
+        "connect_rate_accounting_unrestricted", "connect_rate_accounting_restricted",
+        "connect_rate_ratio_accounting", "connect_rate_ratio_accounting_unrestricted",
+        "connect_rate_ratio_accounting_vs_netfence",
+        "connect_rate_ratio_accounting_vs_netfence_unrestricted",
         "conntrack_entries_netfence"]),
     ("4 reload (ms)", ["reload_ms_10", "reload_ms_100", "reload_ms_1000",
                        "reload_nft_rules_10", "reload_nft_rules_100", "reload_nft_rules_1000"]),

@@ -6,13 +6,15 @@ import pytest
 
 pytest.importorskip("pyroute2")
 
-from netfence import ir, nfconst as nf, nftnl_msg as m  # noqa: E402
-from netfence.nftnl import encode_batch  # noqa: E402
+from netfence import counters, ir, nfconst as nf, nftnl_msg as m  # noqa: E402
+from netfence.nftnl import PreparedTable, encode_batch  # noqa: E402
 from netfence.nftnl_expr import decode_expr, encode_expr  # noqa: E402
 
 EVERY_EXPR = [
     ("meta", "nfproto"), ("meta", "l4proto"), ("meta", "skuid"), ("meta", "oif"),
-    ("meta", "iif"), ("meta", "skgid"),
+    ("meta", "iif"), ("meta", "skgid"), ("meta", "mark"), ("meta", "mark", 2),
+    ("meta_set", "mark", 1), ("meta_set", "mark", 2),
+    ("nflog", "netfence web", 5140, 128), ("nflog", "netfence web nocg", 0, 128),
     ("byteorder", "hton", 4, 4), ("byteorder", "ntoh", 4, 4),
     ("payload", "network", 16, 4), ("payload", "transport", 2, 2),
     ("socket", "cgroupv2", 3), ("ct", "state"),
@@ -49,6 +51,17 @@ def test_socket_level_is_encoded():
     assert bytes.fromhex("0800010000000003" "0800020000000001" "0800030000000002") in data
 
 
+def test_emit_rule_is_what_nft_sends():
+    """The bytes `nft --debug=mnl` sent (nftables 1.0.6) for `meta mark set meta mark`
+    and `log prefix "netfence P" group 5140 snaplen 128`: key before register, and
+    the nflog attributes prefix, group (be16), snaplen in that order."""
+    data = _rule_message([("meta", "mark", 2), ("meta_set", "mark", 2),
+                          ("nflog", "netfence P", 5140, 128)])
+    assert bytes.fromhex("0800020000000003" "0800010000000002") in data        # load
+    assert bytes.fromhex("0800020000000003" "0800030000000002") in data        # set
+    assert bytes.fromhex("0f0002006e657466656e63652050000006000100141400000800030000000080") in data
+
+
 def test_rule_comment_is_an_nftnl_tlv():
     data = _rule_message([("counter",)], comment="web 1")
     assert b"\x00\x06web 1\x00" in data
@@ -75,7 +88,8 @@ def test_dropped_attribute_is_refused():
         m.build(m.TableMsg, nf.NFT_MSG_NEWTABLE, [('NFTA_TABLE_BOGUS', 1)], seq=1)
 
 
-@pytest.mark.parametrize("bad", [("meta", "mark"), ("cmp", "approx", "00"), ("verdict", "jump"),
+@pytest.mark.parametrize("bad", [("meta", "bogus"), ("meta", "mark", 3),
+                                 ("meta_set", "skuid", 1), ("cmp", "approx", "00"), ("verdict", "jump"),
                                  ("verdict", "accept", "c"), ("bitwise", "ff", "0000"),
                                  ("nosuch",), ()])
 def test_invalid_expression(bad):
@@ -142,3 +156,21 @@ def test_bulk_element_messages_match_pyroute2(msg_type, flags, key_len, count):
            for e in decoded.get_attr('NFTA_SET_ELEM_LIST_ELEMENTS')]
     assert [bytes.fromhex(k.replace(":", "")) if isinstance(k, str) else bytes(k)
             for k in got] == keys
+
+
+def test_carried_counters_go_with_the_kept_elements_of_counted_sets_only():
+    table = ir.TableDef(sets=(ir.SetDef("acct-out", "cgroupsv2", counter=True),
+                              ir.SetDef("scg-web", "cgroupsv2")), chains=(), rules=())
+    old, new, other = "01" * 8, "02" * 8, "03" * 8
+    messages = PreparedTable(table).messages(
+        {"acct-out": [old, new], "scg-web": [old]}, counts={
+            "acct-out": {old: (5, 700), other: (1, 1)},     # other: not kept
+            "scg-web": {old: (9, 9)},                        # not a counted set any more
+            "gone": {old: (1, 1)}})
+    ops = [op for op, _data, _seq in messages if "element" in op]
+    assert ops == ["add 1 element(s) of set acct-out", "add 1 element(s) of set scg-web",
+                   "add 1 counted element(s) of set acct-out"]
+    counted = [data for op, data, _seq in messages if "counted" in op][0]
+    assert bytes.fromhex(old) in counted and bytes.fromhex(other) not in counted
+    # NFTA_SET_ELEM_EXPR: a counter starting at 5 packets, 700 bytes
+    assert counters.counter_expression(5, 700) in counted
