@@ -46,6 +46,8 @@ class GcReport:
             text += f", {self.trees} ended run trees closed"
         if self.pending:
             text += f", {self.pending} interrupted changes finished"
+        if self.pruned:
+            text += f", {self.pruned} closed records pruned"
         lines = [text]
         if self.timed is not None:
             lines.append(f"gc: timed entries: {self.timed['added']} added, "

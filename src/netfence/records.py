@@ -47,7 +47,8 @@ from .plan import union
 from .timed import record_elements
 
 SESSIONS, USERS, CGROUPS, RUNS, LOCK = "sessions", "users", "cgroups", "runs", "lock"
-KINDS = (SESSIONS, USERS, CGROUPS, RUNS)
+KINDS = (SESSIONS, USERS, CGROUPS, RUNS)    # the live records: never "closed"
+CLOSED = "closed"                           # history (records_closed.py)
 KEY_CHARS = frozenset("0123456789-")
 
 
@@ -255,7 +256,7 @@ def live_elements(run_dir, unsettled=None, timed_at=None):
 
 def stale_temp_files(run_dir):
     out = []
-    for kind in KINDS:
+    for kind in KINDS + (CLOSED,):
         try:
             names = posix.listdir(f"{run_dir}/{kind}")
         except FileNotFoundError:

@@ -15,14 +15,17 @@ be is a live one:
     "<ppid>-<start time>" repeated after a reboot when run_dir outlives it) gets
     the next free name KEY-2, KEY-3, ...: an earlier closed record is never
     overwritten, and an open never reads closed/ (sessions reads sessions/KEY);
-  - find_by_cgroup, given the time of the packet, skips records that were not open
-    then (cgroup ids restart at every boot: their low 32 bits repeat).
+  - find_by_cgroup, given the time of the packet, skips records opened after it
+    (cgroup ids restart at every boot: their low 32 bits repeat).
 
 Bounded: entries older than KEEP_S (24 h) go at gc and watch's pruning (prune_closed);
-and whenever a close finds more than CAP entries, the closer prunes down to 3/4 of CAP,
-taking first from the uid that holds the most (oldest first), so that a user opening
-and closing sessions in a loop evicts its own history before anyone else's, and /run
-holds at most CAP records (~1 KB each). Damaged entries are removed by the pruning.
+and when a close finds more than CAP entries (it counts them on one close in
+CHECK_ONE_IN, drawn at random; gc and watch on every pruning), it prunes down to 3/4
+of CAP, taking first from the uid that holds the most (oldest first), so that a user
+opening and closing sessions in a loop evicts its own history before anyone else's,
+and /run holds about CAP records (~1 KB each) at most: going 100 closes over would
+take 100 closes in a row that all skip the count, a chance of 0.15%; 300, 4e-9.
+Damaged entries are removed by the pruning.
 
 Light (the hook's close imports it): posix and records only.
 """
@@ -32,10 +35,10 @@ import posix
 from . import records
 from .errors import StateError
 
-CLOSED = "closed"
+CLOSED = records.CLOSED
 KEEP_S = 86400                  # a day of history (the issue: "the last day")
 CAP = 4096                      # entries kept at most (docs/hook.md "Closed sessions")
-OPEN_SLACK_S = 1.0              # a denial may be read back just after the close began
+CHECK_ONE_IN = 16               # closes that count the entries: one in 16, at random
 DROPPED = ("session_elements", "user_elements", "timed", "destroy", "closing")
 
 
@@ -52,28 +55,37 @@ def closed_record(record, now, totals=None):
     return kept
 
 
-def keep_closed(run_dir, record, now, totals=None, cap=CAP):
-    """Write the closed record under a free name, then prune over the cap. Returns the
-    name written. StateError when it cannot be written (the caller's close goes on:
-    losing history never keeps elements in the kernel)."""
+def keep_closed(run_dir, record, now, totals=None, cap=CAP, check_one_in=CHECK_ONE_IN):
+    """Write the closed record under a free name; on one close in check_one_in, drawn
+    at random (a loop cannot time it), count the entries and prune over the cap: a
+    listing of CAP names costs ~1 ms, too much for every logout. Returns the name
+    written. StateError when it cannot be written (the caller's close goes on: losing
+    history never keeps elements in the kernel)."""
     directory = closed_dir(run_dir)
     records.ensure_dir(directory)
-    present = set(records.names(run_dir, CLOSED))
-    name = free_name(record["key"], present)
+    name = free_name(directory, record["key"])
     records.write(f"{directory}/{name}", closed_record(record, now, totals))
-    if len(present) + 1 > cap:
-        _prune_over_cap(run_dir, (cap * 3) // 4)
+    if check_one_in <= 1 or posix.urandom(1)[0] % check_one_in == 0:
+        if len(posix.listdir(directory)) > cap:
+            _prune_over_cap(run_dir, (cap * 3) // 4)
     return name
 
 
-def free_name(key, present):
-    """KEY, else KEY-2, KEY-3, ...: the first not in present."""
-    if key not in present:
-        return key
-    number = 2
-    while f"{key}-{number}" in present:
+def free_name(directory, key):
+    """KEY, else KEY-2, KEY-3, ...: the first name not taken in directory."""
+    name, number = key, 1
+    while _taken(f"{directory}/{name}"):
         number += 1
-    return f"{key}-{number}"
+        name = f"{key}-{number}"
+    return name
+
+
+def _taken(path):
+    try:
+        posix.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _entries(run_dir):
@@ -98,24 +110,29 @@ def list_closed(run_dir):
 
 def find_by_cgroup(run_dir, cgroup_id_low32, at=None):
     """The record whose cgroup id has these low 32 bits: a live session or run tree
-    first, then the closed ones newest first. at (epoch, the packet's time): only a
-    record open at that time (opened before it, closed after it)."""
+    first, then the closed ones, newest first. at (epoch, the packet's time): only a
+    record opened by then, the latest such. Not "closed by then": a process left
+    behind in the session cgroup (a user-scope profile) is denied after the close, and
+    a cgroup id is never reused within a boot; the ids start again at each boot,
+    which the opening time tells apart."""
     def matches(record):
         cgroup_id = record.get("cgroup_id")
         if not isinstance(cgroup_id, int) or cgroup_id & 0xFFFFFFFF != cgroup_id_low32:
             return False
-        if at is None:
-            return True
-        opened = record.get("opened_at", record.get("started", 0))
-        return opened <= at and record.get("closed_at", at) + OPEN_SLACK_S >= at
-    live = records.list_sessions(run_dir) + records.list_runs(run_dir)
-    for record in reversed(live):                       # newest first
-        if matches(record):
-            return record
-    for record in reversed(list_closed(run_dir)):
-        if matches(record):
-            return record
-    return None
+        return at is None or _opened(record) <= at
+    live = [r for r in records.list_sessions(run_dir) + records.list_runs(run_dir)
+            if matches(r)]
+    if live:
+        return max(live, key=_opened)
+    closed = [r for r in list_closed(run_dir) if matches(r)]
+    if not closed:
+        return None
+    return max(closed, key=_opened if at is not None else lambda r: r["closed_at"])
+
+
+def _opened(record):
+    opened = record.get("opened_at", record.get("started", 0))
+    return opened if isinstance(opened, (int, float)) else 0
 
 
 def prune_closed(run_dir, now, keep_s=KEEP_S, cap=CAP):

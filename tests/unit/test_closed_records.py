@@ -149,7 +149,7 @@ def test_a_close_loop_is_capped_and_evicts_the_looping_uid_first(tmp_path):
     for n in range(100):
         records_closed.keep_closed(run_dir, {"key": f"{n + 2}-1", "uid": 2000,
                                              "cgroup_id": n, "opened_at": 2.0},
-                                   2.0 + n, cap=20)
+                                   2.0 + n, cap=20, check_one_in=1)
         assert len(records.names(run_dir, "closed")) <= 20
     kept = records.list_closed(run_dir)
     assert kept[0]["key"] == "1-1"              # the other user's history survived
@@ -177,7 +177,9 @@ def test_find_by_cgroup_live_first_then_newest_closed(tmp_path):
                                          "opened_at": 30.0}, 40.0)
     assert records.find_by_cgroup(run_dir, 42)["key"] == "2-1"
     assert records.find_by_cgroup(run_dir, 42, at=15.0)["key"] == "1-1"
-    assert records.find_by_cgroup(run_dir, 42, at=25.0) is None   # nobody had it then
+    # a process left behind in session 1-1's cgroup, denied after its close
+    assert records.find_by_cgroup(run_dir, 42, at=25.0)["key"] == "1-1"
+    assert records.find_by_cgroup(run_dir, 42, at=5.0) is None     # nobody had it then
     records.write(records.session_path(run_dir, "3-1"),
                   {"key": "3-1", "uid": 3, "cgroup_id": 42, "opened_at": 50.0})
     assert records.find_by_cgroup(run_dir, 42)["key"] == "3-1"
@@ -205,3 +207,23 @@ def test_hostile_profile_names_cannot_forge_fields():
                                                "sent_packets": 0, "recv_packets": 0,
                                                "denied": {"x result=ok": 1}}})
     assert hooklog.field(fields["denied"]).startswith("'")
+
+
+def test_the_random_count_still_bounds_a_long_loop(tmp_path):
+    run_dir = str(tmp_path / "run")
+    records.ensure_dirs(run_dir)
+    for n in range(2000):
+        records_closed.keep_closed(run_dir, {"key": f"{n}-1", "uid": 2000, "cgroup_id": n},
+                                   float(n), cap=100)
+    # one close in 16 counts: more than 300 over would take 300 misses in a row
+    assert len(records.names(run_dir, "closed")) <= 100 + 300
+
+
+def test_gc_prunes_the_closed_records_and_their_temp_files(tmp_path, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    records.ensure_dirs(run_dir)
+    records_closed.keep_closed(run_dir, {"key": "1-1", "uid": 1, "cgroup_id": 1}, 5.0)
+    open(f"{run_dir}/closed/2-1.tmp.x", "wb").close()      # a killed writer's
+    report = collect.gc(run_dir, mount=str(tmp_path))
+    assert report.pruned == 1 and report.temp_files == 1
+    assert os.listdir(f"{run_dir}/closed") == []

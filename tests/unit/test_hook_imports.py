@@ -19,7 +19,7 @@ SCRIPT = """
 import sys
 sys.path.insert(0, {path!r})
 from netfence import (hook, accounts, hooklog, pamitems, matcher, sessions, records, cgroups,
-                      fastpath, fastpath_py)
+                      fastpath, fastpath_py, records_closed, counters)
 print(" ".join(sorted(sys.modules)))
 """
 
@@ -52,6 +52,12 @@ PATHS = {
               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog", "sessions",
                "plan", "records", "liveness", "cgroups", "fastpath", "fastpath_py",
                "nfencode", "nfconst", "setkinds", "timed"}),
+    # every close keeps its closed record; one that counted reads its totals
+    "close that counts": ("hook, sessions, records, fastpath, records_closed, counters",
+                          {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
+                           "sessions", "plan", "records", "liveness", "cgroups",
+                           "fastpath", "fastpath_py", "nfencode", "nfconst", "setkinds",
+                           "timed", "records_closed", "counters"}),
 }
 
 
