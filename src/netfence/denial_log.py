@@ -22,7 +22,7 @@ import os
 import re
 import time
 
-from . import fsutil, records
+from . import fsutil
 from .errors import StateError, UsageError
 
 LOG_DIR, FILE_NAME = "log", "denials.jsonl"
@@ -218,18 +218,3 @@ def matches(entry, uid=None, session=None, profile=None, since=None):
             and (session is None or entry.get("session") == session)
             and (profile is None or entry.get("profile") == profile)
             and (since is None or entry["time"] >= since))
-
-
-# ---- who: the record of a cgroup ---------------------------------------------------
-
-def find_record(run_dir, cgroup_id_low32):
-    """The session (or `netfence run` tree) record whose cgroup id has these low 32
-    bits: records.find_by_cgroup (live, then closed records) when this netfence has
-    it, else the live records only."""
-    finder = getattr(records, "find_by_cgroup", None)
-    if finder is not None:
-        return finder(run_dir, cgroup_id_low32)
-    for record in records.list_sessions(run_dir) + records.list_runs(run_dir):
-        if (record.get("cgroup_id") or 0) & 0xFFFFFFFF == cgroup_id_low32:
-            return record
-    return None

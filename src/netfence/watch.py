@@ -166,7 +166,6 @@ class Watch:
         time.tzset()                      # `timedatectl set-timezone` since the last one
         fields, next_change = watch_actions.full_gc(self.paths)
         self.log_fields(fields)
-        self.log_fields(watch_actions.prune_closed(self.paths.run_dir))
         self.denials.retry()
         self._windows_at(next_change)
         self._sync_all()

@@ -125,7 +125,8 @@ def _collect(paths):
         base = None
     report = collect.gc(paths.run_dir, cgroup_base=base, state_dir=paths.state_dir)
     counts = {"sessions": report.sessions, "users": report.users, "trees": report.trees,
-              "cgroups": report.cgroups, "pending": report.pending}
+              "cgroups": report.cgroups, "pending": report.pending,
+              "pruned": report.pruned}    # closed records past a day (find_by_cgroup's)
     timed = report.timed or {}
     counts.update({f"timed_{name}": _count(timed.get(name))
                    for name in ("added", "refreshed", "removed") if timed.get(name)})
@@ -262,7 +263,10 @@ class DenialRecorder:
         parsed = denials.parse_prefix(packet["prefix"])
         record = None
         if parsed is not None and parsed[1] and packet["mark"] is not None:
-            record = denial_log.find_record(self.paths.run_dir, packet["mark"])
+            # now, not later: a session that closes right after its denial is found
+            # among the closed records, kept a day (records.prune_closed at gc)
+            record = records.find_by_cgroup(self.paths.run_dir, packet["mark"],
+                                            at=packet["time"] or time.time())
         entry = denials.build_entry(packet, snapshot, record, _account_name)
         if entry is None:
             return
@@ -311,14 +315,6 @@ def _account_name(uid):
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return None
-
-
-def prune_closed(run_dir):
-    """records.prune_closed (closed records older than a day) once LOGIN's records
-    have it; the fields of a log line when it removed some."""
-    prune = getattr(records, "prune_closed", None)
-    removed = _count(prune(run_dir)) if prune is not None else 0
-    return {"event": "pruned", "closed": removed} if removed else None
 
 
 def read_record(run_dir, kind, name):

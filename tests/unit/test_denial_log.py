@@ -3,13 +3,12 @@
 
 import datetime
 import json
-import marshal
 import os
 import time
 
 import pytest
 
-from netfence import denial_log, formats
+from netfence import denial_log
 from netfence.errors import StateError, UsageError
 
 
@@ -124,15 +123,3 @@ def test_follow_waits_for_a_store_that_does_not_exist_yet(tmp_path):
     store = denial_log.DenialLog(str(tmp_path))
     store.append(entry(5))
     assert next(stream)["session"] == "1-5"
-
-
-def test_find_record_by_the_low_32_bits(tmp_path):
-    run_dir = tmp_path / "run"
-    for kind in ("sessions", "users", "cgroups", "runs"):
-        os.makedirs(run_dir / kind)
-    record = {"format": formats.RECORDS, "key": "10-20", "uid": 1001,
-              "cgroup_id": (5 << 32) | 77}
-    (run_dir / "sessions" / "10-20").write_bytes(marshal.dumps(record))
-    found = denial_log.find_record(str(run_dir), 77)
-    assert found is not None and found["key"] == "10-20"
-    assert denial_log.find_record(str(run_dir), 78) is None
