@@ -219,7 +219,7 @@ class DenialRecorder:
         """Listen on the applied snapshot's nflog group when one of its profiles logs,
         and on no group otherwise."""
         wanted = log_group(self._snapshot())
-        if wanted == self.group or (wanted is not None and wanted == self.failed_group):
+        if wanted is not None and wanted in (self.group, self.failed_group):
             return
         self.close()
         if wanted is None:

@@ -68,3 +68,14 @@ def test_log_group():
     assert watch_actions.log_group(snapshot()) == 5140
     assert watch_actions.log_group(None) is None
     assert watch_actions.log_group({"table": {"rules": [{"exprs": [["counter"]]}]}}) is None
+
+
+def test_no_logging_profile_binds_nothing_and_says_so_once(tmp_path):
+    rec, lines = recorder(tmp_path, Memory(), [])
+    rec.socket = None
+    rec.snapshot = {"table": {"rules": []}}
+    rec.sync()
+    rec.sync()
+    assert rec.socket is None
+    assert [l["warning"] for l in lines if l.get("event") == "warning"] == [
+        "no profile of the applied policy logs denials: the nflog listener is off"]
