@@ -4,8 +4,8 @@ private netns): a denied packet of a session with `log = true` becomes one line 
 found by the cgroup id lent to the nflog copy's mark), which profile and rule
 (file:line, from running the profile's chain on the copy) and the ports.
 
-su sets no PAM_RHOST: rhost is "" in the entry and "-" in the text line (the field is
-checked against the session record; the PAM tests cover what the hook records).
+su sets no PAM_RHOST: rhost is "" in the entry and "-" in the text line; a python-pam
+session with an rhost and a tty (the same hook, another PAM application) shows them.
 """
 
 import json
@@ -16,7 +16,9 @@ import pytest
 
 from conftest import PORT_C, parse_view
 from netfence import records, setkinds
-from support.pamsvc import wait_until
+from netfence.cgroups import cgroup2_mount
+from support.login import PamSession
+from support.pamsvc import pam_service, wait_until
 from support.watcher import Watcher
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: users, netns, su")
@@ -191,3 +193,22 @@ def test_monitor_mode_lets_through_and_logs_would_deny(fence, user, watching):
     assert ("udp", "would deny", "monitor") in verdicts, entries
     assert ("tcp", "would reject", "monitor") in verdicts, entries
     assert any(line.endswith(" would deny") for line in log_text(fence))
+
+
+def test_a_pam_session_names_its_rhost_and_tty(fence, user, watching):
+    fence.echo()
+    where = load(fence, user)
+    watching.start()
+    with pam_service(session_lines=[fence.pam_line()]) as svc:
+        with PamSession(svc.name, user, rhost="203.0.113.9", tty="pts/7",
+                        netns=fence.netns) as session:
+            [record] = [r for r in records.list_sessions(fence.nf.run_dir)
+                        if r["ppid"] == session.pid]
+            cgroup = cgroup2_mount() + record["cgroup"]
+            assert fence.nf.probe("tcp", "127.0.0.1", PORT_C, uid=user.uid,
+                                  cgroup=cgroup) == "refused"
+            [entry] = wait_entries(fence, 1)
+    assert (entry["session"], entry["service"], entry["rhost"], entry["tty"],
+            entry["rule"]) == (record["key"], svc.name, "203.0.113.9", "pts/7", where["tcp"])
+    [line] = log_text(fence)
+    assert f"service={svc.name} rhost=203.0.113.9 tty=pts/7 profile=fence" in line, line
