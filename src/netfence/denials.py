@@ -25,7 +25,8 @@ FIELDS = ("time", "user", "uid", "session", "service", "rhost", "tty", "profile"
           "rule_number", "direction", "proto", "src", "dst", "sport", "dport", "verdict",
           "mode", "cgroup_id_low32")
 VERDICTS = ("deny", "reject", "would deny", "would reject")
-UNKNOWN_RULE = "unknown"      # no rule of the snapshot matches the copy (see evaluate.py)
+UNKNOWN_RULE = "unknown"
+PLAUSIBLE_S = 60.0            # a copy's own timestamp further from now is not trusted      # no rule of the snapshot matches the copy (see evaluate.py)
 
 
 def parse_prefix(prefix):
@@ -47,15 +48,29 @@ def build_entry(packet, snapshot, record, name_of_uid=None):
         return None
     profile, has_cgroup = parsed
     entry = dict.fromkeys(FIELDS)
-    entry.update(time=packet["time"] or time.time(), profile=profile,
+    entry.update(time=copy_time(packet["time"]), profile=profile,
                  direction=packet["direction"],
-                 cgroup_id_low32=packet["mark"] if has_cgroup else None)
+                 cgroup_id_low32=mark_of(packet) if has_cgroup else None)
     entry.update(_identity(packet, record if has_cgroup else None, name_of_uid))
     headers = evaluate.parse_ip(packet["payload"])
     if headers is not None:
         entry.update({k: headers[k] for k in ("proto", "src", "dst", "sport", "dport")})
     entry.update(_rule(snapshot, profile, packet, headers))
     return entry
+
+
+def mark_of(packet):
+    """The copy's mark: nflog leaves NFULA_MARK out when the mark is 0 (a session
+    cgroup id whose low 32 bits are 0)."""
+    return packet["mark"] or 0
+
+
+def copy_time(stamp, now=None):
+    """The kernel's timestamp of the copy when it is plausible, else now: nflog sends
+    one only on the input path, and a packet's timestamp may be of another clock
+    (TCP's departure times are monotonic); the copy is read within milliseconds."""
+    now = time.time() if now is None else now
+    return stamp if stamp is not None and abs(stamp - now) < PLAUSIBLE_S else now
 
 
 def _identity(packet, record, name_of_uid):

@@ -262,11 +262,11 @@ class DenialRecorder:
     def _record(self, packet, snapshot):
         parsed = denials.parse_prefix(packet["prefix"])
         record = None
-        if parsed is not None and parsed[1] and packet["mark"] is not None:
+        if parsed is not None and parsed[1]:
             # now, not later: a session that closes right after its denial is found
             # among the closed records, kept a day (records.prune_closed at gc)
-            record = records.find_by_cgroup(self.paths.run_dir, packet["mark"],
-                                            at=packet["time"] or time.time())
+            record = records.find_by_cgroup(self.paths.run_dir, denials.mark_of(packet),
+                                            at=denials.copy_time(packet["time"]))
         entry = denials.build_entry(packet, snapshot, record, _account_name)
         if entry is None:
             return

@@ -3,6 +3,7 @@ what a user controls (PAM items, the packet) cannot forge a line."""
 
 import json
 import struct
+import time
 
 from netfence import compiler, denials
 from netfence.model import (Location, MatchRule, NetRule, Patterns, Policy, Profile,
@@ -29,15 +30,16 @@ RECORD = {"key": "4242-99", "user": "alice", "uid": 1001, "service": "su",
 
 
 def packet(prefix="netfence web", dport=1500, uid=1001, mark=0xABCD):
-    return {"family": 2, "hook": 3, "direction": "egress", "mark": mark, "time": 1764500000.5,
+    return {"family": 2, "hook": 3, "direction": "egress", "mark": mark, "time": time.time(),
             "indev": None, "outdev": 2, "uid": uid, "gid": 100, "prefix": prefix,
             "payload": ipv4("10.0.0.5", "198.51.100.1", 17, ports(40000, dport))}
 
 
 def test_a_denial_names_the_session_the_rule_and_the_ports():
-    entry = denials.build_entry(packet(), snapshot(), RECORD)
+    sent = packet()
+    entry = denials.build_entry(sent, snapshot(), RECORD)
     assert entry == {
-        "time": 1764500000.5, "user": "alice", "uid": 1001, "session": "4242-99",
+        "time": sent["time"], "user": "alice", "uid": 1001, "session": "4242-99",
         "service": "su", "rhost": "host.example", "tty": "pts/3", "profile": "web",
         "rule": "/etc/netfence/a.toml:9", "rule_number": 2, "direction": "egress",
         "proto": "udp", "src": "10.0.0.5", "dst": "198.51.100.1", "sport": 40000,
@@ -103,3 +105,13 @@ def test_user_controlled_strings_cannot_forge_a_line():
     stored = json.dumps(entry)
     assert "\n" not in stored and json.loads(stored)["rhost"] == evil["rhost"]
     assert denials.text_line(dict(entry, verdict="deny\nforged")).count("\n") == 0
+
+
+def test_a_zero_mark_is_cgroup_low_bits_zero_and_an_odd_timestamp_is_not_trusted():
+    entry = denials.build_entry(dict(packet(), mark=None), snapshot(), RECORD)
+    assert entry["cgroup_id_low32"] == 0
+    before = time.time()
+    entry = denials.build_entry(dict(packet(), time=12345.0), snapshot(), RECORD)
+    assert entry["time"] >= before            # a monotonic-looking stamp: now instead
+    assert denials.copy_time(None, now=7.0) == 7.0
+    assert denials.copy_time(1000.0, now=1010.0) == 1000.0
