@@ -2,7 +2,7 @@
 
 Pure: no files, no kernel. The table follows docs/architecture.md: per profile P the
 sets uid-P, ucg-P and scg-P, the chains out-P / in-P (and deny-P / reject-P when the
-profile logs, counts or monitors: see _denial_chains), and two static base chains that
+profile logs, counts or monitors: see compiler_denials), and two static base chains that
 dispatch on set membership. Profiles
 used by always rules also get the sets auid-P, suid-P and agid-P (setkinds.STATIC_KINDS),
 tested first by the egress chain; their elements are resolved at reload (resolve.py),
@@ -15,12 +15,11 @@ import json
 from dataclasses import asdict
 
 from . import formats, ir, nfencode, setkinds
-from .model import LOOPBACK, Settings, profile_accounts, profile_logs, profile_mode
-from .nfconst import (HOST_ORDER, IP_CT_NEW_STATE_BIT, NETWORK_ORDER, NFPROTO_IPV4,
-                      NFPROTO_IPV6)
-from .setkinds import (ACCT_IN, ACCT_OUT, AGID, AUID, GRANT_KINDS, LOG_PREFIX, NO_CGROUP,
-                       RUID, SCG, SESSION_LEVEL, STATIC_KINDS, SUID, TSCG, TUCG, TUID, UCG,
-                       UID, USER_LEVEL, WINDOW_KINDS, denied_set)
+from .compiler_denials import CT_NEW, accounting_rules, denial_chains, denies_through_chains
+from .model import LOOPBACK, Settings, profile_accounts, profile_mode
+from .nfconst import HOST_ORDER, NETWORK_ORDER, NFPROTO_IPV4, NFPROTO_IPV6
+from .setkinds import (ACCT_IN, ACCT_OUT, AGID, AUID, GRANT_KINDS, RUID, SCG, STATIC_KINDS,
+                       SUID, TSCG, TUCG, TUID, UCG, UID, WINDOW_KINDS, denied_set)
 
 # Register values are compared as the kernel holds them: meta nfproto is one byte,
 # meta oif/iif and ct state are host-order u32 (nfconst), packet fields network order.
@@ -29,11 +28,6 @@ L4PROTO = {"tcp": "06", "udp": "11", "icmp": "01", "icmpv6": "3a"}    # IPPROTO_
 ADDR_OFFSET = {("egress", 4): 16, ("egress", 6): 24,     # destination address
                ("ingress", 4): 12, ("ingress", 6): 8}    # source address
 LOOPBACK_IFINDEX = (1).to_bytes(4, HOST_ORDER).hex()     # lo is ifindex 1 in every netns
-CT_STATE_NEW = IP_CT_NEW_STATE_BIT.to_bytes(4, HOST_ORDER).hex()
-NO_BITS = bytes(4).hex()
-CT_NEW = (("ct", "state"), ("bitwise", CT_STATE_NEW, NO_BITS), ("cmp", "neq", NO_BITS))
-LOG_SNAPLEN = 128        # bytes of each denied packet copied to nflog: its headers
-REG_SAVED_MARK = 2       # emit-P keeps the packet's mark here while it lends it out
 
 
 def has_egress(profile):
@@ -132,7 +126,7 @@ def build_table(profiles, settings=None, always=(), windowed=()):
         if profile in counted:
             sets.append(ir.SetDef(denied_set(profile.name), "cgroupsv2", counter=True))
         if denies_through_chains(profile, settings):
-            more_chains, more_rules = _denial_chains(profile, settings)
+            more_chains, more_rules = denial_chains(profile, settings)
             chains += more_chains
             rules += more_rules
         for direction, present in (("egress", has_egress(profile)),
@@ -143,16 +137,8 @@ def build_table(profiles, settings=None, always=(), windowed=()):
                 rules += _profile_rules(profile, direction, chain, settings)
     dispatch_chains, dispatch_rules = _dispatch(profiles, always, windowed)
     chains += dispatch_chains
-    rules += _accounting_rules(bool(counted)) + dispatch_rules
+    rules += accounting_rules(bool(counted)) + dispatch_rules
     return ir.TableDef(sets=tuple(sets), chains=tuple(chains), rules=tuple(rules))
-
-
-def denies_through_chains(profile, settings):
-    """Whether P's deny and reject verdicts go to its deny-P / reject-P chains (which
-    log, count and, in monitor mode, let the packet through) instead of ending in
-    place."""
-    return (profile_logs(profile, settings) or profile_accounts(profile, settings)
-            or profile_mode(profile, settings) == "monitor")
 
 
 def _profile_chain(name, direction):
@@ -214,82 +200,6 @@ def _key_load(kind):
     if kind.level is None:
         return (("meta", "skuid"),)
     return (("socket", "cgroupv2", kind.level),)
-
-
-def _accounting_rules(counted):
-    """The first rules of the base chains when some profile counts: every packet's
-    socket cgroup, at the session level then the user level, looked up in acct-out
-    (egress) or acct-in (ingress, every packet, not only new flows); the lookup
-    updates the element's counter. No verdict: the packet goes on to the dispatch.
-    A socket-less packet, or one whose cgroup is not that deep, ends the rule there."""
-    if not counted:
-        return []
-    return [ir.RuleDef(base, (("socket", "cgroupv2", level), ("lookup", name)))
-            for base, name in (("egress", ACCT_OUT), ("ingress", ACCT_IN))
-            for level in (SESSION_LEVEL, USER_LEVEL)]
-
-
-def _denial_chains(profile, settings):
-    """deny-P and reject-P, where P's deny and reject verdicts go (goto):
-      1. jump log-P (when P logs): at most log_rate lines a second per profile, then
-         emit-P sends the packet's headers to nflog group log_group;
-      2. the denial counted for the socket's session and user cgroups (when P counts);
-      3. the verdict: drop, or reject (a TCP reset for TCP, else ICMP port
-         unreachable); in monitor mode `return` instead: the packet goes on to the
-         next profile as if P had allowed it (what it would have denied is in the log
-         and the counters).
-    In monitor mode 1 and 2 only see a flow's first packet (ct state new): the flow
-    goes on, and every later packet of it would match the same rule; logging each
-    (measured: a short TCP exchange, 7 lines) would spend the profile's log rate on
-    one connection and hide the others, and count packets where enforce mode would
-    have denied one connection."""
-    name = profile.name
-    chains = [ir.ChainDef(f"deny-{name}"), ir.ChainDef(f"reject-{name}")]
-    rules, head = [], []
-    logs = profile_logs(profile, settings)
-    if logs:
-        chains += [ir.ChainDef(f"log-{name}"), ir.ChainDef(f"emit-{name}")]
-        rate = settings.log_rate
-        rules += [ir.RuleDef(f"log-{name}", (("limit", rate, 1, 2 * rate),
-                                             ("verdict", "goto", f"emit-{name}")))]
-        rules += _emit_rules(name, settings.log_group)
-        head.append((("verdict", "jump", f"log-{name}"),))
-    if profile_accounts(profile, settings):
-        head += [(("socket", "cgroupv2", level), ("lookup", denied_set(name)))
-                 for level in (SESSION_LEVEL, USER_LEVEL)]
-    if profile_mode(profile, settings) == "monitor":
-        head = [CT_NEW + exprs for exprs in head]
-        ends = {"deny": [(("verdict", "return"),)], "reject": [(("verdict", "return"),)]}
-    else:
-        ends = {"deny": [(("verdict", "drop"),)],
-                "reject": [(("meta", "l4proto"), ("cmp", "eq", L4PROTO["tcp"]),
-                            ("reject", "tcp-reset")),
-                           (("reject", "icmpx-port-unreachable"),)]}
-    for verdict in ("deny", "reject"):
-        rules += [ir.RuleDef(f"{verdict}-{name}", exprs) for exprs in head + ends[verdict]]
-    return chains, rules
-
-
-def _emit_rules(name, group):
-    """emit-P: the nflog copy. The packet carries its socket's session cgroup id (its
-    low 32 bits: a mark is 32 bits) in its mark while the copy is taken, which is
-    how `netfence watch` names the session; the mark is saved in a register first and
-    put back by the same rule, so nothing after it sees a change. Without a socket (or
-    with one whose cgroup is not that deep) the first rule ends at the socket
-    expression and the second logs with the prefix "... nocg": the mark then is not a
-    cgroup id. The first rule ends with `return` (back to deny-P / reject-P): a rule
-    without a verdict goes on to the next, which would log every denial twice
-    (measured on 6.18)."""
-    prefix = f"{LOG_PREFIX} {name}"
-    return [
-        ir.RuleDef(f"emit-{name}", (("meta", "mark", REG_SAVED_MARK),
-                                    ("socket", "cgroupv2", SESSION_LEVEL),
-                                    ("meta_set", "mark", 1),
-                                    ("nflog", prefix, group, LOG_SNAPLEN),
-                                    ("meta_set", "mark", REG_SAVED_MARK),
-                                    ("verdict", "return"))),
-        ir.RuleDef(f"emit-{name}", (("nflog", f"{prefix} {NO_CGROUP}", group, LOG_SNAPLEN),)),
-    ]
 
 
 def _profile_rules(profile, direction, chain, settings):

@@ -164,11 +164,13 @@ class _Reader:
         caller stops reading; a timeout is a KernelError (ETIMEDOUT)."""
         while True:
             try:
-                data = self.sock.recv(RECV_SIZE)
+                data, sender = self.sock.recvfrom(RECV_SIZE)
             except TimeoutError:
                 raise KernelError(operation, errno.ETIMEDOUT) from None
             except OSError as err:
                 raise KernelError(operation, err.errno or errno.EIO) from None
+            if sender[0] != 0:          # only the kernel (port id 0) answers us
+                continue
             offset = 0
             while offset + NLMSG_HDRLEN <= len(data):
                 length = _int(data[offset:offset + 4])

@@ -4,7 +4,7 @@ Expressions are tuples close to the kernel's nf_tables expressions, so encoding 
 mechanical and `render.py` can print them as `nft list` would. Byte strings are hex
 (`"0a000000"`), so a whole table round-trips through JSON unchanged. Every expression
 that loads a value loads it into register 1 (NFT_REG_1); every comparison reads it.
-The one exception is the log rule of emit-P (compiler._emit_rules), which saves the
+The one exception is the log rule of emit-P (compiler_denials._emit_rules), which saves the
 packet's mark in register 2 and puts it back after the nflog copy was taken.
 
   ("meta", key)                      key: nfproto l4proto skuid skgid oif iif mark

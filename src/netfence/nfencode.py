@@ -5,7 +5,7 @@ One encoder for everything that does not go through pyroute2's classes: the hook
 templates (built at compile time by `build_templates`, or at login by
 `set_templates` when the snapshot has none), reload's bulk element messages
 (`element_list_message`, ~3 us per element where pyroute2 takes ~0.5 ms) and the rule
-bodies nftnl_expr writes with `attr`. Light on purpose (the hook may import it at
+bodies nftnl_raw writes with `attr`. Light on purpose (the hook may import it at
 login): nfconst, setkinds and formats only, no pyroute2, no struct.
 
 Message layout (names as in the kernel headers):

@@ -3,7 +3,7 @@ messages, BEGIN to END, each as (operation, bytes, seq).
 
 Tables, sets and chains go through pyroute2's message classes (nftnl_msg, patched
 where pyroute2 drops attributes); rules and elements are written directly
-(nftnl_expr.rule_body, nfencode.element_list_message), two orders of magnitude faster,
+(nftnl_raw.rule_body, nfencode.element_list_message), two orders of magnitude faster,
 and the first rule of every shape is checked against pyroute2's bytes at run time.
 """
 
@@ -14,7 +14,8 @@ from . import nfconst as nf
 from .counters import counter_expression
 from .nfencode import (attr, cstring, element_list_message, interval_list_message, nested,
                        nft_message, set_flush_message, static_elements, timed_list_message)
-from .nftnl_expr import encode_expr, rule_body
+from .nftnl_expr import encode_expr
+from .nftnl_raw import rule_body
 
 HOOKS = {"prerouting": nf.NF_INET_PRE_ROUTING, "input": nf.NF_INET_LOCAL_IN,
          "forward": nf.NF_INET_FORWARD, "output": nf.NF_INET_LOCAL_OUT,
@@ -156,7 +157,7 @@ class PreparedTable:
             for set_name, items in self.ranges.items() if set_name in sets and items},
             nf.NFT_MSG_NEWSETELEM, "add")
         add_timed_messages(tail, name, {k: v for k, v in (timed or {}).items()
-                                        if k in wanted and sets[k].timeout})
+                                        if k in sets and sets[k].timeout})
         return out + tail.finish()
 
 
@@ -203,7 +204,7 @@ def _add_rules(batch, table):
                                data, seq))
 
 
-# Rule messages are written directly (nftnl_expr.rule_body, ~100x faster than pyroute2);
+# Rule messages are written directly (nftnl_raw.rule_body, ~100x faster than pyroute2);
 # the first rule of every shape is also encoded by pyroute2 and must come out identical.
 _RULE_SHAPES = set()
 

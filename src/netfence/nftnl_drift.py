@@ -9,7 +9,7 @@ from . import nftnl_msg as m, setkinds
 from . import nfconst as nf
 from .nftnl_batch import HOOKS, POLICIES, comment_udata
 from .nftnl_dump import cstr, decode_comment
-from .nftnl_expr import expr_bytes
+from .nftnl_raw import expr_bytes
 
 
 def expected_summary(table):

@@ -37,10 +37,12 @@ def render_set(set_def, keys=()):
     if set_def.counter:
         lines.append("\t\tcounter")
     if keys:
-        # a counted set's elements each show their counter (a new one: at zero)
+        # a counted set's elements each show their counter (a new one: at zero), one
+        # element a line, aligned after "elements = { " (nft 1.0.6)
         counter = " counter packets 0 bytes 0" if set_def.counter else ""
-        shown = ", ".join(render_key(set_def.key, k) + counter if isinstance(k, str)
-                          else _render_range(k) for k in keys)
+        separator = ",\n\t\t\t     " if set_def.counter else ", "
+        shown = separator.join(render_key(set_def.key, k) + counter if isinstance(k, str)
+                               else _render_range(k) for k in keys)
         lines.append(f"\t\telements = {{ {shown} }}")
     lines.append("\t}")
     return "\n".join(lines)

@@ -390,3 +390,44 @@ def test_traffic_smoke(netns):
     assert nobody.stdout.strip() == "ECONNREFUSED"
     assert root.stdout.strip() == "connected"
     assert counters["no 8080"] >= 1
+
+
+def test_counted_set_elements_list_as_rendered(netns):
+    """A counted set's elements, each with its counter, as nft lists them (and as
+    render.py prints them): ids of cgroups that do not exist print as numbers."""
+    from netfence import render
+    table = ir.TableDef(sets=(S("acct-out", "cgroupsv2", counter=True),), chains=(), rules=())
+    elements = {"acct-out": [cgroup_key(4242), cgroup_key(4243)]}
+    with ruleset_in(netns) as ruleset:
+        ruleset.replace_table(table, elements)
+        assert ruleset.read_table().sets == table.sets
+    listing = netns.nft("list", "table", "inet", "netfence").stdout
+    assert listing == render.render_table(table, elements)
+
+
+READ_KEYS = """import json, sys
+from netfence import counters
+print(json.dumps([counters.read_counters(keys=json.loads(sys.argv[1])),
+                  counters.read_counters(), counters.read_counters(table="nosuch")]))
+"""
+
+
+def test_counters_read_single_elements_and_dumps(netns):
+    """read_counters with keys (one GETSETELEM each) gives the dump's values for the
+    keys present; absent keys, sets and tables are simply not in the answer."""
+    import sys
+    table = ir.TableDef(sets=(S("acct-out", "cgroupsv2", counter=True),
+                              S("denied-a", "cgroupsv2", counter=True), S("uid-a", "uid")),
+                        chains=(), rules=())
+    present = [cgroup_key(n) for n in range(1, 70)]       # more than one request batch
+    with ruleset_in(netns) as ruleset:
+        ruleset.replace_table(table, {"acct-out": present, "denied-a": present[:1],
+                                      "uid-a": [uid_key(1)]})
+    keys = {"acct-out": present + [cgroup_key(999)], "denied-a": [cgroup_key(999)],
+            "nosuch": [cgroup_key(1)]}
+    single, dump, none = json.loads(netns.run([sys.executable, "-c", READ_KEYS,
+                                               json.dumps(keys)]).stdout)
+    assert single == {"acct-out": {k: [0, 0] for k in present}}
+    assert dump == {"acct-out": {k: [0, 0] for k in present},
+                    "denied-a": {present[0]: [0, 0]}}
+    assert none == {}

@@ -122,3 +122,15 @@ def test_counted_sets_carry_their_counter_and_every_element_one():
             attrs = counters.parse_attrs(raw, counters.ATTRS_OFFSET)
             got.update(counters.element_counters(attrs[nf.NFTA_SET_ELEM_LIST_ELEMENTS]))
         assert got == {key: (0, 0) for key in scenario.RELOADED[name]}
+
+
+def test_a_set_that_lost_its_counter_is_drift():
+    """A counted set recreated without `counter` (its elements would count nothing)
+    differs from the table sent: gc restores it."""
+    (raw_table,) = replies("gettable.hex")
+    got = nftnl_dump.summary_of(TABLE, raw_table, replies("getset.hex"),
+                                replies("getchain.hex"), replies("getrule.hex"))
+    key_type, counts = got["sets"]["acct-out"]
+    assert counts
+    got["sets"]["acct-out"] = (key_type, False)
+    assert differences(expected_summary(scenario.table()), got) == ["set acct-out changed"]

@@ -8,7 +8,8 @@ pytest.importorskip("pyroute2")
 
 from netfence import ir, nfconst as nf, nftnl, nftnl_batch, nftnl_msg as m  # noqa: E402
 from netfence.nfencode import nft_message  # noqa: E402
-from netfence.nftnl_expr import encode_expr, rule_body  # noqa: E402
+from netfence.nftnl_expr import encode_expr  # noqa: E402
+from netfence.nftnl_raw import rule_body  # noqa: E402
 
 FLAGS = nf.NLM_F_REQUEST | nf.NLM_F_ACK | nf.NLM_F_CREATE | nf.NLM_F_APPEND
 
@@ -67,7 +68,7 @@ def test_invalid_expressions_are_refused_like_the_pyroute2_path():
 
 def test_a_shape_that_differs_from_pyroute2_is_refused(monkeypatch):
     """The run-time check: the first rule of every shape is compared with pyroute2."""
-    import netfence.nftnl_expr as x
+    import netfence.nftnl_raw as x
     monkeypatch.setattr(nftnl_batch, "_RULE_SHAPES", set())
     monkeypatch.setattr(x, "_RAW_CACHE", {})
     monkeypatch.setitem(x._RAW_ENCODERS, "counter", lambda: x._raw_expr("counter", b"\0\0\0\0"))
