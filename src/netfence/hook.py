@@ -390,8 +390,6 @@ def do_close(opts, ppid, launcher, budget, log):
                       released=int(result["released"]),
                       elements=sum(len(k) for k in result["destroyed"].values()))
     log.fields.update(totals_fields(result))
-    if result.get("history_error"):
-        log.fields["history_error"] = result["history_error"]
     if result["gone_sets"]:
         log.fields["gone_sets"] = ",".join(result["gone_sets"])
 

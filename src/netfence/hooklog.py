@@ -125,16 +125,20 @@ def totals_fields(result):
     """The accounting fields of a close's log line (sessions.close_session's result),
     the one formatter of the hook's close line and gc's and watch's close events:
     sent_bytes= recv_bytes= sent_packets= recv_packets= denied=P:n,... ("-": no
-    denial counted), or totals=unknown with totals_error= when they could not be read;
-    nothing for a session that did not count."""
-    totals = result.get("totals")
-    if totals is None:
-        error = result.get("totals_error")
-        return {"totals": "unknown", "totals_error": error} if error else {}
-    denied = ",".join(f"{name}:{count}" for name, count in sorted(totals["denied"].items()))
-    return {"sent_bytes": totals["sent_bytes"], "recv_bytes": totals["recv_bytes"],
-            "sent_packets": totals["sent_packets"], "recv_packets": totals["recv_packets"],
-            "denied": denied}
+    denied-P element found), or totals=unknown with totals_error= when they could not
+    be read; nothing for a session that did not count. history_error= when its closed
+    record could not be kept."""
+    totals, error = result.get("totals"), result.get("totals_error")
+    fields = {"totals": "unknown", "totals_error": error} if error else {}
+    if totals is not None:
+        fields = {"sent_bytes": totals["sent_bytes"], "recv_bytes": totals["recv_bytes"],
+                  "sent_packets": totals["sent_packets"],
+                  "recv_packets": totals["recv_packets"],
+                  "denied": ",".join(f"{name}:{count}"
+                                     for name, count in sorted(totals["denied"].items()))}
+    if result.get("history_error"):
+        fields["history_error"] = result["history_error"]
+    return fields
 
 
 def show(value, limit=64):

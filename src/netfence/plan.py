@@ -317,7 +317,9 @@ def close_plan(record, refs, sharing, user, user_in_use, others, now=0.0):
     needs at now; on a release the user's "timed_keys" too (a user-scope key stays
     while the user does, until its kernel timeout, as user elements do).
     Returns {"destroy", "release", "ours", "user", "closing" (the session record to
-    write first), "refs" (None: no cgroup id), "user_after" (None: nothing to write)}.
+    write first; "history": "pending" until its closed record is kept, which a
+    finish of an interrupted close then does), "refs" (None: no cgroup id),
+    "user_after" (None: nothing to write)}.
     """
     key = record["key"]
     keep = union([other.get("session_elements", {}) for other in sharing]
@@ -334,7 +336,7 @@ def close_plan(record, refs, sharing, user, user_in_use, others, now=0.0):
         after = dict(user, sessions=[k for k in user["sessions"] if k != key])
     return {"destroy": destroy, "release": release, "user": user,
             "ours": bool(record.get("created") and record.get("cgroup") and not sharing),
-            "closing": dict(record, closing=True, destroy=destroy),
+            "closing": dict(record, closing=True, destroy=destroy, history="pending"),
             "refs": [k for k in refs if k != key] if record["cgroup_id"] else None,
             "user_after": after}
 

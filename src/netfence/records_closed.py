@@ -12,8 +12,8 @@ be is a live one:
     and "closing" are dropped): read as live by mistake, it would still fence and
     keep nothing;
   - a key used again (the same PAM application opening a second session, or a
-    "<ppid>-<start time>" repeated after a reboot when run_dir outlives it) gets
-    the next free name KEY-2, KEY-3, ...: an earlier closed record is never
+    "<ppid>-<start time>" repeated after a reboot when run_dir outlives it) is kept
+    as KEY-<cgroup id>-<opening time in us>: an earlier closed record is never
     overwritten, and an open never reads closed/ (sessions reads sessions/KEY);
   - find_by_cgroup, given the time of the packet, skips records opened after it
     (cgroup ids restart at every boot: their low 32 bits repeat).
@@ -39,7 +39,7 @@ CLOSED = records.CLOSED
 KEEP_S = 86400                  # a day of history (the issue: "the last day")
 CAP = 4096                      # entries kept at most (docs/hook.md "Closed sessions")
 CHECK_ONE_IN = 16               # closes that count the entries: one in 16, at random
-DROPPED = ("session_elements", "user_elements", "timed", "destroy", "closing")
+DROPPED = ("session_elements", "user_elements", "timed", "destroy", "closing", "history")
 
 
 def closed_dir(run_dir):
@@ -56,14 +56,17 @@ def closed_record(record, now, totals=None):
 
 
 def keep_closed(run_dir, record, now, totals=None, cap=CAP, check_one_in=CHECK_ONE_IN):
-    """Write the closed record under a free name; on one close in check_one_in, drawn
-    at random (a loop cannot time it), count the entries and prune over the cap: a
-    listing of CAP names costs ~1 ms, too much for every logout. Returns the name
-    written. StateError when it cannot be written (the caller's close goes on: losing
-    history never keeps elements in the kernel)."""
+    """Write the closed record (closed_name: never over another session's, not twice
+    for one session: a close that stopped after keeping it is finished later); on one
+    close in check_one_in, drawn at random (a loop cannot time it), count the entries
+    and prune over the cap: a listing of CAP names costs ~1 ms, too much for every
+    logout. Returns the name. StateError when it cannot be written (the caller's close
+    goes on: losing history never keeps elements in the kernel)."""
     directory = closed_dir(run_dir)
     records.ensure_dir(directory)
-    name = free_name(directory, record["key"])
+    name, kept = closed_name(directory, record)
+    if kept:
+        return name
     records.write(f"{directory}/{name}", closed_record(record, now, totals))
     if check_one_in <= 1 or posix.urandom(1)[0] % check_one_in == 0:
         if len(posix.listdir(directory)) > cap:
@@ -71,13 +74,20 @@ def keep_closed(run_dir, record, now, totals=None, cap=CAP, check_one_in=CHECK_O
     return name
 
 
-def free_name(directory, key):
-    """KEY, else KEY-2, KEY-3, ...: the first name not taken in directory."""
-    name, number = key, 1
-    while _taken(f"{directory}/{name}"):
-        number += 1
-        name = f"{key}-{number}"
-    return name
+def closed_name(directory, record):
+    """(name, already kept): KEY; when KEY holds another session (the key used
+    again), KEY-<cgroup id>-<opening time in us>, which names this session alone. At
+    most two lookups, whatever the number of entries."""
+    key = record["key"]
+    opened = record.get("opened_at", record.get("started", 0))
+    names = (key, f"{key}-{int(record.get('cgroup_id') or 0)}-{int(opened * 1e6)}")
+    for name in names:
+        path = f"{directory}/{name}"
+        if not _taken(path):
+            return name, False
+        if _same_session(path, record):
+            return name, True
+    return names[1], False           # the same identity, damaged: written again
 
 
 def _taken(path):
@@ -86,6 +96,15 @@ def _taken(path):
     except FileNotFoundError:
         return False
     return True
+
+
+def _same_session(path, record):
+    try:
+        kept = records.read(path)
+    except StateError:
+        return False
+    fields = ("key", "cgroup_id", "opened_at", "started")
+    return kept is not None and all(kept.get(f) == record.get(f) for f in fields)
 
 
 def _entries(run_dir):

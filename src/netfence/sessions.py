@@ -191,6 +191,8 @@ def finish_pending(run_dir, path, timeout_ms, record=None):
     record = record or _read_quiet(path)
     if record is None or "destroy" not in record:
         return None
+    if record.get("history") == "pending":     # a close stopped before or after it
+        keep_history(run_dir, record)
     destroy = plan.subtract(record["destroy"],
                             records.live_elements(run_dir, timed_at=time.time()))
     fastpath.destroy_elements(destroy, timeout_ms)

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from netfence import collect, hooklog, plan, records, records_closed, sessions
+from netfence import collect, hooklog, plan, records, records_closed, sessions, setkinds
 from netfence.errors import KernelError, StateError
 from test_sessions_intent import INFO, Kernel
 
@@ -111,6 +111,8 @@ def test_a_full_run_dir_loses_the_history_not_the_close(kernel, monkeypatch):
     monkeypatch.setattr(records_closed, "keep_closed", full)
     _record, result = open_close(kernel)
     assert "No space" in result["history_error"]
+    assert "No space" in hooklog.totals_fields(result)["history_error"]
+    assert hooklog.totals_fields(result)["sent_bytes"] == 1400    # the totals still said
     assert kernel.calls[-1][0] == "destroy" and records.list_sessions(kernel.run_dir) == []
 
 
@@ -138,7 +140,9 @@ def test_a_key_used_again_opens_fresh_and_keeps_both_histories(kernel, monkeypat
     assert "closed_at" not in again and "totals" not in again
     sessions.close_session(kernel.run_dir, again["key"], pids=(os.getpid(),))
     names = records.names(kernel.run_dir, "closed")
-    assert names == sorted([first["key"], first["key"] + "-2"])
+    second = f"{first['key']}-{again['cgroup_id']}-{int(again['opened_at'] * 1e6)}"
+    assert names == sorted([first["key"], second])
+    assert records.list_closed(kernel.run_dir)[0]["opened_at"] == first["opened_at"]
 
 
 def test_a_close_loop_is_capped_and_evicts_the_looping_uid_first(tmp_path):
@@ -227,3 +231,60 @@ def test_gc_prunes_the_closed_records_and_their_temp_files(tmp_path, monkeypatch
     report = collect.gc(run_dir, mount=str(tmp_path))
     assert report.pruned == 1 and report.temp_files == 1
     assert os.listdir(f"{run_dir}/closed") == []
+
+
+def test_a_closed_run_tree_keeps_its_totals_and_history(tmp_path, monkeypatch):
+    from netfence import runtree
+    run_dir = str(tmp_path / "run")
+    records.ensure_dirs(run_dir)
+    key = setkinds.SCG.key(0x30)
+    tree = {"key": "7-8", "kind": "run", "pid": 7, "starttime": 8, "uid": 1001,
+            "user": "alice", "cgroup": "/nf/run/t-7-8", "cgroup_id": 0x30, "created": True,
+            "session_elements": {"acct-out": [key], "acct-in": [key], "scg-p": [key]},
+            "started": 1.0}
+    records.write(records.run_path(run_dir, "7-8"), tree)
+    destroyed = []
+    monkeypatch.setattr(runtree, "has_processes", lambda *a: False)
+    monkeypatch.setattr(runtree.fastpath, "destroy_elements",
+                        lambda elements, timeout_ms: destroyed.append(elements) or [])
+    monkeypatch.setattr(runtree.cgroups, "remove", lambda *a: "removed")
+    counters = Counters({"acct-out": {key: (2, 200)}, "acct-in": {key: (1, 60)}})
+    install(monkeypatch, counters)
+    assert runtree.close_tree(run_dir, "7-8", "/fake") == "closed"
+    assert counters.asked == [{"acct-out": [key], "acct-in": [key]}]
+    (closed,) = records.list_closed(run_dir)
+    assert closed["kind"] == "run" and closed["totals"]["sent_bytes"] == 200
+    assert destroyed and records.list_runs(run_dir) == []
+    assert records.find_by_cgroup(run_dir, 0x30)["key"] == "7-8"
+
+
+def test_a_close_that_stopped_before_its_history_is_finished_with_it(kernel, monkeypatch):
+    install(monkeypatch, Counters(VALUES))
+    record = sessions.open_session(kernel.run_dir, COUNTING, INFO, [], ["web"],
+                                   ppid=os.getpid())
+    real = records_closed.keep_closed
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt          # the hook killed between intent and history
+    monkeypatch.setattr(records_closed, "keep_closed", crash)
+    with pytest.raises(KeyboardInterrupt):
+        sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    assert records.list_closed(kernel.run_dir) == []
+    monkeypatch.setattr(records_closed, "keep_closed", real)
+    assert sessions.finish_session(kernel.run_dir, record["key"])      # gc's step
+    (closed,) = records.list_closed(kernel.run_dir)
+    assert closed["totals"]["sent_bytes"] == 1400 and "history" not in closed
+    assert kernel.calls[-1][0] == "destroy"
+
+
+def test_a_close_that_stopped_after_its_history_keeps_it_once(kernel, monkeypatch):
+    install(monkeypatch, Counters(VALUES))
+    record = sessions.open_session(kernel.run_dir, COUNTING, INFO, [], ["web"],
+                                   ppid=os.getpid())
+    def refuse(*args, **kwargs):
+        raise KernelError("destroy", 105)
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements", refuse)
+    with pytest.raises(KernelError):
+        sessions.close_session(kernel.run_dir, record["key"], pids=(os.getpid(),))
+    monkeypatch.setattr(sessions.fastpath, "destroy_elements", kernel.destroy)
+    assert sessions.finish_session(kernel.run_dir, record["key"])
+    assert records.names(kernel.run_dir, "closed") == [record["key"]]

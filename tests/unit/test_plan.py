@@ -80,7 +80,7 @@ def test_a_close_keeps_what_a_nested_login_needs():
     assert todo["destroy"] == {} and not todo["release"] and not todo["ours"]
     assert todo["refs"] == ["3-4"]
     assert todo["user_after"]["sessions"] == ["3-4"]
-    assert todo["closing"] == dict(rec, closing=True, destroy={})
+    assert todo["closing"] == dict(rec, closing=True, destroy={}, history="pending")
 
 
 def test_the_last_close_releases_the_user_but_spares_other_users_keys():
