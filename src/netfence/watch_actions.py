@@ -222,9 +222,10 @@ class DenialRecorder:
         if wanted is not None and wanted in (self.group, self.failed_group):
             return
         self.close()
-        if wanted is None:
-            self._warn("no-logging", "no profile of the applied policy logs denials: "
-                       "the nflog listener is off")
+        if wanted is None:               # a normal policy: said once, not a warning
+            if "no-logging" not in self.said:
+                self.said.add("no-logging")
+                self.log(event="nflog", group="-", reason="no profile logs denials")
             return
         try:
             self.socket = nflog.NflogSocket(wanted)

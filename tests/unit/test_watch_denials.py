@@ -77,5 +77,4 @@ def test_no_logging_profile_binds_nothing_and_says_so_once(tmp_path):
     rec.sync()
     rec.sync()
     assert rec.socket is None
-    assert [l["warning"] for l in lines if l.get("event") == "warning"] == [
-        "no profile of the applied policy logs denials: the nflog listener is off"]
+    assert lines == [{"event": "nflog", "group": "-", "reason": "no profile logs denials"}]
