@@ -132,6 +132,8 @@ def _open_for_reading(path):
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    except OSError as err:                 # EACCES (not root), ELOOP (a symlink)
+        raise StateError(f"{path}: cannot read the denial log: {err.strerror}") from None
     try:
         _check_trusted(path, dir_wanted=False, st=os.fstat(fd))
     except BaseException:

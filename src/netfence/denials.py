@@ -114,17 +114,25 @@ def _location(snapshot, profile, direction, number, comment):
 
 def text_line(entry):
     """One line for a person: every value neutralised (hooklog.field: a repr when it
-    holds a space, '=', a quote or a control character), none able to forge a line."""
+    holds a space, '=', a quote or a control character), none able to forge a line.
+    A field the entry lacks (written by another version) shows as missing."""
+    entry = {**dict.fromkeys(FIELDS), **entry}
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry["time"]))
-    who = f"{field(entry['user'] or '?')}({field(entry['uid'] if entry['uid'] is not None else '?')})"
-    ends = [_endpoint(entry["src"], entry["sport"]), _endpoint(entry["dst"], entry["dport"])]
+    named = {key: _shown(entry[key], "") for key in
+             ("session", "service", "rhost", "tty", "profile", "rule")}
+    verdict = entry["verdict"]
     return " ".join([
-        when, who, f"session={field(entry['session'] or '')}",
-        f"service={field(entry['service'] or '')}", f"rhost={field(entry['rhost'] or '')}",
-        f"tty={field(entry['tty'] or '')}", f"profile={field(entry['profile'])}",
-        f"rule={field(entry['rule'])}", field(entry["direction"] or "?"),
-        field(entry["proto"] or "?"), ends[0], "->", ends[1],
-        entry["verdict"] if entry["verdict"] in VERDICTS else field(entry["verdict"])])
+        when, f"{_shown(entry['user'])}({_shown(entry['uid'])})",
+        *(f"{key}={value}" for key, value in named.items()),
+        _shown(entry["direction"]), _shown(entry["proto"]),
+        _endpoint(entry["src"], entry["sport"]), "->",
+        _endpoint(entry["dst"], entry["dport"]),
+        verdict if verdict in VERDICTS else _shown(verdict)])
+
+
+def _shown(value, missing="?"):
+    """hooklog.field of a value; `missing` ("-" once through field) for None."""
+    return field(missing if value is None else value)
 
 
 def _endpoint(address, port):

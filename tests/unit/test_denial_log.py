@@ -49,6 +49,8 @@ def test_a_foreign_or_writable_store_is_refused(tmp_path):
     os.symlink("/etc/passwd", path)
     with pytest.raises(OSError):
         denial_log.DenialLog(str(tmp_path)).append(entry(1))
+    with pytest.raises(StateError, match="cannot read the denial log"):
+        list(denial_log.entries(str(tmp_path)))
 
 
 def test_rotation_by_size_keeps_one_previous_file(tmp_path):

@@ -115,3 +115,8 @@ def test_a_zero_mark_is_cgroup_low_bits_zero_and_an_odd_timestamp_is_not_trusted
     assert entry["time"] >= before            # a monotonic-looking stamp: now instead
     assert denials.copy_time(None, now=7.0) == 7.0
     assert denials.copy_time(1000.0, now=1010.0) == 1000.0
+
+
+def test_an_entry_missing_fields_still_shows():
+    line = denials.text_line({"time": 1764500000.0, "profile": "web"})
+    assert "?(?) session=- service=- rhost=- tty=- profile=web rule=- ? ? ? -> ?" in line

@@ -78,3 +78,15 @@ def test_no_logging_profile_binds_nothing_and_says_so_once(tmp_path):
     rec.sync()
     assert rec.socket is None
     assert lines == [{"event": "nflog", "group": "-", "reason": "no profile logs denials"}]
+
+
+def test_a_flood_from_one_session_looks_its_record_up_once(tmp_path, monkeypatch):
+    calls = []
+    record = {"key": "1-2", "user": "alice", "uid": 1001, "service": "su"}
+    monkeypatch.setattr(watch_actions.records, "find_by_cgroup",
+                        lambda run_dir, low32, at=None: calls.append(low32) or record)
+    store = Memory()
+    rec, _ = recorder(tmp_path, store, [[packet()] * 50 + [packet(mark=0x99)]])
+    rec.on_readable()
+    assert calls == [0xABCD, 0x99]
+    assert {e["session"] for e in store.appended} == {"1-2"} and len(store.appended) == 51
