@@ -11,6 +11,7 @@ from .errors import NetfenceError, PolicyError, UsageError
 # grant, restrict, grants, revoke (main finds each cmd_* by its name here)
 from .grants_cli import add_commands as add_grant_commands
 from .grants_cli import cmd_grant, cmd_grants, cmd_restrict, cmd_revoke  # noqa: F401
+from .log_cli import add_command as add_log_command, cmd_log  # noqa: F401
 
 DEFAULT_HOOK = "/usr/lib/netfence/netfence-hook"
 
@@ -43,6 +44,7 @@ def build_parser():
                                    "sessions and users that are gone")
     _add_run(commands)
     add_grant_commands(commands)
+    add_log_command(commands)
     watch = commands.add_parser("watch", help="keep enforcement continuous: restore the "
                                 "table, close ended sessions, follow time windows "
                                 "(docs/watch.md)")

@@ -47,13 +47,22 @@ def compile_policy(policy):
     login = build_login(policy, windowed)
     body = {"format": formats.SNAPSHOT, "files": list(policy.files),
             "settings": asdict(policy.settings), "table": table.to_json(), "login": login,
-            "always": always}
+            "always": always, "locations": rule_locations(policy)}
     policy_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
     login["policy_id"] = policy_id
     body["policy_id"] = policy_id
     # Derived from the rest, and bytes: added after hashing.
     login["templates"] = nfencode.build_templates(login)
     return body
+
+
+def rule_locations(policy):
+    """{profile: {"egress": ["file:line" of rule 1, ...], "ingress": [...]}}: where each
+    numbered rule ("P egress rule N" in the table's comments) is written, so that
+    `netfence log` names the rule that denied a packet by file:line."""
+    return {name: {"egress": [str(r.where) for r in profile.egress],
+                   "ingress": [str(r.where) for r in profile.ingress]}
+            for name, profile in policy.profiles.items()}
 
 
 # ---- the table -------------------------------------------------------------------

@@ -12,6 +12,9 @@ Event-driven, one thread, one poll loop (docs/watch.md):
   - a wall-clock timerfd (watch_sources.WallTimer) at the next window change
     (timed_apply.reconcile's next_change, or a new record's own next opening), which
     also wakes on a clock step: a reconcile then rewrites every expiry;
+  - the nflog group of the denial log (watch_actions.DenialRecorder): each denied
+    packet a logging profile copies is written to state_dir/log/denials.jsonl at once,
+    with the identity of its session (docs/log.md);
   - monotonic timers for one debounced reconcile after logins of a uid with a user
     grant in force, the checks, retries and the periodic full gc (the safety net;
     also at start and on SIGHUP).
@@ -75,6 +78,8 @@ class Watch:
             wd = self.inotify.add(f"{self.paths.run_dir}/{kind}", DIR_MASK)
             self.dir_wds[wd] = kind
         self._signals()
+        self.denials = watch_actions.DenialRecorder(self.paths, self.selector, self.log)
+        self.denials.sync()
         self.log(event="start", pid=os.getpid(), run_dir=self.paths.run_dir,
                  gc_interval=self.gc_interval, pidfds=self.pidfd_cap)
 
@@ -110,7 +115,7 @@ class Watch:
             for key, _ in self.selector.select(timeout):
                 self._guarded(key.data)
             self._run_due()
-        self.log(event="stop", pid=os.getpid(), **self.counts)
+        self.log(event="stop", pid=os.getpid(), **self.counts, **self.denials.counts)
 
     def _run_due(self):
         now = time.monotonic()
@@ -152,6 +157,7 @@ class Watch:
         # table with their time left, an element repair reconciles them): no second pass
         fields, _repaired = watch_actions.check_and_repair(self.paths)
         self.counts["repairs"] += bool(fields) and fields["event"] == "repair"
+        self.denials.sync()               # a reload may have changed the log's group
         return fields
 
     def _resync(self):
@@ -160,6 +166,7 @@ class Watch:
         time.tzset()                      # `timedatectl set-timezone` since the last one
         fields, next_change = watch_actions.full_gc(self.paths)
         self.log_fields(fields)
+        self.denials.retry()
         self._windows_at(next_change)
         self._sync_all()
 
@@ -263,12 +270,12 @@ class Watch:
 
     def _track(self, kind, name):
         """A record appeared or was rewritten: watch what ends it."""
-        record = _read_record(self.paths.run_dir, kind, name)
+        record = watch_actions.read_record(self.paths.run_dir, kind, name)
         if record is None or record.get("closing"):
             return None
         if kind == "session":
             self._watch_pid(name, record)
-        paths = _cgroups_of(kind, record)
+        paths = watch_actions.cgroups_of(kind, record)
         self._set_cgroups((kind, name), paths)
         if any(not watch_actions.populated(self.mount, p) for p in paths):
             return self._act(kind, name)  # ended before the watch was in place
@@ -373,25 +380,6 @@ class Watch:
         log_event(f"watch: {line}")
         if self.to_stderr:
             print(f"netfence watch: {line}", file=sys.stderr, flush=True)
-
-
-def _read_record(run_dir, kind, name):
-    try:
-        if kind == "session":
-            return records.read_session(run_dir, name)
-        if kind == "user":
-            return records.read_user(run_dir, int(name))
-        return records.read(records.run_path(run_dir, name))
-    except (NetfenceError, ValueError):
-        return None
-
-
-def _cgroups_of(kind, record):
-    """The cgroups whose emptying ends the record: a session's and a tree's own
-    cgroup, a user's user cgroups (the ones whose tasks keep its entries)."""
-    if kind == "user":
-        return sorted(set(record.get("live_cgroups", [])))
-    return [record["cgroup"]] if record.get("cgroup") else []
 
 
 def run(paths, gc_interval=60.0, to_stderr=True):

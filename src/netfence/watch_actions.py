@@ -7,10 +7,14 @@ when there was nothing to do. None of them holds the records lock across a call:
 functions they call take it themselves (and repair_table the state lock as well).
 """
 
+import os
+import pwd
 import resource
+import selectors
 import time
 
-from . import collect, records, runtree, sessions, timed
+from . import collect, denial_log, denials, nflog, records, runtree, sessions, timed
+from . import snapshot as snapshot_files
 from .drift import check_steadily, repair_table
 from .errors import NetfenceError
 from .fsutil import read_text
@@ -121,7 +125,8 @@ def _collect(paths):
         base = None
     report = collect.gc(paths.run_dir, cgroup_base=base, state_dir=paths.state_dir)
     counts = {"sessions": report.sessions, "users": report.users, "trees": report.trees,
-              "cgroups": report.cgroups, "pending": report.pending}
+              "cgroups": report.cgroups, "pending": report.pending,
+              "pruned": report.pruned}    # closed records past a day (find_by_cgroup's)
     timed = report.timed or {}
     counts.update({f"timed_{name}": _count(timed.get(name))
                    for name in ("added", "refreshed", "removed") if timed.get(name)})
@@ -187,3 +192,166 @@ def raise_fd_limit():
         except (ValueError, OSError):
             pass                          # kept: the cap below follows what we have
     return max(0, soft - FD_RESERVE)
+
+
+# ---- the denial log ---------------------------------------------------------------------
+
+IDENTITY_TTL_S = 5.0
+IDENTITY_CACHE_MAX = 4096
+
+
+class DenialRecorder:
+    """Watch's nflog listener: each denied packet emit-P copies becomes one entry of the
+    denial store (denial_log), its identity resolved at once from the records (a
+    session that closes right after its denial is still found among the closed ones).
+
+    Nothing here may stop watch: no profile that logs, a group another process holds
+    (NflogBusy), a store it cannot write (full disk, untrusted directory) are each a
+    warning line, and the loop goes on; sync() tries the group again at every check
+    and gc. Losses are counted: an nflog overrun (the kernel dropped copies) and
+    entries that could not be written."""
+
+    def __init__(self, paths, selector, log):
+        self.paths, self.selector, self.log = paths, selector, log
+        self.socket, self.group, self.failed_group = None, None, None
+        self.store = denial_log.DenialLog(paths.state_dir)
+        self.snapshot, self.snapshot_stamp = None, None
+        self.counts = {"denials": 0, "denials_lost": 0, "overruns": 0}
+        self.said = set()
+        self.identities = {}              # cgroup id low 32 bits -> (until, record)
+
+    def sync(self):
+        """Listen on the applied snapshot's nflog group when one of its profiles logs,
+        and on no group otherwise."""
+        wanted = log_group(self._snapshot())
+        if wanted is not None and wanted in (self.group, self.failed_group):
+            return
+        self.close()
+        if wanted is None:               # a normal policy: said once, not a warning
+            if "no-logging" not in self.said:
+                self.said.add("no-logging")
+                self.log(event="nflog", group="-", reason="no profile logs denials")
+            return
+        try:
+            self.socket = nflog.NflogSocket(wanted)
+        except (NetfenceError, OSError) as err:
+            self.failed_group = wanted    # tried again when the snapshot changes
+            self._warn(f"bind-{wanted}", f"denial log: {err}")
+            return
+        self.group, self.failed_group = wanted, None
+        self.said.discard("no-logging")
+        self.selector.register(self.socket, selectors.EVENT_READ, self.on_readable)
+        self.log(event="nflog", group=wanted)
+
+    def retry(self):
+        """At gc: a group that was busy may be free now."""
+        self.failed_group = None
+        self.sync()
+
+    def close(self):
+        if self.socket is not None:
+            self.selector.unregister(self.socket)
+            self.socket.close()
+        self.socket, self.group = None, None
+
+    def on_readable(self):
+        packets = self.socket.read()
+        overruns = self.socket.lost_bursts - self.counts["overruns"]
+        if overruns:
+            self.counts["overruns"] = self.socket.lost_bursts
+            self.log(event="warning", warning="nflog overrun: denials were lost",
+                     overruns=self.counts["overruns"])
+        snapshot = self._snapshot() or {}
+        for packet in packets:
+            self._record(packet, snapshot)
+
+    def _record(self, packet, snapshot):
+        parsed = denials.parse_prefix(packet["prefix"])
+        record = None
+        if parsed is not None and parsed[1]:
+            # now, not later: a session that closes right after its denial is found
+            # among the closed records, kept a day (records.prune_closed at gc)
+            record = self._record_of(denials.mark_of(packet),
+                                     denials.copy_time(packet["time"]))
+        entry = denials.build_entry(packet, snapshot, record, _account_name)
+        if entry is None:
+            return
+        try:
+            self.store.append(entry)
+            self.counts["denials"] += 1
+        except (NetfenceError, OSError) as err:
+            self.counts["denials_lost"] += 1
+            self.store.close()            # reopened (and checked again) by the next one
+            self._warn(f"store-{type(err).__name__}", f"denial log: {err} "
+                       "(entries are lost until it can be written)")
+
+    def _record_of(self, low32, at):
+        """find_by_cgroup, remembered for IDENTITY_TTL_S: it reads every live and
+        closed record (26 ms with the 4096 closed records of the cap, measured), and
+        a flood comes from one session (a cgroup id is not reused within a boot)."""
+        now = time.monotonic()
+        hit = self.identities.get(low32)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        if len(self.identities) >= IDENTITY_CACHE_MAX:
+            self.identities.clear()
+        record = records.find_by_cgroup(self.paths.run_dir, low32, at=at)
+        self.identities[low32] = (now + IDENTITY_TTL_S, record)
+        return record
+
+    def _snapshot(self):
+        """The applied snapshot, read again only when compiled.json changed."""
+        path = f"{self.paths.state_dir}/{snapshot_files.COMPILED}"
+        try:
+            st = os.stat(path)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if stamp != self.snapshot_stamp:
+            try:
+                self.snapshot = read_snapshot(self.paths.state_dir)
+            except NetfenceError:
+                self.snapshot = None
+            self.snapshot_stamp = stamp
+        return self.snapshot
+
+    def _warn(self, condition, message):
+        if condition not in self.said:
+            self.said.add(condition)
+            self.log(event="warning", warning=message)
+
+
+def log_group(snapshot):
+    """The nflog group the snapshot's table logs to (its emit-P rules), or None."""
+    for rule in (snapshot or {}).get("table", {}).get("rules", []):
+        for expr in rule["exprs"]:
+            if expr[0] == "nflog":
+                return expr[2]
+    return None
+
+
+def _account_name(uid):
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def read_record(run_dir, kind, name):
+    """The record kind ("session", "user", "tree") name, None if gone or unreadable."""
+    try:
+        if kind == "session":
+            return records.read_session(run_dir, name)
+        if kind == "user":
+            return records.read_user(run_dir, int(name))
+        return records.read(records.run_path(run_dir, name))
+    except (NetfenceError, ValueError):
+        return None
+
+
+def cgroups_of(kind, record):
+    """The cgroups whose emptying ends the record: a session's and a tree's own
+    cgroup, a user's user cgroups (the ones whose tasks keep its entries)."""
+    if kind == "user":
+        return sorted(set(record.get("live_cgroups", [])))
+    return [record["cgroup"]] if record.get("cgroup") else []
