@@ -23,6 +23,7 @@ ELEMENTS_PER_MESSAGE = 256      # keeps each message far below netlink's size li
 KEYBYTEORDER_HOST = m.udata_tlvs(
     [(nf.NFTNL_UDATA_SET_KEYBYTEORDER, nf.NFT_BYTEORDER_HOST.to_bytes(4, nf.HOST_ORDER))])
 ACKED = nf.NLM_F_REQUEST | nf.NLM_F_ACK
+SET_COUNTER = {'attrs': [('NFTA_EXPR_NAME', 'counter'), ('NFTA_EXPR_DATA', {'attrs': []})]}
 MARKER_TYPE = 0xA5      # private nftnl userdata type: nft ignores it (it prints type 0,
                         # the comment, only), so `nft list` output is unchanged
 MAX_COMMENT = 253       # the kernel caps rule userdata at 256 bytes: 2-byte TLV header + NUL
@@ -162,10 +163,15 @@ def _set_attrs(table_name, set_def, set_id):
     # host: nft converts its big-endian keys back for `nft list`).
     flags = ((nf.NFT_SET_INTERVAL if set_def.interval else nf.NFT_SET_FLAGS_NONE)
              | (nf.NFT_SET_TIMEOUT if set_def.timeout else nf.NFT_SET_FLAGS_NONE))
-    return [('NFTA_SET_TABLE', table_name), ('NFTA_SET_NAME', set_def.name),
-            ('NFTA_SET_FLAGS', flags), ('NFTA_SET_KEY_TYPE', key_type),
-            ('NFTA_SET_KEY_LEN', key_len), ('NFTA_SET_ID', set_id),
-            ('NFTA_SET_USERDATA', KEYBYTEORDER_HOST)]
+    attrs = [('NFTA_SET_TABLE', table_name), ('NFTA_SET_NAME', set_def.name),
+             ('NFTA_SET_FLAGS', flags), ('NFTA_SET_KEY_TYPE', key_type),
+             ('NFTA_SET_KEY_LEN', key_len), ('NFTA_SET_ID', set_id),
+             ('NFTA_SET_USERDATA', KEYBYTEORDER_HOST)]
+    if set_def.counter:
+        # As nft sends `counter` in a set: NFTA_SET_EXPR holding a counter with no
+        # data; the kernel then gives every element its own counter.
+        attrs.append(('NFTA_SET_EXPR', SET_COUNTER))
+    return attrs
 
 
 def _chain_attrs(table_name, chain):

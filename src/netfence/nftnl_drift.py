@@ -21,7 +21,7 @@ def expected_summary(table):
         rules.setdefault(rule.chain, []).append(
             (decode_comment(udata), tuple(expr_bytes(e)[nf.NLA_HDRLEN:] for e in rule.exprs)))
     return {"marker": None,
-            "sets": {s.name: setkinds.KEY_TYPES[s.key][0] for s in table.sets},
+            "sets": {s.name: (setkinds.KEY_TYPES[s.key][0], s.counter) for s in table.sets},
             "chains": {c.name: ((HOOKS[c.hook], c.priority, POLICIES[c.policy])
                                 if c.hook else None) for c in table.chains},
             "rules": rules}

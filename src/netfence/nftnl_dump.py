@@ -63,9 +63,12 @@ def _decode_set(msg):
     key_type = m.attr(msg, 'NFTA_SET_KEY_TYPE')
     key = KEY_TYPE_NAMES.get(key_type, f"type-{key_type}")
     flags = m.attr(msg, 'NFTA_SET_FLAGS') or 0
+    exprs = [m.attr(msg, 'NFTA_SET_EXPR')] + list(m.attr(msg, 'NFTA_SET_EXPRESSIONS') or ())
     return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key=key,
                      interval=bool(flags & nf.NFT_SET_INTERVAL),
-                     timeout=bool(flags & nf.NFT_SET_TIMEOUT))
+                     timeout=bool(flags & nf.NFT_SET_TIMEOUT),
+                     counter=any(e is not None and m.attr(e, 'NFTA_EXPR_NAME') == "counter"
+                                 for e in exprs))
 
 
 def _decode_chain(msg):
@@ -167,8 +170,8 @@ def summary_of(table, raw_table, raw_sets, raw_chains, raw_rules):
     for raw in raw_sets:
         attrs = m.parse_attrs(raw)
         if cstr(attrs.get(nf.NFTA_SET_TABLE)) == table:
-            out["sets"][cstr(attrs.get(nf.NFTA_SET_NAME))] = _be32(
-                attrs.get(nf.NFTA_SET_KEY_TYPE))
+            out["sets"][cstr(attrs.get(nf.NFTA_SET_NAME))] = (
+                _be32(attrs.get(nf.NFTA_SET_KEY_TYPE)), set_counts(attrs))
     for raw in raw_chains:
         attrs = m.parse_attrs(raw)
         if cstr(attrs.get(nf.NFTA_CHAIN_TABLE)) == table:
@@ -183,6 +186,16 @@ def summary_of(table, raw_table, raw_sets, raw_chains, raw_rules):
         out["rules"].setdefault(cstr(attrs.get(nf.NFTA_RULE_CHAIN)), []).append(
             (comment, exprs))
     return out
+
+
+def set_counts(attrs):
+    """Whether a set (its raw attributes) gives each element a counter: NFTA_SET_EXPR
+    is a counter, or NFTA_SET_EXPRESSIONS lists one."""
+    single = attrs.get(nf.NFTA_SET_EXPR)
+    exprs = [single] if single is not None else [
+        item for kind, item in m.iter_attrs(attrs.get(nf.NFTA_SET_EXPRESSIONS, b""))
+        if kind == nf.NFTA_LIST_ELEM]
+    return any(cstr(m.parse_attrs(e, 0).get(nf.NFTA_EXPR_NAME)) == "counter" for e in exprs)
 
 
 def _base_chain(attrs):

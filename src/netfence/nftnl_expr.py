@@ -9,12 +9,13 @@ rule and against `nft list` reading back what we send (tests/integration/test_nf
 import struct
 
 from . import nfconst as nf
-from .nfconst import NFT_LIMIT_PKTS, NFT_REG_1, NFT_REG_VERDICT
+from .nfconst import NFT_LIMIT_PKTS, NFT_REG_1, NFT_REG_2, NFT_REG_VERDICT
 from .nfencode import attr as nla, cstring
 
 # ir names -> kernel numbers; every expression loads into / reads from register 1
+# except meta and meta_set with an explicit register (emit-P's mark juggling)
 META_KEYS = {"iif": nf.NFT_META_IIF, "oif": nf.NFT_META_OIF, "skuid": nf.NFT_META_SKUID,
-             "skgid": nf.NFT_META_SKGID,
+             "skgid": nf.NFT_META_SKGID, "mark": nf.NFT_META_MARK,
              "nfproto": nf.NFT_META_NFPROTO, "l4proto": nf.NFT_META_L4PROTO}
 PAYLOAD_BASES = {"network": nf.NFT_PAYLOAD_NETWORK_HEADER,
                  "transport": nf.NFT_PAYLOAD_TRANSPORT_HEADER}
@@ -27,6 +28,8 @@ RANGE_OPS = {"eq": nf.NFT_RANGE_EQ, "neq": nf.NFT_RANGE_NEQ}
 REJECT_TYPES = {"tcp-reset": nf.NFT_REJECT_TCP_RST,
                 "icmpx-port-unreachable": nf.NFT_REJECT_ICMPX_UNREACH}
 REJECT_CODES = {"icmpx-port-unreachable": nf.NFT_REJECT_ICMPX_PORT_UNREACH}
+SETTABLE_META_KEYS = ("mark",)
+REGISTERS = (NFT_REG_1, NFT_REG_2)     # 16-byte registers: a cgroup id (8) fits in one
 VERDICTS = {"drop": nf.NF_DROP, "accept": nf.NF_ACCEPT, "jump": nf.NFT_JUMP,
             "goto": nf.NFT_GOTO, "return": nf.NFT_RETURN}
 
@@ -55,8 +58,22 @@ def encode_expr(expr):
         raise ValueError(f"invalid expression {expr!r}: {exc}") from None
 
 
-def _meta(key):
-    return _expr('meta', [('NFTA_META_KEY', META_KEYS[key]), ('NFTA_META_DREG', NFT_REG_1)])
+def _register(reg):
+    if reg not in REGISTERS:
+        raise ValueError(f"register {reg!r} is not one netfence uses")
+    return reg
+
+
+def _meta(key, reg=NFT_REG_1):
+    return _expr('meta', [('NFTA_META_KEY', META_KEYS[key]),
+                          ('NFTA_META_DREG', _register(reg))])
+
+
+def _meta_set(key, reg):
+    if key not in SETTABLE_META_KEYS:
+        raise ValueError(f"meta {key} cannot be set")
+    return _expr('meta', [('NFTA_META_KEY', META_KEYS[key]),
+                          ('NFTA_META_SREG', _register(reg))])
 
 
 def _payload(base, offset, length):
@@ -126,6 +143,14 @@ def _log(prefix, flags):
     return _expr('log', [('NFTA_LOG_PREFIX', prefix), ('NFTA_LOG_FLAGS', int(flags))])
 
 
+def _nflog(prefix, group, snaplen):
+    # NFTA_LOG_GROUP makes it nfnetlink_log (nft: `log group G`); the order is nft's.
+    if not (0 <= int(group) <= 0xFFFF and 0 <= int(snaplen) <= 0xFFFFFFFF):
+        raise ValueError("nflog group is 16 bits, snaplen 32")
+    return _expr('log', [('NFTA_LOG_PREFIX', prefix), ('NFTA_LOG_GROUP', int(group)),
+                         ('NFTA_LOG_SNAPLEN', int(snaplen))])
+
+
 def _reject(kind):
     attrs = [('NFTA_REJECT_TYPE', REJECT_TYPES[kind])]
     if kind in REJECT_CODES:
@@ -145,10 +170,10 @@ def _verdict(kind, chain=None):
 
 
 _ENCODERS = {
-    "meta": _meta, "payload": _payload, "socket": _socket, "ct": _ct,
-    "byteorder": _byteorder, "bitwise": _bitwise, "cmp": _cmp, "range": _range,
+    "meta": _meta, "meta_set": _meta_set, "payload": _payload, "socket": _socket,
+    "ct": _ct, "byteorder": _byteorder, "bitwise": _bitwise, "cmp": _cmp, "range": _range,
     "lookup": _lookup,
-    "counter": _counter, "limit": _limit, "log": _log, "reject": _reject,
+    "counter": _counter, "limit": _limit, "log": _log, "nflog": _nflog, "reject": _reject,
     "verdict": _verdict,
 }
 
@@ -178,7 +203,12 @@ def _hex(data_node, attr):
 
 
 def _d_meta(d, a):
-    return ("meta", _reverse(META_KEYS)[a(d, 'NFTA_META_KEY')])
+    key = _reverse(META_KEYS)[a(d, 'NFTA_META_KEY')]
+    source = a(d, 'NFTA_META_SREG')
+    if source is not None:
+        return ("meta_set", key, source)
+    dest = a(d, 'NFTA_META_DREG')
+    return ("meta", key) if dest == NFT_REG_1 else ("meta", key, dest)
 
 
 def _d_payload(d, a):
@@ -225,6 +255,9 @@ def _d_limit(d, a):
 
 
 def _d_log(d, a):
+    group = a(d, 'NFTA_LOG_GROUP')
+    if group is not None:
+        return ("nflog", a(d, 'NFTA_LOG_PREFIX', ""), group, a(d, 'NFTA_LOG_SNAPLEN', 0))
     return ("log", a(d, 'NFTA_LOG_PREFIX', ""), a(d, 'NFTA_LOG_FLAGS', 0))
 
 
@@ -257,6 +290,7 @@ _DECODERS = {
 # first rule of every shape against pyroute2's bytes at run time, and
 # tests/unit/test_nftnl_encode.py checks every expression kind and many values.
 
+_U16 = struct.Struct(">H").pack
 _U32 = struct.Struct(">I").pack
 _I32 = struct.Struct(">i").pack
 _U64 = struct.Struct(">Q").pack
@@ -276,9 +310,14 @@ def _raw_regs(*attr_types):
     return b"".join(nla(attr_type, _U32(NFT_REG_1)) for attr_type in attr_types)
 
 
-def _raw_meta(key):
+def _raw_meta(key, reg=NFT_REG_1):
     return _raw_expr("meta", nla(nf.NFTA_META_KEY, _U32(META_KEYS[key]))
-                     + _raw_regs(nf.NFTA_META_DREG))
+                     + nla(nf.NFTA_META_DREG, _U32(reg)))
+
+
+def _raw_meta_set(key, reg):
+    return _raw_expr("meta", nla(nf.NFTA_META_KEY, _U32(META_KEYS[key]))
+                     + nla(nf.NFTA_META_SREG, _U32(reg)))
 
 
 def _raw_payload(base, offset, length):
@@ -342,6 +381,12 @@ def _raw_log(prefix, flags):
                      + nla(nf.NFTA_LOG_FLAGS, _U32(int(flags))))
 
 
+def _raw_nflog(prefix, group, snaplen):
+    return _raw_expr("log", nla(nf.NFTA_LOG_PREFIX, cstring(prefix))
+                     + nla(nf.NFTA_LOG_GROUP, _U16(int(group)))
+                     + nla(nf.NFTA_LOG_SNAPLEN, _U32(int(snaplen))))
+
+
 def _raw_reject(kind):
     code = (nla(nf.NFTA_REJECT_ICMP_CODE, bytes([REJECT_CODES[kind]]))
             if kind in REJECT_CODES else b"")
@@ -357,11 +402,11 @@ def _raw_verdict(kind, chain=None):
 
 
 _RAW_ENCODERS = {
-    "meta": _raw_meta, "payload": _raw_payload, "socket": _raw_socket, "ct": _raw_ct,
+    "meta": _raw_meta, "meta_set": _raw_meta_set, "payload": _raw_payload, "socket": _raw_socket, "ct": _raw_ct,
     "byteorder": _raw_byteorder, "bitwise": _raw_bitwise, "cmp": _raw_cmp,
     "range": _raw_range, "lookup": _raw_lookup,
     "counter": lambda: _raw_expr("counter", b""), "limit": _raw_limit, "log": _raw_log,
-    "reject": _raw_reject, "verdict": _raw_verdict,
+    "nflog": _raw_nflog, "reject": _raw_reject, "verdict": _raw_verdict,
 }
 _RAW_CACHE = {}
 

@@ -151,7 +151,7 @@ def test_compile_is_deterministic_and_json_round_trips():
     assert table == ir.TableDef.from_json(first["table"])
     assert first["login"]["profiles"]["p"] == {
         "egress": True, "ingress": False, "uid_set": "uid-p", "ucg_set": "ucg-p",
-        "scg_set": "scg-p"}
+        "scg_set": "scg-p", "mode": "enforce"}
     assert first["login"]["guards"] == {
         "uid_set": "any-uid", "ucg_set": "any-ucg", "scg_set": "any-scg"}
 

@@ -12,7 +12,9 @@ from netfence.nftnl_expr import decode_expr, encode_expr  # noqa: E402
 
 EVERY_EXPR = [
     ("meta", "nfproto"), ("meta", "l4proto"), ("meta", "skuid"), ("meta", "oif"),
-    ("meta", "iif"), ("meta", "skgid"),
+    ("meta", "iif"), ("meta", "skgid"), ("meta", "mark"), ("meta", "mark", 2),
+    ("meta_set", "mark", 1), ("meta_set", "mark", 2),
+    ("nflog", "netfence web", 5140, 128), ("nflog", "netfence web nocg", 0, 128),
     ("byteorder", "hton", 4, 4), ("byteorder", "ntoh", 4, 4),
     ("payload", "network", 16, 4), ("payload", "transport", 2, 2),
     ("socket", "cgroupv2", 3), ("ct", "state"),
@@ -49,6 +51,17 @@ def test_socket_level_is_encoded():
     assert bytes.fromhex("0800010000000003" "0800020000000001" "0800030000000002") in data
 
 
+def test_emit_rule_is_what_nft_sends():
+    """The bytes `nft --debug=mnl` sent (nftables 1.0.6) for `meta mark set meta mark`
+    and `log prefix "netfence P" group 5140 snaplen 128`: key before register, and
+    the nflog attributes prefix, group (be16), snaplen in that order."""
+    data = _rule_message([("meta", "mark", 2), ("meta_set", "mark", 2),
+                          ("nflog", "netfence P", 5140, 128)])
+    assert bytes.fromhex("0800020000000003" "0800010000000002") in data        # load
+    assert bytes.fromhex("0800020000000003" "0800030000000002") in data        # set
+    assert bytes.fromhex("0f0002006e657466656e63652050000006000100141400000800030000000080") in data
+
+
 def test_rule_comment_is_an_nftnl_tlv():
     data = _rule_message([("counter",)], comment="web 1")
     assert b"\x00\x06web 1\x00" in data
@@ -75,7 +88,8 @@ def test_dropped_attribute_is_refused():
         m.build(m.TableMsg, nf.NFT_MSG_NEWTABLE, [('NFTA_TABLE_BOGUS', 1)], seq=1)
 
 
-@pytest.mark.parametrize("bad", [("meta", "mark"), ("cmp", "approx", "00"), ("verdict", "jump"),
+@pytest.mark.parametrize("bad", [("meta", "bogus"), ("meta", "mark", 3),
+                                 ("meta_set", "skuid", 1), ("cmp", "approx", "00"), ("verdict", "jump"),
                                  ("verdict", "accept", "c"), ("bitwise", "ff", "0000"),
                                  ("nosuch",), ()])
 def test_invalid_expression(bad):

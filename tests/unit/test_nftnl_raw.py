@@ -18,7 +18,10 @@ def _random_expr(rnd):
     name = "".join(rnd.choice("abcxyz-0123456789") for _ in range(rnd.randrange(1, 40)))
     n = rnd.choice([1, 2, 4, 8, 16])
     return rnd.choice([
-        ("meta", rnd.choice(["nfproto", "l4proto", "skuid", "skgid", "oif", "iif"])),
+        ("meta", rnd.choice(["nfproto", "l4proto", "skuid", "skgid", "oif", "iif", "mark"])),
+        ("meta", rnd.choice(["mark", "skuid"]), rnd.choice([1, 2])),
+        ("meta_set", "mark", rnd.choice([1, 2])),
+        ("nflog", name, rnd.randrange(65536), rnd.choice([0, 64, 128, 65535])),
         ("byteorder", rnd.choice(["hton", "ntoh"]), rnd.choice([2, 4, 8]), rnd.choice([2, 4])),
         ("payload", rnd.choice(["network", "transport"]), rnd.randrange(64), rnd.randrange(1, 17)),
         ("socket", "cgroupv2", rnd.randrange(1, 8)),
@@ -55,7 +58,8 @@ def test_random_rules_match_pyroute2_byte_for_byte():
 
 
 def test_invalid_expressions_are_refused_like_the_pyroute2_path():
-    for bad in [("meta", "mark"), ("cmp", "approx", "00"), ("verdict", "jump"), ("nosuch",),
+    for bad in [("meta", "bogus"), ("meta", "mark", 3), ("meta_set", "skuid", 1),
+                ("nflog", "p", 65536, 128), ("cmp", "approx", "00"), ("verdict", "jump"), ("nosuch",),
                 ("bitwise", "ff", "0000")]:
         with pytest.raises(ValueError):
             rule_body("netfence", "c", (bad,))
