@@ -165,20 +165,23 @@ USER_COLUMNS = ("USER", "UID", "USER CGROUP", "SESSIONS", "SENT", "RECEIVED", "D
 
 
 def _session_cells(row):
-    key = row["key"] + (" (closing)" if row.get("closing") else "")
-    return (row["user"], row["uid"], key, row["service"], row["rhost"],
-            human_bytes(row["sent_bytes"]), human_bytes(row["recv_bytes"]),
+    key = printable(row["key"]) + (" (closing)" if row.get("closing") else "")
+    return (printable(row["user"]), printable(row["uid"]), key, printable(row["service"]),
+            printable(row["rhost"]), human_bytes(row["sent_bytes"]), human_bytes(row["recv_bytes"]),
             denied_text(row["denied"]))
 
 
 def _user_cells(row):
-    return (row["user"], row["uid"], row["cgroup_id"], len(row["sessions"]),
+    return (printable(row["user"]), printable(row["uid"]), str(row["cgroup_id"]),
+            str(len(row["sessions"])),
             human_bytes(row["sent_bytes"]), human_bytes(row["recv_bytes"]),
             denied_text(row["denied"]))
 
 
 def _columns(head, rows):
-    cells = [head] + [tuple(printable(c) for c in row) for row in rows]
+    """Aligned lines; every cell already made printable (a value from a record by
+    printable(), the numbers by their formatters)."""
+    cells = [head] + rows
     widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
             for row in cells]
