@@ -191,9 +191,9 @@ def format_table(accounting):
     """The status lines: every live session (and run tree), then the per-user totals;
     sent and received are IP packet lengths, in IEC units."""
     sessions, users = accounting["sessions"], accounting["users"]
-    lines = [f"accounting: {len(sessions)} live sessions and run trees, "
-             f"{sum(1 for r in sessions if r['counted'])} counted "
-             f"(bytes: IP packet lengths; \"-\": not counted)"]
+    counted = sum(1 for row in sessions if row["counted"])
+    lines = [f"accounting (sent, received: IP packet lengths; \"-\": not counted): "
+             f"{counted} of {len(sessions)} sessions and run trees counted"]
     if sessions:
         lines += _columns(SESSION_COLUMNS, [_session_cells(r) for r in sessions])
     lines.append(f"per user (user cgroups): {len(users)}")
