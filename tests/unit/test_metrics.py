@@ -1,6 +1,8 @@
 """`netfence metrics`, the pure part: the Prometheus text format, parsed back by
 prometheus_client's own parser."""
 
+import errno
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from netfence import accounting, metrics
@@ -125,3 +127,32 @@ def test_rule_totals_skip_comments_of_other_shapes():
     totals = metrics.rule_totals([("c", "web egress rule 1", 1, 2), ("c", "", 5, 5),
                                   ("c", "something else entirely here", 5, 5)])
     assert totals == {("web", "egress", "1"): [1, 2]}
+
+
+def test_a_kernel_read_that_fails_is_up_0_and_the_file_is_still_whole(tmp_path, monkeypatch):
+    """A failure to read counters never hides the records, never leaves a cut file."""
+    from netfence.apply import Paths
+    from netfence.errors import KernelError
+
+    def broken(applied):
+        raise KernelError("netlink: Operation not permitted", errno.EPERM)
+    monkeypatch.setattr(metrics, "_read_kernel", broken)
+    paths = Paths(str(tmp_path / "etc"), str(tmp_path / "state"), str(tmp_path / "run"))
+    data = metrics.collect(paths)
+    assert data["up"] is False and "Operation not permitted" in data["problem"]
+    families = parse(metrics.render(data))
+    assert samples(families["netfence_up"]) == {(): 0}
+    assert samples(families["netfence_sessions"]) == {(): 0}
+
+
+def test_status_survives_unreadable_counters(monkeypatch):
+    from netfence import counters, status
+    from netfence.errors import KernelError
+
+    def broken(*args, **kwargs):
+        raise KernelError("dump acct-out: No buffer space available", errno.ENOBUFS)
+    monkeypatch.setattr(counters, "read_counters", broken)
+    got, problem = status.read_accounting(True, {"login": {"account": {"out": "acct-out"}}})
+    assert got == {} and "No buffer space" in problem
+    assert status.read_accounting(False, {"login": {"account": {"out": "x"}}}) == ({}, None)
+    assert status.read_accounting(True, {"login": {"account": {}}}) == ({}, None)
