@@ -96,7 +96,12 @@ def user_rows(sessions, users, counters):
                 hold(record, set_name, key)
     return [{"user": user, "uid": uid, "cgroup_id": key_number(key),
              "sessions": live.get((uid, key), []), **usage(held, key, counters)}
-            for (uid, key), (user, held) in sorted(found.items())]
+            for (uid, key), (user, held) in sorted(found.items(), key=_by_uid)]
+
+
+def _by_uid(item):
+    (uid, key), _ = item
+    return (not isinstance(uid, int), uid if isinstance(uid, int) else 0, key)
 
 
 def join(sessions, runs, users, counters):

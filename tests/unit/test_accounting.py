@@ -138,3 +138,10 @@ def test_profile_modes_of_the_applied_snapshot():
         "web": {"mode": "monitor", "account": True},
         "old": {"mode": "enforce", "account": False}}
     assert accounting.profile_modes({}) == {}
+
+
+def test_a_user_record_without_a_uid_does_not_break_the_rows():
+    """A damaged (hand-edited) record must not take status down with a TypeError."""
+    odd = {"user": "x", "elements": {"acct-out": [UCG.key(5)]}}
+    rows = accounting.user_rows([], [user_record(), odd], COUNTERS)
+    assert [r["uid"] for r in rows] == [1001, None]
