@@ -28,8 +28,8 @@ import syslog
 import time
 from dataclasses import dataclass
 
-from . import compiler, fsutil, ir, records, resolve, setkinds, snapshot
-from .errors import GenerationChanged, NetfenceError, PolicyError, StateError
+from . import compiler, counters, fsutil, ir, records, resolve, setkinds, snapshot
+from .errors import GenerationChanged, KernelError, NetfenceError, PolicyError, StateError
 from .policy import load_policy
 from .timed_apply import desired_timeouts
 
@@ -172,7 +172,7 @@ def _attempt(prepared, run_dir, state_dir, restoring=False, sockets=None):
         timed = desired_timeouts(run_dir, state_dir, prepared.table,
                                  without_grants=restoring)
         ruleset.replace_table(prepared.table, kept, genid=generation, prepared=prepared,
-                              timed=timed)
+                              timed=timed, counts=carried_counters(prepared.table))
     finally:
         if sockets is None:
             ruleset.close()
@@ -181,6 +181,22 @@ def _attempt(prepared, run_dir, state_dir, restoring=False, sockets=None):
     # Counted as the admin thinks of them: guard sets mirror the others.
     return sum(len(keys) for name, keys in kept.items()
                if name not in setkinds.guards().values()), dropped
+
+
+def carried_counters(table):
+    """The counters of the live table's counted sets that `table` has too ({set: {hex
+    key: (packets, bytes)}}), read in the attempt that replaces it: each kept element
+    starts from its old counter. What the kernel counts between this read and the
+    commit (a few ms) is lost; a failure to read loses the totals, never the reload
+    (accounting must not stand in the way of a policy change), and is logged."""
+    names = [s.name for s in table.sets if s.counter]
+    if not names:
+        return {}
+    try:
+        return counters.read_counters(sets=names, table=table.name)
+    except KernelError as err:
+        log_event(f"event=reload-counters-lost error={str(err)!r}")
+        return {}
 
 
 def _roll_back(previous, renamed, paths):

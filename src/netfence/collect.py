@@ -4,7 +4,9 @@ gc finishes interrupted opens and closes (records with a pending "destroy"), clo
 sessions whose PAM application is gone, closes `netfence run` trees whose cgroup holds
 no task (runtree.close_tree), releases users with no task left in their user cgroups,
 removes the empty cgroups of netfence's own hierarchy that no record
-uses, and removes temp files a killed writer left. Then (given the state dir) the
+uses, removes temp files a killed writer left, and prunes the closed records
+(records.prune_closed: older than a day, or over the cap). Each session it closes is
+logged as watch logs its closes (event=closed, with the totals when it counted). Then (given the state dir) the
 timed sets are reconciled with what is left (timed_apply.reconcile): a closed
 session's window keys go, a window that opened meanwhile is filled. Each step goes through sessions,
 under the records lock, exactly as the hook's own close would.
@@ -14,9 +16,11 @@ Command line only: never on the hook's path.
 """
 
 import posix
+import time
 
 from . import cgroups, fastpath, records, runtree
 from .errors import NetfenceError
+from .hooklog import field, totals_fields
 from .liveness import is_alive
 from .plan import DEFAULT_CGROUP_BASE
 from .records import Lock
@@ -25,7 +29,7 @@ from .sessions import close_session, finish_session, release_user
 
 class GcReport:
     __slots__ = ("sessions", "users", "trees", "cgroups", "temp_files", "pending",
-                 "errors", "timed")
+                 "errors", "timed", "pruned")
 
     def __init__(self):
         self.sessions, self.users, self.cgroups, self.temp_files = 0, 0, 0, 0
@@ -33,6 +37,7 @@ class GcReport:
         self.pending = 0
         self.errors = []
         self.timed = None       # timed_apply.reconcile's result, when it ran
+        self.pruned = 0         # closed records removed (older than a day, over the cap)
 
     def __str__(self):
         text = (f"gc: {self.sessions} dead sessions closed, {self.users} users released, "
@@ -73,6 +78,7 @@ def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mou
         _reconcile_timed(run_dir, state_dir, report, mount)
     if mount is not None:
         report.cgroups += _remove_orphan_cgroups(run_dir, mount, cgroup_base)
+    report.pruned = records.prune_closed(run_dir, time.time())
     if records.stale_temp_files(run_dir):
         with Lock(run_dir):               # writers hold the lock: these are leftovers
             for path in records.stale_temp_files(run_dir):
@@ -108,9 +114,25 @@ def _collect_session(run_dir, record, report, timeout_ms, mount):
         report.errors.append(f"session {record['key']}: {err}")
         return
     if result["result"] == "closed":
+        log_close(record, result)
         report.sessions += 1
         report.users += int(result["released"])
         report.cgroups += int(result["cgroup"] == "removed")
+
+
+def close_event(record, result):
+    """The fields of gc's and watch's close event (event=closed): the session, and the
+    totals as the hook's close line has them (hooklog.totals_fields)."""
+    return {"event": "closed", "session": record["key"], "uid": record["uid"],
+            "released": int(result["released"]), "cgroup": result["cgroup"],
+            "path": record.get("cgroup"), **totals_fields(result)}
+
+
+def log_close(record, result):
+    """gc's close event, one line to syslog."""
+    from .apply import log_event
+    fields = close_event(record, result)
+    log_event("gc: " + " ".join(f"{k}={field(v)}" for k, v in fields.items()))
 
 
 def _collect_tree(run_dir, tree, report, timeout_ms, mount):

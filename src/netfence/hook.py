@@ -30,7 +30,7 @@ import _signal
 
 from . import formats, fsutil, pamitems
 from .errors import HookInputError, KernelError, NetfenceError, StateError
-from .hooklog import LOG_ERR, LOG_INFO, Log, show, timed_field
+from .hooklog import LOG_ERR, LOG_INFO, Log, show, timed_field, totals_fields
 
 STATE_DIR = "/var/lib/netfence"
 RUN_DIR = "/run/netfence"
@@ -389,6 +389,9 @@ def do_close(opts, ppid, launcher, budget, log):
     log.fields.update(uid=record["uid"], result="ok", cgroup=result["cgroup"],
                       released=int(result["released"]),
                       elements=sum(len(k) for k in result["destroyed"].values()))
+    log.fields.update(totals_fields(result))
+    if result.get("history_error"):
+        log.fields["history_error"] = result["history_error"]
     if result["gone_sets"]:
         log.fields["gone_sets"] = ",".join(result["gone_sets"])
 

@@ -6,7 +6,7 @@ Light on purpose (the hook imports it at every login): posix, errno and time, an
 `_socket` only when a line is written (matcher has loaded it by then); no `syslog`
 module, whose import the hook would pay for the logins that match nothing.
 timed_field writes the value of `timed=` (rules with `time`), importing timed.py only
-for the logins that have one.
+for the logins that have one; totals_fields the accounting fields of a close.
 """
 
 import errno
@@ -119,6 +119,22 @@ def field(value):
     if " " in text or "=" in text or '"' in text or not text.isprintable():
         return repr(text)
     return text
+
+
+def totals_fields(result):
+    """The accounting fields of a close's log line (sessions.close_session's result),
+    the one formatter of the hook's close line and gc's and watch's close events:
+    sent_bytes= recv_bytes= sent_packets= recv_packets= denied=P:n,... ("-": no
+    denial counted), or totals=unknown with totals_error= when they could not be read;
+    nothing for a session that did not count."""
+    totals = result.get("totals")
+    if totals is None:
+        error = result.get("totals_error")
+        return {"totals": "unknown", "totals_error": error} if error else {}
+    denied = ",".join(f"{name}:{count}" for name, count in sorted(totals["denied"].items()))
+    return {"sent_bytes": totals["sent_bytes"], "recv_bytes": totals["recv_bytes"],
+            "sent_packets": totals["sent_packets"], "recv_packets": totals["recv_packets"],
+            "denied": denied}
 
 
 def show(value, limit=64):

@@ -194,7 +194,8 @@ def set_templates(set_name, key_len, table=setkinds.TABLE):
 
 
 def build_templates(login, table=setkinds.TABLE):
-    """Message templates for every set of every profile of a login part.
+    """Message templates for every set of every profile of a login part, and for
+    the accounting sets a login fills (acct-out, acct-in, denied-P: cgroup ids).
 
     Marshal-able: {"format", "table", "family", "seq_offset", "begin", "end",
     "sets": {set name: {"key_len", "key_offset", "new", "destroy"}}}.
@@ -206,6 +207,10 @@ def build_templates(login, table=setkinds.TABLE):
     for owner in owners:
         for kind in setkinds.KINDS:
             sets[owner[kind.field]] = set_templates(owner[kind.field], kind.key_len, table)
+    counted = list((login.get("account") or {}).values())
+    counted += [owner["denied_set"] for owner in owners if owner.get("denied_set")]
+    for set_name in counted:
+        sets[set_name] = set_templates(set_name, setkinds.SCG.key_len, table)
     return {"format": formats.TEMPLATES, "table": table, "family": NFPROTO_INET,
             "seq_offset": NLMSG_SEQ_OFFSET, "begin": batch_message(NFNL_MSG_BATCH_BEGIN),
             "end": batch_message(NFNL_MSG_BATCH_END), "sets": sets}

@@ -179,9 +179,11 @@ class Ruleset:
 
     # -- writes --
 
-    def replace_table(self, table, elements, genid=None, prepared=None, timed=None):
+    def replace_table(self, table, elements, genid=None, prepared=None, timed=None,
+                      counts=None):
         """Replace the whole table (and put `elements` in its sets, `timed` ({set:
-        {hex key: ms}}) in its timed sets) in one transaction.
+        {hex key: ms}}) in its timed sets, with `counts` ({set: {hex key: (packets,
+        bytes)}}) the initial counters of counted sets' elements) in one transaction.
 
         With `genid`, the kernel refuses the transaction if the ruleset changed since
         that generation was read: GenerationChanged. `prepared`: a PreparedTable of
@@ -198,7 +200,7 @@ class Ruleset:
             delete = "destroy"
         else:
             delete = "delete" if self.table_exists(prepared.table.name) else None
-        messages = prepared.messages(elements, genid, delete, timed)
+        messages = prepared.messages(elements, genid, delete, timed, counts)
         try:
             self._conn.batch(f"replace table inet {prepared.table.name}", messages)
         except AcksLost:

@@ -11,8 +11,9 @@ import itertools
 
 from . import nftnl_msg as m, setkinds
 from . import nfconst as nf
-from .nfencode import (element_list_message, interval_list_message, nft_message,
-                       set_flush_message, static_elements, timed_list_message)
+from .counters import counter_expression
+from .nfencode import (attr, cstring, element_list_message, interval_list_message, nested,
+                       nft_message, set_flush_message, static_elements, timed_list_message)
 from .nftnl_expr import encode_expr, rule_body
 
 HOOKS = {"prerouting": nf.NF_INET_PRE_ROUTING, "input": nf.NF_INET_LOCAL_IN,
@@ -125,10 +126,12 @@ class PreparedTable:
         self.body = body.messages
         self.next_seq = seq_base + 2 + len(self.body)
 
-    def messages(self, elements, genid=None, delete="destroy", timed=None):
+    def messages(self, elements, genid=None, delete="destroy", timed=None, counts=None):
         """The whole transaction, BEGIN to END, with `elements` in the new sets, the
         ranges in its interval sets and `timed` ({set: {hex key: ms}}, timed.py's
-        elements with the time each has left) in its timed sets."""
+        elements with the time each has left) in its timed sets. counts: {set: {hex
+        key: (packets, bytes)}}, the old table's counters: an element of a counted set
+        found there starts from them (a reload must not zero anyone's totals)."""
         name = self.table.name
         begin = self.seq_base
         out = [("begin transaction",
@@ -141,10 +144,12 @@ class PreparedTable:
                                 flags=ACKED), begin + 1))
         out += self.body
         tail = Batch(itertools.count(self.next_seq).__next__, begin=False)
-        wanted = {s.name for s in self.table.sets}
-        add_element_messages(tail, name, {k: v for k, v in elements.items() if k in wanted},
-                             nf.NFT_MSG_NEWSETELEM, "add")
         sets = {s.name: s for s in self.table.sets}
+        plain, counted = split_counted(
+            {k: v for k, v in elements.items() if k in sets},
+            {k: v for k, v in (counts or {}).items() if k in sets and sets[k].counter})
+        add_element_messages(tail, name, plain, nf.NFT_MSG_NEWSETELEM, "add")
+        add_counted_messages(tail, name, counted)
         add_interval_messages(tail, name, {
             set_name: static_elements(items, setkinds.KEY_TYPES[sets[set_name].key][1],
                                       sets[set_name].interval)
@@ -238,6 +243,41 @@ def add_element_messages(batch, table_name, elements, msg_type, verb):
             data = element_list_message(msg_type, ACKED | flags, seq, table_name, set_name,
                                         [bytes.fromhex(k) for k in chunk])
             batch.messages.append((f"{verb} {len(chunk)} element(s) of set {set_name}",
+                                   data, seq))
+
+
+def split_counted(elements, counts):
+    """(elements without a carried counter {set: [hex key]}, those with one {set: {hex
+    key: (packets, bytes)}})."""
+    plain, counted = {}, {}
+    for set_name, keys in elements.items():
+        known = counts.get(set_name, {})
+        plain[set_name] = [k for k in keys if k not in known]
+        carried = {k: known[k] for k in keys if k in known}
+        if carried:
+            counted[set_name] = carried
+    return plain, counted
+
+
+def add_counted_messages(batch, table_name, elements):
+    """Queue NEWSETELEM messages of counted elements ({set: {hex key: (packets,
+    bytes)}}): each element carries NFTA_SET_ELEM_EXPR, a counter with those initial
+    values, which the kernel's counter init takes instead of zero."""
+    for set_name, keys in elements.items():
+        items = sorted(keys.items())
+        for start in range(0, len(items), ELEMENTS_PER_MESSAGE):
+            chunk = items[start:start + ELEMENTS_PER_MESSAGE]
+            seq = batch.next_seq()
+            body = b"".join(
+                nested(nf.NFTA_LIST_ELEM,
+                       nested(nf.NFTA_SET_ELEM_KEY, attr(nf.NFTA_DATA_VALUE, bytes.fromhex(k)))
+                       + nested(nf.NFTA_SET_ELEM_EXPR, counter_expression(*count)))
+                for k, count in chunk)
+            data = nft_message(nf.NFT_MSG_NEWSETELEM, ACKED | nf.NLM_F_CREATE, (
+                attr(nf.NFTA_SET_ELEM_LIST_TABLE, cstring(table_name))
+                + attr(nf.NFTA_SET_ELEM_LIST_SET, cstring(set_name))
+                + nested(nf.NFTA_SET_ELEM_LIST_ELEMENTS, body)), seq)
+            batch.messages.append((f"add {len(chunk)} counted element(s) of set {set_name}",
                                    data, seq))
 
 

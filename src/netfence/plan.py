@@ -13,6 +13,9 @@ tested alone and read in one place:
   releasing / after_pending
                  the records of a user release and of a finished pending destroy
   run_record     the record of a `netfence run` tree (closed with close_plan too)
+  account_elements / counted / totals
+                 accounting: the elements that count a cgroup (docs/hook.md,
+                 "Accounting"), those of a record, and its totals from the counters
 
 Elements are {set name: [hex key, ...]} (records.py); union, merge_into and subtract
 are their algebra, shared with reload. Timed elements (rules with `time`: sets with a
@@ -105,6 +108,55 @@ def elements_for(profiles, user_profiles, session_profiles, uid, cgroup, guards=
     return out["user"], out["session"]
 
 
+def account_elements(login, profile_names, cgroup_id):
+    """{set: [hex key]} that count one cgroup (docs/hook.md, "Accounting"): when one
+    of profile_names counts (its login part has "denied_set"), the cgroup's id goes in
+    the login part's "account" sets (acct-out, acct-in) and in denied-P of each
+    counting P, whatever the profile's scope or directions: a profile with no rule
+    but `account = true` counts too. Nothing for a cgroup id of None (a run tree has no
+    user cgroup) or when nothing counts."""
+    account = login.get("account") or {}
+    denied = [login["profiles"][name]["denied_set"] for name in profile_names
+              if login["profiles"].get(name, {}).get("denied_set")]
+    if not denied or cgroup_id is None:
+        return {}
+    names = [account[field] for field in sorted(setkinds.ACCT_FIELDS) if account.get(field)]
+    key = setkinds.SCG.key(cgroup_id)      # cgroupsv2, host order: both levels alike
+    return {name: [key] for name in dict.fromkeys(names + denied)}
+
+
+def _login_profiles(user_profiles, session_profiles, timed_rules):
+    """Every profile a login may get, its timed rules' included: counting a cgroup
+    while a window is closed counts nothing the profile denies (denied-P is only
+    reached through P's rules), and the traffic it counts is the session's own."""
+    names = list(user_profiles) + list(session_profiles)
+    names += [name for _index, _scope, profiles, _windows in timed_rules for name in profiles]
+    return list(dict.fromkeys(names))
+
+
+def counted(elements):
+    """The accounting elements among {set: [hex key]} (setkinds.is_counted): what a
+    close reads the totals of."""
+    return {s: list(keys) for s, keys in elements.items() if keys and setkinds.is_counted(s)}
+
+
+def totals(counters):
+    """A record's totals from counters.read_counters' answer for its counted elements
+    ({set: {hex key: (packets, bytes)}}): {"sent_bytes", "sent_packets", "recv_bytes",
+    "recv_packets", "denied": {profile: packets}}; None when the kernel held none of
+    them (no table, or the elements were gone): unknown, not zero."""
+    if not any(counters.values()):
+        return None
+    def summed(set_name, index):
+        return sum(pair[index] for pair in counters.get(set_name, {}).values())
+    out, fields = {}, setkinds.ACCT_FIELDS
+    for prefix, set_name in (("sent", fields["out"]), ("recv", fields["in"])):
+        out[f"{prefix}_bytes"], out[f"{prefix}_packets"] = summed(set_name, 1), summed(set_name, 0)
+    out["denied"] = {s[len(setkinds.DENIED_PREFIX):]: summed(s, 0) for s in sorted(counters)
+                     if s.startswith(setkinds.DENIED_PREFIX) and counters[s]}
+    return out
+
+
 def timed_entries(login, decided, uid, cgroup):
     """record["timed"] of one login: decided is matcher.Decision.timed ((rule index,
     scope, profiles, windows)); each entry keeps the keys of its window sets whatever
@@ -133,6 +185,9 @@ def session_record(login, info, session, user_profiles, session_profiles, cgroup
     user_elements, session_elements = elements_for(
         login["profiles"], user_profiles, session_profiles, info["uid"], cgroup,
         login.get("guards"))
+    every = _login_profiles(user_profiles, session_profiles, timed_rules)
+    merge_into(user_elements, account_elements(login, every, cgroup["user_id"]))
+    merge_into(session_elements, account_elements(login, every, cgroup["id"]))
     return {
         **info,                     # user, uid and every PAM item the login matched on
         "key": session["key"], "ppid": session["ppid"], "starttime": session["starttime"],
@@ -155,6 +210,7 @@ def run_record(login, run, profiles, cgroup, now):
     (close_plan with no user) never releases anyone's user elements."""
     _, elements = elements_for(login["profiles"], (), profiles, run["uid"],
                                {"id": cgroup["id"], "user_id": None}, login.get("guards"))
+    merge_into(elements, account_elements(login, profiles, cgroup["id"]))
     return {**run, "kind": "run", "profiles": list(profiles),
             "policy_id": login.get("policy_id", ""), "cgroup": cgroup["path"],
             "cgroup_id": cgroup["id"], "created": cgroup["created"],

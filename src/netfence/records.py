@@ -10,6 +10,9 @@ added, so that its close removes exactly that, and gc and reload can find it.
       runs/KEY          one per `netfence run` tree (kind "run"), KEY = "<pid>-<start
                         time>" of the run process; its elements are session-scope,
                         keyed by the tree's own cgroup (runtree.py)
+      closed/KEY        a closed session's or run tree's identity, "closed_at" and
+                        its "totals" when it counted (records_closed.py): history for
+                        `netfence log`, never read as live
 
 A session record's "timed" (rules with `time`: their keys, whatever the clock says),
 a user record's "timed" (its sessions' user-scope entries, kept after their logout
@@ -53,22 +56,27 @@ KEY_CHARS = frozenset("0123456789-")
 def ensure_dirs(run_dir):
     """Create run_dir (0700) and its subdirectories; refuse one others could write."""
     for path in (run_dir, *(f"{run_dir}/{kind}" for kind in KINDS)):
+        ensure_dir(path)
+
+
+def ensure_dir(path):
+    """Create one directory of run_dir (0700), or check the one there."""
+    try:
+        st = posix.lstat(path)
+    except FileNotFoundError:
         try:
+            posix.mkdir(path, 0o700)
             st = posix.lstat(path)
-        except FileNotFoundError:
-            try:
-                posix.mkdir(path, 0o700)
-                st = posix.lstat(path)
-            except FileExistsError:
-                st = posix.lstat(path)
-            except OSError as err:
-                raise StateError(f"mkdir {path}: {err.strerror}") from None
-        euid = posix.geteuid()
-        problem = ("not a directory" if st.st_mode & fsutil.S_IFMT != fsutil.S_IFDIR
-                   else fsutil.owner_problem(st, euid))
-        if problem:
-            raise StateError(f"{path}: {problem}; not a directory owned by uid {euid} "
-                             f"and writable only by it: refusing to keep records there")
+        except FileExistsError:
+            st = posix.lstat(path)
+        except OSError as err:
+            raise StateError(f"mkdir {path}: {err.strerror}") from None
+    euid = posix.geteuid()
+    problem = ("not a directory" if st.st_mode & fsutil.S_IFMT != fsutil.S_IFDIR
+               else fsutil.owner_problem(st, euid))
+    if problem:
+        raise StateError(f"{path}: {problem}; not a directory owned by uid {euid} "
+                         f"and writable only by it: refusing to keep records there")
 
 
 class Lock(fsutil.Lock):
@@ -182,6 +190,8 @@ def names(run_dir, kind):
 
 
 def _all(run_dir, kind, strict=False):
+    """The records of one live kind. One carrying "closed_at" is history that has no
+    business there (records_closed writes only to closed/): never taken as live."""
     out = []
     for name in names(run_dir, kind):
         try:
@@ -190,7 +200,7 @@ def _all(run_dir, kind, strict=False):
             if strict:
                 raise
             continue
-        if record is not None:
+        if record is not None and "closed_at" not in record:
             out.append(record)
     return out
 
@@ -252,3 +262,25 @@ def stale_temp_files(run_dir):
             continue
         out += [f"{run_dir}/{kind}/{n}" for n in names if ".tmp" in n]
     return out
+
+
+# ---- closed sessions (records_closed.py; here so that callers need one module) ------
+
+def list_closed(run_dir):
+    """Every closed session's and run tree's record, oldest first (closed_at)."""
+    from .records_closed import list_closed as listing
+    return listing(run_dir)
+
+
+def find_by_cgroup(run_dir, cgroup_id_low32, at=None):
+    """The record of the session or run tree whose cgroup id has these low 32 bits
+    (an nflog copy's mark): live first, then closed, newest first; None."""
+    from .records_closed import find_by_cgroup as find
+    return find(run_dir, cgroup_id_low32, at)
+
+
+def prune_closed(run_dir, now, keep_s=None):
+    """Remove the closed records older than keep_s (default 24 h) and those over the
+    cap; returns how many went."""
+    from .records_closed import KEEP_S, prune_closed as prune
+    return prune(run_dir, now, KEEP_S if keep_s is None else keep_s)

@@ -34,9 +34,13 @@ def render_set(set_def, keys=()):
                                    ("timeout", set_def.timeout)) if on]
     if flags:
         lines.append(f"\t\tflags {','.join(flags)}")
+    if set_def.counter:
+        lines.append("\t\tcounter")
     if keys:
-        shown = ", ".join(render_key(set_def.key, k) if isinstance(k, str) else _render_range(k)
-                          for k in keys)
+        # a counted set's elements each show their counter (a new one: at zero)
+        counter = " counter packets 0 bytes 0" if set_def.counter else ""
+        shown = ", ".join(render_key(set_def.key, k) + counter if isinstance(k, str)
+                          else _render_range(k) for k in keys)
         lines.append(f"\t\telements = {{ {shown} }}")
     lines.append("\t}")
     return "\n".join(lines)
@@ -100,6 +104,14 @@ def _render_at(exprs, i, state, counters):
         return 3, "ct state new"
     if kind == "payload":
         return _payload(exprs, i, state)
+    if kind in ("meta", "socket"):
+        # a load another statement uses (emit-P's meta set mark): nft prints it there
+        reg = expr[2] if kind == "meta" and len(expr) == 3 else 1
+        state[("reg", reg)] = (f"meta {expr[1]}" if kind == "meta"
+                               else f"socket cgroupv2 level {expr[2]}")
+        return 1, ""
+    if kind == "meta_set":
+        return 1, f"meta {expr[1]} set {state[('reg', expr[2])]}"
     return 1, _simple(expr, counters)
 
 
@@ -152,6 +164,9 @@ def _simple(expr, counters):
     if kind == "log":
         flags = " flags skuid" if expr[2] & NF_LOG_UID else ""
         return f'log prefix "{expr[1]}"{flags}'
+    if kind == "nflog":
+        _, prefix, group, snaplen = expr
+        return f'log prefix "{prefix}" group {group}' + (f" snaplen {snaplen}" if snaplen else "")
     if kind == "reject":
         return "reject with tcp reset" if expr[1] == "tcp-reset" else "reject"
     if kind == "verdict":

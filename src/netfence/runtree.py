@@ -30,7 +30,7 @@ from . import cgroups, fastpath, plan, records
 from .errors import NetfenceError, StateError, UsageError
 from .liveness import has_processes, proc_starttime
 from .records import Lock
-from .sessions import UNDO_TIMEOUT_MS, finish_pending, known_refused
+from .sessions import UNDO_TIMEOUT_MS, finish_pending, keep_history, known_refused
 
 NAME_CHARS = cgroups.BASE_CHARS
 MAX_NAME = 64
@@ -171,6 +171,7 @@ def close_tree(run_dir, key, mount, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, leav
             return "alive"
         todo = plan.close_plan(record, [], [], None, False, {})
         records.write(record_file, todo["closing"])
+        keep_history(run_dir, record)           # totals and closed record, as a session's
         fastpath.destroy_elements(todo["destroy"], timeout_ms)
         if todo["ours"]:
             cgroups.remove(mount, record["cgroup"])

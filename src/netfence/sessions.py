@@ -14,7 +14,9 @@ element without a record.
          cgroup is put back.
   close: records first (the session marked closing, with the elements to destroy;
          the user record updated, or deleted when the user is released) -> leave the
-         cgroup, one destroy batch, rmdir -> the session record deleted.
+         cgroup, the totals read (only a session that counted), the closed record
+         kept (records_closed) -> one destroy batch, rmdir -> the session record
+         deleted.
 
 A record left with a pending "destroy" (a crash, a refused batch, the hook's deadline)
 is finished by the next close of that session or by gc: it destroys the pending
@@ -38,7 +40,7 @@ import errno
 import time
 
 from . import cgroups, fastpath, plan, records, timed
-from .errors import KernelError, StateError
+from .errors import KernelError, NetfenceError, StateError
 from .liveness import has_processes, is_alive, session_key
 from .records import Lock
 
@@ -237,13 +239,46 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
             # which would stop the hook while it holds the records lock.
             cgroups.leave(mount, record.get("origin"), pids[:1])
             cgroups.leave(mount, "/", pids[1:])
+        ended = keep_history(run_dir, record)
         gone = fastpath.destroy_elements(todo["destroy"], timeout_ms, detach=detach)
         cgroup = cgroups.remove(mount, record["cgroup"]) if todo["ours"] else "kept"
         if todo["release"]:
             _remove_user_cgroups(todo["user"], mount)
         records.delete(session_file)
     return {"result": "closed", "record": record, "destroyed": todo["destroy"],
-            "released": todo["release"], "cgroup": cgroup, "gone_sets": gone}
+            "released": todo["release"], "cgroup": cgroup, "gone_sets": gone, **ended}
+
+
+def keep_history(run_dir, record):
+    """Before the destroy batch (the elements still count): the record's totals, when
+    it has counted elements, and its closed record (records_closed). Neither failure
+    stops the close: the elements must go whatever the history says. Returns
+    {"totals": dict or None, "totals_error": why unknown or None, "history_error"}."""
+    from .records_closed import keep_closed
+    totals, error = read_totals(record)
+    history_error = None
+    try:
+        keep_closed(run_dir, record, time.time(), totals)
+    except StateError as err:               # a full /run: history lost, close goes on
+        history_error = str(err)
+    return {"totals": totals, "totals_error": error, "history_error": history_error}
+
+
+def read_totals(record):
+    """(totals, None), (None, why) when they could not be read, or (None, None) for a
+    record without accounting (no read, no import: free for logins that do not
+    count). Reads exactly the record's counted session elements, one GETSETELEM each.
+    Bounded by the read's socket timeout and by the caller's deadline: the hook's
+    alarm ending the read leaves the totals unknown and the close goes on."""
+    keys = plan.counted(record.get("session_elements", {}))
+    if not keys:
+        return None, None
+    try:
+        from .counters import read_counters
+        totals = plan.totals(read_counters(keys=keys))
+    except (NetfenceError, OSError, ImportError) as err:   # HookTimeout included
+        return None, f"{type(err).__name__}: {err}"
+    return (totals, None) if totals is not None else (None, "elements not in the kernel")
 
 
 def _read_for_close(run_dir, record, pids, mount):

@@ -45,9 +45,7 @@ def close_if_dead(run_dir, key, mount):
     result = sessions.close_session(run_dir, key, mount=mount)
     if result["result"] != "closed":
         return None
-    return {"event": "closed", "session": key, "uid": record["uid"],
-            "released": int(result["released"]), "cgroup": result["cgroup"],
-            "path": record.get("cgroup")}
+    return collect.close_event(record, result)
 
 
 def release_if_idle(run_dir, uid, mount):

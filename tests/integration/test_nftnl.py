@@ -78,8 +78,8 @@ TCP, ANY_STATE = "06", "00000000"
 EVERY_KIND = ir.TableDef(
     sets=(S("uid-web", "uid"), S("uid-db", "uid"),
           S("scg-web", "cgroupsv2"), S("ucg-web", "cgroupsv2"),
-          S("ruid-web", "uid", timeout=True)),
-    chains=(C("out-web"), C("deny-web"), C("egress", hook="output"),
+          S("ruid-web", "uid", timeout=True), S("acct-out", "cgroupsv2", counter=True)),
+    chains=(C("out-web"), C("deny-web"), C("emit-web"), C("egress", hook="output"),
             C("ingress", hook="input", priority=-10, policy="accept")),
     rules=(
         R("out-web", (("meta", "nfproto"), ("cmp", "eq", "02"),
@@ -108,6 +108,11 @@ EVERY_KIND = ir.TableDef(
         R("out-web", (("counter",), ("reject", "icmpx-port-unreachable")), "default"),
         R("deny-web", (("limit", 5, 1, 10), ("log", "netfence deny profile=web ", 8))),
         R("deny-web", (("verdict", "drop"),)),
+        R("emit-web", (("meta", "mark", 2), ("socket", "cgroupv2", 3), ("meta_set", "mark", 1),
+                       ("nflog", "netfence web", 5140, 128), ("meta_set", "mark", 2),
+                       ("verdict", "return"))),
+        R("emit-web", (("nflog", "netfence web nocg", 5140, 128),)),
+        R("egress", (("socket", "cgroupv2", 3), ("lookup", "acct-out"))),
         R("egress", (("meta", "skuid"), ("lookup", "uid-web"), ("verdict", "jump", "out-web"))),
         R("egress", (("meta", "skuid"), ("lookup", "uid-db"), ("verdict", "jump", "out-web"))),
         R("egress", (("socket", "cgroupv2", 3), ("lookup", "scg-web"),
@@ -130,6 +135,11 @@ EXPECTED_LINES = [
     'counter packets 0 bytes 0 reject comment "default"',
     'limit rate 5/second burst 10 packets log prefix "netfence deny profile=web " flags skuid',
     'meta skuid @uid-web jump out-web',
+    'meta mark set socket cgroupv2 level 3 log prefix "netfence web" group 5140 snaplen 128 '
+    'meta mark set meta mark return',
+    'log prefix "netfence web nocg" group 5140 snaplen 128',
+    'socket cgroupv2 level 3 @acct-out',
+    'counter',
     'socket cgroupv2 level 3 @scg-web jump out-web',
     'type filter hook input priority filter - 10; policy accept;',
     'iif "lo" accept',
@@ -164,11 +174,13 @@ def test_round_trip_every_expression(netns):
 NFT_TEXT = """table inet {name} {{
     set uid-a {{ type uid; }}
     set cg-a {{ type cgroupsv2; }}
+    set acct-a {{ type cgroupsv2; counter; }}
     chain out-a {{
         ip daddr 10.1.2.3 counter accept
         tcp dport 443 return
         oif "lo" return
         limit rate 5/second burst 10 packets log prefix "x " flags skuid
+        meta mark set meta mark log prefix "y" group 7 snaplen 64
         reject
         drop
     }}
@@ -183,7 +195,7 @@ NFT_TEXT = """table inet {name} {{
 """
 
 SAME_AS_NFT_TEXT = ir.TableDef(
-    sets=(S("uid-a", "uid"), S("cg-a", "cgroupsv2")),
+    sets=(S("uid-a", "uid"), S("cg-a", "cgroupsv2"), S("acct-a", "cgroupsv2", counter=True)),
     chains=(C("out-a"), C("egress", hook="output"), C("ingress", hook="input")),
     rules=(
         R("out-a", (("meta", "nfproto"), ("cmp", "eq", "02"), ("payload", "network", 16, 4),
@@ -192,6 +204,7 @@ SAME_AS_NFT_TEXT = ir.TableDef(
                     ("cmp", "eq", "01bb"), ("verdict", "return"))),
         R("out-a", (("meta", "oif"), ("cmp", "eq", "01000000"), ("verdict", "return"))),
         R("out-a", (("limit", 5, 1, 10), ("log", "x ", 8))),
+        R("out-a", (("meta", "mark"), ("meta_set", "mark", 1), ("nflog", "y", 7, 64))),
         R("out-a", (("reject", "icmpx-port-unreachable"),)),
         R("out-a", (("verdict", "drop"),)),
         R("egress", (("meta", "skuid"), ("lookup", "uid-a"), ("verdict", "jump", "out-a"))),
@@ -214,6 +227,7 @@ def test_same_as_nft(netns, cgroup_dir):
         ruleset.replace_table(SAME_AS_NFT_TEXT, elements)
         ref = ruleset.read_table("ref")
         assert ref.rules == SAME_AS_NFT_TEXT.rules
+        assert ref.sets == SAME_AS_NFT_TEXT.sets
         assert _sorted(ruleset.read_elements("ref")) == _sorted(ruleset.read_elements())
     ours = netns.nft("list", "table", "inet", "netfence").stdout
     theirs = netns.nft("list", "table", "inet", "ref").stdout

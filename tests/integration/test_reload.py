@@ -31,6 +31,12 @@ egress = [
 ]
 egress_default = "reject"
 log = true
+account = true
+
+[profile.watched]
+egress = [ {{ action = "deny", proto = "tcp", ports = [25] }} ]
+mode = "monitor"
+account = true
 
 [profile.no-servers]
 ingress = [ {{ action = "allow", from = ["loopback"] }} ]

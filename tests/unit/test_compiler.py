@@ -90,17 +90,21 @@ def test_logging_profiles_go_to_logging_chains():
                                          (("verdict", "drop"),)]
     assert rules_in(table, "log-p") == [(("limit", 5, 1, 10), ("verdict", "goto", "emit-p"))]
     marked, plain = rules_in(table, "emit-p")
-    # the mark is lent to the session cgroup id for the nflog copy, then put back
+    # the mark is lent to the session cgroup id for the nflog copy, then put back; the
+    # rule returns, or the nocg rule would log the same denial a second time
     assert marked == (("meta", "mark", 2), ("socket", "cgroupv2", 3), ("meta_set", "mark", 1),
-                      ("nflog", "netfence p", 5140, 128), ("meta_set", "mark", 2))
+                      ("nflog", "netfence p", 5140, 128), ("meta_set", "mark", 2),
+                      ("verdict", "return"))
     assert plain == (("nflog", "netfence p nocg", 5140, 128),)
 
 
 def test_monitor_mode_logs_and_lets_through():
     table = table_of(Profile("p", egress=(NetRule("deny", ("udp",)),), mode="monitor",
                              egress_default="reject"))
-    assert rules_in(table, "deny-p") == [(("verdict", "jump", "log-p"),), (("verdict", "return"),)]
-    assert rules_in(table, "reject-p") == [(("verdict", "jump", "log-p"),),
+    # only a flow's first packet is logged (and counted): the flow goes on
+    assert rules_in(table, "deny-p") == [compiler.CT_NEW + (("verdict", "jump", "log-p"),),
+                                         (("verdict", "return"),)]
+    assert rules_in(table, "reject-p") == [compiler.CT_NEW + (("verdict", "jump", "log-p"),),
                                            (("verdict", "return"),)]
 
 

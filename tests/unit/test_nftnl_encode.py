@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("pyroute2")
 
-from netfence import ir, nfconst as nf, nftnl_msg as m  # noqa: E402
-from netfence.nftnl import encode_batch  # noqa: E402
+from netfence import counters, ir, nfconst as nf, nftnl_msg as m  # noqa: E402
+from netfence.nftnl import PreparedTable, encode_batch  # noqa: E402
 from netfence.nftnl_expr import decode_expr, encode_expr  # noqa: E402
 
 EVERY_EXPR = [
@@ -156,3 +156,21 @@ def test_bulk_element_messages_match_pyroute2(msg_type, flags, key_len, count):
            for e in decoded.get_attr('NFTA_SET_ELEM_LIST_ELEMENTS')]
     assert [bytes.fromhex(k.replace(":", "")) if isinstance(k, str) else bytes(k)
             for k in got] == keys
+
+
+def test_carried_counters_go_with_the_kept_elements_of_counted_sets_only():
+    table = ir.TableDef(sets=(ir.SetDef("acct-out", "cgroupsv2", counter=True),
+                              ir.SetDef("scg-web", "cgroupsv2")), chains=(), rules=())
+    old, new, other = "01" * 8, "02" * 8, "03" * 8
+    messages = PreparedTable(table).messages(
+        {"acct-out": [old, new], "scg-web": [old]}, counts={
+            "acct-out": {old: (5, 700), other: (1, 1)},     # other: not kept
+            "scg-web": {old: (9, 9)},                        # not a counted set any more
+            "gone": {old: (1, 1)}})
+    ops = [op for op, _data, _seq in messages if "element" in op]
+    assert ops == ["add 1 element(s) of set acct-out", "add 1 element(s) of set scg-web",
+                   "add 1 counted element(s) of set acct-out"]
+    counted = [data for op, data, _seq in messages if "counted" in op][0]
+    assert bytes.fromhex(old) in counted and bytes.fromhex(other) not in counted
+    # NFTA_SET_ELEM_EXPR: a counter starting at 5 packets, 700 bytes
+    assert counters.counter_expression(5, 700) in counted

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("pyroute2")
 
 from fixtures.nftables import scenario  # noqa: E402
-from netfence import fastpath, fastpath_py, nftnl_dump, nftnl_msg as m  # noqa: E402
+from netfence import counters, fastpath, fastpath_py, nftnl_dump, nftnl_msg as m  # noqa: E402
 from netfence import nfconst as nf  # noqa: E402
 from netfence.nftnl import PreparedTable, differences, expected_summary  # noqa: E402
 
@@ -108,3 +108,17 @@ def test_dump_requests_are_encoded_as_sent():
         seq = int.from_bytes(request[8:12], nf.HOST_ORDER)
         assert m.build(cls, msg_type, attrs, seq,
                        flags=nf.NLM_F_REQUEST | nf.NLM_F_DUMP) == request
+
+
+def test_counted_sets_carry_their_counter_and_every_element_one():
+    """The kernel dumps a counted set with NFTA_SET_EXPR and each of its elements with
+    a counter (at zero: nothing was sent in the capture's namespace)."""
+    counted = {s.name for s in nftnl_dump.table_of(
+        TABLE, decoded("getset.hex"), (), ()).sets if s.counter}
+    assert counted == {"acct-out", "acct-in", "denied-web"}
+    for name in sorted(counted):
+        got = {}
+        for raw in replies(scenario.elements_file(name)):
+            attrs = counters.parse_attrs(raw, counters.ATTRS_OFFSET)
+            got.update(counters.element_counters(attrs[nf.NFTA_SET_ELEM_LIST_ELEMENTS]))
+        assert got == {key: (0, 0) for key in scenario.RELOADED[name]}
