@@ -45,10 +45,16 @@ def collect(paths):
         data["table"], data["rules"], counted = _read_kernel(applied)
     except NetfenceError as err:
         data["up"], data["problem"] = False, str(err)
-    sessions = records.list_sessions(paths.run_dir)
+    try:
+        sessions, runs, users = (records.list_sessions(paths.run_dir),
+                                 records.list_runs(paths.run_dir),
+                                 records.list_users(paths.run_dir))
+    except (NetfenceError, OSError) as err:     # not root, a damaged run dir
+        sessions, runs, users = [], [], []
+        data["up"] = False
+        data["problem"] = data["problem"] or f"records in {paths.run_dir}: {err}"
     data["sessions"] = sum(1 for r in sessions if not r.get("closing"))
-    data["accounting"] = accounting.join(sessions, records.list_runs(paths.run_dir),
-                                         records.list_users(paths.run_dir), counted)
+    data["accounting"] = accounting.join(sessions, runs, users, counted)
     return data
 
 

@@ -156,3 +156,18 @@ def test_status_survives_unreadable_counters(monkeypatch):
     assert got == {} and "No buffer space" in problem
     assert status.read_accounting(False, {"login": {"account": {"out": "x"}}}) == ({}, None)
     assert status.read_accounting(True, {"login": {"account": {}}}) == ({}, None)
+
+
+def test_unreadable_records_are_up_0_not_a_traceback(tmp_path, monkeypatch):
+    """(Not root, or a run dir someone broke): the file is still whole, and says so."""
+    from netfence.apply import Paths
+    monkeypatch.setattr(metrics, "_read_kernel", lambda applied: (True, [], {}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "sessions").write_text("not a directory")
+    paths = Paths(str(tmp_path / "etc"), str(tmp_path / "state"), str(run_dir))
+    data = metrics.collect(paths)
+    assert data["up"] is False and "records in" in data["problem"]
+    families = parse(metrics.render(data))
+    assert samples(families["netfence_up"]) == {(): 0}
+    assert samples(families["netfence_table_present"]) == {(): 1}
