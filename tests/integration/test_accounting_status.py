@@ -63,31 +63,28 @@ def in_cgroup(cgroup, argv):
 
 def fake_session(nf):
     """Records and kernel elements of one session of `nobody` that got web and trial
-    (session scope), both counted: what the hook's open leaves behind."""
+    (session scope), both counted: what the hook's open leaves behind, planned by the
+    hook's own code (plan.session_record, plan.open_plan), so that status joins the
+    records the hook really writes."""
     user_path, user_id = nf.make_cgroup(f"user-{UID}")
     session_path, session_id = nf.make_cgroup(f"user-{UID}/session-{KEY}")
     login = read_snapshot(nf.state_dir)["login"]
-    cgroup = {"id": session_id, "user_id": user_id}
-    _, session_elements = plan.elements_for(login["profiles"], (), ["web", "trial"], UID,
-                                            cgroup, login.get("guards"))
-    counted = ["acct-out", "acct-in", "denied-web", "denied-trial"]
-    session_elements.update({name: [SCG.key(session_id)] for name in counted})
-    user_elements = {name: [SCG.key(user_id)] for name in counted}
+    cgroup = {"path": session_path, "id": session_id, "user_path": user_path,
+              "user_id": user_id, "created": True, "origin": "test"}
+    info = {"user": USER, "uid": UID, "service": "sshd", "rhost": "198.51.100.7",
+            "tty": "ssh"}
+    record = plan.session_record(login, info, {"key": KEY, "ppid": 1, "starttime": 1},
+                                 [], ["web", "trial"], cgroup, time.time())
+    todo = plan.open_plan(record, None, None, [], [], (), time.time())
+    for counted in ("acct-out", "acct-in", "denied-web", "denied-trial"):
+        assert todo["record"]["session_elements"][counted] == [SCG.key(session_id)]
+        assert todo["user"]["elements"][counted] == [SCG.key(user_id)]
     records.ensure_dirs(nf.run_dir)
-    records.write(records.session_path(nf.run_dir, KEY), {
-        "key": KEY, "user": USER, "uid": UID, "service": "sshd", "rhost": "198.51.100.7",
-        "tty": "ssh", "cgroup": session_path, "cgroup_id": session_id,
-        "user_cgroup": user_path, "user_cgroup_id": user_id, "opened_at": time.time(),
-        "session_elements": session_elements, "user_elements": user_elements,
-        "user_profiles": [], "session_profiles": ["web", "trial"], "timed": []})
-    records.write(records.user_path(nf.run_dir, UID), {
-        "uid": UID, "user": USER, "elements": user_elements, "sessions": [KEY],
-        "user_cgroups": [user_path], "live_cgroups": [user_path]})
+    records.write(records.session_path(nf.run_dir, KEY), todo["record"])
+    records.write(records.user_path(nf.run_dir, UID), todo["user"])
     add = ("import json, sys; from netfence.nftnl import Ruleset\n"
            "with Ruleset() as r: r.add_elements(json.loads(sys.argv[1]))")
-    both = {name: session_elements.get(name, []) + user_elements.get(name, [])
-            for name in set(session_elements) | set(user_elements)}
-    nf.netns.run([sys.executable, "-c", add, json.dumps(both)])
+    nf.netns.run([sys.executable, "-c", add, json.dumps(todo["send"])])
     return session_path, session_id, user_id
 
 
