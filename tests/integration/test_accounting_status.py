@@ -158,6 +158,13 @@ def test_status_and_metrics_show_a_sessions_traffic_and_denials(nf):
     assert {k: after[k] for k in ("sent_bytes", "recv_bytes", "denied")} == {
         k: row[k] for k in ("sent_bytes", "recv_bytes", "denied")}
 
+    # closed (its record gone, the user's processes left): its series go, the user's stay
+    records.delete(records.session_path(nf.run_dir, KEY))
+    closed = metric_samples(nf.cli("metrics").stdout)
+    assert not [k for k in closed if ("session", KEY) in k[1]], closed
+    assert closed[("netfence_sessions", ())] == 0
+    assert closed[("netfence_user_sent_bytes_total", user_labels)] == user["sent_bytes"]
+
     explained = nf.cli("explain", USER, "--service", "sshd").stdout
     assert "profile trial: MONITOR mode" in explained, explained
     assert "profile web: enforce mode" in explained and "counted (bytes" in explained
