@@ -39,6 +39,8 @@ def build_parser():
                          help='login time: "Mo 09:30", "2026-12-01 09:30" or "09:30" (default: now)')
     status = commands.add_parser("status", help="the table's state: profiles, live entries")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("metrics", help="accounting and rule counters in the Prometheus "
+                                        "text format (docs/accounting.md)")
     commands.add_parser("flush", help="remove netfence's table and live state")
     commands.add_parser("gc", help="restore a missing or altered table; remove entries of "
                                    "sessions and users that are gone")
@@ -138,6 +140,14 @@ def cmd_status(args, paths):
         print(json.dumps(state, indent=2, sort_keys=True))
     else:
         print(format_text(state), end="")
+
+
+def cmd_metrics(args, paths):
+    from .metrics import collect, render
+    data = collect(paths)
+    print(render(data), end="")
+    if data["problem"]:
+        print(f"netfence metrics: {data['problem']}", file=sys.stderr)
 
 
 def cmd_run(args, paths):

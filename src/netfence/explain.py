@@ -34,8 +34,9 @@ def explain(paths, user, service, rhost, tty, at):
     lines += _matched_rules(login, decision)
     lines += _scopes(entry.pw_uid, decision)
     lines += _timed_lines(login, decision, when)
-    always = _always_lines(snap["always"], entry)
+    always, fencing = _always_lines(snap["always"], entry)
     lines += always
+    lines += mode_lines(login, _profiles_of(decision, fencing))
     if not decision.empty or always:
         lines += _chains(snap, decision)
     applied = read_snapshot(paths.state_dir)
@@ -145,15 +146,43 @@ def _scopes(uid, decision):
     return lines
 
 
-def _always_lines(always, entry):
-    """The always rules that fence this uid whatever its logins, and why (through NSS
-    now: reload and gc resolve the same way)."""
-    if not always["rules"]:
-        return []
-    nss = resolve.Nss.from_system()
+def _profiles_of(decision, always_profiles):
+    """Every profile the login would get, in the order explain names them."""
+    names = list(decision.user_profiles) + list(decision.session_profiles)
+    names += [p for _index, _scope, profiles, _windows in decision.timed for p in profiles]
+    names += list(always_profiles)
+    return list(dict.fromkeys(names))
+
+
+def mode_lines(login, names):
+    """Each profile's mode and accounting: in monitor mode its deny and reject rules
+    let the packet through, and only log ("would deny") and count it."""
     lines = []
+    for name in names:
+        part = login["profiles"].get(name, {})
+        if (part.get("mode") or "enforce") == "monitor":
+            text = ("MONITOR mode: its deny and reject rules only log (`netfence log`: "
+                    "\"would deny\") and count; the packets pass")
+        else:
+            text = "enforce mode: its deny and reject rules drop or reject"
+        counted = ("counted (bytes each way and denials, per session and per user: "
+                   "`netfence status`, `netfence metrics`)" if "denied_set" in part
+                   else "not counted")
+        lines.append(f"  profile {name}: {text}; {counted}")
+    return ["profile modes:"] + lines if lines else []
+
+
+def _always_lines(always, entry):
+    """(lines, profiles): the always rules that fence this uid whatever its logins, and
+    why (through NSS now: reload and gc resolve the same way); their profiles."""
+    if not always["rules"]:
+        return [], []
+    nss = resolve.Nss.from_system()
+    lines, profiles = [], []
     for rule in always["rules"]:
         why, gids = resolve.reasons(rule, nss, entry.pw_name, entry.pw_uid)
+        if why or gids:
+            profiles += rule["profiles"]
         head = (f"  rule {rule['index'] + 1} ({rule['where']}): profiles "
                 f"{', '.join(rule['profiles'])}")
         if why:
@@ -162,8 +191,9 @@ def _always_lines(always, entry):
             lines.append(f"{head}: sockets with effective gid {', '.join(gids)} are fenced "
                          f"too, whoever owns them (meta skgid)")
     if not lines:
-        return ["always scope: no always rule fences this uid"]
-    return ["always scope (every socket of the uid from reload on, logged in or not):"] + lines
+        return ["always scope: no always rule fences this uid"], []
+    return (["always scope (every socket of the uid from reload on, logged in or not):"]
+            + lines, profiles)
 
 
 def _chains(snap, decision):

@@ -3,7 +3,8 @@
 import pwd
 import time
 
-from . import records, resolve
+from . import accounting, records, resolve
+from .errors import KernelError
 from .setkinds import SCG, SESSION_LEVEL, TIMED_KINDS, UCG, UID, USER_LEVEL, key_number
 from .snapshot import read_snapshot
 
@@ -21,9 +22,13 @@ def collect(paths):
         expiries = ruleset.read_expiries(timed_sets) if present else {}
     drift = check_steadily(applied, paths)
     entries = timed_entries(expiries, paths.run_dir, time.time())
+    sessions = records.list_sessions(paths.run_dir)
+    counted, counters_problem = read_accounting(present, applied)
+    modes = accounting.profile_modes(applied)
     profiles = {}
     for name in (applied.get("login") or {}).get("profiles", {}):
         profiles[name] = {
+            **modes[name],
             "uids": sorted(key_number(k) for k in elements.get(UID.set_name(name), [])),
             "user_cgroups": len(elements.get(UCG.set_name(name), [])),
             "session_cgroups": len(elements.get(SCG.set_name(name), [])),
@@ -35,7 +40,10 @@ def collect(paths):
         "policy_id": applied.get("policy_id"),
         "flushed": bool(applied.get("flushed")),
         "profiles": profiles,
-        "sessions": records.list_sessions(paths.run_dir),
+        "sessions": sessions,
+        "accounting": accounting.join(sessions, records.list_runs(paths.run_dir),
+                                      records.list_users(paths.run_dir), counted),
+        "accounting_problem": counters_problem,
         "timed": entries,
         "trees": _trees(paths),
         "counters": [{"chain": c, "rule": r, "packets": p, "bytes": b}
@@ -44,6 +52,28 @@ def collect(paths):
         "drift": drift.as_dict(),
         "fix": _fix(drift),
     }
+
+
+def read_accounting(present, applied):
+    """(the accounting sets' counters, None) or ({}, why they could not be read): a
+    failure to read them leaves the rest of status readable, every value "-"."""
+    if not present or not (applied.get("login") or {}).get("account"):
+        return {}, None
+    from .counters import read_counters
+    try:
+        return read_counters(), None
+    except KernelError as err:
+        return {}, f"accounting counters unreadable: {err}"
+
+
+def mode_text(info):
+    """How a profile's line says its mode and accounting."""
+    parts = []
+    if info.get("mode") == "monitor":
+        parts.append("MONITOR MODE (its deny and reject rules only log and count)")
+    if info.get("account"):
+        parts.append("counted")
+    return "".join(f"; {part}" for part in parts)
 
 
 def timed_entries(expiries, run_dir, now):
@@ -149,7 +179,7 @@ def format_text(state):
     for name, info in sorted(state["profiles"].items()):
         uids = ", ".join(str(u) for u in info["uids"]) or "-"
         lines.append(f"profile {name}: uids {uids}; user cgroups {info['user_cgroups']}; "
-                     f"session cgroups {info['session_cgroups']}")
+                     f"session cgroups {info['session_cgroups']}" + mode_text(info))
     lines += _always_lines(state.get("always"))
     lines.append(f"timed entries (time windows, grants, restrictions): "
                  f"{len(state.get('timed', []))}")
@@ -157,10 +187,9 @@ def format_text(state):
         lines.append(f"  {entry['set']}: {entry['who']}, "
                      f"{format_expiry(entry['expires_in'], entry['expires_at'])}")
     lines.append(f"live sessions: {len(state['sessions'])}")
-    for session in state["sessions"]:
-        lines.append("  " + " ".join(f"{k}={session[k]}" for k in
-                                     ("key", "user", "uid", "service", "rhost", "tty")
-                                     if k in session))
+    lines += accounting.format_table(state["accounting"])
+    if state.get("accounting_problem"):
+        lines.append(f"PROBLEM: {state['accounting_problem']}")
     lines += _format_trees(state["trees"])
     for counter in (c for c in state["counters"] if c["packets"]):
         lines.append(f"counter {counter['chain']} {counter['rule']}: "
