@@ -3,7 +3,8 @@
 Who: emit-P lends the packet's mark the low 32 bits of its socket's session cgroup id
 while nflog copies it (prefix "netfence P"); the session record whose cgroup id has
 those bits names the user, session, service, rhost and tty (the caller finds it with
-records.find_by_cgroup, live records first, then closed ones). Prefix "netfence P nocg":
+records.find_by_cgroup: the records open at the packet's time, of its uid; a cgroup
+several logins share gives no session, the uid and "shared_cgroup"). Prefix "netfence P nocg":
 the packet had no socket, or one outside the session level: the mark is the packet's
 own, so no session is named; the uid is nflog's NFULA_UID when the packet had one.
 What: the profile is in the prefix; the rule and its action come from running the
