@@ -3,7 +3,8 @@
 Who: emit-P lends the packet's mark the low 32 bits of its socket's session cgroup id
 while nflog copies it (prefix "netfence P"); the session record whose cgroup id has
 those bits names the user, session, service, rhost and tty (the caller finds it with
-records.find_by_cgroup, live records first, then closed ones). Prefix "netfence P nocg":
+records.find_by_cgroup: the records open at the packet's time, of its uid; a cgroup
+several logins share gives no session, the uid and "shared_cgroup"). Prefix "netfence P nocg":
 the packet had no socket, or one outside the session level: the mark is the packet's
 own, so no session is named; the uid is nflog's NFULA_UID when the packet had one.
 What: the profile is in the prefix; the rule and its action come from running the
@@ -23,10 +24,11 @@ from .setkinds import LOG_PREFIX, NO_CGROUP
 
 FIELDS = ("time", "user", "uid", "session", "service", "rhost", "tty", "profile", "rule",
           "rule_number", "direction", "proto", "src", "dst", "sport", "dport", "verdict",
-          "mode", "cgroup_id_low32")
+          "mode", "cgroup_id_low32", "shared_cgroup")
 VERDICTS = ("deny", "reject", "would deny", "would reject")
 UNKNOWN_RULE = "unknown"
-PLAUSIBLE_S = 60.0            # a copy's own timestamp further from now is not trusted      # no rule of the snapshot matches the copy (see evaluate.py)
+PLAUSIBLE_S = 60.0            # a copy's own timestamp further from now is not trusted
+TIME_RANGE = (0.0, float(1 << 33))   # times shown as dates (2^33 s: the year 2242)
 
 
 def parse_prefix(prefix):
@@ -74,14 +76,20 @@ def copy_time(stamp, now=None):
 
 
 def _identity(packet, record, name_of_uid):
-    if record is not None:
+    """A session's record names everything; a shared cgroup (find_by_cgroup: nested
+    logins, or none of the packet's uid) names the uid and the user only, with the
+    candidates' keys; no record: the packet's uid."""
+    if record is not None and record.get("key") is not None:
         return {"user": record.get("user"), "uid": record.get("uid"),
                 "session": record.get("key"),
                 "service": record.get("service") or record.get("kind"),
                 "rhost": record.get("rhost"), "tty": record.get("tty")}
-    uid = packet["uid"]
-    name = name_of_uid(uid) if (name_of_uid and uid is not None) else None
-    return {"uid": uid, "user": name}
+    uid = packet["uid"] if record is None else record.get("uid")
+    name = None if record is None else record.get("user")
+    if name is None and name_of_uid and uid is not None:
+        name = name_of_uid(uid)
+    return {"uid": uid, "user": name,
+            "shared_cgroup": None if record is None else record.get("shared_cgroup")}
 
 
 def _rule(snapshot, profile, packet, headers):
@@ -117,17 +125,28 @@ def text_line(entry):
     holds a space, '=', a quote or a control character), none able to forge a line.
     A field the entry lacks (written by another version) shows as missing."""
     entry = {**dict.fromkeys(FIELDS), **entry}
-    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(entry["time"]))
     named = {key: _shown(entry[key], "") for key in
              ("session", "service", "rhost", "tty", "profile", "rule")}
+    if isinstance(entry["shared_cgroup"], list):
+        named = {"session": named["session"],
+                 "shared_cgroup": field(",".join(map(str, entry["shared_cgroup"]))),
+                 **named}
     verdict = entry["verdict"]
     return " ".join([
-        when, f"{_shown(entry['user'])}({_shown(entry['uid'])})",
+        shown_time(entry["time"]), f"{_shown(entry['user'])}({_shown(entry['uid'])})",
         *(f"{key}={value}" for key, value in named.items()),
         _shown(entry["direction"]), _shown(entry["proto"]),
         _endpoint(entry["src"], entry["sport"]), "->",
         _endpoint(entry["dst"], entry["dport"]),
         verdict if verdict in VERDICTS else _shown(verdict)])
+
+
+def shown_time(value):
+    """Local date and time; a stored time out of TIME_RANGE (or no number: written by
+    hand, by another version) as it is, never a traceback."""
+    if isinstance(value, (int, float)) and TIME_RANGE[0] < value < TIME_RANGE[1]:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(value))
+    return field(repr(value))
 
 
 def _shown(value, missing="?"):

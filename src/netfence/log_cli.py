@@ -3,7 +3,8 @@
     netfence log [--follow] [--user U] [--session KEY] [--profile P] [--since TIME] [--json]
 
 Text: one line per denial (denials.text_line); --json: the stored entries, one JSON
-object a line. An unknown user or a --since it cannot read: a message, exit 2.
+object a line. An unknown user or a --since it cannot read or out of range (1970 to
+2242; 8 digits are a basic ISO date): a message, exit 2.
 """
 
 import json
@@ -24,8 +25,8 @@ def add_command(commands):
     log.add_argument("--session", metavar="KEY", help="only this session key")
     log.add_argument("--profile", metavar="P", help="only this profile")
     log.add_argument("--since", metavar="TIME",
-                     help="from TIME on: an epoch, ISO 8601 (2026-11-30T17:00) or "
-                          "a time ago (30m, 1h, 2d)")
+                     help="from TIME on: an epoch, ISO 8601 (2026-11-30T17:00, "
+                          "20261130) or a time ago (30m, 1h, 2d)")
     log.add_argument("--json", action="store_true", help="one JSON object per line")
 
 

@@ -273,11 +273,11 @@ def list_closed(run_dir):
     return listing(run_dir)
 
 
-def find_by_cgroup(run_dir, cgroup_id_low32, at=None):
+def find_by_cgroup(run_dir, cgroup_id_low32, at=None, uid=None):
     """The record of the session or run tree whose cgroup id has these low 32 bits
-    (an nflog copy's mark): live first, then closed, newest first; None."""
+    (an nflog copy's mark) open at `at`, of the packet's uid (records_closed)."""
     from .records_closed import find_by_cgroup as find
-    return find(run_dir, cgroup_id_low32, at)
+    return find(run_dir, cgroup_id_low32, at, uid)
 
 
 def prune_closed(run_dir, now, keep_s=None):

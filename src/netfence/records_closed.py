@@ -15,17 +15,31 @@ be is a live one:
     "<ppid>-<start time>" repeated after a reboot when run_dir outlives it) is kept
     as KEY-<cgroup id>-<opening time in us>: an earlier closed record is never
     overwritten, and an open never reads closed/ (sessions reads sessions/KEY);
-  - find_by_cgroup, given the time of the packet, skips records opened after it
-    (cgroup ids restart at every boot: their low 32 bits repeat).
+  - it carries the boot it closed in ("boot_id", /proc/sys/kernel/random/boot_id,
+    read once by the closer: 27 us measured); find_by_cgroup names only records of
+    this boot, never one opened before this boot began (cgroup ids restart at every
+    boot: their low 32 bits repeat).
 
-Bounded: entries older than KEEP_S (24 h) go at gc and watch's pruning (prune_closed);
-and when a close finds more than CAP entries (it counts them on one close in
-CHECK_ONE_IN, drawn at random; gc and watch on every pruning), it prunes down to 3/4
-of CAP, taking first from the uid that holds the most (oldest first), so that a user
-opening and closing sessions in a loop evicts its own history before anyone else's,
-and /run holds about CAP records (~1 KB each) at most: going 100 closes over would
-take 100 closes in a row that all skip the count, a chance of 0.15%; 300, 4e-9.
-Damaged entries are removed by the pruning.
+Who had a cgroup at a packet's time (find_by_cgroup): live records opened by then;
+closed ones with opened_at <= at <= closed_at + RACE_S (2 s: a copy read just after
+its session's close); of these, the packet's uid's. One: that session. Several (a
+login nested in another's session cgroup: `su - bob` in alice's scope, root's `su -
+alice`, `su - $USER`) or none of the packet's uid: no session, the uid and the keys
+("shared_cgroup"). No record open then: None, the log names the packet's uid only
+(a process left behind in a cgroup after its session closed is not put on it).
+Within a boot, the low 32 bits of a cgroup id repeat only after ~2^31 kernfs nodes
+are created (the id's low half is a cyclic 31-bit inode number): a session still
+live (or closed within RACE_S) when another cgroup gets its bits is a candidate
+with it; the uid tells them apart, and with one uid the entry names no session.
+
+Bounded by gc and watch's periodic gc only (prune_closed, every minute): entries
+older than KEEP_S (24 h) go, and over CAP entries it prunes down to CAP, taking first
+from the uid that holds the most (oldest first), so that a user opening and closing
+sessions in a loop evicts its own history before anyone else's. A close never counts
+or prunes (a prune under the records lock cost one user's logout 41.6 ms): between two
+gcs closed/ grows by what closes write, ~0.5 KB each (511 bytes measured for an sshd
+login with totals; PAM items at their longest add a few hundred bytes). Damaged
+entries are removed by the pruning.
 
 Light (the hook's close imports it): posix and records only.
 """
@@ -38,7 +52,6 @@ from .errors import StateError
 CLOSED = records.CLOSED
 KEEP_S = 86400                  # a day of history (the issue: "the last day")
 CAP = 4096                      # entries kept at most (docs/hook.md "Closed sessions")
-CHECK_ONE_IN = 16               # closes that count the entries: one in 16, at random
 DROPPED = ("session_elements", "user_elements", "timed", "destroy", "closing", "history")
 
 
@@ -50,27 +63,25 @@ def closed_record(record, now, totals=None):
     """The record to keep: identity without elements, closed_at, totals if known."""
     kept = {k: v for k, v in record.items() if k not in DROPPED}
     kept["closed_at"] = now
+    kept["boot_id"] = boot_id()
     if totals is not None:
         kept["totals"] = totals
     return kept
 
 
-def keep_closed(run_dir, record, now, totals=None, cap=CAP, check_one_in=CHECK_ONE_IN):
+def keep_closed(run_dir, record, now, totals=None):
     """Write the closed record (closed_name: never over another session's, not twice
-    for one session: a close that stopped after keeping it is finished later); on one
-    close in check_one_in, drawn at random (a loop cannot time it), count the entries
-    and prune over the cap: a listing of CAP names costs ~1 ms, too much for every
-    logout. Returns the name. StateError when it cannot be written (the caller's close
-    goes on: losing history never keeps elements in the kernel)."""
+    for one session: a close that stopped after keeping it is finished later), with
+    the boot it closed in. No count, no prune here: a prune under the records lock cost
+    one user's close 41.6 ms; gc and watch's periodic gc prune (prune_closed). Returns
+    the name. StateError or OSError when it cannot be written (the caller's close goes
+    on: losing history never keeps elements in the kernel)."""
     directory = closed_dir(run_dir)
     records.ensure_dir(directory)
     name, kept = closed_name(directory, record)
     if kept:
         return name
     records.write(f"{directory}/{name}", closed_record(record, now, totals))
-    if check_one_in <= 1 or posix.urandom(1)[0] % check_one_in == 0:
-        if len(posix.listdir(directory)) > cap:
-            _prune_over_cap(run_dir, (cap * 3) // 4)
     return name
 
 
@@ -127,26 +138,70 @@ def list_closed(run_dir):
                   key=lambda r: (r["closed_at"], r.get("key", "")))
 
 
-def find_by_cgroup(run_dir, cgroup_id_low32, at=None):
-    """The record whose cgroup id has these low 32 bits: a live session or run tree
-    first, then the closed ones, newest first. at (epoch, the packet's time): only a
-    record opened by then, the latest such. Not "closed by then": a process left
-    behind in the session cgroup (a user-scope profile) is denied after the close, and
-    a cgroup id is never reused within a boot; the ids start again at each boot,
-    which the opening time tells apart."""
-    def matches(record):
-        cgroup_id = record.get("cgroup_id")
-        if not isinstance(cgroup_id, int) or cgroup_id & 0xFFFFFFFF != cgroup_id_low32:
-            return False
-        return at is None or _opened(record) <= at
-    live = [r for r in records.list_sessions(run_dir) + records.list_runs(run_dir)
-            if matches(r)]
-    if live:
-        return max(live, key=_opened)
-    closed = [r for r in list_closed(run_dir) if matches(r)]
-    if not closed:
+RACE_S = 2.0        # a copy read just after its session's close still names it
+BOOT_SLACK_S = 60.0  # the boot's start, computed from two clocks, may be off by a step
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+_boot = []
+
+
+def boot_id():
+    """This boot's id (36 characters, read once per process: ~10 us), "" if unknown."""
+    if not _boot:
+        try:
+            fd = posix.open(BOOT_ID, posix.O_RDONLY | posix.O_CLOEXEC)
+            try:
+                _boot.append(posix.read(fd, 64).decode("ascii", "replace").strip())
+            finally:
+                posix.close(fd)
+        except OSError:
+            _boot.append("")
+    return _boot[0]
+
+
+def boot_started():
+    """When this boot began (epoch): the reader's test for records of an earlier one."""
+    import time
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def find_by_cgroup(run_dir, cgroup_id_low32, at=None, uid=None):
+    """Who had the cgroup with these low 32 bits when the packet was sent (at, epoch):
+    the records active then (_active), those of the packet's uid preferred. One left:
+    that record. Several (nested logins sharing the cgroup) or none of that uid: no
+    session, {"key": None, "uid", "user", "shared_cgroup": [keys]} -- the uid is the
+    packet's, or the candidates' when they agree; a session of another uid than the
+    packet's is never named. None when no record had the cgroup then."""
+    candidates = _active(run_dir, cgroup_id_low32, at)
+    same = [r for r in candidates if uid is None or r.get("uid") == uid]
+    if len(same) == 1:
+        return same[0]
+    if not candidates:
         return None
-    return max(closed, key=_opened if at is not None else lambda r: r["closed_at"])
+    if uid is None:
+        uids = {r.get("uid") for r in candidates}
+        uid = uids.pop() if len(uids) == 1 else None
+    users = {r.get("user") for r in same}
+    return {"key": None, "uid": uid, "user": users.pop() if len(users) == 1 else None,
+            "shared_cgroup": sorted(str(r.get("key")) for r in same or candidates)}
+
+
+def _active(run_dir, cgroup_id_low32, at):
+    """The records of the cgroup open at `at`: live ones opened by then, closed ones
+    with opened_at <= at <= closed_at (+ RACE_S: the copy raced the close) closed in
+    this boot, none opened before this boot began (cgroup ids start again at each
+    boot). at None: the live ones, else the last closed."""
+    def ours(record):
+        cgroup_id = record.get("cgroup_id")
+        return isinstance(cgroup_id, int) and cgroup_id & 0xFFFFFFFF == cgroup_id_low32
+    live = [r for r in records.list_sessions(run_dir) + records.list_runs(run_dir)
+            if ours(r)]
+    closed = [r for r in list_closed(run_dir)
+              if ours(r) and r.get("boot_id") == boot_id()]
+    if at is None:
+        return live or closed[-1:]
+    booted = boot_started() - BOOT_SLACK_S
+    return ([r for r in live if booted <= _opened(r) <= at]
+            + [r for r in closed if booted <= _opened(r) <= at <= r["closed_at"] + RACE_S])
 
 
 def _opened(record):

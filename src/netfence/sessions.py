@@ -254,15 +254,16 @@ def close_session(run_dir, key, *, pids=(), timeout_ms=fastpath.DEFAULT_TIMEOUT_
 def keep_history(run_dir, record):
     """Before the destroy batch (the elements still count): the record's totals, when
     it has counted elements, and its closed record (records_closed). Neither failure
-    stops the close: the elements must go whatever the history says. Returns
+    stops the close (a full /run, the hook's alarm -- HookTimeout is a NetfenceError --,
+    an OSError): the elements must go whatever the history says. Returns
     {"totals": dict or None, "totals_error": why unknown or None, "history_error"}."""
     from .records_closed import keep_closed
     totals, error = read_totals(record)
     history_error = None
     try:
         keep_closed(run_dir, record, time.time(), totals)
-    except StateError as err:               # a full /run: history lost, close goes on
-        history_error = str(err)
+    except (NetfenceError, OSError) as err:   # history lost, the close goes on
+        history_error = f"{type(err).__name__}: {err}"
     return {"totals": totals, "totals_error": error, "history_error": history_error}
 
 

@@ -218,7 +218,8 @@ class DenialRecorder:
         self.snapshot, self.snapshot_stamp = None, None
         self.counts = {"denials": 0, "denials_lost": 0, "overruns": 0}
         self.said = set()
-        self.identities = {}              # cgroup id low 32 bits -> (until, record)
+        self.identities = {}              # (cgroup id low 32 bits, uid) -> (until, record)
+        self.names = AccountNames()
 
     def sync(self):
         """Listen on the applied snapshot's nflog group when one of its profiles logs,
@@ -272,8 +273,8 @@ class DenialRecorder:
             # now, not later: a session that closes right after its denial is found
             # among the closed records, kept a day (records.prune_closed at gc)
             record = self._record_of(denials.mark_of(packet),
-                                     denials.copy_time(packet["time"]))
-        entry = denials.build_entry(packet, snapshot, record, _account_name)
+                                     denials.copy_time(packet["time"]), packet["uid"])
+        entry = denials.build_entry(packet, snapshot, record, self.names)
         if entry is None:
             return
         try:
@@ -285,18 +286,19 @@ class DenialRecorder:
             self._warn(f"store-{type(err).__name__}", f"denial log: {err} "
                        "(entries are lost until it can be written)")
 
-    def _record_of(self, low32, at):
-        """find_by_cgroup, remembered for IDENTITY_TTL_S: it reads every live and
-        closed record (26 ms with the 4096 closed records of the cap, measured), and
-        a flood comes from one session (a cgroup id is not reused within a boot)."""
+    def _record_of(self, low32, at, uid):
+        """find_by_cgroup, remembered for IDENTITY_TTL_S by (cgroup, packet uid): it
+        reads every live and closed record (26 ms with the 4096 closed records of the
+        cap, measured), and a flood comes from one cgroup and one uid (a cgroup id is
+        not reused within a boot; what a shared cgroup resolves to is per uid)."""
         now = time.monotonic()
-        hit = self.identities.get(low32)
+        hit = self.identities.get((low32, uid))
         if hit is not None and hit[0] > now:
             return hit[1]
         if len(self.identities) >= IDENTITY_CACHE_MAX:
             self.identities.clear()
-        record = records.find_by_cgroup(self.paths.run_dir, low32, at=at)
-        self.identities[low32] = (now + IDENTITY_TTL_S, record)
+        record = records.find_by_cgroup(self.paths.run_dir, low32, at=at, uid=uid)
+        self.identities[(low32, uid)] = (now + IDENTITY_TTL_S, record)
         return record
 
     def _snapshot(self):
@@ -330,11 +332,29 @@ def log_group(snapshot):
     return None
 
 
-def _account_name(uid):
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
+class AccountNames:
+    """uid -> account name through NSS, remembered ttl_s (an answer, or "no such
+    uid"): a slow NSS backend (LDAP, sssd) would otherwise block watch's one loop on
+    every copy of a flood no record names. At most max_entries: a flood of copies from
+    many uids empties it rather than growing it."""
+
+    def __init__(self, ttl_s=60.0, max_entries=1024, clock=time.monotonic):
+        self.ttl_s, self.max_entries, self.clock = ttl_s, max_entries, clock
+        self.cache = {}                   # uid -> (until, name or None)
+
+    def __call__(self, uid):
+        now = self.clock()
+        hit = self.cache.get(uid)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except (KeyError, OverflowError, TypeError):
+            name = None
+        if len(self.cache) >= self.max_entries:
+            self.cache.clear()
+        self.cache[uid] = (now + self.ttl_s, name)
+        return name
 
 
 def read_record(run_dir, kind, name):

@@ -10,11 +10,12 @@ session with an rhost and a tty (the same hook, another PAM application) shows t
 
 import json
 import os
+import shlex
 import time
 
 import pytest
 
-from conftest import PORT_C, parse_view
+from conftest import PORT_C, REPL, parse_view
 from netfence import records, setkinds
 from netfence.cgroups import cgroup2_mount
 from support.login import PamSession
@@ -212,3 +213,29 @@ def test_a_pam_session_names_its_rhost_and_tty(fence, user, watching):
             entry["rule"]) == (record["key"], svc.name, "203.0.113.9", "pts/7", where["tcp"])
     [line] = log_text(fence)
     assert f"service={svc.name} rhost=203.0.113.9 tty=pts/7 profile=fence" in line, line
+
+
+def test_nested_logins_sharing_a_cgroup_name_the_user_and_no_session(fence, user, watching):
+    """`su USER` inside USER's own session joins its cgroup: the copy's mark cannot
+    tell the two sessions apart, so the entry names the user, no session, and both
+    keys (before the fix: the newest login, whoever sent the packet)."""
+    fence.echo()
+    load(fence, user)
+    watching.start()
+    stack = fence.stack()
+    with fence.su_shell(user.name, stacks={"su-l": stack, "su": stack}) as shell:
+        outer = record_of(fence, shell)
+        shell.send(f"su {user.name} -c {shlex.quote(REPL)}")
+        shell.out("true")
+        keys = sorted(r["key"] for r in records.list_sessions(fence.nf.run_dir))
+        assert len(keys) == 2 and outer["key"] in keys
+        # from the outer shell's cgroup, sent by the nested shell: either way, shared
+        assert parse_view(shell.out(fence.view(ports=(PORT_C,))))[str(PORT_C)] == "refused"
+        [entry] = wait_entries(fence, 1)
+        shell.send("exit")
+        status, _ = shell.wait_end()
+        assert status == 0
+    assert (entry["user"], entry["uid"], entry["session"]) == (user.name, user.uid, None)
+    assert entry["shared_cgroup"] == keys
+    [line] = log_text(fence)
+    assert f"shared_cgroup={','.join(keys)}" in line and "session=-" in line, line

@@ -43,7 +43,8 @@ def test_a_denial_names_the_session_the_rule_and_the_ports():
         "service": "su", "rhost": "host.example", "tty": "pts/3", "profile": "web",
         "rule": "/etc/netfence/a.toml:9", "rule_number": 2, "direction": "egress",
         "proto": "udp", "src": "10.0.0.5", "dst": "198.51.100.1", "sport": 40000,
-        "dport": 1500, "verdict": "reject", "mode": "enforce", "cgroup_id_low32": 0xABCD}
+        "dport": 1500, "verdict": "reject", "mode": "enforce", "cgroup_id_low32": 0xABCD,
+        "shared_cgroup": None}
 
 
 def test_the_default_and_monitor_mode():

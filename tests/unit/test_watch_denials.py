@@ -84,9 +84,38 @@ def test_a_flood_from_one_session_looks_its_record_up_once(tmp_path, monkeypatch
     calls = []
     record = {"key": "1-2", "user": "alice", "uid": 1001, "service": "su"}
     monkeypatch.setattr(watch_actions.records, "find_by_cgroup",
-                        lambda run_dir, low32, at=None: calls.append(low32) or record)
+                        lambda run_dir, low32, at=None, uid=None: calls.append(low32) or record)
     store = Memory()
     rec, _ = recorder(tmp_path, store, [[packet()] * 50 + [packet(mark=0x99)]])
     rec.on_readable()
     assert calls == [0xABCD, 0x99]
     assert {e["session"] for e in store.appended} == {"1-2"} and len(store.appended) == 51
+
+
+def test_account_names_are_cached_and_the_cache_bounded(monkeypatch):
+    asked = []
+    def getpwuid(uid):
+        asked.append(uid)
+        return SimpleNamespace(pw_name=f"u{uid}")
+    monkeypatch.setattr(watch_actions.pwd, "getpwuid", getpwuid)
+    clock = [100.0]
+    names = watch_actions.AccountNames(ttl_s=60.0, max_entries=4, clock=lambda: clock[0])
+    assert [names(1001) for _ in range(50)] == ["u1001"] * 50
+    assert asked == [1001]
+    clock[0] += 61.0
+    assert names(1001) == "u1001" and asked == [1001, 1001]
+    for uid in range(100):
+        names(uid)
+    assert len(names.cache) <= 4
+
+
+def test_the_recorder_asks_nss_once_for_a_flood_without_a_record(tmp_path, monkeypatch):
+    asked = []
+    def getpwuid(uid):
+        asked.append(uid)
+        return SimpleNamespace(pw_name="alice")
+    monkeypatch.setattr(watch_actions.pwd, "getpwuid", getpwuid)
+    store = Memory()
+    rec, _ = recorder(tmp_path, store, [[packet("netfence web nocg")] * 20])
+    rec.on_readable()
+    assert asked == [1001] and {e["user"] for e in store.appended} == {"alice"}
