@@ -44,7 +44,9 @@ def parse_prefix(prefix):
 def build_entry(packet, snapshot, record, name_of_uid=None):
     """packet: nflog.parse_packet's dict; snapshot: compiled.json's dict; record: the
     session (or run) record of the mark's cgroup, or None; name_of_uid: uid -> account
-    name (or None) for a denial no record names. None when the prefix is not ours."""
+    name (or None) for a denial no record names (watch gives none: `user` is then
+    null, and `netfence log` names the uid when it shows the entry). None when the
+    prefix is not ours."""
     parsed = parse_prefix(packet["prefix"])
     if parsed is None:
         return None

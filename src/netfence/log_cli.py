@@ -52,13 +52,28 @@ def cmd_log(args, paths):
     show = _json_line if args.json else text_line
     source = (denial_log.follow(paths.state_dir) if args.follow
               else denial_log.entries(paths.state_dir))
+    names = {}
     try:
         for entry in source:
             if denial_log.matches(entry, **wanted):
-                print(show(entry), flush=args.follow)
+                print(show(_named(entry, names)), flush=args.follow)
     except KeyboardInterrupt:             # the end of --follow
         pass
     return 0
+
+
+def _named(entry, names):
+    """The entry with its user named when only its uid is known: watch looks no name
+    up (NSS could hold its loop); this command does, once per uid (names: the cache)."""
+    uid = entry.get("uid")
+    if entry.get("user") is not None or not isinstance(uid, int) or uid < 0:
+        return entry
+    if uid not in names:
+        try:
+            names[uid] = pwd.getpwuid(uid).pw_name
+        except (KeyError, OverflowError):
+            names[uid] = None
+    return dict(entry, user=names[uid]) if names[uid] else entry
 
 
 def _json_line(entry):

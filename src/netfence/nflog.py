@@ -98,11 +98,12 @@ class NflogSocket:
     def close(self):
         self.socket.close()
 
-    def read(self):
-        """The packets waiting: [parse_packet dict]. An overrun (ENOBUFS) is counted in
-        lost_bursts and reading goes on."""
+    def read(self, limit=None):
+        """The packets waiting (at least `limit` when that many are, then it stops:
+        the rest stay in the socket): [parse_packet dict]. An overrun (ENOBUFS) is
+        counted in lost_bursts and reading goes on."""
         packets = []
-        while True:
+        while limit is None or len(packets) < limit:
             try:
                 data = self.socket.recv(1 << 16)
             except BlockingIOError:
@@ -113,6 +114,7 @@ class NflogSocket:
                 self.lost_bursts += 1
                 continue
             packets += parse_messages(data)
+        return packets
 
 
 def ack_errno(data):

@@ -8,7 +8,6 @@ functions they call take it themselves (and repair_table the state lock as well)
 """
 
 import os
-import pwd
 import resource
 import selectors
 import time
@@ -198,6 +197,7 @@ def raise_fd_limit():
 
 IDENTITY_TTL_S = 5.0
 IDENTITY_CACHE_MAX = 4096
+PACKETS_PER_WAKEUP = 64
 
 
 class DenialRecorder:
@@ -219,7 +219,6 @@ class DenialRecorder:
         self.counts = {"denials": 0, "denials_lost": 0, "overruns": 0}
         self.said = set()
         self.identities = {}              # (cgroup id low 32 bits, uid) -> (until, record)
-        self.names = AccountNames()
 
     def sync(self):
         """Listen on the applied snapshot's nflog group when one of its profiles logs,
@@ -256,7 +255,10 @@ class DenialRecorder:
         self.socket, self.group = None, None
 
     def on_readable(self):
-        packets = self.socket.read()
+        # at most PACKETS_PER_WAKEUP copies, then back to the loop: the rest wait in
+        # the socket (it stays readable), and a table check or a close is not held
+        # behind a burst of denials
+        packets = self.socket.read(PACKETS_PER_WAKEUP)
         overruns = self.socket.lost_bursts - self.counts["overruns"]
         if overruns:
             self.counts["overruns"] = self.socket.lost_bursts
@@ -274,7 +276,9 @@ class DenialRecorder:
             # among the closed records, kept a day (records.prune_closed at gc)
             record = self._record_of(denials.mark_of(packet),
                                      denials.copy_time(packet["time"]), packet["uid"])
-        entry = denials.build_entry(packet, snapshot, record, self.names)
+        # no NSS lookup here: a slow backend (LDAP down) would hold watch's one loop,
+        # repairs included; `netfence log` names a uid no record names when it shows it
+        entry = denials.build_entry(packet, snapshot, record)
         if entry is None:
             return
         try:
@@ -330,31 +334,6 @@ def log_group(snapshot):
             if expr[0] == "nflog":
                 return expr[2]
     return None
-
-
-class AccountNames:
-    """uid -> account name through NSS, remembered ttl_s (an answer, or "no such
-    uid"): a slow NSS backend (LDAP, sssd) would otherwise block watch's one loop on
-    every copy of a flood no record names. At most max_entries: a flood of copies from
-    many uids empties it rather than growing it."""
-
-    def __init__(self, ttl_s=60.0, max_entries=1024, clock=time.monotonic):
-        self.ttl_s, self.max_entries, self.clock = ttl_s, max_entries, clock
-        self.cache = {}                   # uid -> (until, name or None)
-
-    def __call__(self, uid):
-        now = self.clock()
-        hit = self.cache.get(uid)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        try:
-            name = pwd.getpwuid(uid).pw_name
-        except (KeyError, OverflowError, TypeError):
-            name = None
-        if len(self.cache) >= self.max_entries:
-            self.cache.clear()
-        self.cache[uid] = (now + self.ttl_s, name)
-        return name
 
 
 def read_record(run_dir, kind, name):

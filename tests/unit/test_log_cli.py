@@ -44,6 +44,19 @@ def test_text_json_and_filters(tmp_path, capsys):
     assert lines == []
 
 
+def test_a_uid_watch_could_not_name_is_named_when_shown(tmp_path, capsys):
+    """watch looks no name up (NSS could hold its loop): the command does, once."""
+    store = denial_log.DenialLog(str(tmp_path))
+    store.append(entry(1, user=None, session=None))
+    store.append(entry(1, user=None, session=None, uid=4294967294))   # no such account
+    code, lines, _ = run(capsys, str(tmp_path), "--json")
+    shown = [json.loads(line) for line in lines]
+    assert code == 0 and [(e["user"], e["uid"]) for e in shown] == [("root", 0),
+                                                                   (None, 4294967294)]
+    _, lines, _ = run(capsys, str(tmp_path))
+    assert lines[0].split()[1].startswith("root(0)")
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     code, _, err = run(capsys, str(tmp_path), "--user", "no-such-user-here")
     assert code == 2 and "no such user" in err
