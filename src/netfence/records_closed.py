@@ -15,10 +15,12 @@ be is a live one:
     "<ppid>-<start time>" repeated after a reboot when run_dir outlives it) is kept
     as KEY-<cgroup id>-<opening time in us>: an earlier closed record is never
     overwritten, and an open never reads closed/ (sessions reads sessions/KEY);
-  - it carries the boot it closed in ("boot_id", /proc/sys/kernel/random/boot_id,
-    read once by the closer: 27 us measured); find_by_cgroup names only records of
-    this boot, never one opened before this boot began (cgroup ids restart at every
-    boot: their low 32 bits repeat).
+  - it carries the boot it was opened in ("boot_id", /proc/sys/kernel/random/boot_id,
+    written by the open into the live record: 27 us cold) and, when the closer's boot
+    is another, that one as "closed_boot_id"; find_by_cgroup names only records
+    opened in this boot (cgroup ids restart at every boot: their low 32 bits repeat).
+    Records written before they carried a boot id are judged by the clocks (opened
+    after this boot began, with 60 s of slack), which a forward clock step defeats.
 
 Who had a cgroup at a packet's time (find_by_cgroup): live records opened by then;
 closed ones with opened_at <= at <= closed_at + RACE_S (2 s: a copy read just after
@@ -63,7 +65,11 @@ def closed_record(record, now, totals=None):
     """The record to keep: identity without elements, closed_at, totals if known."""
     kept = {k: v for k, v in record.items() if k not in DROPPED}
     kept["closed_at"] = now
-    kept["boot_id"] = boot_id()
+    closer = boot_id()
+    if "boot_id" not in kept:         # opened before records carried their boot
+        kept["closed_boot_id"] = closer
+    elif kept["boot_id"] != closer:   # opened in an earlier boot (run_dir outlived it)
+        kept["closed_boot_id"] = closer
     if totals is not None:
         kept["totals"] = totals
     return kept
@@ -140,22 +146,11 @@ def list_closed(run_dir):
 
 RACE_S = 2.0        # a copy read just after its session's close still names it
 BOOT_SLACK_S = 60.0  # the boot's start, computed from two clocks, may be off by a step
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
-_boot = []
 
 
 def boot_id():
-    """This boot's id (36 characters, read once per process: ~10 us), "" if unknown."""
-    if not _boot:
-        try:
-            fd = posix.open(BOOT_ID, posix.O_RDONLY | posix.O_CLOEXEC)
-            try:
-                _boot.append(posix.read(fd, 64).decode("ascii", "replace").strip())
-            finally:
-                posix.close(fd)
-        except OSError:
-            _boot.append("")
-    return _boot[0]
+    """This boot's id, "" if unknown (records.boot_id: read once per process)."""
+    return records.boot_id()
 
 
 def boot_started():
@@ -164,14 +159,16 @@ def boot_started():
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def find_by_cgroup(run_dir, cgroup_id_low32, at=None, uid=None):
+def find_by_cgroup(run_dir, cgroup_id_low32, at=None, uid=None, sent_after=None):
     """Who had the cgroup with these low 32 bits when the packet was sent (at, epoch):
     the records active then (_active), those of the packet's uid preferred. One left:
     that record. Several (nested logins sharing the cgroup) or none of that uid: no
     session, {"key": None, "uid", "user", "shared_cgroup": [keys]} -- the uid is the
     packet's, or the candidates' when they agree; a session of another uid than the
-    packet's is never named. None when no record had the cgroup then."""
-    candidates = _active(run_dir, cgroup_id_low32, at)
+    packet's is never named. None when no record had the cgroup then. sent_after:
+    the earliest time the packet may have been sent, when `at` is only when it was
+    read (an egress copy: see DenialRecorder)."""
+    candidates = _active(run_dir, cgroup_id_low32, at, sent_after)
     same = [r for r in candidates if uid is None or r.get("uid") == uid]
     if len(same) == 1:
         return same[0]
@@ -185,23 +182,50 @@ def find_by_cgroup(run_dir, cgroup_id_low32, at=None, uid=None):
             "shared_cgroup": sorted(str(r.get("key")) for r in same or candidates)}
 
 
-def _active(run_dir, cgroup_id_low32, at):
-    """The records of the cgroup open at `at`: live ones opened by then, closed ones
-    with opened_at <= at <= closed_at (+ RACE_S: the copy raced the close) closed in
-    this boot, none opened before this boot began (cgroup ids start again at each
-    boot). at None: the live ones, else the last closed."""
+def _active(run_dir, cgroup_id_low32, at, sent_after=None):
+    """The records of the cgroup open when the packet was sent: live ones opened by
+    `at`, closed ones with opened_at <= at and the earliest possible send time
+    (sent_after, else at) <= closed_at + RACE_S (the copy raced the close), all opened
+    in this boot (cgroup ids start again at each boot). One session is one candidate:
+    during its close it is both closed/KEY and a `closing` sessions/KEY. at None: the
+    live ones, else the last closed."""
     def ours(record):
         cgroup_id = record.get("cgroup_id")
-        return isinstance(cgroup_id, int) and cgroup_id & 0xFFFFFFFF == cgroup_id_low32
+        return (isinstance(cgroup_id, int) and cgroup_id & 0xFFFFFFFF == cgroup_id_low32
+                and _this_boot(record))
     live = [r for r in records.list_sessions(run_dir) + records.list_runs(run_dir)
             if ours(r)]
-    closed = [r for r in list_closed(run_dir)
-              if ours(r) and r.get("boot_id") == boot_id()]
+    closed = [r for r in list_closed(run_dir) if ours(r)]
     if at is None:
-        return live or closed[-1:]
-    booted = boot_started() - BOOT_SLACK_S
-    return ([r for r in live if booted <= _opened(r) <= at]
-            + [r for r in closed if booted <= _opened(r) <= at <= r["closed_at"] + RACE_S])
+        return _one_each(live or closed[-1:])
+    earliest = at if sent_after is None else min(at, sent_after)
+    return _one_each([r for r in live if _opened(r) <= at]
+                     + [r for r in closed
+                        if _opened(r) <= at and earliest <= r["closed_at"] + RACE_S])
+
+
+def _this_boot(record):
+    """Opened in this boot: its "boot_id" (written at open, kept by the close; the
+    closer's, when another, is "closed_boot_id") is this one's. A record without it
+    (written before records carried it): closed in this boot, if closed, and opened
+    after this boot began by the clocks (a forward clock step since fails this test:
+    hence the boot id)."""
+    if "boot_id" in record:
+        return record["boot_id"] == boot_id()
+    if record.get("closed_boot_id", boot_id()) != boot_id():
+        return False
+    return _opened(record) >= boot_started() - BOOT_SLACK_S
+
+
+def _one_each(candidates):
+    """The candidates, one per session (key, cgroup id, opening): the first seen."""
+    seen, out = set(), []
+    for record in candidates:
+        identity = (record.get("key"), record.get("cgroup_id"), _opened(record))
+        if identity not in seen:
+            seen.add(identity)
+            out.append(record)
+    return out
 
 
 def _opened(record):

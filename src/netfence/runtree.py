@@ -30,6 +30,7 @@ from . import cgroups, fastpath, plan, records
 from .errors import NetfenceError, StateError, UsageError
 from .liveness import has_processes, proc_starttime
 from .records import Lock
+from .records import stamp_boot
 from .sessions import UNDO_TIMEOUT_MS, finish_pending, keep_history, known_refused
 
 NAME_CHARS = cgroups.BASE_CHARS
@@ -117,7 +118,8 @@ def open_tree(run_dir, login, run, profiles, mount,
                                          f"{run['name']}-{run['key']}")
         undo = _Undo(run_dir, run["key"], mount, cgroup["path"])
         try:
-            undo.record = plan.run_record(login, run, profiles, cgroup, time.time())
+            undo.record = stamp_boot(plan.run_record(login, run, profiles, cgroup,
+                                                     time.time()))
             records.write(records.run_path(run_dir, run["key"]), undo.record)
             undo.sent = True
             fastpath.add_elements(login.get("templates"), undo.record["session_elements"],

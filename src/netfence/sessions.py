@@ -42,7 +42,7 @@ import time
 from . import cgroups, fastpath, plan, records, timed
 from .errors import KernelError, NetfenceError, StateError
 from .liveness import has_processes, is_alive, session_key
-from .records import Lock
+from .records import Lock, stamp_boot
 
 UNDO_TIMEOUT_MS = 500
 __all__ = ["open_session", "close_session", "finish_session", "release_user",
@@ -77,6 +77,7 @@ def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
             record = plan.session_record(
                 login, info, {"key": key, "ppid": ppid, "starttime": start},
                 user_profiles, session_profiles, cgroup, now, timed_rules)
+            stamp_boot(record)
             before = _read_for_open(run_dir, key, uid, cgroup["id"])
             todo = plan.open_plan(record, *before,
                                   _timed_sources(run_dir, record, before[1]), now)

@@ -212,6 +212,7 @@ class Watch:
             if mask & IN_Q_OVERFLOW:
                 self._sync_all()
             elif wd in self.dir_wds:
+                self.denials.invalidate()     # who a cgroup is may have changed
                 self._on_record(self.dir_wds[wd], name, mask)
             elif wd in self.wd_cgroup and mask & (IN_MODIFY | IN_IGNORED):
                 self._on_cgroup(wd, mask)
@@ -355,6 +356,7 @@ class Watch:
 
     def _sync_all(self):
         """Make the pidfds and cgroup watches match the records exactly."""
+        self.denials.invalidate()         # events were lost (an overflow): start again
         for kind, label in KIND_OF_DIR.items():
             present = set(records.names(self.paths.run_dir, kind))
             tracked = {k for (lk, k) in self.record_cgroups if lk == label}

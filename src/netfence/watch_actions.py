@@ -219,6 +219,7 @@ class DenialRecorder:
         self.counts = {"denials": 0, "denials_lost": 0, "overruns": 0}
         self.said = set()
         self.identities = {}              # (cgroup id low 32 bits, uid) -> (until, record)
+        self.drained = None               # when a read last emptied the socket (epoch)
 
     def sync(self):
         """Listen on the applied snapshot's nflog group when one of its profiles logs,
@@ -233,6 +234,7 @@ class DenialRecorder:
                 self.log(event="nflog", group="-", reason="no profile logs denials")
             return
         try:
+            self.drained = time.time()    # every copy read from it is sent after this
             self.socket = nflog.NflogSocket(wanted)
         except (NetfenceError, OSError) as err:
             self.failed_group = wanted    # tried again when the snapshot changes
@@ -258,7 +260,10 @@ class DenialRecorder:
         # at most PACKETS_PER_WAKEUP copies, then back to the loop: the rest wait in
         # the socket (it stays readable), and a table check or a close is not held
         # behind a burst of denials
+        sent_after, before_read = self.drained, time.time()
         packets = self.socket.read(PACKETS_PER_WAKEUP)
+        if len(packets) < PACKETS_PER_WAKEUP:
+            self.drained = before_read    # emptied after this: later copies are newer
         overruns = self.socket.lost_bursts - self.counts["overruns"]
         if overruns:
             self.counts["overruns"] = self.socket.lost_bursts
@@ -266,16 +271,25 @@ class DenialRecorder:
                      overruns=self.counts["overruns"])
         snapshot = self._snapshot() or {}
         for packet in packets:
-            self._record(packet, snapshot)
+            self._record(packet, snapshot, sent_after)
 
-    def _record(self, packet, snapshot):
+    def invalidate(self):
+        """A session or tree record came or went (watch's inotify on sessions/ and
+        runs/): what a cgroup resolves to may have changed (a nested login opened in
+        it, or its session closed), so nothing remembered is used again."""
+        self.identities.clear()
+
+    def _record(self, packet, snapshot, sent_after=None):
         parsed = denials.parse_prefix(packet["prefix"])
         record = None
         if parsed is not None and parsed[1]:
             # now, not later: a session that closes right after its denial is found
             # among the closed records, kept a day (records.prune_closed at gc)
-            record = self._record_of(denials.mark_of(packet),
-                                     denials.copy_time(packet["time"]), packet["uid"])
+            at = denials.copy_time(packet["time"])
+            # no kernel timestamp (egress): `at` is when it was read, and watch's loop
+            # may have been busy for seconds; it was sent after the last drain
+            record = self._record_of(denials.mark_of(packet), at, packet["uid"],
+                                     None if at == packet["time"] else sent_after)
         # no NSS lookup here: a slow backend (LDAP down) would hold watch's one loop,
         # repairs included; `netfence log` names a uid no record names when it shows it
         entry = denials.build_entry(packet, snapshot, record)
@@ -290,18 +304,21 @@ class DenialRecorder:
             self._warn(f"store-{type(err).__name__}", f"denial log: {err} "
                        "(entries are lost until it can be written)")
 
-    def _record_of(self, low32, at, uid):
+    def _record_of(self, low32, at, uid, sent_after=None):
         """find_by_cgroup, remembered for IDENTITY_TTL_S by (cgroup, packet uid): it
         reads every live and closed record (26 ms with the 4096 closed records of the
         cap, measured), and a flood comes from one cgroup and one uid (a cgroup id is
-        not reused within a boot; what a shared cgroup resolves to is per uid)."""
+        not reused within a boot; what a shared cgroup resolves to is per uid). Emptied
+        whenever a record comes or goes (invalidate): a nested login opened within the
+        TTL is never hidden behind its outer session."""
         now = time.monotonic()
         hit = self.identities.get((low32, uid))
         if hit is not None and hit[0] > now:
             return hit[1]
         if len(self.identities) >= IDENTITY_CACHE_MAX:
             self.identities.clear()
-        record = records.find_by_cgroup(self.paths.run_dir, low32, at=at, uid=uid)
+        record = records.find_by_cgroup(self.paths.run_dir, low32, at=at, uid=uid,
+                                        sent_after=sent_after)
         self.identities[(low32, uid)] = (now + IDENTITY_TTL_S, record)
         return record
 

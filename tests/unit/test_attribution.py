@@ -95,7 +95,7 @@ def test_a_copy_that_raced_the_close_still_matches(run_dir):
 
 def test_a_closed_record_of_another_boot_is_never_named(run_dir, monkeypatch):
     closed(run_dir, "1-1", 1001, "alice", 10.0, 20.0)
-    assert records.list_closed(run_dir)[0]["boot_id"] == BOOT
+    assert records.list_closed(run_dir)[0]["closed_boot_id"] == BOOT
     monkeypatch.setattr(records_closed, "boot_id", lambda: "another-boot")
     assert records.find_by_cgroup(run_dir, 42, at=15.0) is None
 

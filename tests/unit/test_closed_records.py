@@ -210,7 +210,7 @@ def test_a_closed_run_tree_keeps_its_totals_and_history(tmp_path, monkeypatch):
     tree = {"key": "7-8", "kind": "run", "pid": 7, "starttime": 8, "uid": 1001,
             "user": "alice", "cgroup": "/nf/run/t-7-8", "cgroup_id": 0x30, "created": True,
             "session_elements": {"acct-out": [key], "acct-in": [key], "scg-p": [key]},
-            "started": 1.0}
+            "started": 1.0, "boot_id": records_closed.boot_id()}     # as run_tree opens it
     records.write(records.run_path(run_dir, "7-8"), tree)
     destroyed = []
     monkeypatch.setattr(runtree, "has_processes", lambda *a: False)

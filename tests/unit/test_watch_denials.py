@@ -86,7 +86,8 @@ def test_a_flood_from_one_session_looks_its_record_up_once(tmp_path, monkeypatch
     calls = []
     record = {"key": "1-2", "user": "alice", "uid": 1001, "service": "su"}
     monkeypatch.setattr(watch_actions.records, "find_by_cgroup",
-                        lambda run_dir, low32, at=None, uid=None: calls.append(low32) or record)
+                        lambda run_dir, low32, at=None, uid=None, sent_after=None:
+                        calls.append(low32) or record)
     store = Memory()
     rec, _ = recorder(tmp_path, store, [[packet()] * 50 + [packet(mark=0x99)]])
     rec.on_readable()
