@@ -5,7 +5,8 @@ sessions whose PAM application is gone, closes `netfence run` trees whose cgroup
 no task (runtree.close_tree), releases users with no task left in their user cgroups,
 removes the empty cgroups of netfence's own hierarchy that no record
 uses, removes temp files a killed writer left, and prunes the closed records
-(records.prune_closed: older than a day, or over the cap). Each session it closes is
+(records.prune_closed: older than a day, or over the cap), first: it is closed/'s
+only bound, and a step that raises later must not skip it. Each session it closes is
 logged as watch logs its closes (event=closed, with the totals when it counted). Then (given the state dir) the
 timed sets are reconciled with what is left (timed_apply.reconcile): a closed
 session's window keys go, a window that opened meanwhile is filled. Each step goes through sessions,
@@ -64,6 +65,7 @@ def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mou
     timed sets with the records left and grants.json."""
     report = GcReport()
     records.ensure_dirs(run_dir)
+    _prune_history(run_dir, report)       # first: no later step's failure can skip it
     try:
         mount = mount or cgroups.cgroup2_mount()
     except NetfenceError as err:
@@ -80,13 +82,21 @@ def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mou
         _reconcile_timed(run_dir, state_dir, report, mount)
     if mount is not None:
         report.cgroups += _remove_orphan_cgroups(run_dir, mount, cgroup_base)
-    report.pruned = records.prune_closed(run_dir, time.time())
     if records.stale_temp_files(run_dir):
         with Lock(run_dir):               # writers hold the lock: these are leftovers
             for path in records.stale_temp_files(run_dir):
                 records.delete(path)
                 report.temp_files += 1
     return report
+
+
+def _prune_history(run_dir, report):
+    """closed/ is bounded by this alone (a close never prunes: records_closed), so it
+    runs before anything that may raise, and its own failure is one error line."""
+    try:
+        report.pruned = records.prune_closed(run_dir, time.time())
+    except (NetfenceError, OSError) as err:
+        report.errors.append(f"closed records: {err}")
 
 
 def _reconcile_timed(run_dir, state_dir, report, mount):

@@ -283,3 +283,29 @@ def test_a_close_never_lists_or_prunes_the_closed_records(tmp_path, monkeypatch)
     for n in range(64):
         records_closed.keep_closed(run_dir, {"key": f"{n}-1", "uid": 2000, "cgroup_id": n},
                                    float(n))
+
+
+def test_an_earlier_failure_in_gc_does_not_skip_the_prune(tmp_path, monkeypatch):
+    """gc (every minute in watch) is the only bound on closed/: a bug that raises in an
+    earlier step must not leave it growing."""
+    run_dir = str(tmp_path / "run")
+    records.ensure_dirs(run_dir)
+    records_closed.keep_closed(run_dir, {"key": "1-1", "uid": 1, "cgroup_id": 1}, 5.0)
+
+    def broken(run_dir, strict=False):
+        raise RuntimeError("a bug in a step")
+    monkeypatch.setattr(collect.records, "list_users", broken)
+    with pytest.raises(RuntimeError, match="a bug in a step"):
+        collect.gc(run_dir, mount=str(tmp_path))
+    assert os.listdir(f"{run_dir}/closed") == []
+
+
+def test_a_failing_prune_is_reported_and_gc_goes_on(tmp_path, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    records.ensure_dirs(run_dir)
+
+    def full(run_dir, now):
+        raise StateError("closed/: not ours")
+    monkeypatch.setattr(collect.records, "prune_closed", full)
+    report = collect.gc(run_dir, mount=str(tmp_path))
+    assert report.pruned == 0 and any("closed/" in e for e in report.errors)
