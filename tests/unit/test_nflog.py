@@ -107,3 +107,34 @@ def test_another_error_is_raised():
     sock = listener([OSError(errno.EBADF, "bad")])
     with pytest.raises(OSError):
         sock.read()
+
+
+class Datagrams:
+    """A non-blocking socket holding queued datagrams (the kernel sends each copy at
+    once: QTHRESH 1, one message a datagram); counts the recv calls."""
+
+    def __init__(self, datagrams):
+        self.queued, self.recvs = list(datagrams), 0
+
+    def recv(self, size):
+        if not self.queued:
+            raise BlockingIOError(errno.EAGAIN, "empty")
+        self.recvs += 1
+        return self.queued.pop(0)
+
+
+def test_a_read_stops_at_its_limit_and_the_rest_waits_for_the_next():
+    """watch's loop gets back to select after PACKETS_PER_WAKEUP copies of a flood:
+    the real reader takes no more datagrams than that from the socket."""
+    def copy(number):
+        return packet_message(attr(nflog.NFULA_PACKET_HDR, struct.pack(">HBx", 0x0800, 3)),
+                              attr(nflog.NFULA_MARK, be32(number)),
+                              attr(nflog.NFULA_PREFIX, b"netfence web\0"), family=2)
+    sock = nflog.NflogSocket.__new__(nflog.NflogSocket)
+    sock.socket, sock.lost_bursts = Datagrams(copy(n) for n in range(100)), 0
+    first = sock.read(64)
+    assert [p["mark"] for p in first] == list(range(64))
+    assert sock.socket.recvs == 64 and len(sock.socket.queued) == 36
+    rest = sock.read(64)
+    assert [p["mark"] for p in rest] == list(range(64, 100))
+    assert sock.read(64) == []
