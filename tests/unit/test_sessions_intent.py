@@ -282,3 +282,10 @@ def test_timed_sources_are_user_records_not_every_session(tmp_path):
     own_slice = dict(record, user_cgroup="/nf/user-1001")
     assert sessions._timed_sources(run, own_slice, mine) == [mine]
     assert sessions._timed_sources(run, dict(record, timed=[]), mine) == []
+
+
+def test_an_open_records_the_boot_it_was_opened_in(kernel):
+    """find_by_cgroup trusts the boot id over the clocks (a clock step after the open)."""
+    record = open_one(kernel)
+    assert record["boot_id"] == records.boot_id() != ""
+    assert records.read_session(kernel.run_dir, record["key"])["boot_id"] == records.boot_id()
