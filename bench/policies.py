@@ -130,11 +130,10 @@ users = ["{user}"]
 services = ["cron"]
 profiles = ["web-only"]
 
-[[rule]]                      # students over ssh from outside 10/8, any time
-groups = ["{group}"]
-services = ["sshd"]
+[[rule]]                      # students over ssh from outside 10/8 (no `time`: a rule
+groups = ["{group}"]          # with one puts its keys in time-window sets, issue 9,
+services = ["sshd"]           # which the sections' checks and fake sessions do not use)
 rhosts = ["!10.0.0.0/8"]
-time = "Al 00:00-24:00"
 profiles = {_toml_list(SESSION_PROFILES)}
 scope = "session"
 """)
