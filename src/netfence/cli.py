@@ -20,12 +20,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="netfence", description="Per-user and per-session network policy for logins.")
     parser.add_argument("--version", action="version", version=f"netfence {__version__}")
-    parser.add_argument("--config-dir", default=Paths.config_dir, metavar="DIR",
-                        help="policy directory (default: %(default)s)")
-    parser.add_argument("--state-dir", default=Paths.state_dir, metavar="DIR",
-                        help="compiled snapshot directory (default: %(default)s)")
-    parser.add_argument("--run-dir", default=Paths.run_dir, metavar="DIR",
-                        help="live session records (default: %(default)s)")
+    _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("check", help="validate the policy without applying it")
@@ -56,7 +51,23 @@ def build_parser():
     pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
     install = commands.add_parser("install-hook", help="write the hook program pam_exec runs")
     install.add_argument("path", nargs="?", default=DEFAULT_HOOK)
+    for command in commands.choices.values():
+        _add_global_options(command, suppress=True)
     return parser
+
+
+def _add_global_options(parser, suppress):
+    """The options every command takes, before or after its name: `netfence
+    --config-dir D check` and `netfence check --config-dir D` are the same. After the
+    name their default is SUPPRESS: given there, they override the value before it;
+    left out, they leave it."""
+    for flag, default, help_text in (
+            ("--config-dir", Paths.config_dir, "policy directory"),
+            ("--state-dir", Paths.state_dir, "compiled snapshot directory"),
+            ("--run-dir", Paths.run_dir, "live session records")):
+        parser.add_argument(flag, metavar="DIR",
+                            default=argparse.SUPPRESS if suppress else default,
+                            help=f"{help_text} (default: {default})")
 
 
 def _add_run(commands):
