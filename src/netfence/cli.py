@@ -51,9 +51,36 @@ def build_parser():
     pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
     install = commands.add_parser("install-hook", help="write the hook program pam_exec runs")
     install.add_argument("path", nargs="?", default=DEFAULT_HOOK)
-    for command in commands.choices.values():
+    for name, command in commands.choices.items():
         _add_global_options(command, suppress=True)
+        command.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+# `netfence COMMAND --help` ends with these (tests/unit/test_cli_global_options.py
+# checks that every command has some)
+EXAMPLES = {
+    "check": ["netfence check", "netfence check --config-dir /srv/policy-next"],
+    "reload": ["netfence check && netfence reload"],
+    "explain": ["netfence explain alice --service sshd --rhost 203.0.113.9",
+                'netfence explain bob --service su-l --at "Sa 23:00"'],
+    "status": ["netfence status", "netfence status --json | jq '.sessions'"],
+    "metrics": ["netfence metrics > /var/lib/node_exporter/netfence.prom.tmp && "
+                "mv /var/lib/node_exporter/netfence.prom.tmp "
+                "/var/lib/node_exporter/netfence.prom"],
+    "flush": ["netfence flush      # every restriction off, until the next reload"],
+    "gc": ["netfence gc         # what the timer runs every minute"],
+    "run": ["netfence run --profile web-only --user www-data -- /usr/sbin/nginx"],
+    "grant": ['netfence grant alice --profile web-only --for 2h --reason "INC-7"'],
+    "restrict": ['netfence restrict mallory --profile web-only --for 30m --reason "abuse"'],
+    "grants": ["netfence grants", "netfence grants --json"],
+    "revoke": ["netfence revoke g-1a2b3c4d"],
+    "log": ["netfence log --user alice --since 1h", "netfence log --follow --json"],
+    "watch": ["netfence watch     # the installed netfence-watch.service runs this"],
+    "pam-line": ["netfence pam-line --hook /usr/lib/netfence/netfence-hook"],
+    "install-hook": ["netfence install-hook /usr/lib/netfence/netfence-hook"],
+}
 
 
 def _add_global_options(parser, suppress):

@@ -41,3 +41,18 @@ def test_the_check_reads_the_directory_given_after_the_name(capsys):
     missing = f"/nonexistent-nftest-{os.getpid()}"      # under /: no parent to refuse
     assert cli.main(["--config-dir", "/etc", "check", "--config-dir", missing]) == 1
     assert f"{missing}: no such directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", sorted(cli.EXAMPLES))
+def test_every_command_help_ends_with_an_example(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert "examples:\n  netfence " in out and "--config-dir" in out
+
+
+def test_no_command_lacks_examples():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    assert sorted(commands.choices) == sorted(cli.EXAMPLES)
