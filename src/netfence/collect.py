@@ -79,7 +79,7 @@ def gc(run_dir, *, cgroup_base=None, timeout_ms=fastpath.DEFAULT_TIMEOUT_MS, mou
         for tree in records.list_runs(run_dir):
             _collect_tree(run_dir, tree, report, timeout_ms, mount)
     if state_dir is not None:
-        _reconcile_timed(run_dir, state_dir, report, mount)
+        _reconcile_timed(run_dir, state_dir, report)
     if mount is not None:
         report.cgroups += _remove_orphan_cgroups(run_dir, mount, cgroup_base)
     if records.stale_temp_files(run_dir):
@@ -99,7 +99,7 @@ def _prune_history(run_dir, report):
         report.errors.append(f"closed records: {err}")
 
 
-def _reconcile_timed(run_dir, state_dir, report, mount):
+def _reconcile_timed(run_dir, state_dir, report):
     """After the sessions part (closed sessions need no window keys any more). No
     policy applied: nothing to do; a missing table or a refusal is an error (gc
     exits 1), as the table check reports drift."""

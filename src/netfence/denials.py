@@ -41,18 +41,18 @@ def parse_prefix(prefix):
     return None
 
 
-def build_entry(packet, snapshot, record, name_of_uid=None):
+def build_entry(packet, snapshot, record, name_of_uid=None, at=None):
     """packet: nflog.parse_packet's dict; snapshot: compiled.json's dict; record: the
     session (or run) record of the mark's cgroup, or None; name_of_uid: uid -> account
     name (or None) for a denial no record names (watch gives none: `user` is then
     null, and `netfence log` names the uid when it shows the entry). None when the
-    prefix is not ours."""
+    prefix is not ours. at: the copy's time (copy_time) when the caller took it."""
     parsed = parse_prefix(packet["prefix"])
     if parsed is None:
         return None
     profile, has_cgroup = parsed
     entry = dict.fromkeys(FIELDS)
-    entry.update(time=copy_time(packet["time"]), profile=profile,
+    entry.update(time=copy_time(packet["time"]) if at is None else at, profile=profile,
                  direction=packet["direction"],
                  cgroup_id_low32=mark_of(packet) if has_cgroup else None)
     entry.update(_identity(packet, record if has_cgroup else None, name_of_uid))

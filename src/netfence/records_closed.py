@@ -66,9 +66,9 @@ def closed_record(record, now, totals=None):
     kept = {k: v for k, v in record.items() if k not in DROPPED}
     kept["closed_at"] = now
     closer = boot_id()
-    if "boot_id" not in kept:         # opened before records carried their boot
-        kept["closed_boot_id"] = closer
-    elif kept["boot_id"] != closer:   # opened in an earlier boot (run_dir outlived it)
+    # opened before records carried their boot, or in an earlier boot (run_dir
+    # outlived it): the boot it closed in is said apart
+    if kept.get("boot_id") != closer:
         kept["closed_boot_id"] = closer
     if totals is not None:
         kept["totals"] = totals
@@ -91,12 +91,18 @@ def keep_closed(run_dir, record, now, totals=None):
     return name
 
 
+def is_kept(run_dir, record):
+    """Whether the record's session already has its closed record (a close that
+    stopped after keeping it)."""
+    return closed_name(closed_dir(run_dir), record)[1]
+
+
 def closed_name(directory, record):
     """(name, already kept): KEY; when KEY holds another session (the key used
     again), KEY-<cgroup id>-<opening time in us>, which names this session alone. At
     most two lookups, whatever the number of entries."""
     key = record["key"]
-    opened = record.get("opened_at", record.get("started", 0))
+    opened = _opened(record)
     names = (key, f"{key}-{int(record.get('cgroup_id') or 0)}-{int(opened * 1e6)}")
     for name in names:
         path = f"{directory}/{name}"
@@ -237,18 +243,19 @@ def prune_closed(run_dir, now, keep_s=KEEP_S, cap=CAP):
     """Remove the closed records closed more than keep_s ago, damaged ones, and those
     over the cap (see _prune_over_cap). No lock needed: a close only adds names, and
     removing a name twice is harmless. Returns how many went."""
-    removed = 0
-    for name, record in _entries(run_dir):
+    kept, removed = [], 0
+    for name, record in _entries(run_dir):       # read once: each entry is a file
         if record is None or record["closed_at"] < now - keep_s:
             records.delete(f"{closed_dir(run_dir)}/{name}")
             removed += 1
-    return removed + _prune_over_cap(run_dir, cap)
+        else:
+            kept.append((name, record))
+    return removed + _prune_over_cap(run_dir, kept, cap)
 
 
-def _prune_over_cap(run_dir, target):
-    """Down to target entries: damaged ones first, then the oldest of the uid that
-    holds the most, again and again. Returns how many went."""
-    entries = _entries(run_dir)
+def _prune_over_cap(run_dir, entries, target):
+    """Down to target entries ([(name, record)], prune_closed's survivors): the
+    oldest of the uid that holds the most, again and again. Returns how many went."""
     if len(entries) <= target:
         return 0
     doomed = [name for name, record in entries if record is None]

@@ -193,7 +193,9 @@ def finish_pending(run_dir, path, timeout_ms, record=None):
     if record is None or "destroy" not in record:
         return None
     if record.get("history") == "pending":     # a close stopped before or after it
-        keep_history(run_dir, record)
+        from .records_closed import is_kept
+        if not is_kept(run_dir, record):       # after: no second read of the totals
+            keep_history(run_dir, record)
     destroy = plan.subtract(record["destroy"],
                             records.live_elements(run_dir, timed_at=time.time()))
     fastpath.destroy_elements(destroy, timeout_ms)

@@ -282,17 +282,17 @@ class DenialRecorder:
     def _record(self, packet, snapshot, sent_after=None):
         parsed = denials.parse_prefix(packet["prefix"])
         record = None
+        at = denials.copy_time(packet["time"])   # the entry's time and the lookup's
         if parsed is not None and parsed[1]:
             # now, not later: a session that closes right after its denial is found
             # among the closed records, kept a day (records.prune_closed at gc)
-            at = denials.copy_time(packet["time"])
             # no kernel timestamp (egress): `at` is when it was read, and watch's loop
             # may have been busy for seconds; it was sent after the last drain
             record = self._record_of(denials.mark_of(packet), at, packet["uid"],
                                      None if at == packet["time"] else sent_after)
         # no NSS lookup here: a slow backend (LDAP down) would hold watch's one loop,
         # repairs included; `netfence log` names a uid no record names when it shows it
-        entry = denials.build_entry(packet, snapshot, record)
+        entry = denials.build_entry(packet, snapshot, record, at=at)
         if entry is None:
             return
         try:

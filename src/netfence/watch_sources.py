@@ -31,7 +31,6 @@ from .liveness import proc_starttime
 NFNLGRP_NFTABLES = 7
 SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
 RECEIVE_BUFFER = 1 << 20     # a burst of logins fits; beyond it ENOBUFS: check everything
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 TABLE_NAME_ATTR = 1          # NFTA_{TABLE_NAME,CHAIN_TABLE,RULE_TABLE,SET_TABLE,...}
 NFPROTO_INET = nfconst.NFPROTO_INET
 ELEMENT_MESSAGES = frozenset({nfconst.NFT_MSG_NEWSETELEM, nfconst.NFT_MSG_DELSETELEM,
@@ -57,7 +56,7 @@ class NftEvents:
                                     | socket.SOCK_NONBLOCK, nfconst.NETLINK_NETFILTER)
         try:
             # FORCE: past net.core.rmem_max (often 208 KiB), allowed with CAP_NET_ADMIN
-            self.socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            self.socket.setsockopt(socket.SOL_SOCKET, nfconst.SO_RCVBUFFORCE, RECEIVE_BUFFER)
         except PermissionError:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         self.socket.bind((0, 0))
