@@ -317,6 +317,9 @@ def test_sshd_live_session_and_teardown_kills_everything(netns, user, recorder):
             try:
                 recorder.wait_for("open_session", count=2)
                 kids = server.session_pids()
+                # open_session is recorded before sshd starts the user's command
+                wait_until(lambda: user_processes(user.uid),
+                           what="the held session's command to start")
                 assert user_processes(user.uid)
                 pid = server.proc.pid
             except BaseException:
