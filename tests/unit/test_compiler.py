@@ -245,3 +245,16 @@ def test_login_rules_carry_compiled_rhosts():
     rule = compiler.compile_policy(pol)["login"]["rules"][0]
     assert rule["rhosts"] == [[["local"], ["suffix", ".example.org"],
                                ["net", 4, 0x0A000000, 8]], [["net", 4, 0x0A090000, 16]]]
+
+
+def test_a_verdict_map_set_def_round_trips_through_json():
+    fields = (("iface_index", 4), ("inet_proto", 1), ("ipv4_addr", 4), ("inet_service", 2))
+    elements = (("01000000" "06000000" "0a000000" "00500000",
+                 "01000000" "06000000" "0affffff" "00500000", "out-web.1"),)
+    table = ir.TableDef(sets=(ir.SetDef("out-web.v4", "concat", interval=True, fields=fields,
+                                        data="verdict", elements=elements),),
+                        chains=(), rules=())
+    back = ir.TableDef.from_json(json.loads(json.dumps(table.to_json())))
+    assert back == table
+    assert back.sets[0].fields == fields and back.sets[0].elements == elements
+    assert ir.key_length(fields) == 16
