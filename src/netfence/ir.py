@@ -20,6 +20,11 @@ ceil(n/4) of them (the kernel zero-pads a short load), for a "vmap" lookup.
   ("ct", "state")
   ("byteorder", op, len, size)       op: hton | ntoh; reg1 converted in place, `len`
                                      bytes in words of `size` (an interval set's key)
+  ("byteorder", op, len, size, reg)  the same on register `reg` (sreg = dreg = reg): the
+                                     oif/iif field of a lookup key, big-endian like nft
+                                     makes it (`nft list` then prints "lo", and `nft -f`
+                                     of the listing takes its ranges back: nft parses an
+                                     iface_index up to 2^31-1 only)
   ("bitwise", mask_hex, xor_hex)     reg1 = (reg1 & mask) ^ xor, len = len(mask)
   ("cmp", op, data_hex)              op: eq neq lt lte gt gte
   ("range", op, from_hex, to_hex)    op: eq neq
