@@ -11,7 +11,9 @@ from netfence.model import LOOPBACK, NetRule, Profile, Settings
 
 
 def table_rules(*profiles, settings=Settings()):
-    return compiler.build_table(profiles, settings).to_json()["rules"]
+    """The table (JSON) in the two parts evaluate reads: its rules and its maps."""
+    table = compiler.build_table(profiles, settings).to_json()
+    return table["rules"], table["sets"]
 
 
 def ipv4(src, dst, proto, transport, frag=0, ihl=5):
@@ -31,8 +33,9 @@ def ports(sport, dport):
     return struct.pack(">HH", sport, dport) + bytes(16)
 
 
-def match(rules, chain, payload, outdev=2, indev=None):
-    return evaluate.first_match(rules, chain, evaluate.parse_ip(payload), outdev, indev)
+def match(table, chain, payload, outdev=2, indev=None):
+    rules, sets = table
+    return evaluate.first_match(rules, chain, evaluate.parse_ip(payload), outdev, indev, sets)
 
 
 WEB = Profile("web", egress=(
@@ -142,7 +145,7 @@ def test_verdicts_without_denial_chains():
 
 
 def test_grant_rules_never_match_and_other_chains_are_ignored(rules):
-    assert any(r["comment"] == "web egress grant" for r in rules)
+    assert any(r["comment"] == "web egress grant" for r in rules[0])
     packet = ipv4("1.1.1.1", "198.51.100.1", 6, ports(1, 9))
     assert match(rules, "out-nothing", packet) is None
 
