@@ -28,6 +28,7 @@ the later ones (their rules are a subset): they only ever catch what the first o
 not look up.
 """
 
+import functools
 import ipaddress
 
 from . import ir
@@ -99,11 +100,9 @@ def rule_boxes(net_rule, spec):
         if peer == LOOPBACK:
             iface = (LOOPBACK_INDEX, LOOPBACK_INDEX)
         elif peer is not None:
-            net = ipaddress.ip_network(peer)
-            family = net.version
+            family, address = network_range(peer)
             if family != spec.family:
                 continue
-            address = (int(net.network_address), int(net.broadcast_address))
         for l4 in _l4_ranges(net_rule.protos, family, spec):
             for port in [tuple(p) for p in net_rule.ports] or [PORT[2]]:
                 box = [iface] + ([l4] if spec.l4proto else [])
@@ -113,6 +112,13 @@ def rule_boxes(net_rule, spec):
                     box.append(port)
                 boxes.append(tuple(box))
     return boxes
+
+
+@functools.lru_cache(maxsize=4096)
+def network_range(peer):
+    """"10.0.0.0/8" -> (4, (first, last)) as integers."""
+    net = ipaddress.ip_network(peer)
+    return net.version, (int(net.network_address), int(net.broadcast_address))
 
 
 def _l4_ranges(protos, family, spec):
@@ -128,9 +134,15 @@ def _l4_ranges(protos, family, spec):
     return [(n, n) for n in sorted(set(numbers))]
 
 
-def partition(numbered_boxes, space):
+class TooManyBoxes(Exception):
+    """The partition passed its limit (the caller names the profile)."""
+
+
+def partition(numbered_boxes, space, limit=None):
     """First match as disjoint boxes: [(box, rule number)]. numbered_boxes:
-    [(number, [box, ...])] in rule order; space: the box of every possible key."""
+    [(number, [box, ...])] in rule order; space: the box of every possible key.
+    TooManyBoxes as soon as the claimed or the unclaimed boxes pass `limit` (a policy
+    that cannot be a map: stop early rather than compute millions of boxes)."""
     unclaimed, claimed = [tuple(space)], []
     for number, boxes in numbered_boxes:
         for box in boxes:
@@ -143,19 +155,20 @@ def partition(numbered_boxes, space):
                 claimed.append((common, number))
                 rest += _difference(free, common)
             unclaimed = rest
+            if limit is not None and max(len(claimed), len(unclaimed)) > limit:
+                raise TooManyBoxes(max(len(claimed), len(unclaimed)))
             if not unclaimed:
                 return claimed
     return claimed
 
 
 def _intersection(first, second):
-    common = []
-    for (low1, high1), (low2, high2) in zip(first, second):
-        low, high = max(low1, low2), min(high1, high2)
-        if low > high:
+    # most pairs do not meet: test the selective fields (port, address) first, cheaply
+    for (low1, high1), (low2, high2) in zip(reversed(first), reversed(second)):
+        if low1 > high2 or low2 > high1:
             return None
-        common.append((low, high))
-    return tuple(common)
+    return tuple((max(low1, low2), min(high1, high2))
+                 for (low1, high1), (low2, high2) in zip(first, second))
 
 
 def _difference(box, inner):
@@ -222,12 +235,13 @@ def direction_lookups(profile, direction, net_rules, chain):
         name = f"{chain}.{spec.suffix()}"
         numbered = [(n, rule_boxes(r, spec)) for n, r in enumerate(net_rules, 1)]
         fields = spec.fields()
-        claimed = merge_adjacent(partition(numbered, [f[2] for f in fields]))
+        try:
+            claimed = merge_adjacent(partition(numbered, [f[2] for f in fields],
+                                               4 * MAX_MAP_ELEMENTS))
+        except TooManyBoxes as many:
+            raise _too_many(profile, direction, name, f"over {many.args[0]}") from None
         if len(claimed) > MAX_MAP_ELEMENTS:
-            raise PolicyError([(profile.where.path, profile.where.line,
-                                f"profile {profile.name!r}: its {direction} rules make "
-                                f"{len(claimed)} lookup elements in {name}, more than "
-                                f"{MAX_MAP_ELEMENTS}: merge or shorten its rules")])
+            raise _too_many(profile, direction, name, len(claimed))
         if not claimed:
             continue
         claimed.sort(key=lambda item: item[0])
@@ -241,6 +255,13 @@ def direction_lookups(profile, direction, net_rules, chain):
     if not any(spec.family for spec in specs):
         rules += _plain_fallback(direction, net_rules, chain)
     return sets, rules
+
+
+def _too_many(profile, direction, name, count):
+    return PolicyError([(profile.where.path, profile.where.line,
+                         f"profile {profile.name!r}: its {direction} rules make {count} "
+                         f"lookup elements in {name}, more than {MAX_MAP_ELEMENTS}: "
+                         f"merge or shorten its rules")])
 
 
 def map_specs(net_rules):

@@ -41,6 +41,7 @@ ceil(n/4) of them (the kernel zero-pads a short load), for a "vmap" lookup.
   ("verdict", kind, chain)           kind: jump goto
 """
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 from . import setkinds
@@ -97,6 +98,14 @@ class RuleDef:
     comment: str = ""     # where the rule comes from, e.g. "web-only egress 2 (/etc/…:12)"
 
 
+def _set_json(set_def):
+    """asdict without its deep copies (a map's elements are thousands of tuples)."""
+    data = {f.name: getattr(set_def, f.name) for f in dataclasses.fields(SetDef)}
+    data["fields"] = [list(f) for f in set_def.fields]
+    data["elements"] = [list(e) for e in set_def.elements]
+    return data
+
+
 @dataclass(frozen=True)
 class TableDef:
     sets: tuple           # SetDef...
@@ -109,7 +118,7 @@ class TableDef:
         return {
             "family": self.family,
             "name": self.name,
-            "sets": [asdict(s) for s in self.sets],
+            "sets": [_set_json(s) for s in self.sets],
             "chains": [asdict(c) for c in self.chains],
             "rules": [{"chain": r.chain, "exprs": [list(e) for e in r.exprs],
                        "comment": r.comment} for r in self.rules],

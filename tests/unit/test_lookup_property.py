@@ -232,3 +232,12 @@ def test_a_partition_past_the_limit_is_a_policy_error_naming_the_profile(monkeyp
     with pytest.raises(PolicyError) as caught:
         compiler.build_table([Profile("big", egress=rules)])
     assert "'big'" in str(caught.value) and "more than 3" in str(caught.value)
+
+
+def test_a_policy_that_would_fragment_without_end_stops_early(monkeypatch):
+    """Overlapping ranges in every field: refused before millions of boxes exist."""
+    monkeypatch.setattr(compiler_lookups, "MAX_MAP_ELEMENTS", 50)
+    rules = tuple(NetRule("allow", ("tcp",), ((i, 60000 - i),), (f"10.0.0.{i}/32",))
+                  for i in range(1, 200, 3))
+    with pytest.raises(PolicyError, match="more than 50"):
+        compiler.build_table([Profile("frag", egress=rules)])
