@@ -153,3 +153,28 @@ def test_grant_rules_never_match_and_other_chains_are_ignored(rules):
 def test_rule_number():
     assert evaluate.rule_number("web egress rule 12") == 12
     assert evaluate.rule_number("web egress default") is None
+
+
+def test_the_lookup_names_the_rule_through_its_chain(rules):
+    """The map's element goes to out-web.2, whose one rule decides: without it the
+    packet is undecided (a snapshot that is not the kernel's), never another rule."""
+    packet = ipv4("10.9.9.9", "198.51.100.1", 17, ports(5, 1500))
+    assert match(rules, "out-web", packet) == ("web egress rule 2", "reject")
+    kept = [r for r in rules[0] if r["chain"] != "out-web.2"]
+    assert match((kept, rules[1]), "out-web", packet) is None
+    assert match((rules[0], []), "out-web", packet) == ("web egress default", "deny")
+
+
+def test_a_packet_without_layer4_protocol_meets_only_rules_without_protocols_or_ports(rules):
+    """The kernel could not find its layer-4 header (meta l4proto breaks): the
+    lookups with protocols break, the address-only map still sees rule 3."""
+    headers = evaluate.parse_ip(ipv4("192.0.2.1", "10.200.0.1", 6, ports(5, 80)))
+    headers["l4proto"], headers["transport"] = None, None
+    assert evaluate.first_match(rules[0], "out-web", headers, 2, None, rules[1]) == (
+        "web egress rule 3", "deny")
+    headers = evaluate.parse_ip(ipv4("192.0.2.1", "198.51.100.1", 6, ports(5, 80)))
+    headers["l4proto"], headers["transport"] = None, None
+    assert evaluate.first_match(rules[0], "out-web", headers, 1, None, rules[1]) == (
+        "web egress rule 5", "allow")                        # loopback, any protocol
+    assert evaluate.first_match(rules[0], "out-web", headers, 2, None, rules[1]) == (
+        "web egress default", "deny")
