@@ -168,8 +168,8 @@ def static_replacements(wanted, missing, extra):
 def element_drift(table, run_dir, ruleset):
     """(missing, unrecorded): the elements the records need that the kernel lacks, and
     those the kernel holds without a record, as {set: [hex key]}."""
-    # no records: always rules' sets (resolved), timed sets (computed) and the
-    # profiles' verdict maps (static elements of the table: the summary compares them)
+    # no records: always rules' sets (resolved) and timed sets (computed)
+    # nor verdict maps: their elements are the table's own (nftnl_drift compares them)
     wanted = {s.name for s in table.sets if not (is_static(s.name) or s.timeout or s.data)}
     need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
     have = {s: k for s, k in ruleset.read_elements(table.name).items() if s in wanted}
