@@ -141,5 +141,8 @@ def test_registers_compare_as_the_kernel_dumps_them():
     assert canonical_registers(("payload", "transport", 2, 2, 10)) == (
         "payload", "transport", 2, 2, 10)
     assert canonical_registers(("vmap", "m", 8)) == ("vmap", "m", 1)
+    assert canonical_registers(("byteorder", "hton", 4, 4, 8)) == ("byteorder", "hton", 4, 4)
+    assert canonical_registers(("byteorder", "hton", 4, 4, 16)) == (
+        "byteorder", "hton", 4, 4, 3)
     assert canonical_registers(("meta", "mark", 2)) == ("meta", "mark", 2)
     assert canonical_registers(("cmp", "eq", "08")) == ("cmp", "eq", "08")
