@@ -13,6 +13,7 @@ sendto fails with EPERM when the verdict is drop, to lo or through a dummy inter
 (the default route: one end of a veth pair).
 """
 
+import collections
 import ipaddress
 import json
 import re
@@ -332,3 +333,155 @@ def test_overlapping_boxes_are_refused_whole(netns):
             rs.replace_table(table, {})
         assert "map out-T.v4" in str(caught.value)
         assert not rs.table_exists()
+
+
+# ---- compiled policies: the kernel against evaluate.py and a plain first match -------
+
+def _property_module():
+    """tests/unit/test_lookup_property.py (LOOKUPS'): its random profiles and its
+    first-match reference, loaded by path (unit tests are not a package)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "unit", "test_lookup_property.py")
+    spec = importlib.util.spec_from_file_location("lookup_property", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# protocols a raw IPv6 socket sends as its own next header (not extension headers the
+# kernel would walk into; 58 is left out: the kernel writes ICMPv6's checksum, which
+# is where th dport reads)
+V6_RAW_PROTOS = [1, 2, 6, 17, 132, 136, 200]     # 255: IPv6 IPPROTO_RAW is hdrincl
+
+
+def _realisable(rng, prop, profile, veth_index):
+    """A random packet (the property test's fields) that a local socket can send:
+    lo packets to 127/8 or ::1, the others to a unicast address the default route
+    takes through the veth; v4 written whole (IP_HDRINCL: any protocol, fragments,
+    short transport headers), v6 through raw sockets of the packet's protocol."""
+    for _ in range(50):
+        packet = prop.random_packet(rng, profile)
+        if packet["l4proto"] is None:
+            continue                        # a packet without layer 4: not sendable here
+        if packet["version"] == 6 and (packet["l4proto"] not in V6_RAW_PROTOS
+                                       or packet["transport"] is None
+                                       or len(packet["transport"]) < 4):
+            continue
+        if rng.random() < 0.3:
+            packet["peer"] = (ipaddress.ip_address(f"127.{rng.randrange(256)}.0.{rng.randrange(1, 255)}")
+                              if packet["version"] == 4 else ipaddress.ip_address("::1"))
+            packet["ifindex"] = 1
+        elif _routable(packet["peer"]):
+            packet["ifindex"] = veth_index
+        else:
+            continue
+        return packet
+    return None
+
+
+def _routable(address):
+    return not (address.is_loopback or address.is_multicast or address.is_unspecified
+                or address.is_link_local or address.is_reserved
+                or (address.version == 4 and (int(address) >> 24 == 0
+                                              or int(address) == TOP32)))
+
+
+def _send_in_thread(ns, packets):
+    """Send the packets from a thread inside `ns` ([(errno name or "ok")])."""
+    import ctypes
+    import os
+    import threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = []
+
+    def run():
+        fd = os.open(ns.path, os.O_RDONLY)
+        try:
+            if libc.setns(fd, 0x40000000) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        for packet in packets:
+            out.append(_send_one(packet))
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return out
+
+
+def _send_one(packet):
+    import errno
+    import socket
+    import struct
+    transport = packet["transport"] or bytes(8)
+    proto = packet["l4proto"]
+    try:
+        if packet["version"] == 4:
+            fragment = 185 if packet["transport"] is None else 0      # a later fragment
+            header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(transport), 0x1234,
+                                 fragment, 64, proto, 0, bytes(4), packet["peer"].packed)
+            with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                s.sendto(header + transport, (str(packet["peer"]), 0))
+        else:
+            with socket.socket(socket.AF_INET6, socket.SOCK_RAW, proto) as s:
+                s.sendto(transport, (str(packet["peer"]), 0))
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+
+
+def _rule_counts(rs, profile_name):
+    prefix = f"{profile_name} egress "
+    return {comment: packets for _chain, comment, packets, _bytes in rs.read_counters()
+            if comment.startswith(prefix)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_compiled_profiles_decide_in_the_kernel_as_evaluate_says(veth_ns, seed):
+    """Random egress profiles compiled to maps and sent to the kernel; random packets
+    sent by a root socket (uid 0 in the profile's uid set): the rule whose counter
+    moved is the rule evaluate.py names, and the plain first-match reading agrees."""
+    import random
+    from netfence import compiler
+    from netfence.model import Settings
+    prop = _property_module()
+    veth_index = int(veth_ns.run(["ip", "-o", "link", "show", "d0"]).stdout.split(":")[0])
+    rng = random.Random(seed)
+    seen = collections.Counter()
+    with ruleset_in(veth_ns) as rs:
+        for _ in range(12):
+            profile = prop.random_profile(rng, "egress")
+            table = compiler.build_table([profile], Settings())
+            rs.replace_table(table, {"any-uid": ["00000000"], "uid-p": ["00000000"]})
+            assert differences(expected_summary(table), rs.summary()) == []
+            as_json = table.to_json()
+            for _ in range(15):
+                packet = _realisable(rng, prop, profile, veth_index)
+                if packet is None:
+                    continue
+                before = _rule_counts(rs, profile.name)
+                _send_in_thread(veth_ns, [packet])
+                after = _rule_counts(rs, profile.name)
+                moved = [c for c in after if after[c] != before.get(c, 0)]
+                expected = prop.reference(profile, "egress", packet)
+                context = (seed, profile, packet)
+                assert moved == [expected[0]], context
+                assert prop.run(as_json, "out-p", packet, "egress") == expected, context
+                seen.update(_kinds(packet, expected))
+    # the cases that matter were all met (a rule, the default, lo, v6, no transport
+    # header, a short one)
+    assert {"rule", "default", "lo", "veth", "v6", "fragment", "short"} <= set(seen), seen
+    assert sum(seen[k] for k in ("lo", "veth")) > 100
+
+
+def _kinds(packet, expected):
+    transport = packet["transport"]
+    yield "default" if expected[0].endswith("default") else "rule"
+    yield "lo" if packet["ifindex"] == 1 else "veth"
+    yield f"v{packet['version']}"
+    if transport is None:
+        yield "fragment"
+    elif len(transport) < 4:
+        yield "short"
