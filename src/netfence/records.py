@@ -208,25 +208,39 @@ def _all(run_dir, kind, strict=False):
 
 # ---- views for the command line (status, reload, gc) ------------------------------
 
-def list_sessions(run_dir, strict=False):
+def read_live(run_dir):
+    """Every live session, run and user record, strictly read (a damaged one raises
+    StateError), once: {SESSIONS: [...], RUNS: [...], USERS: [...]}. reload reads the
+    records once per attempt and hands them to live_elements and to the timed sets'
+    computation (timed_apply), which read 20,000 files each at 10,000 sessions."""
+    return {kind: _all(run_dir, kind, strict=True) for kind in (SESSIONS, RUNS, USERS)}
+
+
+def _of(run_dir, kind, strict, live):
+    return list(live[kind]) if live is not None else _all(run_dir, kind, strict)
+
+
+def list_sessions(run_dir, strict=False, live=None):
     """Every session record, oldest first (plain dicts, JSON-serialisable); strict: a
-    damaged one raises StateError instead of being skipped."""
-    return sorted(_all(run_dir, SESSIONS, strict),
+    damaged one raises StateError instead of being skipped. live: read_live's answer,
+    read already."""
+    return sorted(_of(run_dir, SESSIONS, strict, live),
                   key=lambda r: (r.get("opened_at", 0), r["key"]))
 
 
-def list_runs(run_dir, strict=False):
+def list_runs(run_dir, strict=False, live=None):
     """Every `netfence run` tree's record, oldest first."""
-    return sorted(_all(run_dir, RUNS, strict), key=lambda r: (r.get("started", 0), r["key"]))
+    return sorted(_of(run_dir, RUNS, strict, live),
+                  key=lambda r: (r.get("started", 0), r["key"]))
 
 
-def list_users(run_dir, strict=False):
+def list_users(run_dir, strict=False, live=None):
     """Every user record; strict: a damaged one raises StateError instead of being
     skipped (for callers that would otherwise remove what it held)."""
-    return sorted(_all(run_dir, USERS, strict), key=lambda r: r["uid"])
+    return sorted(_of(run_dir, USERS, strict, live), key=lambda r: r["uid"])
 
 
-def live_elements(run_dir, unsettled=None, timed_at=None):
+def live_elements(run_dir, unsettled=None, timed_at=None, live=None):
     """{set: [hex key]}: every element the records say should be in the kernel.
 
     A record marked closing is on its way out (its elements are being, or are to be,
@@ -239,11 +253,11 @@ def live_elements(run_dir, unsettled=None, timed_at=None):
     close or undo), whose elements may still be in the kernel although no live
     record needs them. timed_at: an epoch: the timed elements (time windows) the live
     session, run and user records have open then count too (what a pending destroy must
-    not take from another session).
+    not take from another session). live: read_live's answer, when read already.
     """
-    sessions = _all(run_dir, SESSIONS, strict=True)
-    users = _all(run_dir, USERS, strict=True)
-    sessions += _all(run_dir, RUNS, strict=True)      # run trees: session-scope elements
+    live = read_live(run_dir) if live is None else live
+    users = live[USERS]
+    sessions = live[SESSIONS] + live[RUNS]      # run trees: session-scope elements
     if unsettled is not None:
         unsettled += [r for r in sessions + users if "destroy" in r]
     parts = [r.get("session_elements", {}) for r in sessions if not r.get("closing")]
