@@ -10,7 +10,7 @@ tests/unit/test_nftnl_wire.py, test_nftnl_raw.py and test_nftnl_fixtures.py.
 
 import itertools
 
-from . import nftnl_wire as wire, setkinds
+from . import nftnl_maps, nftnl_wire as wire, setkinds
 from . import nfconst as nf
 from .counters import counter_expression
 from .nfencode import (attr, cstring, element_list_message, interval_list_message, nested,
@@ -116,14 +116,14 @@ class PreparedTable:
             attrs.append(('NFTA_TABLE_USERDATA', marker_udata(marker)))
         body.add(f"add table inet {name}", nf.NFT_MSG_NEWTABLE, attrs)
         for set_id, set_def in enumerate(table.sets, 1):
-            body.add(f"add set {set_def.name}", nf.NFT_MSG_NEWSET,
-                     _set_attrs(name, set_def, set_id))
+            _add_set(body, name, set_def, set_id)
         # Regular chains first (stable order otherwise): the kernel keeps creation order,
         # which is what `nft list` and read_table() show. Every chain exists before the
         # first rule, so jumps resolve either way; base chains only see packets after commit.
         for chain in sorted(table.chains, key=lambda c: bool(c.hook)):
             body.add(f"add chain {chain.name}", nf.NFT_MSG_NEWCHAIN,
                      _chain_attrs(name, chain))
+        _add_map_elements(body, table)
         _add_rules(body, table)
         self.body = body.messages
         self.next_seq = seq_base + 2 + len(self.body)
@@ -160,6 +160,30 @@ class PreparedTable:
         add_timed_messages(tail, name, {k: v for k, v in (timed or {}).items()
                                         if k in sets and sets[k].timeout})
         return out + tail.finish()
+
+
+def _add_set(batch, table_name, set_def, set_id):
+    """Queue one NEWSET: a verdict map as nftnl_maps writes it (as nft sends it;
+    pyroute2's set class does not describe NFTA_SET_DESC_CONCAT's fields), every other
+    set from its attribute list (nftnl_wire)."""
+    if not nftnl_maps.is_map(set_def):
+        batch.add(f"add set {set_def.name}", nf.NFT_MSG_NEWSET,
+                  _set_attrs(table_name, set_def, set_id))
+        return
+    seq = batch.next_seq()
+    data = nft_message(nf.NFT_MSG_NEWSET, ACKED | nf.NLM_F_CREATE | nf.NLM_F_EXCL,
+                       nftnl_maps.map_set_body(table_name, set_def, set_id), seq)
+    batch.messages.append((f"add map {set_def.name}", data, seq))
+
+
+def _add_map_elements(batch, table):
+    """Queue the maps' static elements, after the chains their gotos name. EXCL: two
+    identical boxes are a compiler bug, not something to merge silently (overlapping
+    ones the kernel refuses either way)."""
+    for set_def in table.sets:
+        if nftnl_maps.is_map(set_def):
+            batch.messages += nftnl_maps.element_messages(
+                table.name, set_def, ACKED | nf.NLM_F_CREATE | nf.NLM_F_EXCL, batch.next_seq)
 
 
 def _set_attrs(table_name, set_def, set_id):
