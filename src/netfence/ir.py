@@ -20,6 +20,11 @@ ceil(n/4) of them (the kernel zero-pads a short load), for a "vmap" lookup.
   ("ct", "state")
   ("byteorder", op, len, size)       op: hton | ntoh; reg1 converted in place, `len`
                                      bytes in words of `size` (an interval set's key)
+  ("byteorder", op, len, size, reg)  the same on register `reg` (sreg = dreg = reg): the
+                                     oif/iif field of a lookup key, big-endian like nft
+                                     makes it (`nft list` then prints "lo", and `nft -f`
+                                     of the listing takes its ranges back: nft parses an
+                                     iface_index up to 2^31-1 only)
   ("bitwise", mask_hex, xor_hex)     reg1 = (reg1 & mask) ^ xor, len = len(mask)
   ("cmp", op, data_hex)              op: eq neq lt lte gt gte
   ("range", op, from_hex, to_hex)    op: eq neq
@@ -36,6 +41,7 @@ ceil(n/4) of them (the kernel zero-pads a short load), for a "vmap" lookup.
   ("verdict", kind, chain)           kind: jump goto
 """
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 from . import setkinds
@@ -92,6 +98,14 @@ class RuleDef:
     comment: str = ""     # where the rule comes from, e.g. "web-only egress 2 (/etc/…:12)"
 
 
+def _set_json(set_def):
+    """asdict without its deep copies (a map's elements are thousands of tuples)."""
+    data = {f.name: getattr(set_def, f.name) for f in dataclasses.fields(SetDef)}
+    data["fields"] = [list(f) for f in set_def.fields]
+    data["elements"] = [list(e) for e in set_def.elements]
+    return data
+
+
 @dataclass(frozen=True)
 class TableDef:
     sets: tuple           # SetDef...
@@ -104,7 +118,7 @@ class TableDef:
         return {
             "family": self.family,
             "name": self.name,
-            "sets": [asdict(s) for s in self.sets],
+            "sets": [_set_json(s) for s in self.sets],
             "chains": [asdict(c) for c in self.chains],
             "rules": [{"chain": r.chain, "exprs": [list(e) for e in r.exprs],
                        "comment": r.comment} for r in self.rules],

@@ -96,9 +96,9 @@ def _ct(key):
     return _expr('ct', [('NFTA_CT_KEY', CT_KEYS[key]), ('NFTA_CT_DREG', NFT_REG_1)])
 
 
-def _byteorder(op, length, size):
-    return _expr('byteorder', [('NFTA_BYTEORDER_SREG', NFT_REG_1),
-                               ('NFTA_BYTEORDER_DREG', NFT_REG_1),
+def _byteorder(op, length, size, reg=NFT_REG_1):
+    return _expr('byteorder', [('NFTA_BYTEORDER_SREG', _register(reg)),
+                               ('NFTA_BYTEORDER_DREG', _register(reg)),
                                ('NFTA_BYTEORDER_OP', BYTEORDER_OPS[op]),
                                ('NFTA_BYTEORDER_LEN', int(length)),
                                ('NFTA_BYTEORDER_SIZE', int(size))])
@@ -239,8 +239,10 @@ def _d_ct(d, a):
 
 
 def _d_byteorder(d, a):
-    return ("byteorder", _reverse(BYTEORDER_OPS)[a(d, 'NFTA_BYTEORDER_OP')],
-            a(d, 'NFTA_BYTEORDER_LEN'), a(d, 'NFTA_BYTEORDER_SIZE'))
+    convert = ("byteorder", _reverse(BYTEORDER_OPS)[a(d, 'NFTA_BYTEORDER_OP')],
+               a(d, 'NFTA_BYTEORDER_LEN'), a(d, 'NFTA_BYTEORDER_SIZE'))
+    register = a(d, 'NFTA_BYTEORDER_DREG')      # a lookup key's oif/iif: its own
+    return convert if register == NFT_REG_1 else convert + (register,)
 
 
 def _d_bitwise(d, a):

@@ -65,8 +65,9 @@ def _raw_ct(key):
     return _raw_expr("ct", nla(nf.NFTA_CT_KEY, _U32(CT_KEYS[key])) + _raw_regs(nf.NFTA_CT_DREG))
 
 
-def _raw_byteorder(op, length, size):
-    return _raw_expr("byteorder", _raw_regs(nf.NFTA_BYTEORDER_SREG, nf.NFTA_BYTEORDER_DREG)
+def _raw_byteorder(op, length, size, reg=NFT_REG_1):
+    return _raw_expr("byteorder", nla(nf.NFTA_BYTEORDER_SREG, _U32(reg))
+                     + nla(nf.NFTA_BYTEORDER_DREG, _U32(reg))
                      + nla(nf.NFTA_BYTEORDER_OP, _U32(BYTEORDER_OPS[op]))
                      + nla(nf.NFTA_BYTEORDER_LEN, _U32(int(length)))
                      + nla(nf.NFTA_BYTEORDER_SIZE, _U32(int(size))))

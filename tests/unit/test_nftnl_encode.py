@@ -31,6 +31,7 @@ EVERY_EXPR = [
     ("payload", "network", 16, 4, 10), ("payload", "network", 24, 16, 10),
     ("payload", "transport", 2, 2, 11), ("payload", "transport", 2, 2, 14),
     ("vmap", "out-web.v4", 8), ("vmap", "in-web.any", 8), ("vmap", "m", 1),
+    ("byteorder", "hton", 4, 4, 8),     # the key's oif, big-endian as nft makes it
 ]
 
 

@@ -32,6 +32,7 @@ def _random_expr(rnd):
         ("range", rnd.choice(["eq", "neq"]), hexes(n), hexes(n)),
         ("lookup", name), ("counter",),
         ("meta", rnd.choice(["oif", "iif", "l4proto"]), rnd.randrange(8, 24)),
+        ("byteorder", "hton", 4, 4, rnd.randrange(8, 24)),
         ("payload", rnd.choice(["network", "transport"]), rnd.randrange(64), rnd.randrange(1, 17),
          rnd.choice([1, 2] + list(range(8, 24)))),
         ("vmap", name, rnd.choice([1] + list(range(8, 24)))),
