@@ -632,3 +632,46 @@ def test_compiled_ingress_profiles_decide_in_the_kernel_as_evaluate_says(peer_ns
                 assert prop.run(table.to_json(), "in-p", packet, "ingress") == expected, context
                 seen.update(_kinds(packet, expected))
     assert {"rule", "default", "lo", "veth", "v6", "short"} <= set(seen), seen
+
+
+# ---- the attack on a map: an element deleted by hand ---------------------------------
+
+WEB_POLICY = """
+[settings]
+cgroup_base = "{base}"
+
+[profile.web]
+egress = [ {{ action = "reject", proto = "tcp", ports = [80] }} ]
+
+[[rule]]
+users = ["*"]
+profiles = ["web"]
+scope = "user"
+"""
+
+
+def test_a_deleted_map_element_is_drift_and_gc_restores_it(nf):
+    """The attack: root (or a buggy tool) deletes the map element that sends port 80
+    to web's reject rule; the restricted user's connections then meet the default
+    (allow). `netfence status` must say so and `netfence gc` put the element back."""
+    from support.livesession import login, logout
+    nf.write_policy(WEB_POLICY.format(base=nf.cgroup_base))
+    nf.cli("reload")
+    nf.echo_server(["tcp:127.0.0.1:80"])
+    key, _app = login(nf, 60001, ["web"])
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60001) == "refused"
+    assert json.loads(nf.cli("status", "--json").stdout)["drift"]["ok"]
+
+    nf.netns.nft("delete", "element", "inet", "netfence", "out-web.any",
+                 "{ 0-2147483647 . tcp . 80 }")
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60001) == "ok"     # the fence is open
+    state = json.loads(nf.cli("status", "--json").stdout)
+    assert not state["drift"]["ok"]
+    assert state["drift"]["altered"] == [
+        "map out-web.any: 1 element(s) missing or altered, 0 foreign"], state["drift"]
+    assert "netfence gc" in state["fix"]
+
+    nf.cli("gc")
+    assert json.loads(nf.cli("status", "--json").stdout)["drift"]["ok"]
+    assert nf.probe("tcp", "127.0.0.1", 80, uid=60001) == "refused"
+    assert logout(nf, key) == "closed"
