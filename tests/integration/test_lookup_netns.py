@@ -16,6 +16,7 @@ sendto fails with EPERM when the verdict is drop, to lo or through a dummy inter
 import collections
 import ipaddress
 import json
+import re
 import sys
 
 import pytest
@@ -662,8 +663,10 @@ def test_a_deleted_map_element_is_drift_and_gc_restores_it(nf):
     assert nf.probe("tcp", "127.0.0.1", 80, uid=60001) == "refused"
     assert json.loads(nf.cli("status", "--json").stdout)["drift"]["ok"]
 
-    nf.netns.nft("delete", "element", "inet", "netfence", "out-web.any",
-                 "{ 0-2147483647 . tcp . 80 }")
+    # the element as nft lists it (the compiler orders the key's fields)
+    listing = nf.netns.nft("list", "map", "inet", "netfence", "out-web.any").stdout
+    element = re.search(r"elements = \{ (.+?) : goto out-web\.1", listing).group(1)
+    nf.netns.nft("delete", "element", "inet", "netfence", "out-web.any", f"{{ {element} }}")
     assert nf.probe("tcp", "127.0.0.1", 80, uid=60001) == "ok"     # the fence is open
     state = json.loads(nf.cli("status", "--json").stdout)
     assert not state["drift"]["ok"]
