@@ -1,5 +1,7 @@
 """A cgroup migration (a pid written to a cgroup.procs file) whose kernel wait runs
-in a thread (cgroups.py says why). posix, errno and _thread only: the hook imports it.
+in a thread: the hook moves the PAM application into its session cgroup while it
+writes the records and sends the batch (cgroups.py says why). posix, errno and
+_thread only: the hook imports it.
 """
 
 import _thread
