@@ -214,7 +214,8 @@ def open_session_cgroup(mount, base, uid, key, ppid):
     cgroup = {"path": path, "user_path": parent_path(path), "created": created,
               "origin": origin, "move": None}
     try:
-        cgroup.update(id=cgroup_id(mount, path), user_id=cgroup_id(mount, cgroup["user_path"]))
+        cgroup["id"] = cgroup_id(mount, path)
+        cgroup["user_id"] = cgroup_id(mount, cgroup["user_path"])
         if created:
             cgroup["move"] = Migration(f"{mount}{path}/cgroup.procs", ppid)
     except BaseException:                  # includes the hook's timeout

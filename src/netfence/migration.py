@@ -31,7 +31,11 @@ class Migration:
             return
         started = _thread.allocate_lock()
         started.acquire()
-        _thread.start_new_thread(self._write, (fd, b"%d\n" % pid, started))
+        try:
+            _thread.start_new_thread(self._write, (fd, b"%d\n" % pid, started))
+        except RuntimeError:                # no thread to be had: write it here
+            self._write(fd, b"%d\n" % pid, started)
+            return
         try:
             started.acquire()               # the thread runs up to its write
         except BaseException:               # the alarm: the write goes on all the same
