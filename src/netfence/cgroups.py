@@ -155,27 +155,30 @@ def open_session_cgroup(mount, base, uid, key, ppid):
     if is_logind_scope(origin) or is_own_session(origin, base, uid):
         path, created = origin, False
     else:
-        user_path = f"/{base}/user-{uid}"
-        path = f"{user_path}/session-{key}"
-        for level in (f"/{base}", user_path, path):
-            rc = fastpath.cg_mkdir(mount + level, 0o755)
-            if rc and rc != -errno.EEXIST:
-                raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
-        rc = fastpath.cg_move(f"{mount}{path}/cgroup.procs", ppid)
-        if rc:
-            fastpath.cg_rmdir(mount + path)
-            raise CgroupError(f"move process {ppid} into {mount + path}: "
-                              f"{posix.strerror(-rc)}")
-        created = True
-    user_path = parent_path(path)
+        path, created = f"/{base}/user-{uid}/session-{key}", True
+        _make_dirs(mount, (f"/{base}", parent_path(path), path))
+    made = {"path": path, "created": created, "origin": origin}
     try:
-        return {"path": path, "id": cgroup_id(mount, path), "user_path": user_path,
-                "user_id": cgroup_id(mount, user_path), "created": created,
-                "origin": origin}
-    except BaseException:                  # includes the hook's timeout
+        # The hook's alarm can strike right after the move (it waits in the kernel
+        # for an RCU grace period: cgroups' rwsem): whatever happens from the mkdir
+        # on puts the application back and removes the directory.
         if created:
-            undo_open(mount, {"path": path, "created": True, "origin": origin}, ppid)
+            rc = fastpath.cg_move(f"{mount}{path}/cgroup.procs", ppid)
+            if rc:
+                raise CgroupError(f"move process {ppid} into {mount + path}: "
+                                  f"{posix.strerror(-rc)}")
+        return dict(made, id=cgroup_id(mount, path), user_path=parent_path(path),
+                    user_id=cgroup_id(mount, parent_path(path)))
+    except BaseException:                  # includes the hook's timeout
+        undo_open(mount, made, ppid)
         raise
+
+
+def _make_dirs(mount, levels):
+    for level in levels:
+        rc = fastpath.cg_mkdir(mount + level, 0o755)
+        if rc and rc != -errno.EEXIST:
+            raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
 
 
 def undo_open(mount, cgroup, ppid):

@@ -299,7 +299,7 @@ def pam_application(launcher):
 
 
 def do_open(opts, login, items, account, ppid, budget, log, retry=True):
-    from . import fastpath, matcher, sessions
+    from . import matcher
     user, uid = account.pw_name, account.pw_uid
     log.fields.update(user=user, uid=uid)
     decision = matcher.match_login(login, login_facts(login, items, account))
@@ -307,6 +307,7 @@ def do_open(opts, login, items, account, ppid, budget, log, retry=True):
     if decision.empty:
         log.fields["result"] = "none"
         return
+    from . import fastpath, sessions                    # only for a login that sends
     # the first call decides for the whole run (sessions and cgroups use this one);
     # the C extension is loaded only now, when there is something to send
     impl = fastpath.get(opts["fastpath"])
