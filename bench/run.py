@@ -136,7 +136,7 @@ TABLE = [
     ("7 sshd (ms; ssh ... true with the hook in sshd's PAM service / without)", [
         "sshd_logins", "sshd_login_ms_median_hook", "sshd_login_ms_median_plain",
         "sshd_login_ms_p95_hook", "sshd_login_ms_p95_plain", "sshd_login_added_ms",
-        "sshd_hook_open_ms_median",
+        "sshd_hook_open_ms_median", "sshd_login_ratio_paired",
         "sshd_login_ratio"]),
 ]
 

@@ -14,7 +14,8 @@ each server (hook, plain, plain, hook, ...), timed from the client's start to it
 (an ssh client in the namespace through nsenter, the same argv but the port). Between
 logins, untimed, the run waits until the server's per-connection processes are gone:
 sshd runs close_session after the client has returned, and a close must not overlap the
-next login. sshd_login_ratio = median(hook) / median(plain); sshd_hook_open_ms_median
+next login. sshd_login_ratio = median(hook) / median(plain) (sshd_login_ratio_paired:
+the median of the ratios within each alternated pair); sshd_hook_open_ms_median
 is the median of the ms= the hook logged for its opens (its work after the interpreter
 started), for telling the hook's own time from the rest of what the login adds.
 
@@ -137,4 +138,7 @@ def sshd_section(ws, user, logins):
         out[f"sshd_login_ms_p95_{variant}"] = rnd(percentile(values, 95), 2)
     out["sshd_login_ratio"] = rnd(median(samples["hook"]) / median(samples["plain"]), 3)
     out["sshd_login_added_ms"] = rnd(median(samples["hook"]) - median(samples["plain"]), 2)
+    # the same within each alternated pair: less sensitive to the load drifting
+    pairs = [a / b for a, b in zip(samples["hook"], samples["plain"])]
+    out["sshd_login_ratio_paired"] = rnd(median(pairs), 3)
     return out
