@@ -16,18 +16,11 @@ from dataclasses import asdict
 
 from . import formats, ir, nfencode, setkinds
 from .compiler_denials import CT_NEW, accounting_rules, denial_chains, denies_through_chains
-from .model import LOOPBACK, Settings, profile_accounts, profile_mode
-from .nfconst import HOST_ORDER, NETWORK_ORDER, NFPROTO_IPV4, NFPROTO_IPV6
+from .compiler_lookups import direction_lookups, rule_chain
+from .model import Settings, profile_accounts, profile_mode
 from .setkinds import (ACCT_IN, ACCT_OUT, AGID, AUID, GRANT_KINDS, RUID, SCG, STATIC_KINDS,
                        SUID, TSCG, TUCG, TUID, UCG, UID, WINDOW_KINDS, denied_set)
 
-# Register values are compared as the kernel holds them: meta nfproto is one byte,
-# meta oif/iif and ct state are host-order u32 (nfconst), packet fields network order.
-NFPROTO = {4: bytes([NFPROTO_IPV4]).hex(), 6: bytes([NFPROTO_IPV6]).hex()}
-L4PROTO = {"tcp": "06", "udp": "11", "icmp": "01", "icmpv6": "3a"}    # IPPROTO_*
-ADDR_OFFSET = {("egress", 4): 16, ("egress", 6): 24,     # destination address
-               ("ingress", 4): 12, ("ingress", 6): 8}    # source address
-LOOPBACK_IFINDEX = (1).to_bytes(4, HOST_ORDER).hex()     # lo is ifindex 1 in every netns
 
 
 def has_egress(profile):
@@ -132,9 +125,11 @@ def build_table(profiles, settings=None, always=(), windowed=()):
         for direction, present in (("egress", has_egress(profile)),
                                    ("ingress", has_ingress(profile))):
             if present:
-                chain = _profile_chain(profile.name, direction)
-                chains.append(ir.ChainDef(chain))
-                rules += _profile_rules(profile, direction, chain, settings)
+                more_sets, more_chains, more_rules = _profile_direction(profile, direction,
+                                                                        settings)
+                sets += more_sets
+                chains += more_chains
+                rules += more_rules
     dispatch_chains, dispatch_rules = _dispatch(profiles, always, windowed)
     chains += dispatch_chains
     rules += accounting_rules(bool(counted)) + dispatch_rules
@@ -202,22 +197,35 @@ def _key_load(kind):
     return (("socket", "cgroupv2", kind.level),)
 
 
-def _profile_rules(profile, direction, chain, settings):
+def _profile_direction(profile, direction, settings):
+    """(sets, chains, rules) of out-P / in-P: the rule chains out-P.N (one counted
+    verdict each, "P egress rule N"), the verdict maps, and the profile chain: grants,
+    lookups, default (compiler_lookups)."""
+    chain = _profile_chain(profile.name, direction)
     net_rules = profile.egress if direction == "egress" else profile.ingress
     default = profile.egress_default if direction == "egress" else profile.ingress_default
-    rules = [ir.RuleDef(chain, _key_load(kind) + (("lookup", kind.set_name(profile.name)),
-                                                  ("verdict", "return")),
-                        f"{profile.name} {direction} grant")
-             for kind in GRANT_KINDS if direction in kind.directions]
+    chains, rules = [], []
     for number, net_rule in enumerate(net_rules, 1):
-        comment = f"{profile.name} {direction} rule {number}"
+        target = rule_chain(chain, number)
+        chains.append(ir.ChainDef(target))
         verdict = _verdict(profile, net_rule.action, net_rule.protos, settings)
-        for matches in expand_matches(net_rule, direction):
-            rules.append(ir.RuleDef(chain, matches + (("counter",), verdict), comment))
+        rules.append(ir.RuleDef(target, (("counter",), verdict),
+                                f"{profile.name} {direction} rule {number}"))
+    chains.append(ir.ChainDef(chain))
+    rules += _grant_rules(profile, direction, chain)
+    sets, lookups = direction_lookups(profile, direction, net_rules, chain)
+    rules += lookups
     verdict = _verdict(profile, default, (), settings)
     rules.append(ir.RuleDef(chain, (("counter",), verdict),
                             f"{profile.name} {direction} default"))
-    return rules
+    return sets, chains, rules
+
+
+def _grant_rules(profile, direction, chain):
+    return [ir.RuleDef(chain, _key_load(kind) + (("lookup", kind.set_name(profile.name)),
+                                                 ("verdict", "return")),
+                       f"{profile.name} {direction} grant")
+            for kind in GRANT_KINDS if direction in kind.directions]
 
 
 def _verdict(profile, action, protos, settings):
@@ -230,60 +238,6 @@ def _verdict(profile, action, protos, settings):
     if tuple(protos) == ("tcp",):
         return ("reject", "tcp-reset")
     return ("reject", "icmpx-port-unreachable")
-
-
-def expand_matches(net_rule, direction):
-    """Every (peer × protocol × port) combination of a rule, as match expressions."""
-    peers = list(net_rule.peers) or [None]
-    protos = list(net_rule.protos) or [None]
-    ports = list(net_rule.ports) or [None]
-    combos = []
-    for peer in peers:
-        family = None if peer in (None, LOOPBACK) else ipaddress.ip_network(peer).version
-        for proto in protos:
-            for l4 in _l4_for(proto, family):
-                for port in ports:
-                    combos.append(_peer_match(peer, family, direction)
-                                  + _proto_match(l4) + _port_match(port))
-    return combos
-
-
-def _l4_for(proto, family):
-    if proto != "icmp":
-        return [proto]
-    return {4: ["icmp"], 6: ["icmpv6"]}.get(family, ["icmp", "icmpv6"])
-
-
-def _peer_match(peer, family, direction):
-    if peer is None:
-        return ()
-    if peer == LOOPBACK:
-        key = "oif" if direction == "egress" else "iif"
-        return (("meta", key), ("cmp", "eq", LOOPBACK_IFINDEX))
-    net = ipaddress.ip_network(peer)
-    length = 4 if family == 4 else 16
-    exprs = (("meta", "nfproto"), ("cmp", "eq", NFPROTO[family]),
-             ("payload", "network", ADDR_OFFSET[(direction, family)], length))
-    if net.prefixlen != net.max_prefixlen:
-        exprs += (("bitwise", net.netmask.packed.hex(), "00" * length),)
-    return exprs + (("cmp", "eq", net.network_address.packed.hex()),)
-
-
-def _proto_match(l4):
-    if l4 is None:
-        return ()
-    return (("meta", "l4proto"), ("cmp", "eq", L4PROTO[l4]))
-
-
-def _port_match(port):
-    if port is None:
-        return ()
-    low, high = port
-    load = ("payload", "transport", 2, 2)          # destination port
-    low, high = (number.to_bytes(2, NETWORK_ORDER).hex() for number in (low, high))
-    if low == high:
-        return (load, ("cmp", "eq", low))
-    return (load, ("range", "eq", low, high))
 
 
 # ---- the login part --------------------------------------------------------------

@@ -102,8 +102,9 @@ def _rule(snapshot, profile, packet, headers):
     found = None
     if headers is not None and direction is not None:
         chain = ("out-" if direction == "egress" else "in-") + profile
-        found = evaluate.first_match(snapshot.get("table", {}).get("rules", []), chain,
-                                     headers, packet["outdev"], packet["indev"])
+        table = snapshot.get("table", {})
+        found = evaluate.first_match(table.get("rules", []), chain, headers,
+                                     packet["outdev"], packet["indev"], table.get("sets", []))
     if found is None or found[1] == "allow":
         rule, number, action = UNKNOWN_RULE, None, "deny"
     else:

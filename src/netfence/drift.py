@@ -169,7 +169,8 @@ def element_drift(table, run_dir, ruleset):
     """(missing, unrecorded): the elements the records need that the kernel lacks, and
     those the kernel holds without a record, as {set: [hex key]}."""
     # no records: always rules' sets (resolved) and timed sets (computed)
-    wanted = {s.name for s in table.sets if not (is_static(s.name) or s.timeout)}
+    # nor verdict maps: their elements are the table's own (nftnl_drift compares them)
+    wanted = {s.name for s in table.sets if not (is_static(s.name) or s.timeout or s.data)}
     need = {s: k for s, k in records.live_elements(run_dir).items() if s in wanted}
     have = {s: k for s, k in ruleset.read_elements(table.name).items() if s in wanted}
     return (subtract(need, _as_sets(have)), subtract(have, _as_sets(need)))

@@ -11,7 +11,12 @@ headers, first match wins. The rules are the same ir expressions the kernel runs
     (hop-by-hop, routing, destination options, fragment, AH) like ipv6_find_hdr; a
     fragment that is not the first has no transport header (payload loads break);
   - `meta oif` / `meta iif` come from nflog's NFULA_IFINDEX_OUTDEV / INDEV (the
-    `loopback` peer);
+    `loopback` peer, and the first field of every lookup key);
+  - a lookup rule (compiler_lookups) loads its key's fields into the 32-bit registers
+    from 8 on, the verdict map's element whose box holds the key names the rule chain
+    `out-P.N` the packet goes to, and that chain's rule (its comment "P egress rule N")
+    decides; a load the packet cannot give ends the rule, as in the kernel, and so does
+    a miss;
   - set lookups (the grant rules) never match: a packet a grant let through was not
     denied.
 
@@ -22,6 +27,7 @@ kernel's): the log then says the rule is unknown rather than guessing.
 
 import ipaddress
 
+from . import ir
 from .nfconst import HOST_ORDER, NFPROTO_IPV4, NFPROTO_IPV6
 
 IPV6_EXTENSIONS = {0, 43, 60}          # hop-by-hop, routing, destination options: (len+1)*8
@@ -29,6 +35,7 @@ IPV6_FRAGMENT, IPV6_AH, IPV6_NONE = 44, 51, 59
 PORT_PROTOS = {6, 17, 33, 132, 136}    # tcp udp dccp sctp udplite: ports at 0 and 2
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6"}
 VERDICT_CHAINS = ("deny-", "reject-")
+MAX_GOTO_DEPTH = 16                    # the kernel's NFT_JUMP_STACK_SIZE
 
 
 def parse_ip(payload):
@@ -80,16 +87,34 @@ def _walk_ipv6(payload):
     return nexthdr, offset, True
 
 
-def first_match(rules, chain, headers, outdev=None, indev=None):
-    """The first rule of `chain` (the snapshot table's "rules", JSON form) that matches
-    the packet: (comment, verdict) with verdict "allow", "deny" or "reject"; None when
-    none does."""
+def first_match(rules, chain, headers, outdev=None, indev=None, sets=()):
+    """The rule that decides the packet in `chain` (the snapshot table's "rules" and
+    "sets", JSON form), first match wins, a verdict map's element followed to the rule
+    chain it names: (comment, verdict) with verdict "allow", "deny" or "reject"; None
+    when no rule decides."""
     meta = {"nfproto": bytes([NFPROTO_IPV4 if headers["version"] == 4 else NFPROTO_IPV6]),
-            "l4proto": bytes([headers["l4proto"]]),
+            "l4proto": None if headers["l4proto"] is None else bytes([headers["l4proto"]]),
             "oif": _ifindex(outdev), "iif": _ifindex(indev)}
+    by_chain = {}
     for rule in rules:
-        if rule["chain"] == chain and _matches(rule["exprs"], headers, meta):
-            return rule["comment"], _verdict(rule["exprs"][-1])
+        by_chain.setdefault(rule["chain"], []).append(rule)
+    maps = {s["name"]: s for s in sets if s.get("data") == "verdict"}
+    return _run_chain(by_chain, maps, chain, headers, meta, depth=0)
+
+
+def _run_chain(by_chain, maps, chain, headers, meta, depth):
+    if depth > MAX_GOTO_DEPTH:               # a loop in a damaged snapshot: undecided
+        return None
+    for rule in by_chain.get(chain, ()):
+        outcome = _run_rule(rule["exprs"], headers, meta, maps)
+        if outcome is None:
+            continue
+        if isinstance(outcome, str):         # a verdict map's goto
+            return _run_chain(by_chain, maps, outcome, headers, meta, depth + 1)
+        last = rule["exprs"][-1]
+        if last[0] == "verdict" and last[1] == "goto" and not last[2].startswith(VERDICT_CHAINS):
+            return _run_chain(by_chain, maps, last[2], headers, meta, depth + 1)
+        return rule["comment"], _verdict(last)
     return None
 
 
@@ -97,32 +122,77 @@ def _ifindex(index):
     return None if index is None else index.to_bytes(4, HOST_ORDER)
 
 
-def _matches(exprs, headers, meta):
-    """Run the rule's expressions up to its verdict; False as soon as one breaks."""
-    register = None
-    for expr in exprs[:-1]:
+def _run_rule(exprs, headers, meta, maps):
+    """Run the rule's expressions up to its verdict: None as soon as one breaks or
+    does not match, True when all matched, a chain name when a verdict map sent the
+    packet there. Register 1 holds what the single-value matches load; registers 8..
+    (NFT_REG32_00..) the 32-bit words of a lookup key."""
+    register, words = None, {}
+    for expr in exprs:
         kind = expr[0]
-        if kind == "meta":
-            register = meta.get(expr[1])
-        elif kind == "payload":
-            register = _load(headers, expr[1], expr[2], expr[3])
+        if kind in ("verdict", "reject"):
+            return True
+        if kind in ("meta", "payload"):
+            value = (meta.get(expr[1]) if kind == "meta"
+                     else _load(headers, expr[1], expr[2], expr[3]))
+            if value is None:
+                return None                        # a load the packet cannot give
+            target = expr[2] if kind == "meta" and len(expr) == 3 else (
+                expr[4] if kind == "payload" and len(expr) == 5 else 1)
+            if target == 1:
+                register = value
+            else:
+                _store(words, target, value)
+        elif kind == "byteorder" and len(expr) == 5:
+            _hton_words(words, expr[4], expr[2])
+        elif kind == "vmap":
+            return _vmap(maps.get(expr[1]), words, expr[2])
         elif kind == "bitwise":
             mask, xor = bytes.fromhex(expr[1]), bytes.fromhex(expr[2])
             register = bytes((b & m) ^ x for b, m, x in zip(register, mask, xor))
-        elif kind == "cmp":
-            if not _compare(expr[1], register, bytes.fromhex(expr[2])):
-                return False
-        elif kind == "range":
-            inside = bytes.fromhex(expr[2]) <= register <= bytes.fromhex(expr[3])
-            if inside != (expr[1] == "eq"):
-                return False
-        elif kind == "counter":
-            continue
-        else:                                      # lookup, socket: the grants
-            return False
-        if register is None:
-            return False                           # a load the packet cannot give
+        elif not _test(expr, register):
+            return None
     return True
+
+
+def _test(expr, register):
+    kind = expr[0]
+    if kind in ("cmp", "range") and register is None:
+        return False
+    if kind == "cmp":
+        return _compare(expr[1], register, bytes.fromhex(expr[2]))
+    if kind == "range":
+        inside = bytes.fromhex(expr[2]) <= register <= bytes.fromhex(expr[3])
+        return inside == (expr[1] == "eq")
+    return kind == "counter"                       # lookup, socket: the grants
+
+
+def _store(words, register, value):
+    padded = value.ljust(ir.padded_length(len(value)), b"\0")
+    for index in range(len(padded) // 4):
+        words[register + index] = padded[index * 4:index * 4 + 4]
+
+
+def _hton_words(words, register, length):
+    for index in range(length // 4):
+        word = words.get(register + index, bytes(4))
+        words[register + index] = int.from_bytes(word, HOST_ORDER).to_bytes(4, "big")
+
+
+def _vmap(set_json, words, register):
+    """The chain of the element whose box holds the key, None on a miss."""
+    if set_json is None:
+        return None
+    spans, offset = [], 0
+    for _, length in set_json["fields"]:
+        spans.append((offset, offset + ir.padded_length(length)))
+        offset = spans[-1][1]
+    key = b"".join(words.get(register + i, bytes(4)) for i in range(offset // 4))
+    for start_hex, end_hex, chain in set_json["elements"]:
+        start, end = bytes.fromhex(start_hex), bytes.fromhex(end_hex)
+        if all(start[a:b] <= key[a:b] <= end[a:b] for a, b in spans):
+            return chain
+    return None
 
 
 def _load(headers, base, offset, length):

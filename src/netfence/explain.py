@@ -203,8 +203,12 @@ def _chains(snap, decision):
     wanted |= set(snap["always"]["profiles"])
     names = {f"{prefix}-{p}" for p in wanted for prefix in ("out", "in", "deny", "reject")}
     lines = ["nftables rules (table inet netfence); a connection passes only if every "
-             "profile returns:"]
+             "profile returns (a map's element goes to the chain of the rule that "
+             "decides, out-P.N / in-P.N):"]
+    # out-P.v4 (a map), out-P.3 (a rule's chain) belong to out-P
+    lines += [render.render_set(s) for s in table.sets
+              if s.data == "verdict" and s.name.rsplit(".", 1)[0] in names]
     for chain in table.chains:
-        if chain.name in names:
+        if chain.name in names or chain.name.rsplit(".", 1)[0] in names:
             lines.append(render.render_chain(table, chain, counters=False))
     return lines

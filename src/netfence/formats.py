@@ -27,10 +27,12 @@ The rule (docs/architecture.md, "File formats"):
 Light on purpose: the hook imports it.
 """
 
-SNAPSHOT = 4        # 2: always rules (scope, uids, static interval sets, resolved)
+SNAPSHOT = 5        # 2: always rules (scope, uids, static interval sets, resolved)
                     # 3: timed sets (flags timeout): time windows, grants, restrictions
                     # 4: counted sets (SetDef.counter), nflog and mark expressions
                     #    (a format 3 reader cannot build the table's SetDefs)
+                    # 5: profiles as verdict maps (SetDef fields/data/elements, the
+                    #    vmap expression, payload/meta into NFT_REG32_xx registers)
 LOGIN = 2           # 2: a rule with `time` adds to the time-window sets while its
                     # window is open (a format 1 hook would apply it permanently or not)
 TEMPLATES = 1

@@ -77,7 +77,8 @@ class Ruleset:
 
     def summary(self, table=TABLE_NAME):
         """What the table looks like, cheaply (raw dumps, no pyroute2 decoding), or
-        None when there is none: {"marker": str or None, "sets": {name: key type},
+        None when there is none: {"marker": str or None, "sets": {name: (key type,
+        counted)}, "maps": {name: (shape, elements)} (nftnl_maps.map_summary),
         "chains": {name: (hook number, priority, policy) or None},
         "rules": {chain: [(comment, (expression bytes, ...)), ...]}}. For drift
         detection (gc, status); see differences()."""
@@ -93,7 +94,8 @@ class Ruleset:
                 return None
             raise
         return dump.summary_of(table, raw_table, self._raw_sets(table),
-                               self._raw_chains(table), self._raw_rules(table))
+                               self._raw_chains(table), self._raw_rules(table),
+                               lambda name: self._raw_elements(table, name))
 
     def _raw_sets(self, table):
         return self._dump(m.SetMsg, nf.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],

@@ -5,26 +5,38 @@ sent; `differences` compares two summaries in short phrases (gc and status repor
 them, and gc repairs the table when there are any).
 """
 
-from . import nftnl_msg as m, setkinds
+from . import nftnl_maps, nftnl_msg as m, setkinds
 from . import nfconst as nf
 from .nftnl_batch import HOOKS, POLICIES, comment_udata
 from .nftnl_dump import cstr, decode_comment
+from .nftnl_expr import canonical_registers
 from .nftnl_raw import expr_bytes
 
 
 def expected_summary(table):
     """What Ruleset.summary() reads back after `table` was sent (marker aside): the
-    expressions as we encode them (NFTA_LIST_ELEM payloads)."""
+    expressions as we encode them (NFTA_LIST_ELEM payloads; a register the kernel
+    dumps under another number that means the same storage, under that number), the
+    verdict maps with their static elements."""
     rules = {c.name: [] for c in table.chains}
     for rule in table.rules:
         udata = comment_udata(rule.comment) if rule.comment else None
         rules.setdefault(rule.chain, []).append(
-            (decode_comment(udata), tuple(expr_bytes(e)[nf.NLA_HDRLEN:] for e in rule.exprs)))
+            (decode_comment(udata), tuple(expr_bytes(canonical_registers(e))[nf.NLA_HDRLEN:]
+                                          for e in rule.exprs)))
     return {"marker": None,
-            "sets": {s.name: (setkinds.KEY_TYPES[s.key][0], s.counter) for s in table.sets},
+            "sets": {s.name: (_key_type(s), s.counter) for s in table.sets},
+            "maps": {s.name: nftnl_maps.expected_map(s) for s in table.sets
+                     if nftnl_maps.is_map(s)},
             "chains": {c.name: ((HOOKS[c.hook], c.priority, POLICIES[c.policy])
                                 if c.hook else None) for c in table.chains},
             "rules": rules}
+
+
+def _key_type(set_def):
+    if set_def.key == "concat":
+        return nftnl_maps.concat_type(set_def.fields)
+    return setkinds.KEY_TYPES[set_def.key][0]
 
 
 def differences(expected, got):
@@ -39,6 +51,7 @@ def differences(expected, got):
         out += [f"{noun} {n} missing" for n in missing]
         out += [f"foreign {noun} {n}" for n in extra]
         out += [f"{noun} {n} changed" for n in changed]
+    out += nftnl_maps.map_differences(expected.get("maps", {}), got.get("maps", {}))
     for chain in sorted(set(expected["rules"]) & set(got["rules"])):
         want, have = expected["rules"][chain], got["rules"][chain]
         if len(want) != len(have):

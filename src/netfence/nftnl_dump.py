@@ -11,7 +11,7 @@ live element and counter every minute, and pyroute2's decoding took 16 s for 20,
 rules. `table_of` decodes with pyroute2 because it returns whole expressions.
 """
 
-from . import ir, nftnl_msg as m, setkinds
+from . import ir, nftnl_maps, nftnl_msg as m, setkinds
 from . import nfconst as nf
 from .nftnl_batch import HOOKS, MARKER_TYPE, POLICIES
 from .nftnl_expr import decode_expr
@@ -63,12 +63,25 @@ def _decode_set(msg):
     key_type = m.attr(msg, 'NFTA_SET_KEY_TYPE')
     key = KEY_TYPE_NAMES.get(key_type, f"type-{key_type}")
     flags = m.attr(msg, 'NFTA_SET_FLAGS') or 0
+    if flags & nftnl_maps.NFT_SET_MAP:
+        return _decode_map(msg, key_type, flags)
     exprs = [m.attr(msg, 'NFTA_SET_EXPR')] + list(m.attr(msg, 'NFTA_SET_EXPRESSIONS') or ())
     return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key=key,
                      interval=bool(flags & nf.NFT_SET_INTERVAL),
                      timeout=bool(flags & nf.NFT_SET_TIMEOUT),
                      counter=any(e is not None and m.attr(e, 'NFTA_EXPR_NAME') == "counter"
                                  for e in exprs))
+
+
+def _decode_map(msg, key_type, flags):
+    """A verdict map over a concatenation: its fields from the key type alone (each
+    datatype has one length; pyroute2 0.9.7 loops decoding NFTA_SET_DESC_CONCAT).
+    Its static elements are not read here: Ruleset.summary compares them."""
+    return ir.SetDef(name=m.attr(msg, 'NFTA_SET_NAME'), key="concat",
+                     interval=bool(flags & nf.NFT_SET_INTERVAL),
+                     fields=nftnl_maps.split_concat_type(key_type),
+                     data="verdict" if m.attr(msg, 'NFTA_SET_DATA_TYPE') ==
+                     nftnl_maps.NFT_DATA_VERDICT else "")
 
 
 def _decode_chain(msg):
@@ -161,17 +174,21 @@ def counters_of(table, raw_rules):
     return out
 
 
-def summary_of(table, raw_table, raw_sets, raw_chains, raw_rules):
-    """What the table looks like (see nftnl.Ruleset.summary), from raw dumps."""
+def summary_of(table, raw_table, raw_sets, raw_chains, raw_rules, map_elements=None):
+    """What the table looks like (see nftnl.Ruleset.summary), from raw dumps.
+    map_elements(name): the raw GETSETELEM dump of a verdict map (their static
+    elements are part of the table's shape); without it maps are left out of "maps"."""
     udata = m.parse_attrs(raw_table).get(nf.NFTA_TABLE_USERDATA, b"")
     marker = m.parse_udata(udata).get(MARKER_TYPE)
     out = {"marker": marker.decode("utf-8", "replace") if marker is not None else None,
-           "sets": {}, "chains": {}, "rules": {}}
+           "sets": {}, "maps": {}, "chains": {}, "rules": {}}
     for raw in raw_sets:
         attrs = m.parse_attrs(raw)
         if cstr(attrs.get(nf.NFTA_SET_TABLE)) == table:
-            out["sets"][cstr(attrs.get(nf.NFTA_SET_NAME))] = (
-                _be32(attrs.get(nf.NFTA_SET_KEY_TYPE)), set_counts(attrs))
+            name = cstr(attrs.get(nf.NFTA_SET_NAME))
+            out["sets"][name] = (_be32(attrs.get(nf.NFTA_SET_KEY_TYPE)), set_counts(attrs))
+            if map_elements is not None and nftnl_maps.is_map_attrs(attrs):
+                out["maps"][name] = nftnl_maps.map_summary(attrs, map_elements(name))
     for raw in raw_chains:
         attrs = m.parse_attrs(raw)
         if cstr(attrs.get(nf.NFTA_CHAIN_TABLE)) == table:

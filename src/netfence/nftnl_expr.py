@@ -11,7 +11,8 @@ from . import nfconst as nf
 from .nfconst import NFT_LIMIT_PKTS, NFT_REG_1, NFT_REG_2, NFT_REG_VERDICT
 
 # ir names -> kernel numbers; every expression loads into / reads from register 1
-# except meta and meta_set with an explicit register (emit-P's mark juggling)
+# except meta and meta_set with an explicit register (emit-P's mark juggling) and the
+# lookup rules' key fields: meta and payload into NFT_REG32_xx, read by "vmap"
 META_KEYS = {"iif": nf.NFT_META_IIF, "oif": nf.NFT_META_OIF, "skuid": nf.NFT_META_SKUID,
              "skgid": nf.NFT_META_SKGID, "mark": nf.NFT_META_MARK,
              "nfproto": nf.NFT_META_NFPROTO, "l4proto": nf.NFT_META_L4PROTO}
@@ -27,7 +28,11 @@ REJECT_TYPES = {"tcp-reset": nf.NFT_REJECT_TCP_RST,
                 "icmpx-port-unreachable": nf.NFT_REJECT_ICMPX_UNREACH}
 REJECT_CODES = {"icmpx-port-unreachable": nf.NFT_REJECT_ICMPX_PORT_UNREACH}
 SETTABLE_META_KEYS = ("mark",)
-REGISTERS = (NFT_REG_1, NFT_REG_2)     # 16-byte registers: a cgroup id (8) fits in one
+# 16-byte registers (a cgroup id (8) fits in one), and the 32-bit ones a concatenated
+# key's fields are loaded into (NFT_REG32_00..15: the kernel's numbers 8..23; a
+# 16-byte register 1..4 is the same storage as NFT_REG32_00 + 4 * (n - 1) on)
+REGISTERS = (NFT_REG_1, NFT_REG_2) + tuple(range(nf.NFT_REG32_00, nf.NFT_REG32_15 + 1))
+LOOKUP_KEY_REGISTERS = (NFT_REG_1,) + tuple(range(nf.NFT_REG32_00, nf.NFT_REG32_15 + 1))
 VERDICTS = {"drop": nf.NF_DROP, "accept": nf.NF_ACCEPT, "jump": nf.NFT_JUMP,
             "goto": nf.NFT_GOTO, "return": nf.NFT_RETURN}
 
@@ -74,8 +79,8 @@ def _meta_set(key, reg):
                           ('NFTA_META_SREG', _register(reg))])
 
 
-def _payload(base, offset, length):
-    return _expr('payload', [('NFTA_PAYLOAD_DREG', NFT_REG_1),
+def _payload(base, offset, length, reg=NFT_REG_1):
+    return _expr('payload', [('NFTA_PAYLOAD_DREG', _register(reg)),
                              ('NFTA_PAYLOAD_BASE', PAYLOAD_BASES[base]),
                              ('NFTA_PAYLOAD_OFFSET', int(offset)),
                              ('NFTA_PAYLOAD_LEN', int(length))])
@@ -91,9 +96,9 @@ def _ct(key):
     return _expr('ct', [('NFTA_CT_KEY', CT_KEYS[key]), ('NFTA_CT_DREG', NFT_REG_1)])
 
 
-def _byteorder(op, length, size):
-    return _expr('byteorder', [('NFTA_BYTEORDER_SREG', NFT_REG_1),
-                               ('NFTA_BYTEORDER_DREG', NFT_REG_1),
+def _byteorder(op, length, size, reg=NFT_REG_1):
+    return _expr('byteorder', [('NFTA_BYTEORDER_SREG', _register(reg)),
+                               ('NFTA_BYTEORDER_DREG', _register(reg)),
                                ('NFTA_BYTEORDER_OP', BYTEORDER_OPS[op]),
                                ('NFTA_BYTEORDER_LEN', int(length)),
                                ('NFTA_BYTEORDER_SIZE', int(size))])
@@ -124,6 +129,15 @@ def _lookup(set_name):
     # By name only: the kernel finds a set added earlier in the same transaction
     # by name too (NFTA_LOOKUP_SET_ID is not needed; tested).
     return _expr('lookup', [('NFTA_LOOKUP_SET', set_name), ('NFTA_LOOKUP_SREG', NFT_REG_1)])
+
+
+def _vmap(set_name, sreg):
+    # A verdict map: NFTA_LOOKUP_DREG NFT_REG_VERDICT makes the element's data the
+    # rule's verdict (a miss breaks the rule), as nft sends for `... vmap @m`.
+    if sreg not in LOOKUP_KEY_REGISTERS:
+        raise ValueError(f"a lookup key cannot start at register {sreg!r}")
+    return _expr('lookup', [('NFTA_LOOKUP_SET', set_name), ('NFTA_LOOKUP_SREG', sreg),
+                            ('NFTA_LOOKUP_DREG', NFT_REG_VERDICT)])
 
 
 def _counter():
@@ -170,7 +184,7 @@ def _verdict(kind, chain=None):
 _ENCODERS = {
     "meta": _meta, "meta_set": _meta_set, "payload": _payload, "socket": _socket,
     "ct": _ct, "byteorder": _byteorder, "bitwise": _bitwise, "cmp": _cmp, "range": _range,
-    "lookup": _lookup,
+    "lookup": _lookup, "vmap": _vmap,
     "counter": _counter, "limit": _limit, "log": _log, "nflog": _nflog, "reject": _reject,
     "verdict": _verdict,
 }
@@ -210,8 +224,10 @@ def _d_meta(d, a):
 
 
 def _d_payload(d, a):
-    return ("payload", _reverse(PAYLOAD_BASES)[a(d, 'NFTA_PAYLOAD_BASE')],
+    load = ("payload", _reverse(PAYLOAD_BASES)[a(d, 'NFTA_PAYLOAD_BASE')],
             a(d, 'NFTA_PAYLOAD_OFFSET'), a(d, 'NFTA_PAYLOAD_LEN'))
+    dest = a(d, 'NFTA_PAYLOAD_DREG')
+    return load if dest == NFT_REG_1 else load + (dest,)
 
 
 def _d_socket(d, a):
@@ -223,8 +239,10 @@ def _d_ct(d, a):
 
 
 def _d_byteorder(d, a):
-    return ("byteorder", _reverse(BYTEORDER_OPS)[a(d, 'NFTA_BYTEORDER_OP')],
-            a(d, 'NFTA_BYTEORDER_LEN'), a(d, 'NFTA_BYTEORDER_SIZE'))
+    convert = ("byteorder", _reverse(BYTEORDER_OPS)[a(d, 'NFTA_BYTEORDER_OP')],
+               a(d, 'NFTA_BYTEORDER_LEN'), a(d, 'NFTA_BYTEORDER_SIZE'))
+    register = a(d, 'NFTA_BYTEORDER_DREG')      # a lookup key's oif/iif: its own
+    return convert if register == NFT_REG_1 else convert + (register,)
 
 
 def _d_bitwise(d, a):
@@ -241,6 +259,8 @@ def _d_range(d, a):
 
 
 def _d_lookup(d, a):
+    if a(d, 'NFTA_LOOKUP_DREG') == NFT_REG_VERDICT:
+        return ("vmap", a(d, 'NFTA_LOOKUP_SET'), a(d, 'NFTA_LOOKUP_SREG'))
     return ("lookup", a(d, 'NFTA_LOOKUP_SET'))
 
 
@@ -268,6 +288,22 @@ def _d_immediate(d, a):
     kind = _reverse(VERDICTS)[a(verdict, 'NFTA_VERDICT_CODE')]
     chain = a(verdict, 'NFTA_VERDICT_CHAIN')
     return ("verdict", kind, chain) if chain is not None else ("verdict", kind)
+
+
+def canonical_registers(expr):
+    """The expression as the kernel dumps it: a 32-bit register that starts a 16-byte
+    one (NFT_REG32_00, 04, 08, 12) comes back as that 16-byte register (1..4;
+    nft_dump_register), which is the same storage."""
+    kind = expr[0] if expr else None
+    position = {"meta": 2, "payload": 4, "vmap": 2}.get(kind)
+    if position is None or len(expr) <= position:
+        return expr
+    reg = expr[position]
+    if isinstance(reg, int) and nf.NFT_REG32_00 <= reg and (reg - nf.NFT_REG32_00) % 4 == 0:
+        reg = NFT_REG_1 + (reg - nf.NFT_REG32_00) // 4
+    if reg == NFT_REG_1 and kind != "vmap":
+        return expr[:position]
+    return expr[:position] + (reg,) + expr[position + 1:]
 
 
 _DECODERS = {

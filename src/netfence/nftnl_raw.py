@@ -48,8 +48,8 @@ def _raw_meta_set(key, reg):
                      + nla(nf.NFTA_META_SREG, _U32(reg)))
 
 
-def _raw_payload(base, offset, length):
-    return _raw_expr("payload", _raw_regs(nf.NFTA_PAYLOAD_DREG)
+def _raw_payload(base, offset, length, reg=NFT_REG_1):
+    return _raw_expr("payload", nla(nf.NFTA_PAYLOAD_DREG, _U32(reg))
                      + nla(nf.NFTA_PAYLOAD_BASE, _U32(PAYLOAD_BASES[base]))
                      + nla(nf.NFTA_PAYLOAD_OFFSET, _U32(int(offset)))
                      + nla(nf.NFTA_PAYLOAD_LEN, _U32(int(length))))
@@ -65,8 +65,9 @@ def _raw_ct(key):
     return _raw_expr("ct", nla(nf.NFTA_CT_KEY, _U32(CT_KEYS[key])) + _raw_regs(nf.NFTA_CT_DREG))
 
 
-def _raw_byteorder(op, length, size):
-    return _raw_expr("byteorder", _raw_regs(nf.NFTA_BYTEORDER_SREG, nf.NFTA_BYTEORDER_DREG)
+def _raw_byteorder(op, length, size, reg=NFT_REG_1):
+    return _raw_expr("byteorder", nla(nf.NFTA_BYTEORDER_SREG, _U32(reg))
+                     + nla(nf.NFTA_BYTEORDER_DREG, _U32(reg))
                      + nla(nf.NFTA_BYTEORDER_OP, _U32(BYTEORDER_OPS[op]))
                      + nla(nf.NFTA_BYTEORDER_LEN, _U32(int(length)))
                      + nla(nf.NFTA_BYTEORDER_SIZE, _U32(int(size))))
@@ -94,6 +95,12 @@ def _raw_range(op, low, high):
 def _raw_lookup(set_name):
     return _raw_expr("lookup", nla(nf.NFTA_LOOKUP_SET, cstring(set_name))
                      + _raw_regs(nf.NFTA_LOOKUP_SREG))
+
+
+def _raw_vmap(set_name, sreg):
+    return _raw_expr("lookup", nla(nf.NFTA_LOOKUP_SET, cstring(set_name))
+                     + nla(nf.NFTA_LOOKUP_SREG, _U32(sreg))
+                     + nla(nf.NFTA_LOOKUP_DREG, _U32(NFT_REG_VERDICT)))
 
 
 def _raw_limit(rate, per, burst):
@@ -132,7 +139,7 @@ def _raw_verdict(kind, chain=None):
 _RAW_ENCODERS = {
     "meta": _raw_meta, "meta_set": _raw_meta_set, "payload": _raw_payload, "socket": _raw_socket, "ct": _raw_ct,
     "byteorder": _raw_byteorder, "bitwise": _raw_bitwise, "cmp": _raw_cmp,
-    "range": _raw_range, "lookup": _raw_lookup,
+    "range": _raw_range, "lookup": _raw_lookup, "vmap": _raw_vmap,
     "counter": lambda: _raw_expr("counter", b""), "limit": _raw_limit, "log": _raw_log,
     "nflog": _raw_nflog, "reject": _raw_reject, "verdict": _raw_verdict,
 }

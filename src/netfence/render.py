@@ -4,8 +4,10 @@ Used by `netfence explain` (the rules a login would get) and checked against the
 `nft` listing in the integration tests, so the two never drift apart.
 """
 
+import functools
 import ipaddress
 
+from .ir import padded_length
 from .nfconst import HOST_ORDER, NF_LOG_UID, NFPROTO_IPV4, NFPROTO_IPV6
 from .setkinds import KEY_TYPES, key_number
 
@@ -15,6 +17,7 @@ NFPROTO_FAMILIES = {NFPROTO_IPV4: "ipv4", NFPROTO_IPV6: "ipv6"}
 ADDRESS_FIELDS = {(NFPROTO_IPV4, 16): "daddr", (NFPROTO_IPV4, 12): "saddr",
                   (NFPROTO_IPV6, 24): "daddr", (NFPROTO_IPV6, 8): "saddr"}
 IFNAMES = {1: "lo"}
+PROTOCOLS_FILE = "/etc/protocols"
 
 
 def render_table(table, elements=None, counters=True):
@@ -26,6 +29,8 @@ def render_table(table, elements=None, counters=True):
 
 
 def render_set(set_def, keys=()):
+    if set_def.data == "verdict":
+        return render_map(set_def)
     if set_def.key not in KEY_TYPES:          # a foreign set: nft would name its type
         raise ValueError(f"cannot render set key type {set_def.key!r}")
     """keys: hex keys, or [low, high] ranges (a static set's resolution, resolve.py)."""
@@ -46,6 +51,80 @@ def render_set(set_def, keys=()):
         lines.append(f"\t\telements = {{ {shown} }}")
     lines.append("\t}")
     return "\n".join(lines)
+
+
+def render_map(set_def):
+    """A verdict map over a concatenation (compiler_lookups), one element a line."""
+    key = " . ".join(name for name, _ in set_def.fields)
+    lines = [f"\tmap {set_def.name} {{", f"\t\ttype {key} : verdict"]
+    if set_def.interval:
+        lines.append("\t\tflags interval")
+    if set_def.elements:
+        shown = ",\n\t\t\t     ".join(_render_element(set_def.fields, element)
+                                       for element in set_def.elements)
+        lines.append(f"\t\telements = {{ {shown} }}")
+    lines.append("\t}")
+    return "\n".join(lines)
+
+
+def _render_element(fields, element):
+    start_hex, end_hex, chain = element
+    start, end, offset, parts = bytes.fromhex(start_hex), bytes.fromhex(end_hex), 0, []
+    for name, length in fields:
+        low = int.from_bytes(start[offset:offset + length], "big")
+        high = int.from_bytes(end[offset:offset + length], "big")
+        parts.append(_render_field(name, length, low, high))
+        offset += padded_length(length)
+    return f"{' . '.join(parts)} : goto {chain}"
+
+
+def _render_field(name, length, low, high):
+    """One field of an element as nft 1.0.6 prints it: an interface by its name when
+    it is lo, a protocol by its /etc/protocols name, an address range as a prefix
+    when it is one."""
+    if name in ("ipv4_addr", "ipv6_addr"):
+        return _render_address_range(length, low, high)
+    if name == "iface_index":
+        show = _render_ifindex
+    elif name == "inet_proto" and low == high:
+        return protocol_name(low)
+    else:
+        show = str
+    return show(low) if low == high else f"{show(low)}-{show(high)}"
+
+
+def _render_ifindex(index):
+    return f'"{IFNAMES[index]}"' if index in IFNAMES else str(index)
+
+
+def _render_address_range(length, low, high):
+    first = ipaddress.ip_address(low.to_bytes(length, "big"))
+    last = ipaddress.ip_address(high.to_bytes(length, "big"))
+    if first == last:
+        return str(first)
+    networks = list(ipaddress.summarize_address_range(first, last))
+    if len(networks) == 1:
+        return str(networks[0])
+    return f"{first}-{last}"
+
+
+@functools.cache
+def _protocols():
+    """number -> name, as getprotobynumber(3) reads /etc/protocols (nft prints these)."""
+    names = {}
+    try:
+        with open(PROTOCOLS_FILE, encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                words = line.split("#", 1)[0].split()
+                if len(words) >= 2 and words[1].isdigit():
+                    names.setdefault(int(words[1]), words[0])
+    except OSError:
+        pass
+    return names
+
+
+def protocol_name(number):
+    return _protocols().get(number, str(number))
 
 
 def render_key(key_type, hex_key):
@@ -76,6 +155,8 @@ def _priority(value):
 
 def render_rule(exprs, comment="", counters=True):
     """nft's text for one rule: dependencies folded into the matches that need them."""
+    if exprs and exprs[-1][0] == "vmap":
+        return _render_lookup(exprs) + (f' comment "{comment}"' if comment else "")
     words, state, i = [], {}, 0
     while i < len(exprs):
         consumed, text = _render_at(exprs, i, state, counters)
@@ -85,6 +166,25 @@ def render_rule(exprs, comment="", counters=True):
     if comment:
         words.append(f'comment "{comment}"')
     return " ".join(words)
+
+
+def _render_lookup(exprs):
+    """A profile's lookup rule as nft prints it: the key's fields joined by " . ";
+    the family test is implied by the address field and the byteorder is not shown."""
+    family, fields = None, []
+    for expr in exprs[:-1]:
+        if expr[0] == "cmp":                   # meta nfproto ipv4|ipv6
+            family = _value(expr[2])[0]
+        elif expr[0] == "meta" and len(expr) == 3:
+            fields.append(expr[1] if expr[1] in ("oif", "iif") else f"meta {expr[1]}")
+        elif expr[0] == "payload" and expr[1] == "network":
+            fields.append(f"{NFPROTO_NAMES[family]} {ADDRESS_FIELDS[(family, expr[2])]}")
+        elif expr[0] == "payload":
+            fields.append("th dport")
+    text = f"{' . '.join(fields)} vmap @{exprs[-1][1]}"
+    if family is not None and not any(e[0] == "payload" and e[1] == "network" for e in exprs):
+        text = f"meta nfproto {NFPROTO_FAMILIES[family]} {text}"
+    return text
 
 
 def _value(hex_data):

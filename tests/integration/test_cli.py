@@ -56,7 +56,11 @@ def test_explain_shows_rules_scopes_and_nft_rules(nf):
     assert "window closed at that time, next opens Mo 2026-12-07 18:00" in closed, closed
     early = nf.cli("explain", "nobody", "--service", "sshd", "--at", "2026-12-01 17:59")
     assert "next opens Tu 2026-12-01 18:00" in early.stdout, early.stdout
-    assert "tcp dport 80 counter reject with tcp reset" in out
+    # the profile's map, its element going to the rule's chain, and that chain's rule
+    assert "0-2147483647 . tcp . 80 : goto out-no-plain-http.1" in out
+    assert "oif . meta l4proto . th dport vmap @out-no-plain-http.any" in out
+    assert ('counter reject with tcp reset comment "no-plain-http egress rule 1"'
+            in out), out
     assert "not yet applied" in out
     quiet = nf.cli("explain", "nobody", "--service", "sshd", "--rhost", "10.1.1.1",
                    "--at", "2026-12-01 19:30").stdout

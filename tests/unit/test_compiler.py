@@ -2,7 +2,7 @@
 
 import json
 
-from netfence import compiler, ir
+from netfence import compiler, compiler_linear, ir
 from netfence.model import (MatchRule, NetRule, Patterns, Policy, Profile, Settings,
                             TimeWindow)
 
@@ -34,32 +34,74 @@ def test_allow_is_return_never_accept():
     assert rules_in(table, "out-p")[-1] == (("counter",), ("verdict", "drop"))
 
 
-def test_peers_protocols_and_ports_expand_to_one_rule_each():
+def test_linear_compile_expands_peers_protocols_and_ports_to_one_rule_each():
+    """The pre-lookup compile, kept as the property test's reference."""
     rule = NetRule("deny", ("tcp", "udp"), ((53, 53), (8000, 8099)),
                    ("10.0.0.0/8", "2001:db8::/32", "loopback"))
-    table = table_of(Profile("p", egress=(rule,)))
-    assert len(rules_in(table, "out-p")) == 3 * 2 * 2 + 1
-    first = rules_in(table, "out-p")[0]
-    assert first[:5] == (("meta", "nfproto"), ("cmp", "eq", "02"),
-                         ("payload", "network", 16, 4),
-                         ("bitwise", "ff000000", "00000000"), ("cmp", "eq", "0a000000"))
-    assert ("payload", "transport", 2, 2) in first
-    ranged = rules_in(table, "out-p")[1]
-    assert ("range", "eq", "1f40", "1fa3") in ranged
+    combos = compiler_linear.expand_matches(rule, "egress")
+    assert len(combos) == 3 * 2 * 2
+    assert combos[0][:5] == (("meta", "nfproto"), ("cmp", "eq", "02"),
+                             ("payload", "network", 16, 4),
+                             ("bitwise", "ff000000", "00000000"), ("cmp", "eq", "0a000000"))
+    assert ("payload", "transport", 2, 2) in combos[0]
+    assert ("range", "eq", "1f40", "1fa3") in combos[1]
+
+
+def test_a_profile_direction_is_lookups_and_one_rule_chain_per_policy_rule():
+    rule = NetRule("deny", ("tcp", "udp"), ((53, 53), (8000, 8099)),
+                   ("10.0.0.0/8", "2001:db8::/32", "loopback"))
+    table = table_of(Profile("p", egress=(rule, NetRule("allow", ("tcp",), ((22, 22),)))))
+    v4, v6, default = rules_in(table, "out-p")
+    assert v4 == (("meta", "nfproto"), ("cmp", "eq", "02"),
+                  ("meta", "oif", 8), ("byteorder", "hton", 4, 4, 8), ("meta", "l4proto", 9),
+                  ("payload", "network", 16, 4, 10), ("payload", "transport", 2, 2, 11),
+                  ("vmap", "out-p.v4", 8))
+    assert v6[-3:] == (("payload", "network", 24, 16, 10), ("payload", "transport", 2, 2, 14),
+                       ("vmap", "out-p.v6", 8))
+    assert default == (("counter",), ("verdict", "return"))
+    assert every_rule_in(table, "out-p.1") == [(("counter",), ("verdict", "drop"))]
+    assert every_rule_in(table, "out-p.2") == [(("counter",), ("verdict", "return"))]
+    assert [r.comment for r in table.rules if r.chain == "out-p.1"] == ["p egress rule 1"]
+    maps = {s.name: s for s in table.sets if s.data == "verdict"}
+    assert set(maps) == {"out-p.v4", "out-p.v6"}        # every rule has ports: no np maps
+    v4map = maps["out-p.v4"]
+    assert v4map.key == "concat" and v4map.interval
+    assert v4map.fields == (("iface_index", 4), ("inet_proto", 1), ("ipv4_addr", 4),
+                            ("inet_service", 2))
+    # 10.0.0.0/8 udp 53 from every interface: oif 0..2^31-1 (big-endian), the /8's
+    # range, port 53 padded to its register
+    assert ("00000000" "11000000" "0a000000" "00350000",
+            "7fffffff" "11000000" "0affffff" "00350000", "out-p.1") in v4map.elements
+    names = [c.name for c in table.chains]
+    assert names.index("out-p.1") < names.index("out-p") and "out-p.2" in names
+
+
+def test_maps_without_ports_follow_the_port_map_and_the_family_maps_without_l4proto():
+    rules = (NetRule("allow", ("tcp",), ((443, 443),)), NetRule("deny", (), (), ("10.0.0.0/8",)),
+             NetRule("allow", ("icmp",)))
+    table = table_of(Profile("p", egress=rules, egress_default="reject"))
+    lookups = [r[-1][1] for r in rules_in(table, "out-p") if r[-1][0] == "vmap"]
+    assert lookups == ["out-p.v4", "out-p.v4np", "out-p.v4nl",
+                       "out-p.v6", "out-p.v6np"]         # no v6 rule without l4proto
+    nl = {s.name: s for s in table.sets}["out-p.v4nl"]
+    assert nl.fields == (("iface_index", 4), ("ipv4_addr", 4))
+    assert nl.elements == (("00000000" "0a000000", "7fffffff" "0affffff", "out-p.2"),)
 
 
 def test_icmp_follows_the_address_family():
     rule = NetRule("reject", ("icmp",), (), ("192.0.2.0/24", "2001:db8::/32"))
-    v4, v6, _default = rules_in(table_of(Profile("p", egress=(rule,))), "out-p")
-    assert ("cmp", "eq", "01") in v4 and ("cmp", "eq", "3a") in v6
-    assert v4[-1] == ("reject", "icmpx-port-unreachable")
+    maps = {s.name: s for s in table_of(Profile("p", egress=(rule,))).sets}
+    assert [e[0][8:10] for e in maps["out-p.v4"].elements] == ["01"]
+    assert [e[0][8:10] for e in maps["out-p.v6"].elements] == ["3a"]
     anywhere = NetRule("deny", ("icmp",))
-    assert len(rules_in(table_of(Profile("q", egress=(anywhere,))), "out-q")) == 3
+    maps = {s.name: s for s in table_of(Profile("q", egress=(anywhere,))).sets}
+    assert sorted(e[0][8:10] for e in maps["out-q.any"].elements) == ["01", "3a"]
+    assert maps["out-q.any"].fields == (("iface_index", 4), ("inet_proto", 1))
 
 
 def test_tcp_only_reject_is_a_reset():
     rule = NetRule("reject", ("tcp",), ((80, 80),))
-    assert rules_in(table_of(Profile("p", egress=(rule,))), "out-p")[0][-1] == (
+    assert rules_in(table_of(Profile("p", egress=(rule,))), "out-p.1")[0][-1] == (
         "reject", "tcp-reset")
 
 
@@ -68,10 +110,12 @@ def test_ingress_matches_sources_and_loopback_by_input_interface():
                                     NetRule("allow", ("tcp",), ((22, 22),), ("192.0.2.7",))),
                       ingress_default="deny")
     table = table_of(profile)
-    lo, ssh, default = rules_in(table, "in-p")
-    assert lo[:2] == (("meta", "iif"), ("cmp", "eq", "01000000"))
-    assert ("payload", "network", 12, 4) in ssh          # source address
-    assert default[-1] == ("verdict", "drop")
+    lookups = rules_in(table, "in-p")
+    assert lookups[0][2:4] == (("meta", "iif", 8), ("byteorder", "hton", 4, 4, 8))
+    assert ("payload", "network", 12, 4, 10) in lookups[0]          # source address
+    assert lookups[-1][-1] == ("verdict", "drop")
+    loopback = {s.name: s for s in table.sets}["in-p.v4nl"]
+    assert loopback.elements == (("00000001" "00000000", "00000001" "ffffffff", "in-p.1"),)
     guards = rules_in(table, "ingress")
     assert [e for r in guards for e in r if e[0] in ("socket", "lookup")] == [
         ("socket", "cgroupv2", 2), ("lookup", "any-ucg"),
@@ -81,10 +125,19 @@ def test_ingress_matches_sources_and_loopback_by_input_interface():
     assert rules_in(table, "egress") == []                # nothing to do on output
 
 
+def test_without_cidr_peers_a_packet_without_l4proto_meets_at_most_two_plain_rules():
+    rules = (NetRule("allow", ("tcp",)), NetRule("allow", (), (), ("loopback",)),
+             NetRule("deny", (), (), ("loopback",)), NetRule("reject"), NetRule("allow"))
+    table = table_of(Profile("p", egress=rules))
+    assert rules_in(table, "out-p")[1:] == [
+        (("meta", "oif"), ("cmp", "eq", "01000000"), ("verdict", "goto", "out-p.2")),
+        (("verdict", "goto", "out-p.4"),), (("counter",), ("verdict", "return"))]
+
+
 def test_logging_profiles_go_to_logging_chains():
     table = table_of(Profile("p", egress=(NetRule("deny", ("udp",)),), log=True,
                              egress_default="reject"))
-    assert rules_in(table, "out-p")[0][-1] == ("verdict", "goto", "deny-p")
+    assert rules_in(table, "out-p.1")[0][-1] == ("verdict", "goto", "deny-p")
     assert rules_in(table, "out-p")[-1][-1] == ("verdict", "goto", "reject-p")
     assert rules_in(table, "deny-p") == [(("verdict", "jump", "log-p"),),
                                          (("verdict", "drop"),)]
@@ -122,7 +175,7 @@ def test_accounting_counts_every_packet_and_each_denial_per_cgroup():
     assert rules_in(table, "deny-p") == [
         (("socket", "cgroupv2", 3), ("lookup", "denied-p")),
         (("socket", "cgroupv2", 2), ("lookup", "denied-p")), (("verdict", "drop"),)]
-    assert rules_in(table, "out-q")[-2][-1] == ("verdict", "drop")     # q: unchanged
+    assert rules_in(table, "out-q.1")[-1][-1] == ("verdict", "drop")     # q: unchanged
 
 
 def test_unrestricted_traffic_costs_one_guard_lookup_per_kind_whatever_the_profiles():
@@ -139,8 +192,9 @@ def test_unrestricted_traffic_costs_one_guard_lookup_per_kind_whatever_the_profi
     assert len(rules_in(table, "egress-session")) == 5
     assert {c.name: c.hook for c in table.chains}["egress"] == "output"
     assert {c.name: c.hook for c in table.chains}["ingress"] == "input"
-    # per profile: 3 login sets, 3 grant sets, ruid; guards: 3 login kinds and any-ruid
-    assert len(table.sets) == 4 + 5 * 7
+    # per profile: 3 login sets, 3 grant sets, ruid, its map; guards: 3 login kinds
+    # and any-ruid
+    assert len(table.sets) == 4 + 5 * 8
     # regular chains exist before the chains that jump to them
     names = [c.name for c in table.chains]
     assert names.index("out-p0") < names.index("egress-uid") < names.index("egress")
@@ -245,3 +299,16 @@ def test_login_rules_carry_compiled_rhosts():
     rule = compiler.compile_policy(pol)["login"]["rules"][0]
     assert rule["rhosts"] == [[["local"], ["suffix", ".example.org"],
                                ["net", 4, 0x0A000000, 8]], [["net", 4, 0x0A090000, 16]]]
+
+
+def test_a_verdict_map_set_def_round_trips_through_json():
+    fields = (("iface_index", 4), ("inet_proto", 1), ("ipv4_addr", 4), ("inet_service", 2))
+    elements = (("01000000" "06000000" "0a000000" "00500000",
+                 "01000000" "06000000" "0affffff" "00500000", "out-web.1"),)
+    table = ir.TableDef(sets=(ir.SetDef("out-web.v4", "concat", interval=True, fields=fields,
+                                        data="verdict", elements=elements),),
+                        chains=(), rules=())
+    back = ir.TableDef.from_json(json.loads(json.dumps(table.to_json())))
+    assert back == table
+    assert back.sets[0].fields == fields and back.sets[0].elements == elements
+    assert ir.key_length(fields) == 16

@@ -11,7 +11,9 @@ from netfence.model import LOOPBACK, NetRule, Profile, Settings
 
 
 def table_rules(*profiles, settings=Settings()):
-    return compiler.build_table(profiles, settings).to_json()["rules"]
+    """The table (JSON) in the two parts evaluate reads: its rules and its maps."""
+    table = compiler.build_table(profiles, settings).to_json()
+    return table["rules"], table["sets"]
 
 
 def ipv4(src, dst, proto, transport, frag=0, ihl=5):
@@ -31,8 +33,9 @@ def ports(sport, dport):
     return struct.pack(">HH", sport, dport) + bytes(16)
 
 
-def match(rules, chain, payload, outdev=2, indev=None):
-    return evaluate.first_match(rules, chain, evaluate.parse_ip(payload), outdev, indev)
+def match(table, chain, payload, outdev=2, indev=None):
+    rules, sets = table
+    return evaluate.first_match(rules, chain, evaluate.parse_ip(payload), outdev, indev, sets)
 
 
 WEB = Profile("web", egress=(
@@ -142,7 +145,7 @@ def test_verdicts_without_denial_chains():
 
 
 def test_grant_rules_never_match_and_other_chains_are_ignored(rules):
-    assert any(r["comment"] == "web egress grant" for r in rules)
+    assert any(r["comment"] == "web egress grant" for r in rules[0])
     packet = ipv4("1.1.1.1", "198.51.100.1", 6, ports(1, 9))
     assert match(rules, "out-nothing", packet) is None
 
@@ -150,3 +153,28 @@ def test_grant_rules_never_match_and_other_chains_are_ignored(rules):
 def test_rule_number():
     assert evaluate.rule_number("web egress rule 12") == 12
     assert evaluate.rule_number("web egress default") is None
+
+
+def test_the_lookup_names_the_rule_through_its_chain(rules):
+    """The map's element goes to out-web.2, whose one rule decides: without it the
+    packet is undecided (a snapshot that is not the kernel's), never another rule."""
+    packet = ipv4("10.9.9.9", "198.51.100.1", 17, ports(5, 1500))
+    assert match(rules, "out-web", packet) == ("web egress rule 2", "reject")
+    kept = [r for r in rules[0] if r["chain"] != "out-web.2"]
+    assert match((kept, rules[1]), "out-web", packet) is None
+    assert match((rules[0], []), "out-web", packet) == ("web egress default", "deny")
+
+
+def test_a_packet_without_layer4_protocol_meets_only_rules_without_protocols_or_ports(rules):
+    """The kernel could not find its layer-4 header (meta l4proto breaks): the
+    lookups with protocols break, the address-only map still sees rule 3."""
+    headers = evaluate.parse_ip(ipv4("192.0.2.1", "10.200.0.1", 6, ports(5, 80)))
+    headers["l4proto"], headers["transport"] = None, None
+    assert evaluate.first_match(rules[0], "out-web", headers, 2, None, rules[1]) == (
+        "web egress rule 3", "deny")
+    headers = evaluate.parse_ip(ipv4("192.0.2.1", "198.51.100.1", 6, ports(5, 80)))
+    headers["l4proto"], headers["transport"] = None, None
+    assert evaluate.first_match(rules[0], "out-web", headers, 1, None, rules[1]) == (
+        "web egress rule 5", "allow")                        # loopback, any protocol
+    assert evaluate.first_match(rules[0], "out-web", headers, 2, None, rules[1]) == (
+        "web egress default", "deny")

@@ -26,6 +26,12 @@ EVERY_EXPR = [
     ("reject", "tcp-reset"), ("reject", "icmpx-port-unreachable"),
     ("verdict", "accept"), ("verdict", "drop"), ("verdict", "return"),
     ("verdict", "jump", "out-web"), ("verdict", "goto", "deny-web"),
+    # the lookup rules' key fields (issue 12): into NFT_REG32_xx, then a verdict map
+    ("meta", "oif", 8), ("meta", "iif", 8), ("meta", "l4proto", 9),
+    ("payload", "network", 16, 4, 10), ("payload", "network", 24, 16, 10),
+    ("payload", "transport", 2, 2, 11), ("payload", "transport", 2, 2, 14),
+    ("vmap", "out-web.v4", 8), ("vmap", "in-web.any", 8), ("vmap", "m", 1),
+    ("byteorder", "hton", 4, 4, 8),     # the key's oif, big-endian as nft makes it
 ]
 
 
@@ -88,7 +94,23 @@ def test_dropped_attribute_is_refused():
         m.build(m.TableMsg, nf.NFT_MSG_NEWTABLE, [('NFTA_TABLE_BOGUS', 1)], seq=1)
 
 
-@pytest.mark.parametrize("bad", [("meta", "bogus"), ("meta", "mark", 3),
+def test_lookup_rule_is_what_nft_sends():
+    """The attributes `nft --debug=mnl` (nftables 1.0.6) sent for `meta oif . meta
+    l4proto . ip daddr . th dport vmap @m4`: the payload into register 10, l4proto
+    into 9, the lookup reading its key from register 1 (= NFT_REG32_00: we say 8)
+    with NFTA_LOOKUP_DREG 0 (the verdict register). nft orders the lookup's
+    attributes sreg, dreg, set; the kernel does not care."""
+    data = _rule_message([("payload", "network", 16, 4, 10), ("meta", "l4proto", 9),
+                          ("vmap", "m4", 1)])
+    assert bytes.fromhex("080001000000000a" "0800020000000001" "0800030000000010"
+                         "0800040000000004") in data
+    assert bytes.fromhex("0800020000000010" "0800010000000009") in data
+    assert bytes.fromhex("070001006d340000" "0800020000000001" "0800030000000000") in data
+
+
+@pytest.mark.parametrize("bad", [("meta", "bogus"), ("meta", "mark", 3), ("meta", "oif", 24),
+                                 ("payload", "network", 16, 4, 7), ("vmap", "m", 2),
+                                 ("vmap", "m", 0), ("vmap", "m"),
                                  ("meta_set", "skuid", 1), ("cmp", "approx", "00"), ("verdict", "jump"),
                                  ("verdict", "accept", "c"), ("bitwise", "ff", "0000"),
                                  ("nosuch",), ()])

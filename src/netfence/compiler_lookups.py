@@ -1,0 +1,322 @@
+"""A profile direction's ordered rules as verdict-map lookups (docs/architecture.md,
+"Table shape"). Pure.
+
+Every policy rule N of P's direction gets a rule chain `out-P.N` / `in-P.N` holding one
+rule, `counter <verdict>` "P egress rule N". The profile chain looks the packet up in
+a few verdict maps whose elements `goto` those chains: a connection costs a constant
+number of lookups whatever the number of rules.
+
+A map's key is a concatenation of fields, each loaded into consecutive 32-bit registers
+from NFT_REG32_00 on: the interface (oif / iif, converted big-endian as nft does, so
+that `nft list` prints "lo" and `nft -f` takes the listing back), the layer-4 protocol,
+the address (daddr egress, saddr ingress: the per-family maps only) and the destination
+port (when a rule has ports). The first-match order is resolved here: `partition` walks
+the rules in order, each claiming what is left of its boxes, so the elements are
+disjoint and each names the first rule that matches every packet inside it.
+
+Packets some field cannot be loaded from break a lookup rule (the kernel ends the rule)
+where the linear chains still matched the rules not needing that field, so:
+  - no-port maps (`.anynp` / `.v4np` / `.v6np`), the partition of the rules without
+    ports, follow a map with ports: a non-first fragment, a truncated transport header;
+  - no-layer-4 lookups follow them, the partition of the rules with neither protocols
+    nor ports: a packet whose layer-4 protocol the kernel could not find (an IPv6
+    extension header chain it cannot walk) has no `meta l4proto`. Per family the map
+    `.v4nl` / `.v6nl` (interface, address); without CIDR peers at most two plain rules
+    (the first loopback-only rule, the first rule for everything).
+A packet that has every field and misses a map matches no rule at all, so it also misses
+the later ones (their rules are a subset): they only ever catch what the first one could
+not look up.
+"""
+
+import functools
+import ipaddress
+
+from . import ir
+from .errors import PolicyError
+from .model import LOOPBACK
+from .nfconst import HOST_ORDER, NETWORK_ORDER, NFPROTO_IPV4, NFPROTO_IPV6
+
+MAX_MAP_ELEMENTS = 65536
+NFPROTO = {4: bytes([NFPROTO_IPV4]).hex(), 6: bytes([NFPROTO_IPV6]).hex()}
+L4PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}     # IPPROTO_*
+ADDR_OFFSET = {("egress", 4): 16, ("egress", 6): 24,     # destination address
+               ("ingress", 4): 12, ("ingress", 6): 8}    # source address
+LOOPBACK_INDEX = 1                                       # lo is ifindex 1 in every netns
+LOOPBACK_IFINDEX = LOOPBACK_INDEX.to_bytes(4, HOST_ORDER).hex()
+IFINDEX_MAX = 2 ** 31 - 1          # dev->ifindex is an int (0: no device)
+FIRST_KEY_REGISTER = 8             # NFT_REG32_00
+
+# (nft datatype, bytes, values): the values as the register holds them, read big-endian
+IFACE = ("iface_index", 4, (0, IFINDEX_MAX))
+L4PROTO = ("inet_proto", 1, (0, 255))
+ADDRESS = {4: ("ipv4_addr", 4, (0, 2 ** 32 - 1)), 6: ("ipv6_addr", 16, (0, 2 ** 128 - 1))}
+PORT = ("inet_service", 2, (0, 65535))
+
+
+def rule_chain(profile_chain, number):
+    """`out-P.N`: a profile name never contains "." (policy_values.PROFILE_NAME)."""
+    return f"{profile_chain}.{number}"
+
+
+class MapSpec:
+    """One lookup: its family (None: both), and whether its key has the layer-4
+    protocol and the destination port."""
+
+    def __init__(self, family, l4proto, port, tail=""):
+        self.family, self.l4proto, self.port, self.tail = family, l4proto, port, tail
+
+    def suffix(self):
+        """any / v4 / v6, then "np" (no port) or "nl" (no layer 4) for the fallbacks."""
+        return {None: "any", 4: "v4", 6: "v6"}[self.family] + self.tail
+
+    def fields(self):
+        fields = [IFACE]
+        if self.l4proto:
+            fields.append(L4PROTO)
+        if self.family:
+            fields.append(ADDRESS[self.family])
+        if self.port:
+            fields.append(PORT)
+        return fields
+
+    def takes(self, net_rule):
+        """Whether the rule has a place in this map's partition at all."""
+        if net_rule.ports and not self.port:
+            return False
+        return self.l4proto or not net_rule.protos
+
+
+# ---- boxes and the partition ----------------------------------------------------
+
+def rule_boxes(net_rule, spec):
+    """The boxes (one (low, high) per field of spec) the rule matches, as the linear
+    chains expanded it: every peer x protocol x port; "icmp" is icmp for v4 peers,
+    icmpv6 for v6 peers, both without a peer; `loopback` is interface 1, any address."""
+    if not spec.takes(net_rule):
+        return []
+    boxes = []
+    for peer in list(net_rule.peers) or [None]:
+        iface, address, family = IFACE[2], None, None
+        if peer == LOOPBACK:
+            iface = (LOOPBACK_INDEX, LOOPBACK_INDEX)
+        elif peer is not None:
+            family, address = network_range(peer)
+            if family != spec.family:
+                continue
+        for l4 in _l4_ranges(net_rule.protos, family, spec):
+            for port in [tuple(p) for p in net_rule.ports] or [PORT[2]]:
+                box = [iface] + ([l4] if spec.l4proto else [])
+                if spec.family:
+                    box.append(address or ADDRESS[spec.family][2])
+                if spec.port:
+                    box.append(port)
+                boxes.append(tuple(box))
+    return boxes
+
+
+@functools.lru_cache(maxsize=4096)
+def network_range(peer):
+    """"10.0.0.0/8" -> (4, (first, last)) as integers."""
+    net = ipaddress.ip_network(peer)
+    return net.version, (int(net.network_address), int(net.broadcast_address))
+
+
+def _l4_ranges(protos, family, spec):
+    if not spec.l4proto or not protos:
+        return [L4PROTO[2]]
+    numbers = []
+    for proto in protos:
+        if proto == "icmp":
+            names = {4: ["icmp"], 6: ["icmpv6"]}.get(family, ["icmp", "icmpv6"])
+        else:
+            names = [proto]
+        numbers += [L4PROTO_NUMBERS[name] for name in names]
+    return [(n, n) for n in sorted(set(numbers))]
+
+
+class TooManyBoxes(Exception):
+    """The partition passed its limit (the caller names the profile)."""
+
+
+def partition(numbered_boxes, space, limit=None):
+    """First match as disjoint boxes: [(box, rule number)]. numbered_boxes:
+    [(number, [box, ...])] in rule order; space: the box of every possible key.
+    TooManyBoxes as soon as the claimed or the unclaimed boxes pass `limit` (a policy
+    that cannot be a map: stop early rather than compute millions of boxes)."""
+    unclaimed, claimed = [tuple(space)], []
+    for number, boxes in numbered_boxes:
+        for box in boxes:
+            rest = []
+            for free in unclaimed:
+                common = _intersection(free, box)
+                if common is None:
+                    rest.append(free)
+                    continue
+                claimed.append((common, number))
+                rest += _difference(free, common)
+            unclaimed = rest
+            if limit is not None and max(len(claimed), len(unclaimed)) > limit:
+                raise TooManyBoxes(max(len(claimed), len(unclaimed)))
+            if not unclaimed:
+                return claimed
+    return claimed
+
+
+def _intersection(first, second):
+    # most pairs do not meet: test the selective fields (port, address) first, cheaply
+    for (low1, high1), (low2, high2) in zip(reversed(first), reversed(second)):
+        if low1 > high2 or low2 > high1:
+            return None
+    return tuple((max(low1, low2), min(high1, high2))
+                 for (low1, high1), (low2, high2) in zip(first, second))
+
+
+def _difference(box, inner):
+    """box minus inner (inside it): at most two pieces per dimension."""
+    pieces, current = [], list(box)
+    for dim, ((low, high), (inner_low, inner_high)) in enumerate(zip(box, inner)):
+        if low < inner_low:
+            pieces.append(tuple(current[:dim] + [(low, inner_low - 1)] + current[dim + 1:]))
+        if inner_high < high:
+            pieces.append(tuple(current[:dim] + [(inner_high + 1, high)] + current[dim + 1:]))
+        current[dim] = (inner_low, inner_high)
+    return pieces
+
+
+def merge_adjacent(claimed):
+    """Join boxes of one rule that touch along one dimension and agree on the others
+    (fewer elements, shorter listings); repeated while it joins some."""
+    dims = len(claimed[0][0]) if claimed else 0
+    changed = True
+    while changed:
+        changed = False
+        for dim in range(dims):
+            merged = _merge_along(claimed, dim)
+            changed = changed or len(merged) < len(claimed)
+            claimed = merged
+    return claimed
+
+
+def _merge_along(claimed, dim):
+    groups = {}
+    for box, number in claimed:
+        groups.setdefault((number, box[:dim] + box[dim + 1:]), []).append(box)
+    merged = []
+    for (number, _), boxes in groups.items():
+        boxes.sort(key=lambda b: b[dim])
+        run = boxes[0]
+        for box in boxes[1:]:
+            if box[dim][0] == run[dim][1] + 1:
+                run = run[:dim] + ((run[dim][0], box[dim][1]),) + run[dim + 1:]
+            else:
+                merged.append((run, number))
+                run = box
+        merged.append((run, number))
+    return merged
+
+
+# ---- maps and lookup rules ------------------------------------------------------
+
+def element_key(fields, corner):
+    """The key bytes (hex) of a box corner: each field big-endian, zero-padded to
+    whole registers."""
+    out = b""
+    for (_, length, _), value in zip(fields, corner):
+        out += value.to_bytes(length, NETWORK_ORDER).ljust(ir.padded_length(length), b"\0")
+    return out.hex()
+
+
+def direction_lookups(profile, direction, net_rules, chain):
+    """(sets, lookup rules) of one profile direction: the maps with their elements, and
+    the rules of `chain` (out-P / in-P) between the grants and the default."""
+    specs = map_specs(net_rules)
+    sets, rules = [], []
+    for spec in specs:
+        name = f"{chain}.{spec.suffix()}"
+        numbered = [(n, rule_boxes(r, spec)) for n, r in enumerate(net_rules, 1)]
+        fields = spec.fields()
+        try:
+            claimed = merge_adjacent(partition(numbered, [f[2] for f in fields],
+                                               4 * MAX_MAP_ELEMENTS))
+        except TooManyBoxes as many:
+            raise _too_many(profile, direction, name, f"over {many.args[0]}") from None
+        if len(claimed) > MAX_MAP_ELEMENTS:
+            raise _too_many(profile, direction, name, len(claimed))
+        if not claimed:
+            continue
+        claimed.sort(key=lambda item: item[0])
+        elements = tuple((element_key(fields, [r[0] for r in box]),
+                          element_key(fields, [r[1] for r in box]),
+                          rule_chain(chain, number)) for box, number in claimed)
+        sets.append(ir.SetDef(name, "concat", interval=True,
+                              fields=tuple((f[0], f[1]) for f in fields),
+                              data="verdict", elements=elements))
+        rules.append(ir.RuleDef(chain, lookup_exprs(spec, direction, name)))
+    if not any(spec.family for spec in specs):
+        rules += _plain_fallback(direction, net_rules, chain)
+    return sets, rules
+
+
+def _too_many(profile, direction, name, count):
+    return PolicyError([(profile.where.path, profile.where.line,
+                         f"profile {profile.name!r}: its {direction} rules make {count} "
+                         f"lookup elements in {name}, more than {MAX_MAP_ELEMENTS}: "
+                         f"merge or shorten its rules")])
+
+
+def map_specs(net_rules):
+    """The lookups of a direction, in the order the profile chain tries them."""
+    cidr = any(p != LOOPBACK for r in net_rules for p in r.peers)
+    with_ports = any(r.ports for r in net_rules)
+    without_ports = any(not r.ports for r in net_rules)
+    specs = []
+    for family in ((4, 6) if cidr else (None,)):
+        specs.append(MapSpec(family, True, with_ports))
+        if with_ports and without_ports:
+            specs.append(MapSpec(family, True, False, "np"))
+        if family:
+            specs.append(MapSpec(family, False, False, "nl"))
+    return specs
+
+
+def lookup_exprs(spec, direction, name):
+    """The lookup rule: load each field into its registers, then the verdict map."""
+    exprs = []
+    if spec.family:
+        exprs += [("meta", "nfproto"), ("cmp", "eq", NFPROTO[spec.family])]
+    register = FIRST_KEY_REGISTER
+    iface = "oif" if direction == "egress" else "iif"
+    exprs += [("meta", iface, register), ("byteorder", "hton", 4, 4, register)]
+    register += 1
+    if spec.l4proto:
+        exprs.append(("meta", "l4proto", register))
+        register += 1
+    if spec.family:
+        length = ADDRESS[spec.family][1]
+        exprs.append(("payload", "network", ADDR_OFFSET[(direction, spec.family)],
+                      length, register))
+        register += length // 4
+    if spec.port:
+        exprs.append(("payload", "transport", 2, 2, register))
+    return tuple(exprs) + (("vmap", name, FIRST_KEY_REGISTER),)
+
+
+def _plain_fallback(direction, net_rules, chain):
+    """Without CIDR peers, the rules a packet without `meta l4proto` can match (no
+    protocols, no ports) are `loopback`-only or for everything: the first of each kind
+    decides, so at most two rules, tried after the maps (which such a packet breaks)."""
+    iface = "oif" if direction == "egress" else "iif"
+    rules, loopback_seen = [], False
+    for number, net_rule in enumerate(net_rules, 1):
+        if net_rule.protos or net_rule.ports:
+            continue
+        target = ("verdict", "goto", rule_chain(chain, number))
+        if set(net_rule.peers) == {LOOPBACK}:
+            if not loopback_seen:
+                rules.append(ir.RuleDef(chain, (("meta", iface),
+                                                ("cmp", "eq", LOOPBACK_IFINDEX), target)))
+                loopback_seen = True
+            continue
+        rules.append(ir.RuleDef(chain, (target,)))
+        break
+    return rules
