@@ -14,6 +14,7 @@ of the pair reversed every other round. reload_vs_nft_f_ratio_<N> is the median 
 rounds' reload / nft -f ratios.
 """
 
+import difflib
 import re
 
 import policies
@@ -33,13 +34,18 @@ def count_rules(env):
 # meta set), and counts the rules so changed.
 UNLOADABLE = re.compile(r"meta mark set socket cgroupv2 level \d+")
 LOADABLE = "meta mark set socket mark"
+# nft adds the dependency `meta l4proto tcp` in front of a `reject with tcp reset` it
+# parses; netfence's rule chains (issue 12) have none: the lookup map's key already
+# holds the protocol. The twin's rule then has one expression more (nft's work is
+# counted a little high); the listings are compared without it.
+IMPLIED = re.compile(r"meta l4proto tcp (counter packets \d+ bytes \d+ reject with tcp reset)")
 
 
 def nft_twin(ws, env, name):
     """(namespace, script, rules changed): a fresh namespace holding netfence's table as
     `nft -f` loads it from its listing, and the script that replaces it there (the same
     text every time). Checked: the twin lists as netfence's table does, but for the
-    UNLOADABLE statements."""
+    UNLOADABLE statements and the IMPLIED dependencies."""
     listing, changed = UNLOADABLE.subn(
         LOADABLE, env.netns.nft("list", "table", "inet", "netfence").stdout)
     script = ws.path(f"{name}.nft")
@@ -47,8 +53,11 @@ def nft_twin(ws, env, name):
         handle.write("table inet netfence { }\ndelete table inet netfence\n" + listing)
     ns = ws.netns()
     ns.run([NFT, "-f", script])
-    if ns.nft("list", "table", "inet", "netfence").stdout != listing:
-        raise RuntimeError(f"{name}: nft -f of netfence's listing lists differently")
+    loaded = ns.nft("list", "table", "inet", "netfence").stdout
+    if IMPLIED.sub(r"\1", loaded) != IMPLIED.sub(r"\1", listing):
+        diff = difflib.unified_diff(listing.splitlines(), loaded.splitlines(), lineterm="")
+        raise RuntimeError(f"{name}: nft -f of netfence's listing lists differently:\n"
+                           + "\n".join(list(diff)[2:14]))
     return ns, script, changed
 
 
