@@ -158,7 +158,8 @@ def _attempt(prepared, run_dir, state_dir, restoring=False, sockets=None):
     try:
         generation = ruleset.generation()
         unsettled = []
-        live = records.live_elements(run_dir, unsettled)
+        read = records.read_live(run_dir)        # once: elements and timed sets
+        live = records.live_elements(run_dir, unsettled, live=read)
         if unsettled and sockets is None:
             # An interrupted close's elements may still be in the kernel: a login
             # that adds one again changes nothing, so the generation would not tell
@@ -170,7 +171,7 @@ def _attempt(prepared, run_dir, state_dir, restoring=False, sockets=None):
         # Timed elements are computed, never recorded: each goes into the new table
         # with the time it has left (not a fresh timeout, not permanent).
         timed = desired_timeouts(run_dir, state_dir, prepared.table,
-                                 without_grants=restoring)
+                                 without_grants=restoring, live=read)
         ruleset.replace_table(prepared.table, kept, genid=generation, prepared=prepared,
                               timed=timed, counts=carried_counters(prepared.table))
     finally:

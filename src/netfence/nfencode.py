@@ -48,11 +48,21 @@ DESTROY_FLAGS = NLM_F_REQUEST | NLM_F_ACK
 
 # ---- building blocks ---------------------------------------------------------------
 
+_PAD = (b"", b"\0\0\0", b"\0\0", b"\0")     # after an attribute of length % 4 == i
+# nla_len then nla_type, both u16 in host order, as one u32: one to_bytes, not two
+# (reload writes ~30,000 attributes for a 1,000-rule policy)
+if HOST_ORDER == "little":
+    def _nla_header(attr_type, length):
+        return ((attr_type << 16) | length).to_bytes(4, "little")
+else:
+    def _nla_header(attr_type, length):
+        return ((length << 16) | attr_type).to_bytes(4, "big")
+
+
 def attr(attr_type, data):
     """One netlink attribute, padded to 4 bytes."""
     length = NLA_HDRLEN + len(data)
-    return (length.to_bytes(2, HOST_ORDER) + attr_type.to_bytes(2, HOST_ORDER) + data
-            + bytes(-length % 4))
+    return _nla_header(attr_type, length) + data + _PAD[length & 3]
 
 
 def nested(attr_type, data):
@@ -89,13 +99,27 @@ def check_name(name):
 
 # ---- set elements ------------------------------------------------------------------
 
+def _key_wrap(key_len):
+    """(bytes before, bytes after) a key of key_len bytes in its NFTA_LIST_ELEM {
+    NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE } } item: the same for every key of a length."""
+    item = nested(NFTA_LIST_ELEM, nested(NFTA_SET_ELEM_KEY,
+                                         attr(NFTA_DATA_VALUE, bytes(key_len))))
+    before = len(item) - key_len - (-key_len % 4)
+    return item[:before], item[before + key_len:]
+
+
 def _element_body(table, set_name, keys):
-    items = b"".join(nested(NFTA_LIST_ELEM, nested(NFTA_SET_ELEM_KEY,
-                                                   attr(NFTA_DATA_VALUE, key)))
-                     for key in keys)
+    # wrapped by slicing, not attribute by attribute: reload carries 60,000 keys over
+    # at 10,000 sessions (test_nftnl_encode checks the bytes against pyroute2's)
+    wraps, items = {}, []
+    for key in keys:
+        wrap = wraps.get(len(key))
+        if wrap is None:
+            wrap = wraps[len(key)] = _key_wrap(len(key))
+        items.append(wrap[0] + key + wrap[1])
     return (attr(NFTA_SET_ELEM_LIST_TABLE, cstring(table))
             + attr(NFTA_SET_ELEM_LIST_SET, cstring(set_name))
-            + nested(NFTA_SET_ELEM_LIST_ELEMENTS, items))
+            + nested(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(items)))
 
 
 def interval_elements(ranges, key_len):

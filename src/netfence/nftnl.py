@@ -7,13 +7,15 @@ decoders. Everything happens in the caller's network namespace.
 Element keys are hex strings of the exact key bytes, in the host byte order the kernel
 compares them in (setkinds.SetKind.key).
 
-The login hook never imports this module (pyroute2 costs ~200 ms to import). The
-encoder's and the drift check's public names are importable from here too.
+No pyroute2 on this path (it costs ~100 ms to import): nftnl_wire encodes the
+requests and splits the answers; only read_table decodes whole expressions with
+pyroute2 (imported then). The login hook never imports this module. The encoder's
+and the drift check's public names are importable from here too.
 """
 
 import errno
 
-from . import ir, nftnl_dump as dump, nftnl_msg as m
+from . import ir, nftnl_dump as dump, nftnl_wire as wire
 from . import nfconst as nf
 from .errors import GenerationChanged, KernelError
 from .nftnl_batch import (Batch, PreparedTable, add_element_messages, add_static_replacement,
@@ -25,6 +27,7 @@ __all__ = ["Ruleset", "PreparedTable", "encode_batch", "expected_summary", "diff
 
 TABLE_NAME = ir.TABLE_NAME
 DUMP_RETRIES = 5
+GEN_ID = 1              # NFTA_GEN_ID
 
 
 class Ruleset:
@@ -49,13 +52,13 @@ class Ruleset:
     # -- reads --
 
     def generation(self):
-        (reply,) = self._conn.request(m.GenMsg, nf.NFT_MSG_GETGEN, [], "read ruleset generation",
+        (reply,) = self._conn.request(nf.NFT_MSG_GETGEN, [], "read ruleset generation",
                                       family=nf.NFPROTO_UNSPEC)
-        return m.attr(reply, 'NFTA_GEN_ID')
+        return int.from_bytes(wire.parse_attrs(reply)[GEN_ID], nf.NETWORK_ORDER)
 
     def table_exists(self, table=TABLE_NAME):
         try:
-            self._conn.request(m.TableMsg, nf.NFT_MSG_GETTABLE, [('NFTA_TABLE_NAME', table)],
+            self._conn.request(nf.NFT_MSG_GETTABLE, [('NFTA_TABLE_NAME', table)],
                                f"read table inet {table}")
         except KernelError as exc:
             if exc.errno == errno.ENOENT:
@@ -87,8 +90,8 @@ class Ruleset:
     def _summary(self, table):
         try:
             (raw_table,) = self._conn.request(
-                m.TableMsg, nf.NFT_MSG_GETTABLE, [('NFTA_TABLE_NAME', table)],
-                f"read table inet {table}", raw=True)
+                nf.NFT_MSG_GETTABLE, [('NFTA_TABLE_NAME', table)],
+                f"read table inet {table}")
         except KernelError as exc:
             if exc.errno == errno.ENOENT:
                 return None
@@ -98,20 +101,20 @@ class Ruleset:
                                lambda name: self._raw_elements(table, name))
 
     def _raw_sets(self, table):
-        return self._dump(m.SetMsg, nf.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],
-                          f"list sets of table inet {table}", raw=True)
+        return self._dump(nf.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],
+                          f"list sets of table inet {table}")
 
     def _raw_chains(self, table):
-        return self._dump(m.ChainMsg, nf.NFT_MSG_GETCHAIN, [('NFTA_CHAIN_TABLE', table)],
-                          f"list chains of table inet {table}", raw=True)
+        return self._dump(nf.NFT_MSG_GETCHAIN, [('NFTA_CHAIN_TABLE', table)],
+                          f"list chains of table inet {table}")
 
     def _raw_rules(self, table):
-        return self._dump(m.RuleMsg, nf.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
-                          f"list rules of table inet {table}", raw=True)
+        return self._dump(nf.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
+                          f"list rules of table inet {table}")
 
-    def _dump(self, cls, msg_type, attrs, what, raw=False):
+    def _dump(self, msg_type, attrs, what, raw=True):
         try:
-            return self._conn.request(cls, msg_type, attrs, what, dump=True, raw=raw)
+            return self._conn.request(msg_type, attrs, what, dump=True, raw=raw)
         except KernelError as exc:
             if exc.errno == errno.ENOENT:       # the table vanished meanwhile
                 raise DumpInterrupted() from None
@@ -159,19 +162,20 @@ class Ruleset:
 
     def _raw_elements(self, table, name):
         return self._dump(
-            m.SetElemMsg, nf.NFT_MSG_GETSETELEM,
+            nf.NFT_MSG_GETSETELEM,
             [('NFTA_SET_ELEM_LIST_TABLE', table), ('NFTA_SET_ELEM_LIST_SET', name)],
-            f"list elements of set {name}", raw=True)
+            f"list elements of set {name}")
 
     def _table(self, table):
         if not self.table_exists(table):
             return None
-        sets = self._dump(m.SetMsg, nf.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],
-                          f"list sets of table inet {table}")
-        chains = self._dump(m.ChainMsg, nf.NFT_MSG_GETCHAIN, [('NFTA_CHAIN_TABLE', table)],
-                            f"list chains of table inet {table}")
-        rules = self._dump(m.RuleMsg, nf.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
-                           f"list rules of table inet {table}")
+        # pyroute2-decoded (whole expressions): the one read that imports it
+        sets = self._dump(nf.NFT_MSG_GETSET, [('NFTA_SET_TABLE', table)],
+                          f"list sets of table inet {table}", raw=False)
+        chains = self._dump(nf.NFT_MSG_GETCHAIN, [('NFTA_CHAIN_TABLE', table)],
+                            f"list chains of table inet {table}", raw=False)
+        rules = self._dump(nf.NFT_MSG_GETRULE, [('NFTA_RULE_TABLE', table)],
+                           f"list rules of table inet {table}", raw=False)
         return dump.table_of(table, sets, chains, rules)
 
     def _counters(self, table):
@@ -253,7 +257,7 @@ class Ruleset:
     def delete_table(self, table=TABLE_NAME):
         """Delete the table; False when there was none."""
         batch = Batch(self._conn.next_seq)
-        batch.add(f"delete table inet {table}", m.TableMsg, nf.NFT_MSG_DELTABLE,
+        batch.add(f"delete table inet {table}", nf.NFT_MSG_DELTABLE,
                   [('NFTA_TABLE_NAME', table)], flags=0)
         try:
             self._conn.batch(f"delete table inet {table}", batch.finish())
@@ -269,7 +273,7 @@ class Ruleset:
         transaction without changes does not bump the generation."""
         if self._destroy_supported is None:
             batch = Batch(self._conn.next_seq)
-            batch.add("probe NFT_MSG_DESTROYTABLE", m.TableMsg, nf.NFT_MSG_DESTROYTABLE,
+            batch.add("probe NFT_MSG_DESTROYTABLE", nf.NFT_MSG_DESTROYTABLE,
                       [('NFTA_TABLE_NAME', "netfence-probe-absent")], flags=0)
             try:
                 self._conn.batch("probe NFT_MSG_DESTROYTABLE", batch.finish())

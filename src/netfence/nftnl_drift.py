@@ -5,7 +5,7 @@ sent; `differences` compares two summaries in short phrases (gc and status repor
 them, and gc repairs the table when there are any).
 """
 
-from . import nftnl_maps, nftnl_msg as m, setkinds
+from . import nftnl_maps, nftnl_wire as m, setkinds
 from . import nfconst as nf
 from .nftnl_batch import HOOKS, POLICIES, comment_udata
 from .nftnl_dump import cstr, decode_comment

@@ -6,12 +6,12 @@ same code reads a live ruleset (nftnl.Ruleset) and the stored kernel dumps under
 tests/fixtures/nftables. Replies of other tables are skipped (a dump filtered by table
 name may still carry them on old kernels).
 
-Most readers parse raw attributes (nftnl_msg.parse_attrs): gc and status read every
+Most readers parse raw attributes (nftnl_wire.parse_attrs): gc and status read every
 live element and counter every minute, and pyroute2's decoding took 16 s for 20,000
 rules. `table_of` decodes with pyroute2 because it returns whole expressions.
 """
 
-from . import ir, nftnl_maps, nftnl_msg as m, setkinds
+from . import ir, nftnl_maps, nftnl_wire as m, setkinds
 from . import nfconst as nf
 from .nftnl_batch import HOOKS, MARKER_TYPE, POLICIES
 from .nftnl_expr import decode_expr

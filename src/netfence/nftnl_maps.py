@@ -26,7 +26,7 @@ The elements are sent after the chains they name: the kernel resolves the chain 
 the element is added (nft_verdict_init), within the same transaction.
 """
 
-from . import nfconst as nf, nftnl_msg as m
+from . import nfconst as nf, nftnl_wire as m
 from .nfencode import attr, cstring, nested, nft_message
 
 # nftables' datatype numbers (include/datatype.h, enum datatypes)

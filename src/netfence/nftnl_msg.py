@@ -13,9 +13,12 @@ Gaps closed (verified against linux include/uapi/linux/netfilter/nf_tables.h and
   big-endian length, which only matches nftnl's 1-byte type + 1-byte length TLV by luck.
 - the batch BEGIN message's NFNL_BATCH_GENID attribute.
 - message types NFT_MSG_DESTROYTABLE (26) and NFT_MSG_DESTROYSETELEM (30), kernel >= 6.3.
-"""
 
-import struct
+Reload, gc and status do not import this module: nftnl_wire writes the same bytes
+without pyroute2 (tested against `build` here) and parses the answers raw. What is
+left here: the reference encoding for those tests, and the decoding of whole
+expressions for Ruleset.read_table.
+"""
 
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
@@ -24,12 +27,13 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     nft_table_msg)
 
 from .nfconst import (
-    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC, NFT_MSG_NEWCHAIN, NFT_MSG_NEWGEN,
-    NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE, NFGENMSG_LEN,
-    NLA_TYPE_MASK, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_REQUEST, NLMSG_HDRLEN,
-    NLMSGERR_ATTR_MSG)
-
-ATTRS_OFFSET = NLMSG_HDRLEN + NFGENMSG_LEN      # an nf_tables message's first attribute
+    NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFT_MSG_NEWCHAIN, NFT_MSG_NEWGEN,
+    NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM, NFT_MSG_NEWTABLE, NLM_F_ACK,
+    NLM_F_REQUEST)
+# the raw side, importable from here as before
+from .nftnl_wire import (ATTRS_OFFSET, EncodingError, attr, batch_control,  # noqa: F401
+                         iter_attrs, parse_attrs, parse_error, parse_udata, split,
+                         udata_tlvs)
 
 
 def _fresh(cls):
@@ -118,10 +122,6 @@ REPLY_CLASSES = {
 }
 
 
-class EncodingError(Exception):
-    """A message lost attributes while encoding: a bug in netfence, not the kernel's."""
-
-
 def build(cls, msg_type, attrs, seq, flags=NLM_F_REQUEST | NLM_F_ACK,
           family=NFPROTO_INET, res_id=0, subsys=NFNL_SUBSYS_NFTABLES):
     """Encode one message; return its bytes. Raises EncodingError on a lost attribute."""
@@ -161,13 +161,6 @@ def _shape(attrs):
     return tuple(out)
 
 
-def batch_control(msg_type, seq, genid=None):
-    """BATCH_BEGIN / BATCH_END; res_id names the nf_tables subsystem."""
-    attrs = [('NFNL_BATCH_GENID', genid)] if genid is not None else []
-    return build(BatchMsg, msg_type, attrs, seq, flags=NLM_F_REQUEST,
-                 family=NFPROTO_UNSPEC, res_id=NFNL_SUBSYS_NFTABLES, subsys=0)
-
-
 def check_encoded(cls, data, attrs):
     decoded = cls(data)
     decoded.decode()
@@ -196,112 +189,18 @@ def _missing(wanted, node, path):
                 yield from _missing(item.get('attrs', ()), cell, f"{where}[{i}]")
 
 
-def decode(data, raw_only=False):
-    """Split a receive buffer into (header dict, message or None, raw bytes) tuples.
-
-    Error/done messages and unknown types come back with message None; see
-    `parse_error` for the former. raw_only=True decodes nothing (message always None):
-    for dumps read with `parse_attrs`, which is ~100x cheaper than pyroute2.
-    """
-    offset = 0
+def decode(data):
+    """Split a receive buffer into (header dict, message or None, raw bytes) tuples,
+    nf_tables replies decoded by pyroute2 (message None for errors, done and unknown
+    types; see parse_error)."""
     out = []
-    while offset + NLMSG_HDRLEN <= len(data):
-        length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-        if length < NLMSG_HDRLEN:
-            break
-        raw = data[offset:offset + length]
-        header = {"type": mtype, "flags": flags, "seq": seq}
+    for header, raw in split(data):
         cls = None
-        if mtype >> 8 == NFNL_SUBSYS_NFTABLES and not raw_only:
-            cls = REPLY_CLASSES.get(mtype & 0xFF)
+        if header["type"] >> 8 == NFNL_SUBSYS_NFTABLES:
+            cls = REPLY_CLASSES.get(header["type"] & 0xFF)
         msg = None
         if cls is not None:
             msg = cls(raw)
             msg.decode()
         out.append((header, msg, raw))
-        offset += (length + 3) & ~3
     return out
-
-
-def parse_attrs(data, offset=ATTRS_OFFSET):
-    """{attribute type: bytes} of the top-level attributes of one raw nf_tables
-    message (after nlmsghdr + nfgenmsg), or of a nested attribute's payload with
-    offset=0. The first occurrence of each type wins."""
-    out = {}
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out.setdefault(kind & NLA_TYPE_MASK, data[offset + 4:offset + length])
-        offset += (length + 3) & ~3
-    return out
-
-
-def iter_attrs(data, offset=0):
-    """(attribute type, payload bytes) of every attribute from offset on, in order."""
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        yield kind & NLA_TYPE_MASK, data[offset + 4:offset + length]
-        offset += (length + 3) & ~3
-
-
-def parse_error(raw):
-    """(errno, extack message) of an NLMSG_ERROR message; errno 0 is a plain ack."""
-    (error,) = struct.unpack_from("=i", raw, NLMSG_HDRLEN)
-    flags = struct.unpack_from("=H", raw, 6)[0]
-    text = ""
-    if flags & NLM_F_ACK_TLVS:
-        # after the error code: the request's header (NLM_F_CAPPED), or all of it
-        orig_len = struct.unpack_from("=I", raw, NLMSG_HDRLEN + 4)[0]
-        start = NLMSG_HDRLEN + 4 + (NLMSG_HDRLEN if flags & NLM_F_CAPPED else orig_len)
-        text = _extack_message(raw, (start + 3) & ~3)
-    return -error, text
-
-
-def _extack_message(raw, offset):
-    while offset + 4 <= len(raw):
-        length, kind = struct.unpack_from("=HH", raw, offset)
-        if length < 4:
-            break
-        if kind == NLMSGERR_ATTR_MSG:
-            return raw[offset + 4:offset + length].rstrip(b"\0").decode("utf-8", "replace")
-        offset += (length + 3) & ~3
-    return ""
-
-
-def attr(node, name, default=None):
-    """Raw value of the first attribute `name` in a decoded message or nested nla.
-
-    Raw, i.e. integers rather than pyroute2's names for enumerations (its name tables
-    miss values such as NFT_SOCKET_CGROUPV2 and would decode them as None).
-    """
-    for slot in node['attrs']:
-        if slot[0] != name:
-            continue
-        value = slot[1]
-        cell = slot.nla if hasattr(slot, 'nla') else None
-        if cell is not None and isinstance(cell.get('value'), int):
-            return cell['value']
-        return value
-    return default
-
-
-def udata_tlvs(values):
-    """Encode nftnl userdata: (type, bytes) pairs as 1-byte type, 1-byte length TLVs."""
-    out = b""
-    for kind, value in values:
-        if len(value) > 255:
-            raise ValueError(f"userdata item too long ({len(value)} bytes)")
-        out += struct.pack("BB", kind, len(value)) + value
-    return out
-
-
-def parse_udata(data):
-    items, offset = {}, 0
-    while offset + 2 <= len(data):
-        kind, length = data[offset], data[offset + 1]
-        items.setdefault(kind, data[offset + 2:offset + 2 + length])
-        offset += 2 + length
-    return items

@@ -3,8 +3,9 @@
 A plain AF_NETLINK socket rather than pyroute2's NFTSocket: its batch reader waits
 for the acks of each request in turn, so an error that the kernel reports on the
 BATCH_BEGIN sequence number (ERESTART for a stale NFNL_BATCH_GENID, or a failed
-commit) would leave it waiting forever. Messages are still encoded and decoded with
-pyroute2's classes (nftnl_msg).
+commit) would leave it waiting forever. Requests are encoded and answers split by
+nftnl_wire (no pyroute2); only a request for decoded replies (raw=False, read_table)
+loads pyroute2's classes (nftnl_msg).
 
 The kernel processes a batch synchronously inside sendmsg(), so once send() returns
 every answer is already queued on the socket: after the last expected ack (or a
@@ -14,7 +15,7 @@ batch-level error) the rest is drained without blocking.
 import errno
 import socket
 
-from . import nftnl_msg as m
+from . import nftnl_wire as wire
 from .errors import GenerationChanged, KernelError
 from .nfconst import (
     NETLINK_CAP_ACK, NETLINK_EXT_ACK, NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET,
@@ -73,37 +74,38 @@ class Connection:
 
     # -- requests that are not batches ------------------------------------------
 
-    def request(self, cls, msg_type, attrs, operation, dump=False, family=NFPROTO_INET,
-                raw=False):
-        """Send one GET request; return the decoded replies (a list), or with raw=True
-        the replies' bytes undecoded (see nftnl_msg.parse_attrs)."""
+    def request(self, msg_type, attrs, operation, dump=False, family=NFPROTO_INET,
+                raw=True):
+        """Send one GET request (attrs in nftnl_wire's form); return the replies' bytes
+        (see nftnl_wire.parse_attrs), or with raw=False pyroute2's decoded messages."""
         seq = self.next_seq()
         flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
-        data = m.build(cls, msg_type, attrs, seq, flags=flags, family=family)
-        self._send(data, operation)
+        self._send(wire.build(msg_type, attrs, seq, flags=flags, family=family), operation)
         replies, interrupted = [], False
         while True:
-            for header, msg, data in self._recv(operation, raw=raw):
+            for header, data in self._recv(operation):
                 if header["seq"] != seq:
                     continue            # a stale answer to an earlier request
                 interrupted |= bool(header["flags"] & NLM_F_DUMP_INTR)
                 if header["type"] == NLMSG_DONE:
-                    return self._finish(replies, interrupted)
+                    return self._finish(replies, interrupted, raw)
                 if header["type"] == NLMSG_ERROR:
-                    code, text = m.parse_error(data)
+                    code, text = wire.parse_error(data)
                     if code:
                         raise KernelError(operation, code, text)
-                    return self._finish(replies, interrupted)
-                if raw and header["type"] >> 8 == NFNL_SUBSYS_NFTABLES:
+                    return self._finish(replies, interrupted, raw)
+                if header["type"] >> 8 == NFNL_SUBSYS_NFTABLES:
                     replies.append(data)
-                elif msg is not None:
-                    replies.append(msg)
 
     @staticmethod
-    def _finish(replies, interrupted):
+    def _finish(replies, interrupted, raw):
         if interrupted:
             raise DumpInterrupted()
-        return replies
+        if raw:
+            return replies
+        from .nftnl_msg import decode
+        return [msg for data in replies for _header, msg, _raw in decode(data)
+                if msg is not None]
 
     # -- batches -----------------------------------------------------------------
 
@@ -123,10 +125,10 @@ class Connection:
         del data
         errors, batch_error = {}, None
         while expected and batch_error is None:
-            for header, _msg, raw in self._recv("read batch acks", batch=True, raw=True):
+            for header, raw in self._recv("read batch acks", batch=True):
                 if header["type"] != NLMSG_ERROR:
                     continue
-                code, text = m.parse_error(raw)
+                code, text = wire.parse_error(raw)
                 seq = header["seq"]
                 if seq == begin_seq or seq == end_seq:
                     if code:
@@ -179,7 +181,7 @@ class Connection:
         except OSError as exc:
             raise KernelError(operation, exc.errno or errno.EIO)
 
-    def _recv(self, operation, batch=False, raw=False):
+    def _recv(self, operation, batch=False):
         try:
             data = self.sock.recv(RECV_SIZE)
         except socket.timeout:
@@ -191,7 +193,7 @@ class Connection:
                                "answers were lost; the ruleset says what was applied")
             # ENOBUFS: answers were lost; the caller cannot tell what was applied
             raise KernelError(operation, exc.errno or errno.EIO)
-        return m.decode(data, raw_only=raw)
+        return wire.split(data)
 
     def _drain(self):
         # Non-blocking for real: with a timeout set, Python polls *before* recv(),

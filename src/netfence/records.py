@@ -43,7 +43,6 @@ import posix
 
 from . import formats, fsutil
 from .errors import StateError
-from .plan import union
 from .timed import record_elements
 
 SESSIONS, USERS, CGROUPS, RUNS, LOCK = "sessions", "users", "cgroups", "runs", "lock"
@@ -98,9 +97,30 @@ class Lock(fsutil.Lock):
 
 # ---- files ------------------------------------------------------------------------
 
+RECORD_READ = 1 << 16      # one read() takes a whole record (they are ~0.3-1 KiB)
+
+
+def _read_bytes(path):
+    """The bytes of the regular file at path (fsutil.open_regular's checks), None
+    when absent. A read shorter than asked is the end of a regular file: reload reads
+    20,000 records at 10,000 sessions, and the read that returns nothing is saved."""
+    fd = fsutil.open_regular(path)
+    if fd is None:
+        return None
+    try:
+        chunks = [posix.read(fd, RECORD_READ)]
+        while len(chunks[-1]) == RECORD_READ:
+            chunks.append(posix.read(fd, RECORD_READ))
+    except OSError as err:
+        raise StateError(f"{path}: unreadable: {err.strerror}") from None
+    finally:
+        posix.close(fd)
+    return b"".join(chunks)
+
+
 def read(path):
     """The record at path, or None when there is none. StateError when damaged."""
-    blob = fsutil.read_regular(path)
+    blob = _read_bytes(path)
     if blob is None:
         return None
     try:
@@ -208,25 +228,39 @@ def _all(run_dir, kind, strict=False):
 
 # ---- views for the command line (status, reload, gc) ------------------------------
 
-def list_sessions(run_dir, strict=False):
+def read_live(run_dir):
+    """Every live session, run and user record, strictly read (a damaged one raises
+    StateError), once: {SESSIONS: [...], RUNS: [...], USERS: [...]}. reload reads the
+    records once per attempt and hands them to live_elements and to the timed sets'
+    computation (timed_apply), which read 20,000 files each at 10,000 sessions."""
+    return {kind: _all(run_dir, kind, strict=True) for kind in (SESSIONS, RUNS, USERS)}
+
+
+def _of(run_dir, kind, strict, live):
+    return list(live[kind]) if live is not None else _all(run_dir, kind, strict)
+
+
+def list_sessions(run_dir, strict=False, live=None):
     """Every session record, oldest first (plain dicts, JSON-serialisable); strict: a
-    damaged one raises StateError instead of being skipped."""
-    return sorted(_all(run_dir, SESSIONS, strict),
+    damaged one raises StateError instead of being skipped. live: read_live's answer,
+    read already."""
+    return sorted(_of(run_dir, SESSIONS, strict, live),
                   key=lambda r: (r.get("opened_at", 0), r["key"]))
 
 
-def list_runs(run_dir, strict=False):
+def list_runs(run_dir, strict=False, live=None):
     """Every `netfence run` tree's record, oldest first."""
-    return sorted(_all(run_dir, RUNS, strict), key=lambda r: (r.get("started", 0), r["key"]))
+    return sorted(_of(run_dir, RUNS, strict, live),
+                  key=lambda r: (r.get("started", 0), r["key"]))
 
 
-def list_users(run_dir, strict=False):
+def list_users(run_dir, strict=False, live=None):
     """Every user record; strict: a damaged one raises StateError instead of being
     skipped (for callers that would otherwise remove what it held)."""
-    return sorted(_all(run_dir, USERS, strict), key=lambda r: r["uid"])
+    return sorted(_of(run_dir, USERS, strict, live), key=lambda r: r["uid"])
 
 
-def live_elements(run_dir, unsettled=None, timed_at=None):
+def live_elements(run_dir, unsettled=None, timed_at=None, live=None):
     """{set: [hex key]}: every element the records say should be in the kernel.
 
     A record marked closing is on its way out (its elements are being, or are to be,
@@ -239,11 +273,11 @@ def live_elements(run_dir, unsettled=None, timed_at=None):
     close or undo), whose elements may still be in the kernel although no live
     record needs them. timed_at: an epoch: the timed elements (time windows) the live
     session, run and user records have open then count too (what a pending destroy must
-    not take from another session).
+    not take from another session). live: read_live's answer, when read already.
     """
-    sessions = _all(run_dir, SESSIONS, strict=True)
-    users = _all(run_dir, USERS, strict=True)
-    sessions += _all(run_dir, RUNS, strict=True)      # run trees: session-scope elements
+    live = read_live(run_dir) if live is None else live
+    users = live[USERS]
+    sessions = live[SESSIONS] + live[RUNS]      # run trees: session-scope elements
     if unsettled is not None:
         unsettled += [r for r in sessions + users if "destroy" in r]
     parts = [r.get("session_elements", {}) for r in sessions if not r.get("closing")]
@@ -251,7 +285,21 @@ def live_elements(run_dir, unsettled=None, timed_at=None):
     if timed_at is not None:          # user records: their sessions' user-scope entries
         parts += [{s: list(keys) for s, keys in record_elements(r, timed_at).items()}
                   for r in sessions + users]
-    return union(parts)
+    return _union(parts)
+
+
+def _union(parts):
+    """plan.union's answer (every key once per set, in first-seen order), key by key:
+    three times faster for records that hold one key per set (60,000 at reload)."""
+    merged = {}
+    for part in parts:
+        for set_name, keys in part.items():
+            have = merged.get(set_name)
+            if have is None:
+                have = merged[set_name] = {}
+            for key in keys:
+                have[key] = None
+    return {set_name: list(keys) for set_name, keys in merged.items()}
 
 
 def stale_temp_files(run_dir):

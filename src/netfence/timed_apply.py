@@ -38,24 +38,26 @@ class NoPolicyApplied(TableMissing):
     """No policy applied (none yet, or flushed): no table is expected."""
 
 
-def desired_inputs(run_dir, state_dir, now, without_grants=False):
+def desired_inputs(run_dir, state_dir, now, without_grants=False, live=None):
     """(records, grants in force): the live session, run and user records, strictly
     read (a damaged record raises StateError: its window keys cannot be known, and
     destroying them would unfence its login), and grants.active (StateError when
     grants.json cannot be trusted; without_grants: the last-good copy's restrictions
     then, logged, see grants_or_kept)."""
-    live, active, untrusted = _inputs(run_dir, state_dir, now)
+    live, active, untrusted = _inputs(run_dir, state_dir, now, live)
     if untrusted is not None and not without_grants:
         raise untrusted
     return live, active
 
 
-def _inputs(run_dir, state_dir, now):
-    """(live records, grants or kept restrictions, None or the StateError)."""
+def _inputs(run_dir, state_dir, now, read=None):
+    """(live records, grants or kept restrictions, None or the StateError). read:
+    records.read_live's answer when the caller read the records already (reload)."""
     # strict: a damaged record raises (its window keys cannot be known)
-    live = (records.list_sessions(run_dir, strict=True)
-            + records.list_runs(run_dir, strict=True)
-            + [dict(u, kind="user") for u in records.list_users(run_dir, strict=True)])
+    live = (records.list_sessions(run_dir, strict=True, live=read)
+            + records.list_runs(run_dir, strict=True, live=read)
+            + [dict(u, kind="user") for u in records.list_users(run_dir, strict=True,
+                                                                live=read)])
     return (live, *grants_or_kept(state_dir, now))
 
 
@@ -74,23 +76,25 @@ def grants_or_kept(state_dir, now):
                                 f"restrictions of {grants.GOOD_FILE} in force)")
 
 
-def desired_now(run_dir, state_dir, now, sets=None, without_grants=False):
+def desired_now(run_dir, state_dir, now, sets=None, without_grants=False, live=None):
     """{set: {hex key: expires epoch}} at now, only sets named in `sets` when given
     (a grant of a profile a reload removed has no set to go to)."""
-    want = _desired_from(*desired_inputs(run_dir, state_dir, now, without_grants), now)
+    want = _desired_from(*desired_inputs(run_dir, state_dir, now, without_grants, live),
+                         now)
     return {s: keys for s, keys in want.items() if sets is None or s in sets}
 
 
-def desired_timeouts(run_dir, state_dir, table, now=None, without_grants=False):
+def desired_timeouts(run_dir, state_dir, table, now=None, without_grants=False,
+                     live=None):
     """{set: {hex key: ms left}}: what reload puts in the new table's timed sets.
     without_grants (gc restoring a missing table): an untrusted grants.json leaves
     the grants out (keeping the last-good copy's restrictions) instead of keeping
     every login's fence away; gc's reconcile then fails naming the file, and reload
-    refuses it."""
+    refuses it. live: records.read_live's answer, read already by the caller."""
     now = time.time() if now is None else now
     sets = {s.name for s in table.sets if s.timeout}
     return timed.timeouts_ms(
-        desired_now(run_dir, state_dir, now, sets, without_grants), now)
+        desired_now(run_dir, state_dir, now, sets, without_grants, live), now)
 
 
 def plan_changes(want, have, now):

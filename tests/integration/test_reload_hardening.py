@@ -146,12 +146,15 @@ def test_20000_rule_profile_loads(nf):
     out = nf.cli("reload", check=False)
     assert out.returncode == 0, out.stderr
     listing = table_listing(nf)
-    assert listing.count("udp dport ") == 20000
-    assert "udp dport 21023 counter drop" in listing
+    # profiles as lookups: one map element and one rule chain per policy rule
+    assert listing.count("\tchain out-huge.") == 20000
+    assert 'counter drop comment "huge egress rule 20000"' in listing
+    assert ". 21023 : goto out-huge.20000" in listing
     with open(os.path.join(nf.state_dir, "compiled.json")) as handle:
         applied = json.load(handle)
     assert applied["policy_id"] in out.stdout
-    assert sum(1 for r in applied["table"]["rules"] if r["chain"] == "out-huge") >= 20000
+    assert sum(1 for r in applied["table"]["rules"]
+               if r["chain"].startswith("out-huge.")) == 20000
     state = json.loads(nf.cli("status", "--json").stdout)
     assert state["drift"]["ok"], state["drift"]
 
@@ -263,7 +266,7 @@ def break_flush(nf):
 
 def break_delete_rule(nf):
     text = nf.netns.nft("-a", "list", "chain", "inet", "netfence", "out-web").stdout
-    handle = re.search(r"reject .*# handle (\d+)", text).group(1)
+    handle = re.search(r"vmap .*# handle (\d+)", text).group(1)    # the lookup rule
     nf.netns.nft("delete", "rule", "inet", "netfence", "out-web", "handle", handle)
     return "chain out-web has 3 rules instead of 4"   # 2 grant exemptions first
 
@@ -281,11 +284,11 @@ def break_policy(nf):
 
 def break_replace_rule(nf):
     """Same place, same comment, another verdict: only the expressions tell."""
-    text = nf.netns.nft("-a", "list", "chain", "inet", "netfence", "out-web").stdout
+    text = nf.netns.nft("-a", "list", "chain", "inet", "netfence", "out-web.1").stdout
     handle = re.search(r"reject .*# handle (\d+)", text).group(1)
-    nf.netns.nft("replace", "rule", "inet", "netfence", "out-web", "handle", handle,
-                 "tcp", "dport", "80", "counter", "accept", "comment", '"web egress rule 1"')
-    return "chain out-web: rule 3 changed"         # after the 2 grant rules
+    nf.netns.nft("replace", "rule", "inet", "netfence", "out-web.1", "handle", handle,
+                 "counter", "accept", "comment", '"web egress rule 1"')
+    return "chain out-web.1: rule 1 changed"       # the rule chain of policy rule 1
 
 
 def break_elements(nf):

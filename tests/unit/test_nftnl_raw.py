@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("pyroute2")
 
-from netfence import ir, nfconst as nf, nftnl, nftnl_batch, nftnl_msg as m  # noqa: E402
+from netfence import nfconst as nf, nftnl_batch, nftnl_msg as m  # noqa: E402
 from netfence.nfencode import nft_message  # noqa: E402
 from netfence.nftnl_expr import encode_expr  # noqa: E402
 from netfence.nftnl_raw import rule_body  # noqa: E402
@@ -69,15 +69,3 @@ def test_invalid_expressions_are_refused_like_the_pyroute2_path():
                 ("bitwise", "ff", "0000")]:
         with pytest.raises(ValueError):
             rule_body("netfence", "c", (bad,))
-
-
-def test_a_shape_that_differs_from_pyroute2_is_refused(monkeypatch):
-    """The run-time check: the first rule of every shape is compared with pyroute2."""
-    import netfence.nftnl_raw as x
-    monkeypatch.setattr(nftnl_batch, "_RULE_SHAPES", set())
-    monkeypatch.setattr(x, "_RAW_CACHE", {})
-    monkeypatch.setitem(x._RAW_ENCODERS, "counter", lambda: x._raw_expr("counter", b"\0\0\0\0"))
-    table = ir.TableDef(sets=(), chains=(ir.ChainDef("c"),),
-                        rules=(ir.RuleDef("c", (("counter",),)),))
-    with pytest.raises(m.EncodingError):
-        nftnl.encode_batch(table, {})
