@@ -17,20 +17,35 @@ the levels the compiler matches sockets at (docs/architecture.md):
     `run_dirs`.
 
 Light on purpose (the hook imports it): posix and errno only, files read through
-fsutil, the system calls go through fastpath, errors become CgroupError here.
+fsutil, the system calls through fastpath (imported at the first one), moves in a
+thread through migration.py, errors become CgroupError here.
+
+The first migration after a quiet spell waits for an RCU grace period (5-15 ms here:
+cgroup_threadgroup_rwsem's rcu_sync, unless the hierarchy is mounted favordynmods);
+for one more grace period after it, the next one does not (~0.1 ms). The hook
+therefore starts that wait early (prime_migrations: a migration of itself into the
+cgroup it is in, which changes nothing), and moves the PAM application in a thread
+while it writes the records and sends the batch (open_session_cgroup, finish_open).
 """
 
 import errno
 import posix
 
-from . import fastpath
 from .errors import CgroupError
 from .fsutil import read_text
+from .migration import Migration
 from .setkinds import SESSION_LEVEL, USER_LEVEL
 
 MOUNTINFO = "/proc/self/mountinfo"
 RUN_PARENT = "run"          # /<base>/run holds the `netfence run` trees' cgroups
 BASE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def _fastpath():
+    """fastpath, imported at the first system call: the hook imports this module to
+    prime migrations before it knows whether the login sends anything."""
+    from . import fastpath
+    return fastpath
 
 
 # ---- reading the system ----------------------------------------------------------
@@ -130,7 +145,7 @@ def check_base(base):
 
 
 def cgroup_id(mount, path):
-    rc, ident = fastpath.cg_id(mount + path)
+    rc, ident = _fastpath().cg_id(mount + path)
     if rc:
         raise CgroupError(f"stat {mount + path}: {posix.strerror(-rc)}")
     return ident
@@ -140,49 +155,102 @@ def parent_path(path):
     return "/" + "/".join(components(path)[:-1])
 
 
+# ---- migrations in a thread (migration.Migration) ------------------------------------
+
+_priming = None
+
+
+def prime_migrations():
+    """Start, in a thread, the grace period the first migration waits for: this
+    process is moved into the cgroup it is already in (pid 0: the writer; the
+    kernel's migration skips a task whose cgroups do not change, so nothing else
+    happens). Every failure is ignored: it only saves time. Before this process
+    moves itself (close, tests), settle() waits for it, so the two never cross."""
+    global _priming
+    if _priming is not None:
+        return
+    try:
+        here = proc_cgroup("self")
+        if here is not None:
+            _priming = Migration(f"{cgroup2_mount()}{here.rstrip('/')}/cgroup.procs", 0)
+    except CgroupError:
+        pass
+
+
+def settle():
+    """Wait for prime_migrations' move, if one was started and has not ended."""
+    global _priming
+    if _priming is not None:
+        _priming.wait(quiet=True)
+        _priming = None
+
+
 # ---- open -------------------------------------------------------------------------
 
 def open_session_cgroup(mount, base, uid, key, ppid):
     """Find or make the session cgroup of the login whose PAM application is ppid.
 
-    Returns {"path", "id", "user_path", "user_id", "created", "origin"}: created is
-    True when this call made the directory and moved ppid into it (from origin).
+    Returns {"path", "id", "user_path", "user_id", "created", "origin", "move"}:
+    created is True when this call made the directory and started moving ppid into
+    it (from origin); "move" is that migration, running in a thread: finish_open
+    waits for it and raises when it failed, undo_open waits for it before it moves
+    ppid back. The ids are known before the move (the directories' inodes).
     """
     check_base(base)
     origin = proc_cgroup(ppid)
     if origin is None:
         raise CgroupError(f"PAM application {ppid} is gone")
+    settle()
     if is_logind_scope(origin) or is_own_session(origin, base, uid):
         path, created = origin, False
     else:
-        user_path = f"/{base}/user-{uid}"
-        path = f"{user_path}/session-{key}"
-        for level in (f"/{base}", user_path, path):
-            rc = fastpath.cg_mkdir(mount + level, 0o755)
-            if rc and rc != -errno.EEXIST:
-                raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
-        rc = fastpath.cg_move(f"{mount}{path}/cgroup.procs", ppid)
-        if rc:
-            fastpath.cg_rmdir(mount + path)
-            raise CgroupError(f"move process {ppid} into {mount + path}: "
-                              f"{posix.strerror(-rc)}")
+        path = f"/{base}/user-{uid}/session-{key}"
+        _make_dirs(mount, (f"/{base}", parent_path(path), path))
         created = True
-    user_path = parent_path(path)
+    cgroup = {"path": path, "user_path": parent_path(path), "created": created,
+              "origin": origin, "move": None}
     try:
-        return {"path": path, "id": cgroup_id(mount, path), "user_path": user_path,
-                "user_id": cgroup_id(mount, user_path), "created": created,
-                "origin": origin}
-    except BaseException:                  # includes the hook's timeout
+        cgroup.update(id=cgroup_id(mount, path), user_id=cgroup_id(mount, cgroup["user_path"]))
         if created:
-            undo_open(mount, {"path": path, "created": True, "origin": origin}, ppid)
+            cgroup["move"] = Migration(f"{mount}{path}/cgroup.procs", ppid)
+    except BaseException:                  # includes the hook's timeout
+        undo_open(mount, cgroup, ppid)
         raise
+    return cgroup
+
+
+def _make_dirs(mount, levels):
+    for level in levels:
+        rc = _fastpath().cg_mkdir(mount + level, 0o755)
+        if rc and rc != -errno.EEXIST:
+            raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
+
+
+def finish_open(mount, cgroup, ppid):
+    """Wait for the move open_session_cgroup started; CgroupError when it failed
+    (the PAM application is not in its cgroup: the caller undoes the open)."""
+    move = cgroup.get("move")
+    if move is None:
+        return
+    rc = move.wait()
+    cgroup["move"] = None
+    if rc:
+        raise CgroupError(f"move process {ppid} into {mount + cgroup['path']}: "
+                          f"{posix.strerror(-rc)}")
 
 
 def undo_open(mount, cgroup, ppid):
-    """Put ppid back where it came from and remove what open_session_cgroup made."""
-    if cgroup and cgroup["created"]:
-        leave(mount, cgroup["origin"], (ppid,))
-        fastpath.cg_rmdir(mount + cgroup["path"])
+    """Put ppid back where it came from and remove what open_session_cgroup made.
+    A move still under way is waited for first (whatever its outcome), so that it
+    cannot land after the move back: bounded by the kernel, not by the hook's alarm,
+    which has fired already when the undo follows a timeout."""
+    if not cgroup or not cgroup["created"]:
+        return
+    move, cgroup["move"] = cgroup.get("move"), None
+    if move is not None:
+        move.wait(quiet=True)
+    leave(mount, cgroup["origin"], (ppid,))
+    _fastpath().cg_rmdir(mount + cgroup["path"])
 
 
 # ---- close ------------------------------------------------------------------------
@@ -190,11 +258,12 @@ def undo_open(mount, cgroup, ppid):
 def leave(mount, origin, pids):
     """Move pids to origin (their cgroup before the session), or to the root if it
     is gone. Processes that exited meanwhile are fine."""
+    settle()
     target = origin if origin and _exists(mount + origin) else "/"
     for pid in pids:
-        rc = fastpath.cg_move(f"{mount}{target}/cgroup.procs", pid)
+        rc = _fastpath().cg_move(f"{mount}{target}/cgroup.procs", pid)
         if rc == -errno.ENOENT and target != "/":
-            rc = fastpath.cg_move(f"{mount}/cgroup.procs", pid)
+            rc = _fastpath().cg_move(f"{mount}/cgroup.procs", pid)
         if rc and rc != -errno.ESRCH:
             raise CgroupError(f"move process {pid} to {mount + target}: "
                               f"{posix.strerror(-rc)}")
@@ -210,7 +279,7 @@ def _exists(path):
 
 def remove(mount, path):
     """rmdir a cgroup: "removed", "busy" (processes or children left) or "gone"."""
-    rc = fastpath.cg_rmdir(mount + path)
+    rc = _fastpath().cg_rmdir(mount + path)
     if rc == 0:
         return "removed"
     if rc in (-errno.EBUSY, -errno.ENOTEMPTY):
@@ -249,22 +318,23 @@ def open_run_cgroup(mount, base, leaf):
     Returns {"path", "id", "created"}."""
     path = f"/{check_base(base)}/{RUN_PARENT}/{leaf}"
     for level in (f"/{base}", f"/{base}/{RUN_PARENT}"):
-        rc = fastpath.cg_mkdir(mount + level, 0o755)
+        rc = _fastpath().cg_mkdir(mount + level, 0o755)
         if rc and rc != -errno.EEXIST:
             raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
-    rc = fastpath.cg_mkdir(mount + path, 0o755)
+    rc = _fastpath().cg_mkdir(mount + path, 0o755)
     if rc:
         raise CgroupError(f"mkdir {mount + path}: {posix.strerror(-rc)}")
     try:
         return {"path": path, "id": cgroup_id(mount, path), "created": True}
     except BaseException:
-        fastpath.cg_rmdir(mount + path)
+        _fastpath().cg_rmdir(mount + path)
         raise
 
 
 def join(mount, path, pid):
     """Move pid into the cgroup at path."""
-    rc = fastpath.cg_move(f"{mount}{path}/cgroup.procs", pid)
+    settle()
+    rc = _fastpath().cg_move(f"{mount}{path}/cgroup.procs", pid)
     if rc:
         raise CgroupError(f"move process {pid} into {mount + path}: {posix.strerror(-rc)}")
 

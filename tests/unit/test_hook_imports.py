@@ -40,23 +40,26 @@ def test_login_path_imports_nothing_heavy():
 # every path that touches records (which timed keys a close may destroy depends on
 # the clock); it needs no matcher, so a logout does not load it.
 PATHS = {
-    "open, nothing matches": ("hook, matcher, accounts",
+    # cgroups (not fastpath) on every open: the hook primes the migration's grace
+    # period before it knows the decision (cgroups.prime_migrations)
+    "open, nothing matches": ("hook, matcher, accounts, cgroups",
                               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
-                               "matcher", "accounts"}),
+                               "matcher", "accounts", "cgroups", "migration", "setkinds",
+                               "nfconst"}),
     "open that sends": ("hook, matcher, accounts, sessions, fastpath",
                         {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
                          "matcher", "accounts", "sessions", "plan", "records", "liveness",
-                         "cgroups", "fastpath", "fastpath_py", "nfencode", "nfconst",
-                         "setkinds", "timed"}),
+                         "cgroups", "migration", "fastpath", "fastpath_py", "nfencode",
+                         "nfconst", "setkinds", "timed"}),
     "close": ("hook, sessions, records, fastpath",
               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog", "sessions",
-               "plan", "records", "liveness", "cgroups", "fastpath", "fastpath_py",
-               "nfencode", "nfconst", "setkinds", "timed"}),
+               "plan", "records", "liveness", "cgroups", "migration", "fastpath",
+               "fastpath_py", "nfencode", "nfconst", "setkinds", "timed"}),
     # every close keeps its closed record; one that counted reads its totals
     "close that counts": ("hook, sessions, records, fastpath, records_closed, counters",
                           {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
                            "sessions", "plan", "records", "liveness", "cgroups",
-                           "fastpath", "fastpath_py", "nfencode", "nfconst", "setkinds",
+                           "migration", "fastpath", "fastpath_py", "nfencode", "nfconst", "setkinds",
                            "timed", "records_closed", "counters"}),
 }
 
