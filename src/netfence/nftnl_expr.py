@@ -295,7 +295,7 @@ def canonical_registers(expr):
     one (NFT_REG32_00, 04, 08, 12) comes back as that 16-byte register (1..4;
     nft_dump_register), which is the same storage."""
     kind = expr[0] if expr else None
-    position = {"meta": 2, "payload": 4, "byteorder": 4, "vmap": 2}.get(kind)
+    position = {"meta": 2, "payload": 4, "vmap": 2, "byteorder": 4}.get(kind)
     if position is None or len(expr) <= position:
         return expr
     reg = expr[position]
