@@ -22,7 +22,7 @@ import struct
 
 from . import nfconst, nfencode
 from .errors import KernelError, NetfenceError
-from .nftnl_msg import parse_attrs
+from .nftnl_wire import parse_attrs
 
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = 0

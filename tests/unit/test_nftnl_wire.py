@@ -269,3 +269,23 @@ def test_reload_encodes_a_whole_table_without_importing_pyroute2():
     out = subprocess.run([sys.executable, "-c", NO_PYROUTE2], input=POLICY, text=True,
                          capture_output=True, check=True)
     assert out.stdout.strip() == "none"
+
+
+# ---- one ack per batch ---------------------------------------------------------------
+
+def test_only_the_last_message_before_end_asks_for_an_ack():
+    from netfence.nftnl_sock import ack_last_only
+    table = whole_table()
+    messages = nftnl_batch.PreparedTable(table, "m x").messages({"uid-lab": ["e8030000"]}, 5)
+    sent = ack_last_only(messages)
+    flags = []
+    for header, raw in wire.split(sent):
+        flags.append(header["flags"])
+    assert len(flags) == len(messages) > 100
+    assert [bool(f & nf.NLM_F_ACK) for f in flags] == [False] * (len(flags) - 2) + [True, False]
+    # nothing else changed: the same messages, the ack bit aside
+    for (_op, original, _seq), (_header, raw) in zip(messages, wire.split(sent)):
+        assert len(raw) == len(original)
+        assert raw[:6] + raw[8:] == original[:6] + original[8:]
+        assert (int.from_bytes(raw[6:8], nf.HOST_ORDER) | nf.NLM_F_ACK
+                == int.from_bytes(original[6:8], nf.HOST_ORDER) | nf.NLM_F_ACK)
