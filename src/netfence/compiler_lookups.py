@@ -244,14 +244,17 @@ def direction_lookups(profile, direction, net_rules, chain):
             raise _too_many(profile, direction, name, len(claimed))
         if not claimed:
             continue
-        claimed.sort(key=lambda item: item[0])
+        order = key_order(fields, claimed)
+        fields = [fields[i] for i in order]
+        boxes = sorted(([box[i] for i in order], number) for box, number in claimed)
         elements = tuple((element_key(fields, [r[0] for r in box]),
                           element_key(fields, [r[1] for r in box]),
-                          rule_chain(chain, number)) for box, number in claimed)
+                          rule_chain(chain, number)) for box, number in boxes)
         sets.append(ir.SetDef(name, "concat", interval=True,
                               fields=tuple((f[0], f[1]) for f in fields),
                               data="verdict", elements=elements))
-        rules.append(ir.RuleDef(chain, lookup_exprs(spec, direction, name)))
+        rules.append(ir.RuleDef(chain, lookup_exprs(spec, direction, name,
+                                                    [f[0] for f in fields])))
     if not any(spec.family for spec in specs):
         rules += _plain_fallback(direction, net_rules, chain)
     return sets, rules
@@ -279,26 +282,56 @@ def map_specs(net_rules):
     return specs
 
 
-def lookup_exprs(spec, direction, name):
-    """The lookup rule: load each field into its registers, then the verdict map."""
+FIELD_PREFERENCE = {"inet_service": 0, "ipv4_addr": 1, "ipv6_addr": 1, "inet_proto": 2,
+                    "iface_index": 3}
+
+
+def key_order(fields, claimed):
+    """The order of the key's fields, the most selective first. The kernel's pipapo
+    lookup narrows field by field and its cost grows with the elements still matching
+    after each field (measured: 1,000 elements matching the first field halve a
+    connection rate): so the field whose values each lie in the fewest elements at
+    worst leads, then by preference port, address, protocol, interface."""
+    return sorted(range(len(fields)),
+                  key=lambda i: (_deepest(box[i] for box, _ in claimed),
+                                 FIELD_PREFERENCE[fields[i][0]]))
+
+
+def _deepest(ranges):
+    """The most ranges any one value lies in (a sweep over their ends)."""
+    events = []
+    for low, high in ranges:
+        events += [(low, 1), (high + 1, -1)]
+    depth = deepest = 0
+    for _, step in sorted(events):
+        depth += step
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def lookup_exprs(spec, direction, name, order):
+    """The lookup rule: load each field (datatype names in key order) into its
+    registers, then the verdict map."""
     exprs = []
     if spec.family:
         exprs += [("meta", "nfproto"), ("cmp", "eq", NFPROTO[spec.family])]
     register = FIRST_KEY_REGISTER
-    iface = "oif" if direction == "egress" else "iif"
-    exprs += [("meta", iface, register), ("byteorder", "hton", 4, 4, register)]
-    register += 1
-    if spec.l4proto:
-        exprs.append(("meta", "l4proto", register))
-        register += 1
-    if spec.family:
-        length = ADDRESS[spec.family][1]
-        exprs.append(("payload", "network", ADDR_OFFSET[(direction, spec.family)],
-                      length, register))
-        register += length // 4
-    if spec.port:
-        exprs.append(("payload", "transport", 2, 2, register))
+    for datatype in order:
+        exprs += _load_field(datatype, direction, spec.family, register)
+        register += ir.padded_length(dict((f[0], f[1]) for f in spec.fields())[datatype]) // 4
     return tuple(exprs) + (("vmap", name, FIRST_KEY_REGISTER),)
+
+
+def _load_field(datatype, direction, family, register):
+    if datatype == "iface_index":
+        iface = "oif" if direction == "egress" else "iif"
+        return [("meta", iface, register), ("byteorder", "hton", 4, 4, register)]
+    if datatype == "inet_proto":
+        return [("meta", "l4proto", register)]
+    if datatype == "inet_service":
+        return [("payload", "transport", 2, 2, register)]
+    return [("payload", "network", ADDR_OFFSET[(direction, family)],
+             ADDRESS[family][1], register)]
 
 
 def _plain_fallback(direction, net_rules, chain):

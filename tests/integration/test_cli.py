@@ -57,8 +57,8 @@ def test_explain_shows_rules_scopes_and_nft_rules(nf):
     early = nf.cli("explain", "nobody", "--service", "sshd", "--at", "2026-12-01 17:59")
     assert "next opens Tu 2026-12-01 18:00" in early.stdout, early.stdout
     # the profile's map, its element going to the rule's chain, and that chain's rule
-    assert "0-2147483647 . tcp . 80 : goto out-no-plain-http.1" in out
-    assert "oif . meta l4proto . th dport vmap @out-no-plain-http.any" in out
+    assert "80 . tcp . 0-2147483647 : goto out-no-plain-http.1" in out
+    assert "th dport . meta l4proto . oif vmap @out-no-plain-http.any" in out
     assert ('counter reject with tcp reset comment "no-plain-http egress rule 1"'
             in out), out
     assert "not yet applied" in out

@@ -149,7 +149,7 @@ def test_20000_rule_profile_loads(nf):
     listing = table_listing(nf)
     # one map element and one rule chain per policy rule (profiles as lookups)
     assert listing.count(" : goto out-huge.") == 20000
-    assert "0-2147483647 . udp . 21023 : goto out-huge.20000" in listing
+    assert "21023 . udp . 0-2147483647 : goto out-huge.20000" in listing
     assert 'counter drop comment "huge egress rule 20000"' in listing
     with open(os.path.join(nf.state_dir, "compiled.json")) as handle:
         applied = json.load(handle)
