@@ -334,6 +334,46 @@ static int leave_user_cgroup(void)
 }
 
 /*
+ * The first cgroup migration after a quiet spell waits for an RCU grace period
+ * (cgroup_threadgroup_rwsem's rcu_sync: 5-15 ms) and for about one more grace period
+ * after it the next migration does not. At open the hook moves the PAM application
+ * into its session cgroup: start that wait now, while the interpreter starts, in a
+ * child that moves itself into the cgroup it is already in (pid 0: the
+ * writer; the kernel skips a task whose cgroups do not change) and exits. Nobody
+ * waits for it (pam_exec waits for us, we wait for the hook); any failure only
+ * costs the time it would have saved. docs/hook.md, "The migration's wait".
+ */
+static void prime_migrations(void)
+{
+    char mount[PATH_MAX], file[PATH_MAX * 2 + 16];
+    char *line = NULL, *own = NULL;
+    size_t cap = 0;
+    FILE *f = fopen("/proc/self/cgroup", "re");
+    int fd = -1;
+
+    if (!f)
+        return;
+    while (getline(&line, &cap, f) > 0)
+        if (!own && strncmp(line, "0::", 3) == 0 && (own = strdup(line + 3)))
+            own[strcspn(own, "\n")] = 0;
+    free(line);
+    fclose(f);
+    if (own && cgroup2_mount(mount, sizeof mount)
+        && snprintf(file, sizeof file, "%s%s/cgroup.procs", mount,
+                    strcmp(own, "/") == 0 ? "" : own) < (int)sizeof file)
+        fd = open(file, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    free(own);
+    if (fd < 0)
+        return;
+    if (fork() == 0) {
+        ssize_t ignored = write(fd, "0", 1);
+        (void)ignored;
+        _exit(0);
+    }
+    close(fd);
+}
+
+/*
  * Scheduling survives exec of setuid su too: `chrt -i 0`, `nice -n 19`, `taskset`,
  * `ionice -c 3` would let a user stretch each hold of the records lock (and starve
  * the launcher's deadline) with a few CPU hogs. Put back the defaults.
@@ -416,6 +456,8 @@ int main(int argc, char **argv, char **envp)
                  "cgroup the user controls: %s'", event, who, strerror((int)-n));
         return 1;
     }
+    if (strcmp(event, "open") == 0)     /* not at close: the child would be a task */
+        prime_migrations();             /* in the session cgroup the close counts */
     parent = getpid();
     pid = fork();
     if (pid < 0) {

@@ -24,8 +24,9 @@ The first migration after a quiet spell waits for an RCU grace period (5-15 ms h
 cgroup_threadgroup_rwsem's rcu_sync, unless the hierarchy is mounted favordynmods);
 for one more grace period after it, the next one does not (~0.1 ms). The hook
 therefore starts that wait early (prime_migrations: a migration of itself into the
-cgroup it is in, which changes nothing), and moves the PAM application in a thread
-while it writes the records and sends the batch (open_session_cgroup, finish_open).
+cgroup it is in, which changes nothing; the static launcher does the same before
+the interpreter starts), and moves the PAM application in a thread while it writes
+the records and sends the batch (open_session_cgroup, finish_open).
 """
 
 import errno
@@ -155,17 +156,20 @@ def parent_path(path):
     return "/" + "/".join(components(path)[:-1])
 
 
-# ---- migrations in a thread (migration.Migration) ------------------------------------
+# ---- priming migrations -------------------------------------------------------------
 
 _priming = None
 
 
 def prime_migrations():
-    """Start, in a thread, the grace period the first migration waits for: this
-    process is moved into the cgroup it is already in (pid 0: the writer; the
-    kernel's migration skips a task whose cgroups do not change, so nothing else
-    happens). Every failure is ignored: it only saves time. Before this process
-    moves itself (close, tests), settle() waits for it, so the two never cross."""
+    """Start, in a thread, the grace period the first migration after a quiet spell
+    waits for: this process moves itself into the cgroup it is already in (pid 0:
+    the writer; the kernel's migration skips a task whose cgroups do not change, so
+    nothing else happens). Started once the login is known to send (a process does
+    not end before its threads: one that matches nothing must not wait for it);
+    the static launcher starts one before the interpreter (c_ext/hook_launcher.c).
+    Every failure is ignored: it only saves time. settle() waits for it before this
+    process moves anything, so it never crosses a move of this process."""
     global _priming
     if _priming is not None:
         return
@@ -178,7 +182,7 @@ def prime_migrations():
 
 
 def settle():
-    """Wait for prime_migrations' move, if one was started and has not ended."""
+    """Wait for prime_migrations' move, if one is under way (its outcome is moot)."""
     global _priming
     if _priming is not None:
         _priming.wait(quiet=True)
@@ -200,7 +204,7 @@ def open_session_cgroup(mount, base, uid, key, ppid):
     origin = proc_cgroup(ppid)
     if origin is None:
         raise CgroupError(f"PAM application {ppid} is gone")
-    settle()
+    settle()                               # mkdir would wait for it anyway
     if is_logind_scope(origin) or is_own_session(origin, base, uid):
         path, created = origin, False
     else:
@@ -210,7 +214,8 @@ def open_session_cgroup(mount, base, uid, key, ppid):
     cgroup = {"path": path, "user_path": parent_path(path), "created": created,
               "origin": origin, "move": None}
     try:
-        cgroup.update(id=cgroup_id(mount, path), user_id=cgroup_id(mount, cgroup["user_path"]))
+        cgroup["id"] = cgroup_id(mount, path)
+        cgroup["user_id"] = cgroup_id(mount, cgroup["user_path"])
         if created:
             cgroup["move"] = Migration(f"{mount}{path}/cgroup.procs", ppid)
     except BaseException:                  # includes the hook's timeout

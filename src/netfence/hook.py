@@ -79,10 +79,6 @@ def main(argv):
         items = pamitems.login_items(env)
         log.fields.update(items)
         if log.fields["event"] == "open":
-            # the grace period the PAM application's move will wait for starts now,
-            # in a thread, and runs while the snapshot, NSS and the matcher decide
-            from .cgroups import prime_migrations
-            prime_migrations()
             login, unusable = _read_snapshot(opts["state_dir"])
             on_error = _apply_settings(opts, login, budget)
             # before the user lookup, which may hang in NSS: the launcher then applies
@@ -311,6 +307,10 @@ def do_open(opts, login, items, account, ppid, budget, log, retry=True):
     if decision.empty:
         log.fields["result"] = "none"
         return
+    # the grace period the PAM application's move will wait for starts now, in a
+    # thread (cgroups.prime_migrations), and runs during the imports and reads below
+    from .cgroups import prime_migrations
+    prime_migrations()
     from . import fastpath, sessions                    # only for a login that sends
     # the first call decides for the whole run (sessions and cgroups use this one);
     # the C extension is loaded only now, when there is something to send
@@ -380,8 +380,6 @@ def do_close(opts, ppid, launcher, budget, log):
     if not records.exists(opts["run_dir"], key):
         log.fields["result"] = "none"
         return
-    from .cgroups import prime_migrations
-    prime_migrations()                      # the close moves processes: start its wait
     impl = fastpath.get(opts["fastpath"])   # the first call decides, as in do_open
     log.set_fastpath(impl.name, impl.reason)
     # the processes to move out of the session cgroup (pam_exec forked the launcher

@@ -1,5 +1,7 @@
 """A cgroup migration (a pid written to a cgroup.procs file) whose kernel wait runs
-in a thread (cgroups.py says why). posix, errno and _thread only: the hook imports it.
+in a thread: the hook moves the PAM application into its session cgroup while it
+writes the records and sends the batch (cgroups.py says why). posix, errno and
+_thread only: the hook imports it.
 """
 
 import _thread
@@ -29,7 +31,11 @@ class Migration:
             return
         started = _thread.allocate_lock()
         started.acquire()
-        _thread.start_new_thread(self._write, (fd, b"%d\n" % pid, started))
+        try:
+            _thread.start_new_thread(self._write, (fd, b"%d\n" % pid, started))
+        except RuntimeError:                # no thread to be had: write it here
+            self._write(fd, b"%d\n" % pid, started)
+            return
         try:
             started.acquire()               # the thread runs up to its write
         except BaseException:               # the alarm: the write goes on all the same

@@ -70,7 +70,6 @@ def world(tmp_path, monkeypatch):
     if app.poll() is None:
         app.kill()
     app.wait()
-    cgroups.settle()
     _remove_tree(mount, f"{mount}/{base}")
 
 

@@ -40,12 +40,9 @@ def test_login_path_imports_nothing_heavy():
 # every path that touches records (which timed keys a close may destroy depends on
 # the clock); it needs no matcher, so a logout does not load it.
 PATHS = {
-    # cgroups (not fastpath) on every open: the hook primes the migration's grace
-    # period before it knows the decision (cgroups.prime_migrations)
-    "open, nothing matches": ("hook, matcher, accounts, cgroups",
+    "open, nothing matches": ("hook, matcher, accounts",
                               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
-                               "matcher", "accounts", "cgroups", "migration", "setkinds",
-                               "nfconst"}),
+                               "matcher", "accounts"}),
     "open that sends": ("hook, matcher, accounts, sessions, fastpath",
                         {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
                          "matcher", "accounts", "sessions", "plan", "records", "liveness",

@@ -24,11 +24,24 @@ args = sys.argv[1:]
 out = [a for a in args if a.startswith("out=")][0][4:]
 fd = int(args[-1].split("=")[1]) if args and args[-1].startswith("launcher_fd=") else -1
 status = dict(l.split(":", 1) for l in open("/proc/self/status") if ":" in l)
+def _siblings():        # the launcher's other children, exited ones too (never reaped)
+    ppid = os.getppid()
+    kids = open(f"/proc/{{ppid}}/task/{{ppid}}/children").read().split()
+    return [k for k in kids if k != str(os.getpid())]
+def _procs():
+    own = [l[3:].strip() for l in open("/proc/self/cgroup") if l.startswith("0::")]
+    mount = [l.split(" - ")[0].split()[4] for l in open("/proc/self/mountinfo")
+             if " - cgroup2 " in l]
+    try:
+        return open(mount[0] + own[0].rstrip("/") + "/cgroup.procs").read().split()
+    except (IndexError, OSError):
+        return None
 with open(out, "w") as f:
     f.write(repr({{"argv": args, "environ": open("/proc/self/environ", "rb").read(),
                   "sigblk": int(status["SigBlk"], 16), "sigign": int(status["SigIgn"], 16),
                   "fifo": fd >= 0 and (os.fstat(fd).st_mode & 0o170000) == 0o010000,
-                  "pid": os.getpid()}}))
+                  "pid": os.getpid(), "cgroup": open("/proc/self/cgroup").read(),
+                  "cgroup_procs": _procs(), "siblings": _siblings()}}))
 for a in args:
     if a.startswith("report="):
         os.write(fd, a[7:].replace(",", " ").encode() + b"\\n")
@@ -201,3 +214,67 @@ def test_timeout_line_shows_pam_items_safely(launcher, tmp_path):
     assert line.startswith("netfence: event=open user='a b\\x27c\\x5cd\\x0aevent=open "
                            "result=ok \\xc3\\xa9xxx"), line
     assert "x" * 40 not in line and "' service=su-l result=refused on_error=deny " in line
+
+
+# ---- priming the cgroup migration (issue 12) ----------------------------------------
+
+@pytest.fixture
+def own_cgroup():
+    """A root-owned cgroup of its own to start the launcher in (moved in before exec)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: cgroups")
+    from netfence import cgroups
+    mount = cgroups.cgroup2_mount()
+    path = f"{mount}/nflaunch-{os.getpid()}-{time.monotonic_ns()}"
+    os.mkdir(path)
+    yield path
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.rmdir(path)
+            return
+        except OSError:
+            time.sleep(0.05)
+    os.rmdir(path)
+
+
+def _start_in(path):
+    def move():
+        with open(f"{path}/cgroup.procs", "w") as handle:
+            handle.write("0")
+    return move
+
+
+def _left_in(path, wait=2.0):
+    deadline = time.monotonic() + wait
+    while True:
+        with open(f"{path}/cgroup.procs") as handle:
+            pids = handle.read().split()
+        if not pids or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.02)
+
+
+def test_open_primes_a_migration_that_moves_nothing(launcher, tmp_path, own_cgroup):
+    """At open the launcher forks a child that moves itself into the cgroup it is in
+    (the kernel's grace period then starts before the interpreter): the hook still runs
+    where the launcher was started, and nothing is left in that cgroup afterwards."""
+    code, _, seen, _ = run(launcher, tmp_path, "sleep=0.1", "exit=0",
+                           preexec_fn=_start_in(own_cgroup))
+    assert code == 0
+    assert len(seen["siblings"]) == 1            # the priming child
+    assert seen["cgroup"].strip().endswith("::/" + os.path.basename(own_cgroup))
+    assert _left_in(own_cgroup) == []
+
+
+def test_close_starts_no_extra_process_in_the_session_cgroup(launcher, tmp_path, own_cgroup):
+    """At close the hook counts the tasks left in the session cgroup besides the
+    launcher and itself (the user's release): the launcher must add none."""
+    env = {"PAM_SERVICE": "su-l", "PAM_USER": "alice", "PAM_TYPE": "close_session"}
+    code, _, seen, _ = run(launcher, tmp_path, "exit=0", env=env,
+                           preexec_fn=_start_in(own_cgroup))
+    assert code == 0
+    assert seen["siblings"] == []                # no priming child at close
+    assert str(seen["pid"]) in seen["cgroup_procs"]
+    assert len(seen["cgroup_procs"]) == 2        # the launcher and the hook, nothing else
+    assert _left_in(own_cgroup) == []
