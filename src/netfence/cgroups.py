@@ -17,36 +17,20 @@ the levels the compiler matches sockets at (docs/architecture.md):
     `run_dirs`.
 
 Light on purpose (the hook imports it): posix and errno only, files read through
-fsutil, the system calls through fastpath (imported at the first one), moves in a
-thread through migration.py, errors become CgroupError here.
-
-The first migration after a quiet spell waits for an RCU grace period (5-15 ms here:
-cgroup_threadgroup_rwsem's rcu_sync, unless the hierarchy is mounted favordynmods);
-for one more grace period after it, the next one does not (~0.1 ms). The hook
-therefore starts that wait early (prime_migrations: a migration of itself into the
-cgroup it is in, which changes nothing; the static launcher does the same before
-the interpreter starts), and moves the PAM application in a thread while it writes
-the records and sends the batch (open_session_cgroup, finish_open).
+fsutil, the system calls go through fastpath, errors become CgroupError here.
 """
 
 import errno
 import posix
 
+from . import fastpath
 from .errors import CgroupError
 from .fsutil import read_text
-from .migration import Migration
 from .setkinds import SESSION_LEVEL, USER_LEVEL
 
 MOUNTINFO = "/proc/self/mountinfo"
 RUN_PARENT = "run"          # /<base>/run holds the `netfence run` trees' cgroups
 BASE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
-
-
-def _fastpath():
-    """fastpath, imported at the first system call: the hook imports this module to
-    prime migrations before it knows whether the login sends anything."""
-    from . import fastpath
-    return fastpath
 
 
 # ---- reading the system ----------------------------------------------------------
@@ -146,7 +130,7 @@ def check_base(base):
 
 
 def cgroup_id(mount, path):
-    rc, ident = _fastpath().cg_id(mount + path)
+    rc, ident = fastpath.cg_id(mount + path)
     if rc:
         raise CgroupError(f"stat {mount + path}: {posix.strerror(-rc)}")
     return ident
@@ -156,106 +140,52 @@ def parent_path(path):
     return "/" + "/".join(components(path)[:-1])
 
 
-# ---- priming migrations -------------------------------------------------------------
-
-_priming = None
-
-
-def prime_migrations():
-    """Start, in a thread, the grace period the first migration after a quiet spell
-    waits for: this process moves itself into the cgroup it is already in (pid 0:
-    the writer; the kernel's migration skips a task whose cgroups do not change, so
-    nothing else happens). Started once the login is known to send (a process does
-    not end before its threads: one that matches nothing must not wait for it);
-    the static launcher starts one before the interpreter (c_ext/hook_launcher.c).
-    Every failure is ignored: it only saves time. settle() waits for it before this
-    process moves anything, so it never crosses a move of this process."""
-    global _priming
-    if _priming is not None:
-        return
-    try:
-        here = proc_cgroup("self")
-        if here is not None:
-            _priming = Migration(f"{cgroup2_mount()}{here.rstrip('/')}/cgroup.procs", 0)
-    except CgroupError:
-        pass
-
-
-def settle():
-    """Wait for prime_migrations' move, if one is under way (its outcome is moot)."""
-    global _priming
-    if _priming is not None:
-        _priming.wait(quiet=True)
-        _priming = None
-
-
 # ---- open -------------------------------------------------------------------------
 
 def open_session_cgroup(mount, base, uid, key, ppid):
     """Find or make the session cgroup of the login whose PAM application is ppid.
 
-    Returns {"path", "id", "user_path", "user_id", "created", "origin", "move"}:
-    created is True when this call made the directory and started moving ppid into
-    it (from origin); "move" is that migration, running in a thread: finish_open
-    waits for it and raises when it failed, undo_open waits for it before it moves
-    ppid back. The ids are known before the move (the directories' inodes).
+    Returns {"path", "id", "user_path", "user_id", "created", "origin"}: created is
+    True when this call made the directory and moved ppid into it (from origin).
     """
     check_base(base)
     origin = proc_cgroup(ppid)
     if origin is None:
         raise CgroupError(f"PAM application {ppid} is gone")
-    settle()                               # mkdir would wait for it anyway
     if is_logind_scope(origin) or is_own_session(origin, base, uid):
         path, created = origin, False
     else:
-        path = f"/{base}/user-{uid}/session-{key}"
+        path, created = f"/{base}/user-{uid}/session-{key}", True
         _make_dirs(mount, (f"/{base}", parent_path(path), path))
-        created = True
-    cgroup = {"path": path, "user_path": parent_path(path), "created": created,
-              "origin": origin, "move": None}
+    made = {"path": path, "created": created, "origin": origin}
     try:
-        cgroup["id"] = cgroup_id(mount, path)
-        cgroup["user_id"] = cgroup_id(mount, cgroup["user_path"])
+        # The hook's alarm can strike right after the move (it waits in the kernel
+        # for an RCU grace period: cgroups' rwsem): whatever happens from the mkdir
+        # on puts the application back and removes the directory.
         if created:
-            cgroup["move"] = Migration(f"{mount}{path}/cgroup.procs", ppid)
+            rc = fastpath.cg_move(f"{mount}{path}/cgroup.procs", ppid)
+            if rc:
+                raise CgroupError(f"move process {ppid} into {mount + path}: "
+                                  f"{posix.strerror(-rc)}")
+        return dict(made, id=cgroup_id(mount, path), user_path=parent_path(path),
+                    user_id=cgroup_id(mount, parent_path(path)))
     except BaseException:                  # includes the hook's timeout
-        undo_open(mount, cgroup, ppid)
+        undo_open(mount, made, ppid)
         raise
-    return cgroup
 
 
 def _make_dirs(mount, levels):
     for level in levels:
-        rc = _fastpath().cg_mkdir(mount + level, 0o755)
+        rc = fastpath.cg_mkdir(mount + level, 0o755)
         if rc and rc != -errno.EEXIST:
             raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
 
 
-def finish_open(mount, cgroup, ppid):
-    """Wait for the move open_session_cgroup started; CgroupError when it failed
-    (the PAM application is not in its cgroup: the caller undoes the open)."""
-    move = cgroup.get("move")
-    if move is None:
-        return
-    rc = move.wait()
-    cgroup["move"] = None
-    if rc:
-        raise CgroupError(f"move process {ppid} into {mount + cgroup['path']}: "
-                          f"{posix.strerror(-rc)}")
-
-
 def undo_open(mount, cgroup, ppid):
-    """Put ppid back where it came from and remove what open_session_cgroup made.
-    A move still under way is waited for first (whatever its outcome), so that it
-    cannot land after the move back: bounded by the kernel, not by the hook's alarm,
-    which has fired already when the undo follows a timeout."""
-    if not cgroup or not cgroup["created"]:
-        return
-    move, cgroup["move"] = cgroup.get("move"), None
-    if move is not None:
-        move.wait(quiet=True)
-    leave(mount, cgroup["origin"], (ppid,))
-    _fastpath().cg_rmdir(mount + cgroup["path"])
+    """Put ppid back where it came from and remove what open_session_cgroup made."""
+    if cgroup and cgroup["created"]:
+        leave(mount, cgroup["origin"], (ppid,))
+        fastpath.cg_rmdir(mount + cgroup["path"])
 
 
 # ---- close ------------------------------------------------------------------------
@@ -263,12 +193,11 @@ def undo_open(mount, cgroup, ppid):
 def leave(mount, origin, pids):
     """Move pids to origin (their cgroup before the session), or to the root if it
     is gone. Processes that exited meanwhile are fine."""
-    settle()
     target = origin if origin and _exists(mount + origin) else "/"
     for pid in pids:
-        rc = _fastpath().cg_move(f"{mount}{target}/cgroup.procs", pid)
+        rc = fastpath.cg_move(f"{mount}{target}/cgroup.procs", pid)
         if rc == -errno.ENOENT and target != "/":
-            rc = _fastpath().cg_move(f"{mount}/cgroup.procs", pid)
+            rc = fastpath.cg_move(f"{mount}/cgroup.procs", pid)
         if rc and rc != -errno.ESRCH:
             raise CgroupError(f"move process {pid} to {mount + target}: "
                               f"{posix.strerror(-rc)}")
@@ -284,7 +213,7 @@ def _exists(path):
 
 def remove(mount, path):
     """rmdir a cgroup: "removed", "busy" (processes or children left) or "gone"."""
-    rc = _fastpath().cg_rmdir(mount + path)
+    rc = fastpath.cg_rmdir(mount + path)
     if rc == 0:
         return "removed"
     if rc in (-errno.EBUSY, -errno.ENOTEMPTY):
@@ -323,23 +252,22 @@ def open_run_cgroup(mount, base, leaf):
     Returns {"path", "id", "created"}."""
     path = f"/{check_base(base)}/{RUN_PARENT}/{leaf}"
     for level in (f"/{base}", f"/{base}/{RUN_PARENT}"):
-        rc = _fastpath().cg_mkdir(mount + level, 0o755)
+        rc = fastpath.cg_mkdir(mount + level, 0o755)
         if rc and rc != -errno.EEXIST:
             raise CgroupError(f"mkdir {mount + level}: {posix.strerror(-rc)}")
-    rc = _fastpath().cg_mkdir(mount + path, 0o755)
+    rc = fastpath.cg_mkdir(mount + path, 0o755)
     if rc:
         raise CgroupError(f"mkdir {mount + path}: {posix.strerror(-rc)}")
     try:
         return {"path": path, "id": cgroup_id(mount, path), "created": True}
     except BaseException:
-        _fastpath().cg_rmdir(mount + path)
+        fastpath.cg_rmdir(mount + path)
         raise
 
 
 def join(mount, path, pid):
     """Move pid into the cgroup at path."""
-    settle()
-    rc = _fastpath().cg_move(f"{mount}{path}/cgroup.procs", pid)
+    rc = fastpath.cg_move(f"{mount}{path}/cgroup.procs", pid)
     if rc:
         raise CgroupError(f"move process {pid} into {mount + path}: {posix.strerror(-rc)}")
 

@@ -307,10 +307,6 @@ def do_open(opts, login, items, account, ppid, budget, log, retry=True):
     if decision.empty:
         log.fields["result"] = "none"
         return
-    # the grace period the PAM application's move will wait for starts now, in a
-    # thread (cgroups.prime_migrations), and runs during the imports and reads below
-    from .cgroups import prime_migrations
-    prime_migrations()
     from . import fastpath, sessions                    # only for a login that sends
     # the first call decides for the whole run (sessions and cgroups use this one);
     # the C extension is loaded only now, when there is something to send

@@ -8,8 +8,7 @@ first"): whoever reads the ruleset generation and then the records (reload, gc) 
 every change the kernel has had or may still get, and no interleaving leaves an
 element without a record.
 
-  open:  cgroup (the PAM application's move started in a thread) -> records (the
-         new elements) -> one add batch -> the move joined (failed: undone as below).
+  open:  cgroup -> records (the new elements) -> one add batch.
          On failure: the records are put back, keeping what the batch may have added
          as a pending "destroy"; one destroy batch; the pending list is cleared; the
          cgroup is put back.
@@ -86,9 +85,6 @@ def open_session(run_dir, login, info, user_profiles, session_profiles, *, ppid,
             undo.added, undo.sent = todo["added"], True
             fastpath.add_elements(login.get("templates"), todo["send"], timeout_ms,
                                   timed=timed.timeouts_ms(todo["timed"], now))
-            # the PAM application's move ran meanwhile: it must have landed before
-            # the login goes on (a failed one undoes everything, like a failed batch)
-            cgroups.finish_open(mount, cgroup, ppid)
         except BaseException as err:
             undo.run(err)
             raise

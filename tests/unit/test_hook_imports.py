@@ -46,17 +46,17 @@ PATHS = {
     "open that sends": ("hook, matcher, accounts, sessions, fastpath",
                         {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
                          "matcher", "accounts", "sessions", "plan", "records", "liveness",
-                         "cgroups", "migration", "fastpath", "fastpath_py", "nfencode",
-                         "nfconst", "setkinds", "timed"}),
+                         "cgroups", "fastpath", "fastpath_py", "nfencode", "nfconst",
+                         "setkinds", "timed"}),
     "close": ("hook, sessions, records, fastpath",
               {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog", "sessions",
-               "plan", "records", "liveness", "cgroups", "migration", "fastpath",
-               "fastpath_py", "nfencode", "nfconst", "setkinds", "timed"}),
+               "plan", "records", "liveness", "cgroups", "fastpath", "fastpath_py",
+               "nfencode", "nfconst", "setkinds", "timed"}),
     # every close keeps its closed record; one that counted reads its totals
     "close that counts": ("hook, sessions, records, fastpath, records_closed, counters",
                           {"hook", "errors", "fsutil", "formats", "pamitems", "hooklog",
                            "sessions", "plan", "records", "liveness", "cgroups",
-                           "migration", "fastpath", "fastpath_py", "nfencode", "nfconst", "setkinds",
+                           "fastpath", "fastpath_py", "nfencode", "nfconst", "setkinds",
                            "timed", "records_closed", "counters"}),
 }
 
