@@ -96,8 +96,9 @@ def process_headroom():
     return max(0, pid_max - running - 8192)
 
 
-def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_rounds=2,
-                  reload_reps=3):
+def scale_envs(ws, user, sizes):
+    """({size: env with that many live sessions, checked, after two warm-up logins},
+    {size: its setup time in s})."""
     envs, setup_s = {}, {}
     for size in sizes:
         started = time.monotonic()
@@ -112,6 +113,24 @@ def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_round
         setup_s[size] = time.monotonic() - started
         if size >= BIG_SIZE:
             log(f"  {size:,} live sessions set up in {setup_s[size]:.0f} s")
+    return envs, setup_s
+
+
+def reloads_with_sessions(ws, envs, reps):
+    """reload with live sessions: it reads every element back and every record (once
+    at the --big size: it takes long there)."""
+    out = {}
+    for size, env in envs.items():
+        spec = DriverSpec(reps if size < BIG_SIZE else 1)
+        spec.step("reload", [reload_argv(env)], [("PYTHONPATH", SRC)])
+        res = run_driver(ws, env.netns, spec, f"scale{size}-reload")
+        out[f"reload_ms_at_{size}_sessions"] = median(ms(res["reload"]))
+    return out
+
+
+def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_rounds=2,
+                  reload_reps=3):
+    envs, setup_s = scale_envs(ws, user, sizes)
     samples = {size: {"open": [], "close": []} for size in sizes}
     log(f"  {rounds} rounds x {per_round} logins at {', '.join(map(str, sizes))} "
         f"live sessions ...")
@@ -161,12 +180,5 @@ def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_round
         # the machine itself is with them (process start, page faults, scheduling)
         out["open_processes_ratio"] = (out["open_ms_median_with_processes"]
                                        / out[f"open_ms_median_at_{largest}"])
-    # reload with live sessions: it reads every element back and every record (once
-    # at the --big size: it takes long there)
-    for size in sizes:
-        env = envs[size]
-        spec = DriverSpec(reload_reps if size < BIG_SIZE else 1)
-        spec.step("reload", [reload_argv(env)], [("PYTHONPATH", SRC)])
-        res = run_driver(ws, env.netns, spec, f"scale{size}-reload")
-        out[f"reload_ms_at_{size}_sessions"] = median(ms(res["reload"]))
+    out.update(reloads_with_sessions(ws, envs, reload_reps))
     return {k: rnd(v, 3) if isinstance(v, float) else v for k, v in out.items()}, envs
