@@ -69,6 +69,9 @@ class Workspace:
         self.tag = secrets.token_hex(4)
         self.root = f"/run/{PREFIX}{self.tag}"
         self.cg_mount = cgroup2_mount()
+        # paths outside self.root the run creates (PAM service files, sshd's
+        # directories): leftovers() checks that they, and processes run from them, are gone
+        self.owned_paths = []
         os.mkdir(self.root, 0o755)
         stack.callback(shutil.rmtree, self.root, ignore_errors=True)
         os.chmod(self.root, 0o755)
@@ -235,8 +238,9 @@ def ms(samples):
 
 # ---- cleanup checks -----------------------------------------------------------------
 
-def leftovers(tag, users=(), groups=()):
-    """What a run with this tag left behind (empty list: nothing)."""
+def leftovers(tag, users=(), groups=(), paths=()):
+    """What a run with this tag left behind (empty list: nothing); `paths`: files and
+    directories outside /run/nfbench-<tag> it created."""
     import grp
     import pwd
     found = []
@@ -249,6 +253,7 @@ def leftovers(tag, users=(), groups=()):
     for name in os.listdir("/run"):
         if name == f"{PREFIX}{tag}":
             found.append(f"/run/{name}")
+    found += [path for path in paths if os.path.lexists(path)]
     mount = cgroup2_mount()
     for name in os.listdir(mount):
         if name.startswith(f"{PREFIX}{tag}"):
@@ -270,7 +275,7 @@ def leftovers(tag, users=(), groups=()):
                 ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
-        if f"{PREFIX}{tag}" in cmd or ppid == me:
+        if f"{PREFIX}{tag}" in cmd or ppid == me or any(p in cmd for p in paths):
             found.append(f"process {pid}: {cmd.strip()}")
     return found
 

@@ -24,11 +24,14 @@ NFT = "/usr/sbin/nft"
 
 # ---- a private installation with the login policy ------------------------------------
 
-def setup_env(ws, name, user, account=False):
+def setup_env(ws, name, user, account=False, service=policies.SERVICE,
+              session_profile="web-only"):
     ns = ws.netns()
     env = ws.env(ns, name)
+    env.session_profile = session_profile
     env.write_policy(policies.login_policy(user.name, user.groups["students"], env.cgroup_base,
-                                           account=account))
+                                           account=account, service=service,
+                                           session_profile=session_profile))
     env.cli("reload")
     return env
 
@@ -94,7 +97,8 @@ def login_sets(env):
     the base chains test first, "guards" in the login part)."""
     with open(os.path.join(env.state_dir, "compiled.json")) as handle:
         guards = json.load(handle)["login"].get("guards") or {}
-    out = {"uid": ["uid-no-mail"], "ucg": ["ucg-no-servers"], "scg": ["scg-web-only"]}
+    session = getattr(env, "session_profile", "web-only")
+    out = {"uid": ["uid-no-mail"], "ucg": ["ucg-no-servers"], "scg": [f"scg-{session}"]}
     for kind in out:
         if guards.get(f"{kind}_set"):
             out[kind].append(guards[f"{kind}_set"])

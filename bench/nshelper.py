@@ -4,6 +4,7 @@ namespace of the process that creates it).
     nshelper.py fill SET uid|cg START COUNT    add COUNT fake keys START, START+1, ...
     nshelper.py counts                         {set: element count} as JSON
     nshelper.py elements                       {set: [hex key]} as JSON
+(counts and elements: of the sets logins fill, not of the profiles' lookup maps)
 """
 
 import json
@@ -14,6 +15,13 @@ from netfence.nftnl import Ruleset
 KEY_BYTES = {"uid": 4, "cg": 8}
 
 
+def login_elements(ruleset):
+    """{set: [hex key]} of the sets logins fill: not the profiles' lookup maps
+    (`out-P.v4`, `in-P.any`, ...: static elements made with the table; a profile name
+    never contains ".", a set a login fills never does either)."""
+    return {name: keys for name, keys in ruleset.read_elements().items() if "." not in name}
+
+
 def main(argv):
     with Ruleset() as ruleset:
         if argv[0] == "fill":
@@ -22,9 +30,9 @@ def main(argv):
             keys = [(start + i).to_bytes(size, sys.byteorder).hex() for i in range(count)]
             ruleset.add_elements({set_name: keys})
         elif argv[0] == "counts":
-            print(json.dumps({k: len(v) for k, v in ruleset.read_elements().items()}))
+            print(json.dumps({k: len(v) for k, v in login_elements(ruleset).items()}))
         elif argv[0] == "elements":
-            print(json.dumps(ruleset.read_elements()))
+            print(json.dumps(login_elements(ruleset)))
         else:
             raise SystemExit(f"unknown command {argv[0]!r}")
     return 0

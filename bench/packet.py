@@ -1,6 +1,6 @@
 """Section 3: per-packet cost, as new TCP connections per second over loopback.
 
-Five namespaces, each with a C accept-and-close server on 127.0.0.1:8080:
+Seven namespaces, each with a C accept-and-close server on 127.0.0.1:8080:
   empty     no ruleset at all;
   empty_again  another empty one: its ratio to `empty` shows the noise floor (A/A);
   conntrack one input rule `ct state new`: connection tracking on, nothing else (the
@@ -8,6 +8,9 @@ Five namespaces, each with a C accept-and-close server on 127.0.0.1:8080:
   netfence  the login policy, N live sessions loaded (N fake elements in each of
             scg-web-only, uid-no-mail, ucg-no-servers), and one real session of the
             restricted user opened by the hook;
+  netfence200  the same with the 200-rule session profile big200 (bench/policies.py)
+            in place of web-only: the restricted client's connection matches its last
+            rule (in the linear compile: walks all 200);
   accounting  the same with `[settings] account = true`: every packet's socket
             cgroup looked up at two levels in acct-out (egress) or acct-in (ingress),
             whose elements count it; N fake sessions' session and user cgroup ids in
@@ -18,8 +21,9 @@ Five namespaces, each with a C accept-and-close server on 127.0.0.1:8080:
 Clients (bench/c/netbench.c, a C connect/close loop) run as
   unrestricted  nobody (65534), in no profile;
   restricted    the benchmark user, inside its session cgroup: its connection to
-                port 8080 walks out-no-mail (9 rules and the default allow) and
-                out-web-only up to its 8th nftables rule (net rule 6).
+                port 8080 passes out-no-mail (9 rules and the default allow) and is
+                allowed by out-web-only's net rule 6 (netfence200: big200's rule
+                200); each namespace's counter of that rule is checked to count it.
 Every (variant, client) pair is measured once per round, the order reversed every other
 round; ratios are taken within a round (variant / empty) and their median reported.
 Client and server are pinned to CPUs 0 and 1 (taskset).
@@ -38,7 +42,9 @@ from scale import FAKE_SESSION_CG, FAKE_UID, FAKE_USER_CG, fill_sessions
 
 PORT = policies.ALLOWED_PORT
 BLOCKED_PORT = 25              # no-mail rule 1 (uid set): rejected with a TCP reset
-ALLOW_COMMENT = 'comment "web-only egress rule 6"'
+# the rule that allows the restricted client's connection, per variant
+ALLOW_RULE = {"netfence": ("web-only", 6), "accounting": ("web-only", 6),
+              "netfence200": (policies.BIG_PROFILE, policies.BIG_RULES)}
 NOBODY = 65534
 
 
@@ -71,14 +77,18 @@ def connect_rate(ws, ns, who, seconds, port=PORT):
     return ok / elapsed, ok, failed
 
 
-def allow_counter(ns):
-    """Packets counted by web-only's rule 6 (tcp 8000-8099 allow)."""
-    text = ns.nft("list", "chain", "inet", "netfence", "out-web-only").stdout
-    for line in text.splitlines():
-        if ALLOW_COMMENT in line:
-            words = line.split()
-            return int(words[words.index("packets") + 1])
-    raise RuntimeError(f"no rule with {ALLOW_COMMENT} in out-web-only")
+def allow_counter(ns, profile="web-only", number=6):
+    """Packets counted by `profile`'s egress rule `number` (the one with the comment
+    "<profile> egress rule <number>"): in the rule chain out-P.N when the profile is
+    compiled to lookups, else in out-P's linear rules."""
+    comment = f'comment "{profile} egress rule {number}"'
+    for chain in (f"out-{profile}.{number}", f"out-{profile}"):
+        listed = ns.nft("list", "chain", "inet", "netfence", chain, check=False)
+        for line in listed.stdout.splitlines() if listed.returncode == 0 else ():
+            if comment in line:
+                words = line.split()
+                return int(words[words.index("packets") + 1])
+    raise RuntimeError(f"no rule with {comment} in out-{profile}.{number} or out-{profile}")
 
 
 def linear_table(ws, ns, user, sessions):
@@ -117,13 +127,15 @@ def packet_section(ws, user, sessions, rounds, seconds):
                "restricted": (user.uid, user.gid, logins["netfence"].cgroup_dir)}
 
     def who(variant, client):
-        """The restricted client of `accounting` runs in that namespace's own session."""
-        if variant == "accounting" and client == "restricted":
-            return (user.uid, user.gid, logins["accounting"].cgroup_dir)
+        """The restricted client of a netfence namespace runs in that namespace's own
+        session (elsewhere in netfence's: no ruleset looks at it)."""
+        if variant in logins and client == "restricted":
+            return (user.uid, user.gid, logins[variant].cgroup_dir)
         return clients[client]
 
     for name, env in envs.items():
-        _check_enforced(ws, env, lambda client, n=name: who(n, client), name == "accounting")
+        _check_enforced(ws, env, lambda client, n=name: who(n, client), name == "accounting",
+                        ALLOW_RULE[name])
     pairs = [(v, c) for v in variants for c in clients]
     rates = {pair: [] for pair in pairs}
     failures = 0
@@ -154,7 +166,8 @@ def packet_section(ws, user, sessions, rounds, seconds):
 # every packet (two hash lookups per direction, per packet) costs on top of the fence
 RATIOS = (("netfence", "empty"), ("linear", "empty"), ("conntrack", "empty"),
           ("netfence", "conntrack"), ("empty_again", "empty"), ("accounting", "empty"),
-          ("accounting", "netfence"))
+          ("accounting", "netfence"), ("netfence200", "empty"),
+          ("netfence200", "conntrack"), ("netfence200", "netfence"))
 
 
 def _variants(ws, user, sessions):
@@ -162,8 +175,11 @@ def _variants(ws, user, sessions):
     policy with `[settings] account = true`) with `sessions` live sessions and one
     real held session of the user."""
     envs, logins = {}, {}
-    for name, account in (("netfence", False), ("accounting", True)):
-        env = setup_env(ws, f"packet-{name}", user, account=account)
+    for name, account, session_profile in (("netfence", False, "web-only"),
+                                           ("accounting", True, "web-only"),
+                                           ("netfence200", False, policies.BIG_PROFILE)):
+        env = setup_env(ws, f"packet-{name}", user, account=account,
+                        session_profile=session_profile)
         fill_sessions(env, sessions)
         if account:         # the other sessions counted too: acct sets as big as theirs
             for set_name in (ACCT_OUT, ACCT_IN):
@@ -175,7 +191,7 @@ def _variants(ws, user, sessions):
     linear_rules = linear_table(ws, linear, user, sessions)
     variants = {"empty": ws.netns(), "empty_again": ws.netns(), "conntrack": tracked,
                 "netfence": envs["netfence"].netns, "accounting": envs["accounting"].netns,
-                "linear": linear}
+                "netfence200": envs["netfence200"].netns, "linear": linear}
     for ns in variants.values():
         conntrack_setup(ns)
         start_server(ws, ns, PORT)
@@ -184,21 +200,23 @@ def _variants(ws, user, sessions):
     return envs, logins, variants, linear_rules
 
 
-def _check_enforced(ws, env, who, counted):
+def _check_enforced(ws, env, who, counted, allow_rule):
     """The policy is live for this very client: its uid is refused port 25, its
-    connections to 8080 go through web-only (session cgroup) up to rule 6 and, with
+    connections to 8080 are allowed by `allow_rule` (profile, number) of its session
+    profile (web-only's rule 6, big200's rule 200), whose counter counts them, and, with
     accounting, its session's acct-out element counts them."""
     _, ok_blocked, _ = connect_rate(ws, env.netns, who("restricted"), 0.2, BLOCKED_PORT)
     _, ok_free, _ = connect_rate(ws, env.netns, who("unrestricted"), 0.2, BLOCKED_PORT)
-    before = allow_counter(env.netns)
+    before = allow_counter(env.netns, *allow_rule)
     sent_before = _session_sent(env.netns, who("restricted")) if counted else 0
     _, ok_allowed, _ = connect_rate(ws, env.netns, who("restricted"), 0.2, PORT)
-    counted_rule = allow_counter(env.netns) - before
+    counted_rule = allow_counter(env.netns, *allow_rule) - before
     sent = _session_sent(env.netns, who("restricted")) - sent_before if counted else 1
     if ok_blocked or not ok_free or not ok_allowed or counted_rule < ok_allowed or not sent:
         raise RuntimeError(f"{env.tag}: the namespace does not enforce the policy: port 25 "
                            f"restricted={ok_blocked} unrestricted={ok_free}; port {PORT} "
-                           f"restricted={ok_allowed}, web-only rule 6 counted "
+                           f"restricted={ok_allowed}, {allow_rule[0]} rule "
+                           f"{allow_rule[1]} counted "
                            f"{counted_rule}, acct-out counted {sent} packets")
 
 

@@ -58,6 +58,37 @@ SERVICE = "sshd"
 RHOST = "203.0.113.7"
 
 
+# Section 3's netfence200 variant: a session profile of BIG_RULES net rules (one
+# nftables rule each in the linear compile) where a TCP connection to 127.0.0.1:8080
+# matches only the last one: 199 rules that miss it (other ports, other v4 and v6
+# networks, udp and icmp, a loopback rule of another protocol), then the allow.
+BIG_PROFILE = "big200"
+BIG_RULES = 200
+
+
+def big_profile(rules=BIG_RULES):
+    egress = []
+    for i in range(rules - 1):
+        kind = i % 5
+        if kind == 0:
+            egress.append(("reject", ("tcp",), (9000 + i,), ()))
+        elif kind == 1:
+            egress.append(("deny", ("tcp",), (8080,), (f"10.{i}.0.0/16",)))
+        elif kind == 2:
+            egress.append(("deny", ("udp",), (f"{20000 + 10 * i}-{20000 + 10 * i + 5}",),
+                           (f"2001:db8:{i:x}::/48",)))
+        elif kind == 3:
+            egress.append(("allow", ("tcp",), (443,), (f"198.51.{i}.0/24",)))
+        else:
+            egress.append(("reject", ("udp",), (8080,), ("loopback",)))
+    egress.append(("allow", ("tcp",), ("8000-8099",), ()))
+    return {"egress": egress, "egress_default": "reject"}
+
+
+def all_profiles():
+    return {**PROFILES, BIG_PROFILE: big_profile()}
+
+
 def net_rule_count(profiles=PROFILES):
     return sum(len(p.get(d, ())) for p in profiles.values() for d in ("egress", "ingress"))
 
@@ -102,17 +133,23 @@ def profile_toml(name, profile):
     return "\n".join(lines) + "\n"
 
 
-def login_policy(user, group, cgroup_base, uid_only=False, account=False):
+def login_policy(user, group, cgroup_base, uid_only=False, account=False,
+                 service=SERVICE, session_profile="web-only"):
     """The login benchmark's policy for `user` (member of `group`).
 
     uid_only: the same profiles (hence the same table), but the user gets only the two
     egress profiles, at user scope: a login then adds two uid elements and needs no
     cgroup (what a login costs without the cgroup migration). account: every profile
-    counts (`[settings] account = true`: acct-out, acct-in, denied-P).
+    counts (`[settings] account = true`: acct-out, acct-in, denied-P). service: the PAM
+    service of the session rule (sshd's program name in the sshd section).
+    session_profile: the session-scope profile (web-only, or BIG_PROFILE for section
+    3's netfence200 variant: only then is that profile in the policy, so that the
+    other sections' tables stay what they were).
     """
     counting = "account = true\n" if account else ""
     parts = [f'[settings]\non_error = "deny"\ncgroup_base = "{cgroup_base}"\n{counting}']
-    parts += [profile_toml(name, profile) for name, profile in PROFILES.items()]
+    profiles = all_profiles() if session_profile == BIG_PROFILE else PROFILES
+    parts += [profile_toml(name, profile) for name, profile in profiles.items()]
     if uid_only:
         parts.append(f"""[[rule]]
 users = ["{user}"]
@@ -130,11 +167,13 @@ users = ["{user}"]
 services = ["cron"]
 profiles = ["web-only"]
 
-[[rule]]                      # students over ssh from outside 10/8 (no `time`: a rule
-groups = ["{group}"]          # with one puts its keys in time-window sets, issue 9,
-services = ["sshd"]           # which the sections' checks and fake sessions do not use)
+# students over ssh from outside 10/8 (no `time`: a rule with one puts its keys in
+# time-window sets, issue 9, which the sections' checks and fake sessions do not use)
+[[rule]]
+groups = ["{group}"]
+services = ["{service}"]
 rhosts = ["!10.0.0.0/8"]
-profiles = {_toml_list(SESSION_PROFILES)}
+profiles = ["{session_profile}"]
 scope = "session"
 """)
     return "\n".join(parts)

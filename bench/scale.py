@@ -11,6 +11,7 @@ that none is ever alive.
 import json
 import os
 import subprocess
+import time
 
 from common import DriverSpec, SRC, log, median, ms, rnd, run_driver
 from login import (LOGIN_GAP_MS, cg_key, login_sets, login_spec, reload_argv, setup_env,
@@ -19,6 +20,7 @@ from login import (LOGIN_GAP_MS, cg_key, login_sets, login_spec, reload_argv, se
 FAKE_SESSION_CG = 10 ** 12          # fake cgroup ids of other sessions' cgroups
 FAKE_USER_CG = 2 * 10 ** 12         # ... of their user cgroups
 FAKE_UID = 3_000_000                # fake uids of other logged-in users
+BIG_SIZE = 100_000                  # run.py --big
 
 
 def fill_sessions(env, count):
@@ -94,10 +96,12 @@ def process_headroom():
     return max(0, pid_max - running - 8192)
 
 
-def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_rounds=2,
-                  reload_reps=3):
-    envs = {}
+def scale_envs(ws, user, sizes):
+    """({size: env with that many live sessions, checked, after two warm-up logins},
+    {size: its setup time in s})."""
+    envs, setup_s = {}, {}
     for size in sizes:
+        started = time.monotonic()
         env = setup_env(ws, f"scale{size}", user)
         fill_sessions(env, size)
         counts = json.loads(env.helper("counts").stdout)
@@ -106,6 +110,27 @@ def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_round
                 raise RuntimeError(f"{set_name} holds {counts[set_name]}, not {size}")
         run_driver(ws, env.netns, login_spec(ws, env, user, 2), f"scale{size}-warmup")
         envs[size] = env
+        setup_s[size] = time.monotonic() - started
+        if size >= BIG_SIZE:
+            log(f"  {size:,} live sessions set up in {setup_s[size]:.0f} s")
+    return envs, setup_s
+
+
+def reloads_with_sessions(ws, envs, reps):
+    """reload with live sessions: it reads every element back and every record (once
+    at the --big size: it takes long there)."""
+    out = {}
+    for size, env in envs.items():
+        spec = DriverSpec(reps if size < BIG_SIZE else 1)
+        spec.step("reload", [reload_argv(env)], [("PYTHONPATH", SRC)])
+        res = run_driver(ws, env.netns, spec, f"scale{size}-reload")
+        out[f"reload_ms_at_{size}_sessions"] = median(ms(res["reload"]))
+    return out
+
+
+def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_rounds=2,
+                  reload_reps=3):
+    envs, setup_s = scale_envs(ws, user, sizes)
     samples = {size: {"open": [], "close": []} for size in sizes}
     log(f"  {rounds} rounds x {per_round} logins at {', '.join(map(str, sizes))} "
         f"live sessions ...")
@@ -120,7 +145,12 @@ def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_round
     for size in sizes:
         out[f"open_ms_median_at_{size}"] = median(samples[size]["open"])
         out[f"close_ms_median_at_{size}"] = median(samples[size]["close"])
+        out[f"scale_setup_s_at_{size}"] = setup_s[size]
+        if size:
+            out[f"open_scale_ratio_at_{size}"] = (out[f"open_ms_median_at_{size}"]
+                                                  / out["open_ms_median_at_0"])
     largest = max(sizes)
+    out["open_scale_ratio_sessions"] = largest
     out["open_scale_ratio"] = out[f"open_ms_median_at_{largest}"] / out["open_ms_median_at_0"]
     out["close_scale_ratio"] = out[f"close_ms_median_at_{largest}"] / out["close_ms_median_at_0"]
     # Live sessions come with processes; close asks the kernel's cgroup accounting of
@@ -150,11 +180,5 @@ def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_round
         # the machine itself is with them (process start, page faults, scheduling)
         out["open_processes_ratio"] = (out["open_ms_median_with_processes"]
                                        / out[f"open_ms_median_at_{largest}"])
-    # reload with live sessions: it reads every element back and every record
-    for size in sizes:
-        env = envs[size]
-        spec = DriverSpec(reload_reps)
-        spec.step("reload", [reload_argv(env)], [("PYTHONPATH", SRC)])
-        res = run_driver(ws, env.netns, spec, f"scale{size}-reload")
-        out[f"reload_ms_at_{size}_sessions"] = median(ms(res["reload"]))
+    out.update(reloads_with_sessions(ws, envs, reload_reps))
     return {k: rnd(v, 3) if isinstance(v, float) else v for k, v in out.items()}, envs
