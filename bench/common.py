@@ -60,6 +60,28 @@ def rnd(value, digits=2):
 
 # ---- the workspace ------------------------------------------------------------------
 
+def build_in_place():
+    """The bench imports netfence from src/: build its C parts there as an install
+    does (c_ext/build_fastpath.py: the cffi extension and the static launcher, both
+    git-ignored), when missing or older than their sources. Without them the hook would
+    run without its launcher and with the Python fast path, which is not what an
+    installation runs (the launcher primes the cgroup migration at open)."""
+    c_ext = os.path.join(ROOT, "c_ext")
+    built = os.path.join(SRC, "netfence", "_hook_launcher")
+    sources = [os.path.join(c_ext, name) for name in os.listdir(c_ext)]
+    newest = max(os.path.getmtime(path) for path in sources)
+    extension = [name for name in os.listdir(os.path.join(SRC, "netfence"))
+                 if name.startswith("_fastpath") and name.endswith(".so")]
+    if (os.path.exists(built) and extension
+            and os.path.getmtime(built) >= newest):
+        return
+    log("building the hook's C parts in src/ (c_ext/build_fastpath.py)")
+    subprocess.run([sys.executable, os.path.join(c_ext, "build_fastpath.py")],
+                   check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    if not os.path.exists(built):
+        raise RuntimeError("the static hook launcher could not be built (no libc.a?)")
+
+
 class Workspace:
     """/run/nfbench-<tag>: compiled helpers (bin/), the hook program (hook/), and one
     directory per private netfence installation."""
@@ -91,6 +113,7 @@ class Workspace:
         return out
 
     def _write_hook(self):
+        build_in_place()
         from netfence.hookstub import write_hook
         path = self.path("hook", "netfence-hook")
         self.hook_files = write_hook(path, python=sys.executable)
