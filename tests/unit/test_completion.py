@@ -26,12 +26,12 @@ printf '%s\n' "${COMPREPLY[@]}"
 """
 
 
-def complete(*words, path=None):
+def complete(*words, path=None, cwd=None):
     """What TAB offers for the command line `words` (the last one being completed)."""
     env = {"PATH": path or os.environ["PATH"], "HOME": "/root", "LC_ALL": "C.UTF-8"}
     done = subprocess.run(["bash", "--norc", "--noprofile", "-c", DRIVER, "driver",
                            SCRIPT, "netfence", *words], capture_output=True, text=True,
-                          env=env, check=False, timeout=60)
+                          env=env, check=False, timeout=60, cwd=cwd)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     return sorted(line for line in done.stdout.splitlines() if line)
 
@@ -111,3 +111,17 @@ def test_run_completes_the_command_after_the_double_dash():
 def test_a_free_value_offers_nothing():
     assert complete("grant", "alice", "--reason", "") == []
     assert complete("explain", "root", "--at", "") == []
+
+
+def test_names_that_bash_would_expand_are_never_offered(tmp_path):
+    """compgen -W expands its words: a name from a directory given on the line that
+    holds $(...) or `...` must not run anything when root presses TAB."""
+    witness = tmp_path / "ran"                  # `touch ran` runs in tmp_path
+    write_snapshot(tmp_path, ["ok-1", "$(touch ran)", "`touch ran`"])
+    (tmp_path / "sessions").mkdir()
+    (tmp_path / "sessions" / "$(touch ran)").write_text("{}")
+    assert complete("--state-dir", str(tmp_path), "grant", "x", "--profile", "",
+                    cwd=tmp_path) == ["ok-1"]
+    assert complete("--run-dir", str(tmp_path), "grant", "--session", "",
+                    cwd=tmp_path) == []
+    assert not witness.exists()
