@@ -23,7 +23,9 @@ USAGE_EXIT = 2
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="netfence", description="Per-user and per-session network policy for logins.")
+        prog="netfence", description="Per-user and per-session network policy for logins.",
+        epilog="exit status: 0 ok, 1 a problem was found, 2 usage error (every command; "
+               "netfence(8), docs/commands.md)")
     parser.add_argument("--version", action="version", version=f"netfence {__version__}")
     _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -78,3 +78,10 @@ def test_a_problem_exits_1(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_flush", fail)
     assert cli.main(["flush"]) == 1
     assert capsys.readouterr().err == "netfence flush: damaged\n"
+
+
+def test_the_top_level_help_states_the_exit_status(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--help"])
+    assert stop.value.code == 0
+    assert "exit status: 0 ok, 1 a problem was found, 2 usage" in capsys.readouterr().out
