@@ -1,0 +1,143 @@
+"""`netfence doctor`'s last check: one real login through PAM.
+
+A throwaway system user, a temporary PAM service (/etc/pam.d/netfence-doctor-TAG:
+pam_permit for auth and account, then the hook line installed in the services, with
+state_dir= and run_dir= of a temporary directory) and a temporary policy that rejects
+one loopback TCP port for that user. In a network namespace of its own (so the host's
+table and ruleset are never touched), a child process reloads that policy, opens the
+session with python-pam (the hook runs through pam_exec exactly as at a real login),
+probes from inside the session cgroup as the user (the denied port must be refused,
+another one must connect), closes the session and checks that the hook left no
+record, cgroup or set element. Then the user, the service, the directory and the
+cgroup base are removed and their absence checked.
+"""
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+
+from . import doctor_pam
+
+POLICY = """[settings]
+cgroup_base = "{base}"
+
+[profile.doctor-probe]
+egress = [ {{ action = "reject", proto = "tcp", ports = [{port}], to = ["loopback"] }} ]
+
+[[rule]]
+users = ["{user}"]
+profiles = ["doctor-probe"]
+scope = "session"
+"""
+DENIED_PORT, ALLOWED_PORT = 47391, 47392
+SYSTEM_PAM_DIR = "/etc/pam.d"
+
+
+def service_text(line, state_dir, run_dir):
+    """The temporary PAM service: the installed hook line, pointed at our dirs."""
+    args = [a for a in line.args if not a.startswith(("state_dir=", "run_dir="))]
+    hook = " ".join(["session", line.control, line.module, *args,
+                     f"state_dir={state_dir}", f"run_dir={run_dir}"])
+    return ("# netfence doctor: a temporary service, removed when the check ends\n"
+            "auth     required pam_permit.so\naccount  required pam_permit.so\n"
+            f"password required pam_deny.so\n{hook}\n")
+
+
+def check_login(pam_dir):
+    """[(name, ok, detail, fix)] of the real login check."""
+    line = doctor_pam.installed_line(pam_dir)
+    if line is None:
+        return [("login", False, "no hook line in any session service to log in with",
+                 "wire the hook (see the pam lines above), then run doctor again")]
+    try:
+        import pam  # noqa: F401  (python-pam drives the login)
+    except ImportError:
+        return [("login", False, "python-pam is not installed in netfence's Python",
+                 "pip install python-pam==2.1.0 into netfence's venv, or --no-login")]
+    tag = secrets.token_hex(4)
+    names = {"user": f"nfdoctor{tag}", "service": f"netfence-doctor-{tag}",
+             "root": f"/run/netfence-doctor-{tag}", "base": f"netfence-doctor-{tag}"}
+    try:
+        result = _run(line, names)
+    finally:
+        left = _clean(names)
+    ok = result.get("ok", False) and not left
+    detail = result.get("detail", "") + (f"; left behind: {', '.join(left)}" if left else "")
+    return [("login", ok, detail, "" if ok else result.get("fix", "see docs/doctor.md"))]
+
+
+def _run(line, names):
+    root = names["root"]
+    for sub in ("", "/etc", "/etc/netfence.d", "/state", "/run"):
+        os.makedirs(root + sub, mode=0o755)
+        os.chmod(root + sub, 0o755)
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                    "/usr/sbin/nologin", names["user"]], check=True, capture_output=True)
+    with open(f"{root}/etc/netfence.toml", "w") as handle:
+        handle.write(POLICY.format(base=names["base"], port=DENIED_PORT, user=names["user"]))
+    fd = os.open(os.path.join(SYSTEM_PAM_DIR, names["service"]),
+                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(service_text(line, f"{root}/state", f"{root}/run"))
+    request = {"root": root, "service": names["service"], "user": names["user"],
+               "base": names["base"]}
+    try:
+        proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-m",
+                               "netfence.doctor_login", json.dumps(request)],
+                              capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "detail": "the login did not finish in 90 s",
+                "fix": "look at the hook's log lines (journalctl -t netfence / dmesg)"}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"ok": False, "detail": f"the login child failed: {proc.stderr.strip()[-300:]}",
+                "fix": "see docs/doctor.md"}
+
+
+def _clean(names):
+    """Remove what the check made; the names of what could not be removed."""
+    left = []
+    try:
+        os.unlink(os.path.join(SYSTEM_PAM_DIR, names["service"]))
+    except FileNotFoundError:
+        pass
+    try:
+        pwd.getpwnam(names["user"])
+        subprocess.run(["pkill", "-KILL", "-u", names["user"]], capture_output=True)
+        subprocess.run(["userdel", names["user"]], capture_output=True)
+    except KeyError:
+        pass
+    shutil.rmtree(names["root"], ignore_errors=True)
+    from .cgroups import cgroup2_mount
+    base = os.path.join(cgroup2_mount(), names["base"])
+    for path in sorted((d for d, _, _ in os.walk(base)), key=len, reverse=True):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+    for what, gone in ((f"user {names['user']}", _no_user(names["user"])),
+                       (f"{SYSTEM_PAM_DIR}/{names['service']}",
+                        not os.path.exists(os.path.join(SYSTEM_PAM_DIR, names["service"]))),
+                       (names["root"], not os.path.exists(names["root"])),
+                       (f"cgroup {base}", not os.path.exists(base))):
+        if not gone:
+            left.append(what)
+    return left
+
+
+def _no_user(name):
+    try:
+        pwd.getpwnam(name)
+        return False
+    except KeyError:
+        return True
+
+
+if __name__ == "__main__":
+    from .doctor_login_child import main
+    sys.exit(main(json.loads(sys.argv[1])))
