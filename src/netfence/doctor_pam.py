@@ -185,13 +185,13 @@ def _check_one(pam_dir, name):
 
 
 def installed_line(pam_dir):
-    """The first hook line wired into a session service (a PamLine), or None."""
+    """The hook line wired into a session service (a PamLine), preferring one whose
+    hook can run, or None."""
+    found = []
     for name in SESSION_SERVICES:
         try:
-            stack = session_stack(pam_dir, name)
+            found += [line for line in session_stack(pam_dir, name) if line.is_hook]
         except (OSError, ValueError):
             continue
-        for line in stack:
-            if line.is_hook:
-                return line
-    return None
+    runnable = [line for line in found if hook_files_problem(line.hook_path) is None]
+    return (runnable or found or [None])[0]

@@ -43,6 +43,23 @@ def verdict(rules, profile, port):
     return "allow" if found is None else found[1]
 
 
+def policy_ports(rules, profiles):
+    """The destination ports the profiles' egress chains compare (cmp or range after a
+    load of the transport header's bytes 2-3), each range's ends: the first candidates."""
+    chains = {f"out-{p}" for p in profiles}
+    found = []
+    for rule in rules:
+        if rule["chain"] not in chains:
+            continue
+        exprs = rule["exprs"]
+        for load, test in zip(exprs, exprs[1:]):
+            if list(load[:4]) != ["payload", "transport", 2, 2]:
+                continue
+            values = test[2:4] if test[0] == "range" else test[2:3] if test[0] == "cmp" else []
+            found += [int(v, 16) for v in values]
+    return [p for p in dict.fromkeys(found) if 0 < p < 65536]
+
+
 def pick_ports(applied, profiles):
     """(denied port, its verdict, allowed port) for a session with `profiles`; None
     for either when no candidate fits. Monitor-mode profiles deny nothing."""
@@ -50,7 +67,7 @@ def pick_ports(applied, profiles):
     info = (applied.get("login") or {}).get("profiles", {})
     enforcing = [p for p in profiles if info.get(p, {}).get("mode", "enforce") != "monitor"]
     denied = allowed = None
-    for port in CANDIDATE_PORTS:
+    for port in dict.fromkeys([*policy_ports(rules, profiles), *CANDIDATE_PORTS]):
         verdicts = {p: verdict(rules, p, port) for p in profiles}
         blocking = [verdicts[p] for p in enforcing if verdicts[p] != "allow"]
         if denied is None and blocking:
