@@ -37,13 +37,17 @@ DENIED_PORT, ALLOWED_PORT = 47391, 47392
 SYSTEM_PAM_DIR = "/etc/pam.d"
 
 
-def service_text(line, state_dir, run_dir):
-    """The temporary PAM service: the installed hook line, pointed at our dirs."""
+def service_text(line, state_dir, run_dir, user):
+    """The temporary PAM service: the installed hook line, pointed at our dirs. It
+    lets in the throwaway user alone (pam_succeed_if before pam_permit): for the
+    second it exists, it is no password-less door for any other account."""
     args = [a for a in line.args if not a.startswith(("state_dir=", "run_dir="))]
     hook = " ".join(["session", line.control, line.module, *args,
                      f"state_dir={state_dir}", f"run_dir={run_dir}"])
+    only = f"pam_succeed_if.so quiet user = {user}"
     return ("# netfence doctor: a temporary service, removed when the check ends\n"
-            "auth     required pam_permit.so\naccount  required pam_permit.so\n"
+            f"auth     requisite {only}\nauth     required pam_permit.so\n"
+            f"account  requisite {only}\naccount  required pam_permit.so\n"
             f"password required pam_deny.so\n{hook}\n")
 
 
@@ -63,6 +67,9 @@ def check_login(pam_dir):
              "root": f"/run/netfence-doctor-{tag}", "base": f"netfence-doctor-{tag}"}
     try:
         result = _run(line, names)
+    except (OSError, subprocess.CalledProcessError) as err:
+        result = {"ok": False, "detail": f"cannot set the login up: {err}",
+                  "fix": "run netfence doctor as root (or with --no-login)"}
     finally:
         left = _clean(names)
     ok = result.get("ok", False) and not left
@@ -82,7 +89,7 @@ def _run(line, names):
     fd = os.open(os.path.join(SYSTEM_PAM_DIR, names["service"]),
                  os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as handle:
-        handle.write(service_text(line, f"{root}/state", f"{root}/run"))
+        handle.write(service_text(line, f"{root}/state", f"{root}/run", names["user"]))
     request = {"root": root, "service": names["service"], "user": names["user"],
                "base": names["base"]}
     try:

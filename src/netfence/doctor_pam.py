@@ -128,6 +128,12 @@ def check_service(stack, launcher):
         problems.append((f"{skipper.where} (`{skipper.control} {skipper.module}`) can "
                          f"skip the hook at {hook.where}",
                          "move the netfence line before it or change its control"))
+    later = [line for line in stack[stack.index(hook):]
+             if os.path.basename(line.module) == "pam_systemd.so"]
+    if later:
+        problems.append((f"{later[0].where}: pam_systemd runs after the hook: it moves "
+                         "the session out of the cgroup the hook fenced",
+                         "put the netfence line after pam_systemd (pam/README.md)"))
     readers = [line for line in stack if line.reads_user_env]
     if readers and not launcher:
         when = "open and close" if stack.index(readers[0]) < stack.index(hook) else "close"

@@ -24,8 +24,8 @@ from .evaluate import first_match, parse_ip
 CLONE_NEWNET = 0x40000000
 LOOPBACK_IFINDEX = 1
 # ports tried first for a denied or allowed one: the policy's usual ones, then the rest
-CANDIDATE_PORTS = (80, 443, 22, 25, 53, 8080, 3306, 5432, *range(1, 1024),
-                   *range(47000, 47100))
+CANDIDATE_PORTS = (80, 443, 22, 25, 53, 8080, 3306, 5432, *range(1, 1024))
+QUIET_PORTS = tuple(range(47000, 47100))
 PROBE_TIMEOUT_S = 1.0
 
 
@@ -67,14 +67,16 @@ def pick_ports(applied, profiles):
     info = (applied.get("login") or {}).get("profiles", {})
     enforcing = [p for p in profiles if info.get(p, {}).get("mode", "enforce") != "monitor"]
     denied = allowed = None
-    for port in dict.fromkeys([*policy_ports(rules, profiles), *CANDIDATE_PORTS]):
-        verdicts = {p: verdict(rules, p, port) for p in profiles}
-        blocking = [verdicts[p] for p in enforcing if verdicts[p] != "allow"]
-        if denied is None and blocking:
+    own = policy_ports(rules, profiles)
+    for port in dict.fromkeys([*own, *CANDIDATE_PORTS]):
+        blocking = [v for v in (verdict(rules, p, port) for p in enforcing) if v != "allow"]
+        if blocking:
             denied = (port, blocking[0])
-        if allowed is None and all(v == "allow" for v in verdicts.values()):
+            break
+    # high ports first: the probe should meet its own listener, not a real service
+    for port in dict.fromkeys([*QUIET_PORTS, *own, *CANDIDATE_PORTS]):
+        if all(verdict(rules, p, port) == "allow" for p in profiles):
             allowed = port
-        if denied and allowed:
             break
     return (denied[0] if denied else None, denied[1] if denied else None, allowed)
 

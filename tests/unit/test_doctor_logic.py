@@ -95,12 +95,12 @@ def test_verdicts_follow_the_compiled_chains(tmp_path):
 
 def test_ports_picked_for_a_session(tmp_path):
     applied = snapshot(tmp_path)
-    assert pick_ports(applied, ["no-ssh"]) == (22, "deny", 80)
+    assert pick_ports(applied, ["no-ssh"]) == (22, "deny", 47000)   # a quiet port first
     denied, action, allowed = pick_ports(applied, ["web", "no-ssh"])
     assert (denied, action, allowed) == (22, "reject", 80)
     # a monitor profile denies nothing, and its "reject" makes no port allowed by all
     assert pick_ports(applied, ["watching"])[0] is None
-    assert pick_ports(applied, []) == (None, None, 80)
+    assert pick_ports(applied, []) == (None, None, 47000)
     assert os.path.basename(__file__)
 
 
@@ -112,4 +112,4 @@ def test_the_policy_own_ports_come_first(tmp_path):
     applied = compile_policy(load_policy(str(tmp_path), check_ownership=False))
     from netfence.verify import policy_ports
     assert policy_ports(applied["table"]["rules"], ["p"]) == [7002, 9000, 9005]
-    assert pick_ports(applied, ["p"]) == (7002, "reject", 80)
+    assert pick_ports(applied, ["p"]) == (7002, "reject", 47000)

@@ -115,3 +115,26 @@ def test_check_pam_reports_each_present_service_and_a_missing_hook_file(tmp_path
 def test_no_session_service_at_all_is_a_problem(tmp_path):
     ((name, ok, detail, fix),) = check_pam(str(tmp_path))
     assert not ok and "none of the session services" in detail
+
+
+def test_pam_systemd_after_the_hook_is_a_problem(tmp_path):
+    d = str(tmp_path)
+    write(d, "login", f"{LINE}\nsession optional pam_systemd.so\n")
+    (found,) = problems(session_stack(d, "login"))
+    assert "pam_systemd runs after the hook" in found
+    write(d, "sshd", f"session optional pam_systemd.so\n{LINE}\n")
+    assert problems(session_stack(d, "sshd")) == []
+
+
+def test_the_login_check_service_admits_its_user_alone_and_uses_the_installed_line():
+    from netfence.doctor_login import service_text
+    line = doctor_pam.PamLine("x:1", "required", "pam_exec.so",
+                              ("seteuid", "quiet", HOOK, "state_dir=/var/lib/netfence"))
+    text = service_text(line, "/run/d/state", "/run/d/run", "nfdoctor1")
+    assert f"session required pam_exec.so seteuid quiet {HOOK} state_dir=/run/d/state " \
+           "run_dir=/run/d/run\n" in text
+    assert "state_dir=/var/lib/netfence" not in text
+    auth = [l for l in text.splitlines() if l.startswith(("auth", "account"))]
+    assert auth[0].split()[1:] == ["requisite", "pam_succeed_if.so", "quiet", "user", "=",
+                                   "nfdoctor1"]
+    assert auth[2].split()[1:3] == ["requisite", "pam_succeed_if.so"]
