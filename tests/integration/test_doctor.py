@@ -146,3 +146,4 @@ def test_the_real_login_fails_with_a_hook_that_fences_nothing(doc):
     doc.wire("cron", fake)
     check = doc.doctor()["login"]
     assert not check["ok"] and "not fenced" in check["detail"], check
+

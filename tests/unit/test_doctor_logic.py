@@ -113,3 +113,21 @@ def test_the_policy_own_ports_come_first(tmp_path):
     from netfence.verify import policy_ports
     assert policy_ports(applied["table"]["rules"], ["p"]) == [7002, 9000, 9005]
     assert pick_ports(applied, ["p"]) == (7002, "reject", 47000)
+
+
+def test_the_login_check_judges_the_probes_and_the_leftovers():
+    from netfence.doctor_login import ALLOWED_PORT, DENIED_PORT
+    from netfence.doctor_login_child import _judge
+    seen = {"fenced": True, "records": 1, "cgroup": "/b/user-1/session-k",
+            "results": {DENIED_PORT: "refused", ALLOWED_PORT: "ok"}}
+    assert _judge(seen, [])["ok"]
+    for results, words in (({DENIED_PORT: "ok", ALLOWED_PORT: "ok"}, "was ok, not refused"),
+                           ({DENIED_PORT: "dropped", ALLOWED_PORT: "ok"}, "was dropped"),
+                           ({DENIED_PORT: "refused", ALLOWED_PORT: "refused"},
+                            f"allowed port {ALLOWED_PORT} was refused")):
+        verdict = _judge({**seen, "results": results}, [])
+        assert not verdict["ok"] and words in verdict["detail"], verdict
+    verdict = _judge(seen, ["session records"])
+    assert not verdict["ok"] and "left session records" in verdict["detail"]
+    verdict = _judge({**seen, "fenced": False, "records": 0}, [])
+    assert not verdict["ok"] and "not fenced" in verdict["detail"]
