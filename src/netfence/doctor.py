@@ -4,8 +4,10 @@ from argparse). Read only for the host: the kernel probe and the login check wor
 network namespaces of their own (docs/doctor.md)."""
 
 import json
+import os
 
 from . import doctor_checks, doctor_pam
+from .errors import StateError
 from .doctor_login import SYSTEM_PAM_DIR
 
 
@@ -41,7 +43,14 @@ def format_text(results):
     return "\n".join(lines) + "\n"
 
 
+def _need_root(command):
+    if os.geteuid() != 0:
+        raise StateError(f"must run as root: {command} reads the kernel's table, the "
+                         "records and the PAM files, and probes in namespaces")
+
+
 def cmd_doctor(args, paths):
+    _need_root("doctor")
     results = run_checks(paths, args.pam_dir, login=not args.no_login)
     if args.json:
         print(json.dumps({"ok": all(r["ok"] for r in results), "checks": results},
@@ -52,6 +61,7 @@ def cmd_doctor(args, paths):
 
 
 def cmd_verify(args, paths):
+    _need_root("verify")
     from .verify import format_text as verify_text, verify
     results = verify(paths, user=args.user, key=args.session)
     if args.json:

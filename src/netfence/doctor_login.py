@@ -64,7 +64,8 @@ def check_login(pam_dir):
                  "pip install python-pam==2.1.0 into netfence's venv, or --no-login")]
     tag = secrets.token_hex(4)
     names = {"user": f"nfdoctor{tag}", "service": f"netfence-doctor-{tag}",
-             "root": f"/run/netfence-doctor-{tag}", "base": f"netfence-doctor-{tag}"}
+             "root": f"/run/netfence-doctor-{tag}", "base": f"netfence-doctor-{tag}",
+             "made": []}
     try:
         result = _run(line, names)
     except (OSError, subprocess.CalledProcessError) as err:
@@ -78,20 +79,28 @@ def check_login(pam_dir):
 
 
 def _run(line, names):
-    root = names["root"]
-    for sub in ("", "/etc", "/etc/netfence.d", "/state", "/run"):
-        os.makedirs(root + sub, mode=0o755)
-        os.chmod(root + sub, 0o755)
+    """Create the user, the directory and the service (each noted in names["made"]
+    once it exists, so that cleaning never removes what someone else had), then run
+    the child in a new network namespace; its JSON verdict."""
+    root, made = names["root"], names["made"]
+    os.mkdir(root, 0o755)                    # fails on an existing one: not ours
+    made.append("root")
+    for sub in ("/etc", "/etc/netfence.d", "/state", "/run"):
+        os.mkdir(root + sub, 0o755)
+    os.chmod(root, 0o755)
     subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
                     "/usr/sbin/nologin", names["user"]], check=True, capture_output=True)
+    made.append("user")
     with open(f"{root}/etc/netfence.toml", "w") as handle:
         handle.write(POLICY.format(base=names["base"], port=DENIED_PORT, user=names["user"]))
     fd = os.open(os.path.join(SYSTEM_PAM_DIR, names["service"]),
                  os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    made.append("service")
     with os.fdopen(fd, "w") as handle:
         handle.write(service_text(line, f"{root}/state", f"{root}/run", names["user"]))
     request = {"root": root, "service": names["service"], "user": names["user"],
                "base": names["base"]}
+    made.append("base")                      # the hook makes it, under our unique name
     try:
         proc = subprocess.run(["unshare", "--net", "--", sys.executable, "-m",
                                "netfence.doctor_login", json.dumps(request)],
@@ -108,33 +117,35 @@ def _run(line, names):
 
 def _clean(names):
     """Remove what the check made; the names of what could not be removed."""
-    left = []
-    try:
-        os.unlink(os.path.join(SYSTEM_PAM_DIR, names["service"]))
-    except FileNotFoundError:
-        pass
-    try:
-        pwd.getpwnam(names["user"])
+    made = names["made"]
+    service = os.path.join(SYSTEM_PAM_DIR, names["service"])
+    if "service" in made:
+        _unlink_quietly(service)
+    if "user" in made and not _no_user(names["user"]):
         subprocess.run(["pkill", "-KILL", "-u", names["user"]], capture_output=True)
         subprocess.run(["userdel", names["user"]], capture_output=True)
-    except KeyError:
-        pass
-    shutil.rmtree(names["root"], ignore_errors=True)
+    if "root" in made:
+        shutil.rmtree(names["root"], ignore_errors=True)
     from .cgroups import cgroup2_mount
     base = os.path.join(cgroup2_mount(), names["base"])
-    for path in sorted((d for d, _, _ in os.walk(base)), key=len, reverse=True):
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
-    for what, gone in ((f"user {names['user']}", _no_user(names["user"])),
-                       (f"{SYSTEM_PAM_DIR}/{names['service']}",
-                        not os.path.exists(os.path.join(SYSTEM_PAM_DIR, names["service"]))),
-                       (names["root"], not os.path.exists(names["root"])),
-                       (f"cgroup {base}", not os.path.exists(base))):
-        if not gone:
-            left.append(what)
-    return left
+    if "base" in made:
+        for path in sorted((d for d, _, _ in os.walk(base)), key=len, reverse=True):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+    checks = (("user", f"user {names['user']}", lambda: _no_user(names["user"])),
+              ("service", service, lambda: not os.path.exists(service)),
+              ("root", names["root"], lambda: not os.path.exists(names["root"])),
+              ("base", f"cgroup {base}", lambda: not os.path.exists(base)))
+    return [what for kind, what, gone in checks if kind in made and not gone()]
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _no_user(name):

@@ -131,3 +131,19 @@ def test_the_login_check_judges_the_probes_and_the_leftovers():
     assert not verdict["ok"] and "left session records" in verdict["detail"]
     verdict = _judge({**seen, "fenced": False, "records": 0}, [])
     assert not verdict["ok"] and "not fenced" in verdict["detail"]
+
+
+def test_the_login_check_cleans_only_what_it_made(tmp_path, monkeypatch):
+    from netfence import doctor_login
+    monkeypatch.setattr(doctor_login, "SYSTEM_PAM_DIR", str(tmp_path))
+    theirs = tmp_path / "netfence-doctor-0000"
+    theirs.write_text("someone else's\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    names = {"user": "root", "service": theirs.name, "root": str(root),
+             "base": "netfence-doctor-0000-none", "made": []}
+    assert doctor_login._clean(names) == []
+    assert theirs.exists() and root.exists()
+    names["made"] = ["service", "root"]
+    assert doctor_login._clean(names) == []
+    assert not theirs.exists() and not root.exists()
