@@ -134,6 +134,9 @@ def test_the_real_login_passes_with_a_working_hook(doc):
     assert not [n for n in os.listdir("/etc/pam.d") if n.startswith("netfence-doctor-")]
     assert not [n for n in os.listdir(os.path.dirname(doc.nf.cg_root))
                 if n.startswith("netfence-doctor-")]
+    assert not [n for n in os.listdir("/run") if n.startswith("netfence-doctor-")]
+    with open("/etc/passwd") as handle:
+        assert "nfdoctor" not in handle.read()
 
 
 def test_the_real_login_fails_with_a_hook_that_fences_nothing(doc):

@@ -140,10 +140,32 @@ def test_the_login_check_cleans_only_what_it_made(tmp_path, monkeypatch):
     theirs.write_text("someone else's\n")
     root = tmp_path / "root"
     root.mkdir()
-    names = {"user": "root", "service": theirs.name, "root": str(root),
+    names = {"user": "nfdoctor-nobody", "service": theirs.name, "root": str(root),
              "base": "netfence-doctor-0000-none", "made": []}
     assert doctor_login._clean(names) == []
     assert theirs.exists() and root.exists()
     names["made"] = ["service", "root"]
     assert doctor_login._clean(names) == []
     assert not theirs.exists() and not root.exists()
+
+
+def test_no_cgroup2_mount_is_a_problem(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("31 24 0:27 / /proc rw - proc proc rw\n")
+    ((name, ok, detail, fix),) = doctor_checks.check_cgroup(str(mountinfo))
+    assert name == "cgroup2" and not ok and "no cgroup2" in detail and fix
+
+
+def test_favordynmods_on_is_said_and_costs_no_measurement(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO)
+    (_, (name, ok, detail, fix)) = doctor_checks.check_cgroup(str(mountinfo))
+    assert name == "cgroup2 favordynmods" and ok and detail.startswith("on") and not fix
+
+
+def test_a_kernel_probe_that_cannot_run_is_a_problem(tmp_path, monkeypatch):
+    import shutil
+    (tmp_path / "unshare").symlink_to(shutil.which("unshare"))
+    monkeypatch.setenv("PATH", str(tmp_path))          # unshare, but no nft
+    ((name, ok, detail, fix),) = doctor_checks.check_kernel()
+    assert name == "kernel nf_tables" and not ok and fix
