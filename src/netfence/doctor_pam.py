@@ -18,6 +18,10 @@ HOOK_NAME = "netfence-hook"
 SESSION_SERVICES = ("sshd", "login", "su", "su-l", "sudo", "sudo-i", "cron", "atd",
                     "runuser", "runuser-l", "systemd-user", "lightdm", "gdm-password",
                     "sddm", "xrdp-sesman")
+# runuser's only auth module is pam_rootok: only root opens these sessions, and root
+# is past netfence anyway (it can flush the table). Debian's runuser stack does not
+# include common-session, so pam-auth-update does not wire it: said, not a problem.
+ROOT_ONLY_SERVICES = ("runuser", "runuser-l")
 MAX_DEPTH = 16                      # an include loop is a broken file, not a hang
 _JUMP = re.compile(r"(\w+)=(\d+|done|die|ok|ignore|bad|reset)")
 
@@ -184,6 +188,10 @@ def _check_one(pam_dir, name):
         missing = hook_files_problem(hooks[0].hook_path)
         if missing:
             problems.append((missing, "netfence install-hook " + hooks[0].hook_path))
+    if not hooks and name in ROOT_ONLY_SERVICES:
+        return (label, True, "not wired: only root opens its sessions (pam/README.md)",
+                "optional: add `netfence pam-line` to its session section to fence "
+                "what root starts with it")
     if problems:
         return (label, False, "; ".join(p for p, _ in problems),
                 "; ".join(dict.fromkeys(f for _, f in problems)))

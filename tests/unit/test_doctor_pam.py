@@ -138,3 +138,15 @@ def test_the_login_check_service_admits_its_user_alone_and_uses_the_installed_li
     assert auth[0].split()[1:] == ["requisite", "pam_succeed_if.so", "quiet", "user", "=",
                                    "nfdoctor1"]
     assert auth[2].split()[1:3] == ["requisite", "pam_succeed_if.so"]
+
+
+def test_root_only_runuser_without_the_hook_is_said_not_a_problem(tmp_path):
+    d = str(tmp_path)
+    write(d, "runuser", "auth sufficient pam_rootok.so\nsession required pam_unix.so\n")
+    write(d, "runuser-l", "session include runuser\n")
+    by_name = {name: (ok, detail, fix) for name, ok, detail, fix in check_pam(d)}
+    assert by_name["pam runuser"][0] and "only root" in by_name["pam runuser"][1]
+    assert by_name["pam runuser-l"][0] and by_name["pam runuser-l"][2].startswith("optional")
+    # wired but broken is still a problem
+    write(d, "runuser", f"session optional pam_exec.so quiet {HOOK}\n")
+    assert not dict((n, ok) for n, ok, _, _ in check_pam(d))["pam runuser"]
