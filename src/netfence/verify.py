@@ -177,6 +177,8 @@ def _probe_child(netns_path, cgroup_dir, uid, gid, ports):
             os.setuid(uid)
             words = " ".join(f"{port}={connect_result(port)}" for port in ports)
             os.write(write_end, words.encode())
+        except BaseException as err:             # said to the parent, then _exit
+            os.write(write_end, f"error {err}".encode())
         finally:
             os._exit(0)
     os.close(write_end)
@@ -228,7 +230,14 @@ def verify(paths, user=None, key=None):
     if not applied.get("table"):
         raise StateError("no policy applied: netfence reload")
     mount = cgroups.cgroup2_mount()
-    return [verify_session(s, applied, mount) for s in select_sessions(paths.run_dir, user, key)]
+    results = []
+    for record in select_sessions(paths.run_dir, user, key):
+        try:
+            results.append(verify_session(record, applied, mount))
+        except (StateError, OSError) as err:     # one session's failure, not the others'
+            results.append({"key": record["key"], "user": record.get("user"), "ok": False,
+                            "detail": f"cannot probe it: {err}", "results": {}})
+    return results
 
 
 def format_text(results):
