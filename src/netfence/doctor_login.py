@@ -122,7 +122,8 @@ def _clean(names):
     if "service" in made:
         _unlink_quietly(service)
     if "user" in made and not _no_user(names["user"]):
-        subprocess.run(["pkill", "-KILL", "-u", names["user"]], capture_output=True)
+        # no process of it should be left (the probe exits); if one is, userdel
+        # refuses and the user is named as left behind
         subprocess.run(["userdel", names["user"]], capture_output=True)
     if "root" in made:
         shutil.rmtree(names["root"], ignore_errors=True)

@@ -3,10 +3,12 @@ doctor_login): reload the temporary policy, open a session with python-pam, prob
 from its cgroup, close it, and check that the hook left nothing. Prints one JSON
 line {"ok", "detail", "fix"}."""
 
+import fcntl
 import json
 import os
 import pwd
-import subprocess
+import socket
+import struct
 from ctypes import c_void_p
 
 from . import cgroups, records
@@ -15,6 +17,8 @@ from .doctor_login import ALLOWED_PORT, DENIED_PORT
 from .errors import NetfenceError
 from .verify import probe
 
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+IFREQ = "16sH14x"                        # struct ifreq: name, ifr_flags, padding
 HOOK_FIX = ("the hook refused or failed the login: read its log line (journalctl -t "
             "netfence, or dmesg) and `netfence pam-line`")
 
@@ -30,10 +34,18 @@ def _refuse_conversation():
     return callback, pi.PamConv(callback, c_void_p(0))
 
 
+def loopback_up():
+    """`ip link set lo up` without iproute2 (a minimal system may lack it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack(IFREQ, b"lo", 0)
+        flags = struct.unpack(IFREQ, fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
+
+
 def main(request):
     try:
         result = _login(request)
-    except (NetfenceError, OSError, subprocess.CalledProcessError) as err:
+    except (NetfenceError, OSError) as err:
         result = {"ok": False, "detail": f"{type(err).__name__}: {err}", "fix": HOOK_FIX}
     print(json.dumps(result))
     return 0
@@ -45,7 +57,7 @@ def _login(request):
     from pam import __internals as pi
     root = request["root"]
     paths = Paths(f"{root}/etc", f"{root}/state", f"{root}/run")
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True, capture_output=True)
+    loopback_up()
     reload(paths)
     session = pam.pam()
     if not session.authenticate(request["user"], "", service=request["service"],
