@@ -12,6 +12,7 @@ record, cgroup or set element. Then the user, the service, the directory and the
 cgroup base are removed and their absence checked.
 """
 
+import importlib.util
 import json
 import os
 import pwd
@@ -57,9 +58,7 @@ def check_login(pam_dir):
     if line is None:
         return [("login", False, "no hook line in any session service to log in with",
                  "wire the hook (see the pam lines above), then run doctor again")]
-    try:
-        import pam  # noqa: F401  (python-pam drives the login)
-    except ImportError:
+    if importlib.util.find_spec("pam") is None:        # python-pam drives the login
         return [("login", False, "python-pam is not installed in netfence's Python",
                  "pip install python-pam==2.1.0 into netfence's venv, or --no-login")]
     tag = secrets.token_hex(4)

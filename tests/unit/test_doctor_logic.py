@@ -169,3 +169,15 @@ def test_a_kernel_probe_that_cannot_run_is_a_problem(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))          # unshare, but no nft
     ((name, ok, detail, fix),) = doctor_checks.check_kernel()
     assert name == "kernel nf_tables" and not ok and fix
+
+
+def test_the_login_check_needs_python_pam_and_a_wired_hook(tmp_path, monkeypatch):
+    import importlib.util
+    from netfence import doctor_login
+    ((name, ok, detail, fix),) = doctor_login.check_login(str(tmp_path))
+    assert not ok and "no hook line" in detail
+    (tmp_path / "su").write_text("session required pam_exec.so seteuid quiet "
+                                 "/usr/lib/netfence/netfence-hook\n")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    ((name, ok, detail, fix),) = doctor_login.check_login(str(tmp_path))
+    assert not ok and "python-pam is not installed" in detail and "--no-login" in fix
