@@ -131,6 +131,10 @@ def test_the_real_login_passes_with_a_working_hook(doc):
     check = doc.doctor()["login"]
     assert check["ok"], check
     assert "refused" in check["detail"]
+    assert_nothing_left(doc)
+
+
+def assert_nothing_left(doc):
     assert not [n for n in os.listdir("/etc/pam.d") if n.startswith("netfence-doctor-")]
     assert not [n for n in os.listdir(os.path.dirname(doc.nf.cg_root))
                 if n.startswith("netfence-doctor-")]
@@ -149,4 +153,5 @@ def test_the_real_login_fails_with_a_hook_that_fences_nothing(doc):
     doc.wire("cron", fake)
     check = doc.doctor()["login"]
     assert not check["ok"] and "not fenced" in check["detail"], check
+    assert_nothing_left(doc)
 
