@@ -17,7 +17,6 @@ def run_checks(paths, pam_dir=SYSTEM_PAM_DIR, login=True):
              lambda: doctor_pam.check_pam(pam_dir),
              lambda: doctor_checks.check_policy(paths),
              lambda: doctor_checks.check_table(paths),
-             lambda: doctor_checks.check_records(paths),
              lambda: doctor_checks.check_services(paths),
              doctor_checks.check_log_sink]
     if login:

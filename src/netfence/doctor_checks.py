@@ -4,6 +4,7 @@ kernel probe loads its table in a network namespace of its own, which vanishes w
 the probe process.
 """
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -126,8 +127,10 @@ def check_policy(paths):
 
 
 def check_table(paths):
-    """The table present and equal to the applied snapshot, the live entries equal to
-    the records (drift.check_steadily, read only)."""
+    """Two lines from one read-only drift check (what `status` shows): `table`, the
+    table present and equal to the applied snapshot; `records`, the kernel's live
+    entries equal to what the session records say, each record's PAM application
+    alive and its cgroup present."""
     from .drift import check_steadily
     from .snapshot import read_snapshot
     try:
@@ -138,29 +141,36 @@ def check_table(paths):
     if not applied or applied.get("flushed"):
         return [("table", False, "no policy applied (never reloaded, or flushed)",
                  "netfence reload")]
-    if drift.ok:
-        return [("table", True, f"inet netfence is policy {applied['policy_id']}, "
-                 "live entries match the records", "")]
-    return [("table", False, "; ".join(drift.problems()),
-             "netfence gc (restores the table and entries); is netfence watch running?")]
+    of_table = dataclasses.replace(drift, missing_elements={}, leaked_elements={},
+                                   timed_missing={}, timed_extra={}, timed_error="")
+    of_records = dataclasses.replace(drift, table_missing=False, altered=[],
+                                     login_policy="", static_missing={}, static_extra={})
+    if of_table.ok:
+        table = ("table", True, f"inet netfence is policy {applied['policy_id']}", "")
+    else:
+        table = ("table", False, "; ".join(of_table.problems()),
+                 "netfence gc (restores the table); is netfence watch running?")
+    return [table, _records_line(paths, of_records.problems())]
 
 
-def check_records(paths):
-    """Every session record's PAM application alive and its cgroup present."""
+def _records_line(paths, kernel_problems):
     try:
         sessions = records.list_sessions(paths.run_dir, strict=True)
         mount = cgroups.cgroup2_mount()
     except NetfenceError as err:
-        return [("records", False, str(err), "netfence gc")]
+        return ("records", False, str(err), "netfence gc")
     dead = [s["key"] for s in sessions if not liveness.is_alive(s)]
     lost = [s["key"] for s in sessions if s.get("cgroup") and s["key"] not in dead
             and not os.path.isdir(mount + s["cgroup"])]
-    if dead or lost:
-        detail = "; ".join(part for part in (
-            dead and f"sessions whose PAM application is gone: {', '.join(dead)}",
-            lost and f"sessions whose cgroup is gone: {', '.join(lost)}") if part)
-        return [("records", False, detail, "netfence gc (or start netfence watch)")]
-    return [("records", True, f"{len(sessions)} live session(s), each alive", "")]
+    problems = list(kernel_problems)
+    if dead:
+        problems.append(f"sessions whose PAM application is gone: {', '.join(dead)}")
+    if lost:
+        problems.append(f"sessions whose cgroup is gone: {', '.join(lost)}")
+    if problems:
+        return ("records", False, "; ".join(problems), "netfence gc (or start netfence watch)")
+    return ("records", True, f"{len(sessions)} live session(s), each alive, their "
+            "entries in the kernel and nothing more", "")
 
 
 def watch_pids(paths, proc="/proc"):

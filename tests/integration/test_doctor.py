@@ -155,3 +155,15 @@ def test_the_real_login_fails_with_a_hook_that_fences_nothing(doc):
     assert not check["ok"] and "not fenced" in check["detail"], check
     assert_nothing_left(doc)
 
+
+
+def test_kernel_entries_without_a_record_and_missing_ones_are_reported(doc):
+    key, app = login(doc.nf, 60124, session_profiles=["fence"])
+    assert "records" not in doc.problems()
+    doc.nf.netns.nft("flush", "set", "inet", "netfence", "scg-fence")
+    problems = doc.problems()
+    assert "live entries missing" in problems["records"] and "table" not in problems
+    doc.nf.cli("gc")
+    assert "records" not in doc.problems()
+    doc.nf.netns.nft("add", "element", "inet", "netfence", "uid-fence", "{ 60999 }")
+    assert "entries without a session record" in doc.problems()["records"]
