@@ -20,7 +20,7 @@ LINTIAN=1
 BUILD_DEPS=(debhelper dh-virtualenv dpkg-dev python3 python3-venv python3-dev libffi-dev
             libc6-dev gcc ca-certificates lintian)
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n "2,/^set -euo/p" "$0" | grep "^#" | sed "s/^# \{0,1\}//"; }
 die() { printf 'build-deb.sh: error: %s\n' "$*" >&2; exit 1; }
 step() { printf '==> %s\n' "$*"; }
 

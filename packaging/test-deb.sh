@@ -136,6 +136,11 @@ mount_sandbox() {
         mount -t overlay "nfdeb-$d" \
             -o "lowerdir=/$d,upperdir=$WORK/ovl/$d-up,workdir=$WORK/ovl/$d-work" "/$d"
     done
+    # the host's systemd (if PID 1) must not start or stop units for the sandbox: hide
+    # it, so that the package takes its path without systemd (restart loop, cron)
+    if [ -d /run/systemd ]; then
+        mount -t tmpfs -o mode=0755 nfdeb-nosystemd /run/systemd
+    fi
     ip link set lo up
     mkdir -p "$WORK/ovl/tmp"
     export TMPDIR="$WORK/ovl/tmp" HOME=/root DEBIAN_FRONTEND=noninteractive
@@ -312,6 +317,54 @@ remove_and_purge() {
     check "no file named *netfence* left in /etc /usr /var /opt /home /root /run" [ -z "$left" ]
 }
 
+# A PAM file wired by hand to the hook: `apt remove` must refuse (removing the hook would
+# refuse every login through that file) and leave the package working
+handwired_refuses_remove() {
+    say "a hand-wired PAM service: apt remove refuses, PAM stays wired to an existing hook"
+    printf 'session required pam_exec.so seteuid quiet %s\n' "$HOOK" > /etc/pam.d/nfdeb-handwired
+    local rc=0
+    apt-get remove -y -q -o Dpkg::Use-Pty=0 netfence > "$WORK/remove.out" 2>&1 || rc=$?
+    sed 's/^/    apt| /' "$WORK/remove.out" | grep -i -E 'netfence:|error' || true
+    check "apt remove failed" [ "$rc" -ne 0 ]
+    check "the message names the file" grep -q nfdeb-handwired "$WORK/remove.out"
+    check "hook still there" test -x "$HOOK"
+    check "hook wired again in common-session (postinst abort-remove)" \
+        grep -q "pam_exec.so seteuid quiet $HOOK" /etc/pam.d/common-session
+    rm -f /etc/pam.d/nfdeb-handwired
+    dpkg --configure -a 2>&1 | sed 's/^/    dpkg| /'
+    check "installed again" [ "$(dpkg-query -W -f='${db:Status-Status}' netfence)" = installed ]
+    check "netfence watch runs" watch_runs
+    [ -d /run/systemd/system ] || WATCH_GROUP="$(cat /run/netfence-watch.pid)"
+    login_fenced
+}
+
+# A policy with errors at the first install: postinst stops before PAM, and nothing that
+# runs pam-auth-update meanwhile (another package's postinst) can wire the hook
+broken_policy_install() {
+    say "first install with a broken policy: PAM is not wired until it configures"
+    mkdir -p /etc/netfence/netfence.d
+    printf '[profile.broken\n' > /etc/netfence/netfence.d/00-broken.toml
+    local rc=0
+    apt_install "$OLD_DEB" > "$WORK/broken.out" 2>&1 || rc=$?
+    grep -E 'netfence:' "$WORK/broken.out" | sed 's/^/    /' || true
+    check "apt install failed (netfence check)" [ "$rc" -ne 0 ]
+    check "dpkg: half-configured" \
+        [ "$(dpkg-query -W -f='${db:Status-Status}' netfence)" = half-configured ]
+    check "no pam-auth-update profile yet" [ ! -e /usr/share/pam-configs/netfence ]
+    pam-auth-update --package
+    check "another package's pam-auth-update run does not wire the hook" \
+        pam_unchanged_since "$WORK/pam.d.before"
+    rm -f /etc/netfence/netfence.d/00-broken.toml
+    dpkg --configure -a 2>&1 | sed 's/^/    dpkg| /'
+    check "configured once the policy is fixed" \
+        [ "$(dpkg-query -W -f='${db:Status-Status}' netfence)" = installed ]
+    check "hook wired" grep -q "pam_exec.so seteuid quiet $HOOK" /etc/pam.d/common-session
+    say "apt purge netfence"
+    apt-get purge -y -q -o Dpkg::Use-Pty=0 netfence 2>&1 | sed 's/^/    apt| /'
+    check "purged" bash -c '! dpkg-query -W -f="\${db:Status-Status}" netfence 2>/dev/null | grep -q .'
+    check_removed
+}
+
 inside() {
     trap inside_cleanup EXIT
     mount_sandbox
@@ -348,7 +401,11 @@ inside() {
     fi
     login_fenced
 
+    handwired_refuses_remove
     remove_and_purge
+    broken_policy_install
+    left="$(find "$WORK"/ovl/*-up -name '*netfence*' ! -type c 2>/dev/null || true)"
+    check "nothing named *netfence* left after the second purge" [ -z "$left" ]
     tries=0
     until userdel -r "$TEST_USER" 2>/dev/null; do
         tries=$((tries + 1)); [ $tries -lt 40 ] || fail "userdel $TEST_USER"; sleep 0.5
