@@ -12,6 +12,8 @@ from .errors import NetfenceError, PolicyError, UsageError
 from .grants_cli import add_commands as add_grant_commands
 from .grants_cli import cmd_grant, cmd_grants, cmd_restrict, cmd_revoke  # noqa: F401
 from .log_cli import add_command as add_log_command, cmd_log  # noqa: F401
+from .doctor import add_commands as add_doctor_commands, cmd_doctor, cmd_verify  # noqa: F401
+from .doctor import EXAMPLES as DOCTOR_EXAMPLES
 
 DEFAULT_HOOK = "/usr/lib/netfence/netfence-hook"
 # Every command exits 0 when all is well, PROBLEM_EXIT when it found or hit a problem
@@ -51,6 +53,7 @@ def build_parser():
     _add_run(commands)
     add_grant_commands(commands)
     add_log_command(commands)
+    add_doctor_commands(commands)
     watch = commands.add_parser("watch", help="keep enforcement continuous: restore the "
                                 "table, close ended sessions, follow time windows "
                                 "(docs/watch.md)")
@@ -92,6 +95,7 @@ EXAMPLES = {
     "watch": ["netfence watch     # the installed netfence-watch.service runs this"],
     "pam-line": ["netfence pam-line --hook /usr/lib/netfence/netfence-hook"],
     "install-hook": ["netfence install-hook /usr/lib/netfence/netfence-hook"],
+    **DOCTOR_EXAMPLES,
 }
 
 
