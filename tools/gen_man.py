@@ -143,6 +143,15 @@ DETAILS = {
     "log": "Reads the denials netfence watch stored (profiles with log = true or in "
            "monitor mode). Filters combine.",
     "watch": "SIGHUP resyncs, SIGTERM exits 0. Installed as netfence-watch.service.",
+    "doctor": "Each check prints one ok or problem line with what to do: kernel "
+              "support, the PAM wiring of every service that opens sessions, the "
+              "policy, the table against the snapshot, the session records, watch and "
+              "gc, a log sink, and last one real login of a throwaway user. Exit 1 on "
+              "any problem.",
+    "verify": "From inside each live session's cgroup, a probe connection to a denied "
+              "loopback destination must be refused and an allowed one pass; the "
+              "session is not disturbed. Exit 1 when a restriction does not bite or no "
+              "session is live.",
 }
 
 

@@ -61,6 +61,10 @@ def test_global_options_before_the_command():
     assert complete("--config-dir", "/et") == ["/etc"]
 
 
+def test_doctor_s_pam_dir_is_a_directory():
+    assert complete("doctor", "--pam-dir", "/et") == ["/etc"]
+
+
 def write_snapshot(directory, profiles):
     with open(os.path.join(directory, "compiled.json"), "w") as handle:
         json.dump({"login": {"profiles": {name: {} for name in profiles}}}, handle)
@@ -88,7 +92,7 @@ def test_profile_names_from_check_without_a_snapshot(tmp_path):
     assert complete(*words, path=f"{fake}:{os.environ['PATH']}") == ["from-files"]
 
 
-@pytest.mark.parametrize("words", [["explain"], ["grant"], ["restrict"],
+@pytest.mark.parametrize("words", [["explain"], ["grant"], ["restrict"], ["verify"],
                                    ["log", "--user"], ["run", "--profile", "p", "--user"]])
 def test_user_names(words):
     root = pwd.getpwuid(0).pw_name
