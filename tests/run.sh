@@ -20,10 +20,11 @@ VENV="$REPO/.venv-test"
 # util-linux: su, runuser, unshare, nsenter, setpriv; passwd: useradd/groupadd;
 # procps: pkill; iproute2: ip, ss; gcc/python3-dev/libffi-dev: the cffi extension;
 # pamtester: real pam_exec without a login program; cron: a real cron PAM session;
-# strace: fault injection that holds a logout open (tests/e2e/test_login_liveness.py).
+# strace: fault injection that holds a logout open (tests/e2e/test_login_liveness.py);
+# man-db, groff-base: `man -l` renders the man pages (tests/unit/test_man_pages.py).
 PACKAGES=(nftables iptables openssh-server openssh-client gcc libc6-dev python3-dev
           python3-venv libffi-dev libpam0g util-linux passwd procps iproute2 pamtester cron
-          strace)
+          strace man-db groff-base)
 
 log() { printf '==> %s\n' "$*"; }
 

@@ -12,26 +12,37 @@ from .errors import NetfenceError, PolicyError, UsageError
 from .grants_cli import add_commands as add_grant_commands
 from .grants_cli import cmd_grant, cmd_grants, cmd_restrict, cmd_revoke  # noqa: F401
 from .log_cli import add_command as add_log_command, cmd_log  # noqa: F401
+from .doctor import add_commands as add_doctor_commands, cmd_doctor, cmd_verify  # noqa: F401
+from .doctor import EXAMPLES as DOCTOR_EXAMPLES
 
 DEFAULT_HOOK = "/usr/lib/netfence/netfence-hook"
+# Every command exits 0 when all is well, PROBLEM_EXIT when it found or hit a problem
+# (a policy error, drift, the kernel refusing), USAGE_EXIT for a bad argument, as
+# argparse does (docs/commands.md, "Exit status"); `run` exits with CMD's status.
+PROBLEM_EXIT = 1
+USAGE_EXIT = 2
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="netfence", description="Per-user and per-session network policy for logins.")
+        prog="netfence", description="Per-user and per-session network policy for logins.",
+        epilog="exit status: 0 ok, 1 a problem was found, 2 usage error (every command; "
+               "netfence(8), docs/commands.md)")
     parser.add_argument("--version", action="version", version=f"netfence {__version__}")
     _add_global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("check", help="validate the policy without applying it")
+    check = commands.add_parser("check", help="validate the policy without applying it")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("reload", help="compile the policy and apply it atomically")
     explain = commands.add_parser("explain", help="what a login would get, without applying")
-    explain.add_argument("user")
+    explain.add_argument("user", help="the account logging in (a name NSS knows)")
     explain.add_argument("--service", default="sshd", help="PAM service (default: sshd)")
     explain.add_argument("--rhost", default="", help="remote host (default: none, a local login)")
     explain.add_argument("--tty", default="", help="PAM_TTY (default: none)")
     explain.add_argument("--at", default=None, metavar="TIME",
                          help='login time: "Mo 09:30", "2026-12-01 09:30" or "09:30" (default: now)')
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
     status = commands.add_parser("status", help="the table's state: profiles, live entries")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("metrics", help="accounting and rule counters in the Prometheus "
@@ -42,6 +53,7 @@ def build_parser():
     _add_run(commands)
     add_grant_commands(commands)
     add_log_command(commands)
+    add_doctor_commands(commands)
     watch = commands.add_parser("watch", help="keep enforcement continuous: restore the "
                                 "table, close ended sessions, follow time windows "
                                 "(docs/watch.md)")
@@ -50,7 +62,8 @@ def build_parser():
     pam_line = commands.add_parser("pam-line", help="print the PAM session line to install")
     pam_line.add_argument("--hook", default=DEFAULT_HOOK, help="hook path (default: %(default)s)")
     install = commands.add_parser("install-hook", help="write the hook program pam_exec runs")
-    install.add_argument("path", nargs="?", default=DEFAULT_HOOK)
+    install.add_argument("path", nargs="?", default=DEFAULT_HOOK,
+                         help="where to write it, absolute (default: %(default)s)")
     for name, command in commands.choices.items():
         _add_global_options(command, suppress=True)
         command.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
@@ -61,10 +74,12 @@ def build_parser():
 # `netfence COMMAND --help` ends with these (tests/unit/test_cli_global_options.py
 # checks that every command has some)
 EXAMPLES = {
-    "check": ["netfence check", "netfence check --config-dir /srv/policy-next"],
+    "check": ["netfence check", "netfence check --config-dir /srv/policy-next",
+              "netfence check --json | jq -r '.profiles[]'"],
     "reload": ["netfence check && netfence reload"],
     "explain": ["netfence explain alice --service sshd --rhost 203.0.113.9",
-                'netfence explain bob --service su-l --at "Sa 23:00"'],
+                'netfence explain bob --service su-l --at "Sa 23:00"',
+                "netfence explain alice --json | jq '.session_profiles'"],
     "status": ["netfence status", "netfence status --json | jq '.sessions'"],
     "metrics": ["netfence metrics > /var/lib/node_exporter/netfence.prom.tmp && "
                 "mv /var/lib/node_exporter/netfence.prom.tmp "
@@ -80,6 +95,7 @@ EXAMPLES = {
     "watch": ["netfence watch     # the installed netfence-watch.service runs this"],
     "pam-line": ["netfence pam-line --hook /usr/lib/netfence/netfence-hook"],
     "install-hook": ["netfence install-hook /usr/lib/netfence/netfence-hook"],
+    **DOCTOR_EXAMPLES,
 }
 
 
@@ -106,7 +122,8 @@ def _add_run(commands):
                      help="a profile of the applied policy (repeatable)")
     run.add_argument("--user", help="run CMD as this account, with its groups")
     run.add_argument("--name", help="the tree's name (default: CMD's basename)")
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+                     help="the command to run, and its arguments")
 
 
 # Longer than any hook may hold the records lock (hook_timeout_ms is at most 60 s, and
@@ -124,25 +141,48 @@ def main(argv=None):
         code = handler(args, paths) or 0
         sys.stdout.flush()                  # a closed pipe shows here, not at exit
         return code
+    except UsageError as err:               # a bad argument: what argparse's errors exit
+        print(f"netfence {args.command}: {err}", file=sys.stderr)
+        return USAGE_EXIT
     except PolicyError as err:
         for line in str(err).splitlines():
             print(line, file=sys.stderr)
         return 1
     except NetfenceError as err:
         print(f"netfence {args.command}: {err}", file=sys.stderr)
-        return 1
+        return PROBLEM_EXIT
     except BrokenPipeError:
         # `netfence status | head`: the reader left; say nothing more (Python would
         # print a traceback when it flushes stdout at exit)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return PROBLEM_EXIT
 
 
 def cmd_check(args, paths):
     from .apply import compile_from
-    policy, snap = compile_from(paths)
+    try:
+        policy, snap = compile_from(paths)
+    except PolicyError as err:
+        if not args.json:
+            raise
+        _print_json({"ok": False, "config_dir": paths.config_dir, "problems": [
+            {"file": path, "line": line or None, "message": message}
+            for path, line, message in err.problems]})
+        return PROBLEM_EXIT
+    if args.json:
+        _print_json({"ok": True, "config_dir": paths.config_dir,
+                     "files": [str(f) for f in policy.files],
+                     "profiles": sorted(policy.profiles), "rules": len(policy.rules),
+                     "policy_id": snap["policy_id"], "problems": []})
+        return 0
     print(f"{paths.config_dir}: OK: {len(policy.files)} files, {len(policy.profiles)} "
           f"profiles, {len(policy.rules)} rules (policy {snap['policy_id']})")
+    return 0
+
+
+def _print_json(value):
+    import json
+    print(json.dumps(value, indent=2, sort_keys=True))
 
 
 def cmd_reload(args, paths):
@@ -166,18 +206,25 @@ def _warn_unresolved(names):
 
 
 def cmd_explain(args, paths):
-    from .explain import explain
-    print(explain(paths, args.user, args.service, args.rhost, args.tty, args.at), end="")
+    from .explain import explain, explain_state
+    if args.json:
+        _print_json(explain_state(paths, args.user, args.service, args.rhost, args.tty,
+                                  args.at))
+    else:
+        print(explain(paths, args.user, args.service, args.rhost, args.tty, args.at),
+              end="")
 
 
 def cmd_status(args, paths):
-    from .status import collect, format_text
+    """Exit 1 when it reports a PROBLEM (drift, unreadable counters): scripts and
+    monitoring can test the status as they would `netfence check`'s."""
+    from .status import collect, format_text, problems
     state = collect(paths)
     if args.json:
-        import json
-        print(json.dumps(state, indent=2, sort_keys=True))
+        _print_json(state)
     else:
         print(format_text(state), end="")
+    return PROBLEM_EXIT if problems(state) else 0
 
 
 def cmd_metrics(args, paths):
@@ -255,7 +302,14 @@ def cmd_watch(args, paths):
 
 
 def cmd_pam_line(args, paths):
+    _check_absolute("hook path", args.hook)
     print(pam_line(args.hook, paths))
+
+
+def _check_absolute(what, path):
+    """pam_exec runs what the line names, relative to nowhere in particular."""
+    if not os.path.isabs(path):
+        raise UsageError(f"{what} must be absolute: {path!r}")
 
 
 def pam_line(hook, paths):
@@ -269,8 +323,7 @@ def pam_line(hook, paths):
 
 def cmd_install_hook(args, paths):
     from .hookstub import write_hook
-    if not os.path.isabs(args.path):
-        raise UsageError(f"hook path must be absolute: {args.path!r}")
+    _check_absolute("hook path", args.path)
     write_hook(args.path, python=sys.executable)
     print(f"wrote {args.path}; PAM line: {pam_line(args.path, paths)}")
 

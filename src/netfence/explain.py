@@ -14,19 +14,26 @@ from .snapshot import read_snapshot
 DAYS = ("Mo", "Tu", "We", "Th", "Fr", "Sa", "Su")
 
 
-def explain(paths, user, service, rhost, tty, at):
+def _prepare(paths, user, service, rhost, tty, at):
+    """(account, groups, epoch of --at, compiled snapshot, facts, decision); a bad
+    argument (an unknown user, an unreadable --at) is a UsageError."""
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise UsageError(f"no such user: {user!r}") from None
     groups = group_names(entry.pw_name, entry.pw_gid)
     when = parse_when(at)
-    weekday, minute = _clock(when)
     _, snap = compile_from(paths)
-    login = snap["login"]
     facts = LoginFacts(user=entry.pw_name, uid=entry.pw_uid, groups=groups,
                        service=service, rhost=rhost, tty=tty)
-    decision = match_login(login, facts)
+    return entry, groups, when, snap, facts, match_login(snap["login"], facts)
+
+
+def explain(paths, user, service, rhost, tty, at):
+    entry, groups, when, snap, _facts, decision = _prepare(paths, user, service, rhost,
+                                                           tty, at)
+    weekday, minute = _clock(when)
+    login = snap["login"]
     lines = [f"login: user {entry.pw_name} (uid {entry.pw_uid}; groups "
              f"{', '.join(sorted(groups)) or '-'}), service {service}, "
              f"rhost {rhost or '- (local)'}, tty {tty or '-'}, at {DAYS[weekday]} "
@@ -44,6 +51,43 @@ def explain(paths, user, service, rhost, tty, at):
         lines.append("note: this is the policy in the files, not yet applied: "
                      "run `netfence reload` to apply it")
     return "\n".join(lines) + "\n"
+
+
+def explain_state(paths, user, service, rhost, tty, at):
+    """What explain prints, as one JSON-ready dict (`netfence explain --json`)."""
+    entry, groups, when, snap, _facts, decision = _prepare(paths, user, service, rhost,
+                                                           tty, at)
+    login = snap["login"]
+    by_index = {rule["index"]: rule for rule in login["rules"]}
+    _lines, always_profiles = _always_lines(snap["always"], entry)
+    applied = read_snapshot(paths.state_dir)
+    return {
+        "login": {"user": entry.pw_name, "uid": entry.pw_uid, "groups": sorted(groups),
+                  "service": service, "rhost": rhost, "tty": tty, "at": when},
+        "matched_rules": [{"rule": i + 1, "where": by_index[i]["where"],
+                           "scope": by_index[i]["scope"],
+                           "profiles": list(by_index[i]["profiles"])}
+                          for i in decision.matched],
+        "user_profiles": list(decision.user_profiles),
+        "session_profiles": list(decision.session_profiles),
+        "timed": [{"rule": i + 1, "where": by_index[i]["where"], "scope": scope,
+                   "profiles": list(profiles), "windows": _windows_text(windows),
+                   **_window_state(windows, when)}
+                  for i, scope, profiles, windows in decision.timed],
+        "always_profiles": list(dict.fromkeys(always_profiles)),
+        "modes": {name: (login["profiles"].get(name, {}).get("mode") or "enforce")
+                  for name in _profiles_of(decision, always_profiles)},
+        "policy_id": snap["policy_id"],
+        "applied": applied is not None and applied.get("policy_id") == snap["policy_id"],
+    }
+
+
+def _window_state(windows, when):
+    """open_until (epoch, while open at `when`) or next_opens (epoch, or None beyond
+    the horizon), as the text's "window open ... until" / "next opens"."""
+    until = timed.open_until(windows, when)
+    return {"open_until": until,
+            "next_opens": None if until is not None else timed.next_opening(windows, when)}
 
 
 def parse_when(text):

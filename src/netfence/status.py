@@ -172,6 +172,14 @@ def _fix(drift):
     return "run `netfence gc` (adds the missing live entries, removes unrecorded ones)"
 
 
+def problems(state):
+    """The PROBLEM lines status reports (the text and the exit status agree)."""
+    found = list(state["drift"]["problems"])
+    if state.get("accounting_problem"):
+        found.insert(0, state["accounting_problem"])
+    return found
+
+
 def format_text(state):
     lines = [f"table inet netfence: {'present' if state['table'] else 'absent'}",
              f"applied policy: {state['policy_id'] or 'none'}"

@@ -336,7 +336,9 @@ class Fence:
                 if elems and not name.startswith("any-")}
 
     def status(self):
-        return json.loads(self.nf.cli("status", "--json").stdout)
+        shown = self.nf.cli("status", "--json", check=False)
+        assert shown.returncode in (0, 1), shown.stderr     # 1: it reports a PROBLEM
+        return json.loads(shown.stdout)
 
     def session_records(self):
         path = f"{self.nf.run_dir}/sessions"

@@ -122,8 +122,9 @@ def test_gc_restores_ranges_removed_by_hand(nf):
                                'profiles = ["no-web"]\n'))
     nf.cli("reload")
     nf.netns.nft("delete", "element", "inet", "netfence", "auid-no-web", "{ 62000-62099 }")
-    status = json.loads(nf.cli("status", "--json").stdout)
-    assert not status["drift"]["ok"]
+    shown = nf.cli("status", "--json", check=False)
+    status = json.loads(shown.stdout)
+    assert not status["drift"]["ok"] and shown.returncode == 1     # drift: exit 1
     assert status["drift"]["static_missing"] == {"auid-no-web": 2}, status["drift"]
     nf.cli("gc")
     status = json.loads(nf.cli("status", "--json").stdout)
@@ -211,7 +212,10 @@ def elements(nf, set_name):
 
 
 def drift_ok(fake):
-    status = json.loads(fake.cli("status", "--json").stdout)
+    shown = fake.cli("status", "--json", check=False)
+    status = json.loads(shown.stdout)
+    # status exits 1 exactly when it reports a problem
+    assert shown.returncode == (0 if status["drift"]["ok"] else 1), shown.stderr
     return status["drift"]["ok"], status["drift"]
 
 

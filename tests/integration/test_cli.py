@@ -72,23 +72,67 @@ def test_explain_shows_rules_scopes_and_nft_rules(nf):
 def test_explain_rejects_bad_arguments(nf):
     nf.write_policy(POLICY.format(base=nf.cgroup_base))
     out = nf.cli("explain", "no-such-user-xyz", check=False)
-    assert out.returncode == 1 and "no such user: 'no-such-user-xyz'" in out.stderr
+    assert out.returncode == 2 and "no such user: 'no-such-user-xyz'" in out.stderr
     out = nf.cli("explain", "nobody", "--at", "someday", check=False)
-    assert out.returncode == 1 and "--at 'someday'" in out.stderr
+    assert out.returncode == 2 and "--at 'someday'" in out.stderr
 
 
 def test_status_after_reload(nf):
     nf.write_policy(POLICY.format(base=nf.cgroup_base))
     nf.cli("reload")
+    assert nf.cli("status").returncode == 0            # no problem: exit 0
     nf.netns.nft("add", "element", "inet", "netfence", "uid-no-plain-http", "{ 60001 }")
-    state = json.loads(nf.cli("status", "--json").stdout)
+    shown = nf.cli("status", "--json", check=False)
+    state = json.loads(shown.stdout)
     assert state["table"] is True
     assert state["profiles"]["no-plain-http"]["uids"] == [60001]
-    text = nf.cli("status").stdout
-    assert "profile no-plain-http: uids 60001" in text
+    # an element without a session record is drift: a PROBLEM, exit 1, text and JSON
+    assert shown.returncode == 1 and state["drift"]["problems"]
+    text = nf.cli("status", check=False)
+    assert "profile no-plain-http: uids 60001" in text.stdout
+    assert text.returncode == 1 and "PROBLEM: entries without a session record" in text.stdout
 
 
 def test_pam_line_names_the_hook_and_private_dirs(nf):
     out = nf.cli("pam-line", "--hook", "/usr/lib/netfence/netfence-hook").stdout.strip()
     assert out == ("session required pam_exec.so seteuid quiet /usr/lib/netfence/netfence-hook "
                    f"state_dir={nf.state_dir} run_dir={nf.run_dir}")
+
+
+def test_check_json_lists_profiles_and_problems(nf):
+    nf.write_policy(POLICY.format(base=nf.cgroup_base))
+    good = json.loads(nf.cli("check", "--json").stdout)
+    assert good["ok"] is True and good["problems"] == []
+    assert good["profiles"] == ["evening", "no-plain-http"] and good["rules"] == 2
+    assert good["files"] == [f"{nf.config_dir}/netfence.toml"]
+    nf.write_policy('[[rule]]\nusers = ["*"]\nprofiles = ["missing"]\n',
+                    name="netfence.d/x.toml")
+    bad = nf.cli("check", "--json", check=False)
+    assert bad.returncode == 1 and bad.stderr == ""
+    shown = json.loads(bad.stdout)
+    assert shown["ok"] is False and "profiles" not in shown
+    (problem,) = shown["problems"]
+    assert problem["file"] == f"{nf.config_dir}/netfence.d/x.toml" and problem["line"] == 3
+    assert "missing" in problem["message"]
+
+
+def test_explain_json_says_what_the_text_says(nf):
+    nf.write_policy(POLICY.format(base=nf.cgroup_base))
+    argv = ["explain", "nobody", "--service", "sshd", "--rhost", "203.0.113.9",
+            "--at", "2026-12-01 19:30", "--json"]
+    shown = json.loads(nf.cli(*argv).stdout)
+    assert shown["login"]["user"] == "nobody" and shown["login"]["uid"] == 65534
+    assert [r["rule"] for r in shown["matched_rules"]] == [1]
+    assert shown["user_profiles"] == ["no-plain-http"] and shown["session_profiles"] == []
+    (window,) = shown["timed"]
+    assert window["profiles"] == ["evening"] and window["scope"] == "session"
+    assert window["open_until"] is not None and window["next_opens"] is None
+    assert shown["modes"] == {"no-plain-http": "enforce", "evening": "enforce"}
+    assert shown["applied"] is False
+    saturday = json.loads(nf.cli(*argv[:-3], "--at", "2026-12-05 12:00", "--json").stdout)
+    (closed,) = saturday["timed"]
+    assert closed["open_until"] is None and closed["next_opens"] > saturday["login"]["at"]
+    nf.cli("reload")
+    assert json.loads(nf.cli(*argv).stdout)["applied"] is True
+    unknown = nf.cli("explain", "no-such-user-xyz", "--json", check=False)
+    assert unknown.returncode == 2 and unknown.stdout == ""

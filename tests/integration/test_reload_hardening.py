@@ -283,7 +283,11 @@ def test_reloads_never_give_up_under_login_load(nf):
 # ---- finding 9: drift after foreign changes -----------------------------------------
 
 def status(nf):
-    return json.loads(nf.cli("status", "--json").stdout)
+    shown = nf.cli("status", "--json", check=False)
+    state = json.loads(shown.stdout)
+    # status exits 1 exactly when it reports a problem
+    assert shown.returncode == (0 if state["drift"]["ok"] else 1), shown.stderr
+    return state
 
 
 def break_flush(nf):
@@ -341,7 +345,9 @@ def test_status_reports_and_gc_restores(loaded, attack):
     assert not state["drift"]["ok"]
     assert any(expected in p for p in state["drift"]["problems"]), state["drift"]
     assert "netfence gc" in state["fix"]
-    text = nf.cli("status").stdout
+    shown = nf.cli("status", check=False)
+    text = shown.stdout
+    assert shown.returncode == 1
     assert "PROBLEM: " in text and expected in text and "fix: run `netfence gc`" in text
 
     out = nf.cli("gc")
@@ -529,7 +535,7 @@ def test_a_fifo_planted_as_the_snapshot_hangs_neither_status_nor_gc_nor_reload(l
     os.mkfifo(path, 0o644)
     guard = ["timeout", "60"]                 # a hang fails the test instead of the run
     out = nf.netns.run(guard + nf.cli_argv("status", "--json"), check=False)
-    assert out.returncode == 0, out
+    assert out.returncode == 1, out                     # it reports the problem
     state = json.loads(out.stdout)
     assert any("login.marshal is unreadable" in p and "not a regular file" in p
                for p in state["drift"]["problems"]), state["drift"]
