@@ -56,13 +56,13 @@ def split_line(text):
         return None
     if text.startswith("@include"):
         return "@include", "", text.split()[1] if len(text.split()) > 1 else "", ()
-    kind, _, rest = text.partition(" ")
-    rest = rest.strip()
+    # fields are separated by any whitespace: pam-auth-update writes tabs
+    kind, rest = (text.split(None, 1) + [""])[:2]
     if rest.startswith("["):
         control, _, rest = rest[1:].partition("]")
         control = f"[{control.strip()}]"
     else:
-        control, _, rest = rest.partition(" ")
+        control, rest = (rest.split(None, 1) + [""])[:2]
     words = rest.split()
     return kind.lstrip("-"), control.strip(), words[0] if words else "", tuple(words[1:])
 

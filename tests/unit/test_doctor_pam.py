@@ -32,6 +32,26 @@ def test_split_line_reads_bracketed_controls_and_comments():
     assert split_line("@include common-session")[:3] == ("@include", "", "common-session")
 
 
+def test_split_line_reads_tab_separated_lines_as_pam_auth_update_writes_them():
+    # pam-auth-update writes "session\trequired\tpam_exec.so ...": a doctor that split
+    # on spaces only saw no hook in any service of a real package install
+    assert split_line("session\trequired\tpam_exec.so seteuid quiet /usr/lib/netfence/"
+                      "netfence-hook") == ("session", "required", "pam_exec.so",
+                                           ("seteuid", "quiet",
+                                            "/usr/lib/netfence/netfence-hook"))
+    assert split_line("session\t[default=1]\tpam_permit.so") == (
+        "session", "[default=1]", "pam_permit.so", ())
+
+
+def test_a_tab_separated_hook_line_is_found(tmp_path):
+    (tmp_path / "common-session").write_text(
+        "session\t[default=1]\t\t\tpam_permit.so\nsession\trequisite\t\t\tpam_deny.so\n"
+        "session\trequired\t\t\tpam_permit.so\n"
+        f"session\trequired\tpam_exec.so seteuid quiet {HOOK}\n")
+    (tmp_path / "su").write_text("@include common-session\n")
+    assert problems(session_stack(str(tmp_path), "su")) == []
+
+
 def test_includes_and_substacks_are_expanded_in_place(tmp_path):
     d = str(tmp_path)
     write(d, "common-session", f"session required pam_unix.so\n{LINE}\n")
