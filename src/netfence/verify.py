@@ -37,45 +37,58 @@ def syn_headers(port):
     return parse_ip(ip + tcp)
 
 
-def verdict(rules, profile, port):
-    """"allow", "deny" or "reject": what profile P's egress chain does to the SYN."""
-    found = first_match(rules, f"out-{profile}", syn_headers(port), outdev=LOOPBACK_IFINDEX)
+def verdict(table, profile, port):
+    """"allow", "deny" or "reject": what profile P's egress chain does to the SYN (its
+    lookup maps followed to the deciding rule chain, as the kernel does)."""
+    found = first_match(table.get("rules", []), f"out-{profile}", syn_headers(port),
+                        outdev=LOOPBACK_IFINDEX, sets=table.get("sets", []))
     return "allow" if found is None else found[1]
 
 
-def policy_ports(rules, profiles):
-    """The destination ports the profiles' egress chains compare (cmp or range after a
-    load of the transport header's bytes 2-3), each range's ends: the first candidates."""
-    chains = {f"out-{p}" for p in profiles}
+def policy_ports(table, profiles):
+    """The destination ports the profiles' egress lookup maps name (the ends of each
+    element's port range): the first candidates."""
+    prefixes = tuple(f"out-{p}." for p in profiles)
     found = []
-    for rule in rules:
-        if rule["chain"] not in chains:
+    for set_def in table.get("sets", []):
+        if set_def.get("data") != "verdict" or not set_def["name"].startswith(prefixes):
             continue
-        exprs = rule["exprs"]
-        for load, test in zip(exprs, exprs[1:]):
-            if list(load[:4]) != ["payload", "transport", 2, 2]:
-                continue
-            values = test[2:4] if test[0] == "range" else test[2:3] if test[0] == "cmp" else []
-            found += [int(v, 16) for v in values]
+        offset = _port_offset(set_def.get("fields", []))
+        if offset is None:
+            continue
+        for key, key_end, chain in set_def.get("elements", []):
+            if chain.rpartition(".")[2].isdigit():     # a policy rule's box, not the default's
+                found += [int(value[offset:offset + 4], 16) for value in (key, key_end)]
     return [p for p in dict.fromkeys(found) if 0 < p < 65536]
+
+
+def _port_offset(fields):
+    """Where the port field starts in an element's hex key (each field padded to whole
+    32-bit words), or None when the map has no port field."""
+    offset = 0
+    for datatype, length in fields:
+        if datatype == "inet_service":
+            return offset
+        offset += -(-length // 4) * 8
+    return None
 
 
 def pick_ports(applied, profiles):
     """(denied port, its verdict, allowed port) for a session with `profiles`; None
     for either when no candidate fits. Monitor-mode profiles deny nothing."""
-    rules = (applied.get("table") or {}).get("rules", [])
+    table = applied.get("table") or {}
     info = (applied.get("login") or {}).get("profiles", {})
     enforcing = [p for p in profiles if info.get(p, {}).get("mode", "enforce") != "monitor"]
     denied = allowed = None
-    own = policy_ports(rules, profiles)
+    own = policy_ports(table, profiles)
     for port in dict.fromkeys([*own, *CANDIDATE_PORTS]):
-        blocking = [v for v in (verdict(rules, p, port) for p in enforcing) if v != "allow"]
+        blocking = [v for v in (verdict(table, p, port) for p in enforcing) if v != "allow"]
         if blocking:
             denied = (port, blocking[0])
             break
     # high ports first: the probe should meet its own listener, not a real service
     for port in dict.fromkeys([*QUIET_PORTS, *own, *CANDIDATE_PORTS]):
-        if all(verdict(rules, p, port) == "allow" for p in profiles):
+        if all(verdict(table, p, port) == "allow" for p in profiles):
             allowed = port
             break
     return (denied[0] if denied else None, denied[1] if denied else None, allowed)

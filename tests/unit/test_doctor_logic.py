@@ -85,12 +85,12 @@ def snapshot(tmp_path):
 
 
 def test_verdicts_follow_the_compiled_chains(tmp_path):
-    rules = snapshot(tmp_path)["table"]["rules"]
-    assert verdict(rules, "web", 80) == "allow"
-    assert verdict(rules, "web", 1000) == "allow"
-    assert verdict(rules, "web", 22) == "reject"
-    assert verdict(rules, "no-ssh", 22) == "deny"
-    assert verdict(rules, "no-ssh", 80) == "allow"
+    table = snapshot(tmp_path)["table"]
+    assert verdict(table, "web", 80) == "allow"
+    assert verdict(table, "web", 1000) == "allow"
+    assert verdict(table, "web", 22) == "reject"
+    assert verdict(table, "no-ssh", 22) == "deny"
+    assert verdict(table, "no-ssh", 80) == "allow"
 
 
 def test_ports_picked_for_a_session(tmp_path):
@@ -111,7 +111,7 @@ def test_the_policy_own_ports_come_first(tmp_path):
         '[[rule]]\nusers = ["*"]\nprofiles = ["p"]\nscope = "session"\n')
     applied = compile_policy(load_policy(str(tmp_path), check_ownership=False))
     from netfence.verify import policy_ports
-    assert policy_ports(applied["table"]["rules"], ["p"]) == [7002, 9000, 9005]
+    assert policy_ports(applied["table"], ["p"]) == [7002, 9000, 9005]
     assert pick_ports(applied, ["p"]) == (7002, "reject", 47000)
 
 
