@@ -67,7 +67,8 @@ class Ruleset:
         return True
 
     def read_elements(self, table=TABLE_NAME):
-        """set name -> [key hex] for every set of the table ({} when there is none)."""
+        """set name -> [key hex] for every set of the table but the lookup maps, whose
+        elements are the compiled policy's, not live state ({} without a table)."""
         return self._consistent(lambda: self._elements(table))
 
     def read_table(self, table=TABLE_NAME):
@@ -137,7 +138,7 @@ class Ruleset:
         if not self.table_exists(table):
             return {}
         return {name: self._set_keys(table, name)
-                for name in dump.set_names(table, self._raw_sets(table))}
+                for name in dump.set_names(table, self._raw_sets(table), maps=False)}
 
     def read_intervals(self, names, table=TABLE_NAME):
         """set name -> {(hex key, is_end)} of the named sets (absent sets: left out);

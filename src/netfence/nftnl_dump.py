@@ -103,12 +103,15 @@ def _decode_rule(msg):
 
 # ---- raw dumps ----------------------------------------------------------------------
 
-def set_names(table, raw_sets):
-    """The names of the table's sets, from a raw GETSET dump."""
+def set_names(table, raw_sets, maps=True):
+    """The names of the table's sets, from a raw GETSET dump; maps=False leaves out the
+    profiles' lookup maps (static: the compiler's, never a login's)."""
     names = []
     for raw in raw_sets:
         attrs = m.parse_attrs(raw)
-        if cstr(attrs.get(nf.NFTA_SET_TABLE)) == table:
+        if cstr(attrs.get(nf.NFTA_SET_TABLE)) != table:
+            continue
+        if maps or not nftnl_maps.is_map_attrs(attrs):
             names.append(cstr(attrs.get(nf.NFTA_SET_NAME)))
     return names
 

@@ -340,7 +340,9 @@ def test_a_deleted_map_element_is_drift_and_gc_restores_it(nf):
     box = re.search(r"elements = \{ (.*) : goto out-web\.1", listing).group(1)
     nf.netns.nft("delete", "element", "inet", "netfence", "out-web.any", "{ %s }" % box)
     assert nf.probe("tcp", "127.0.0.1", 80, uid=60001) == "ok"     # the fence is open
-    state = json.loads(nf.cli("status", "--json").stdout)
+    reported = nf.cli("status", "--json", check=False)
+    assert reported.returncode == 1                    # a problem found (docs/commands.md)
+    state = json.loads(reported.stdout)
     assert not state["drift"]["ok"]
     assert state["drift"]["altered"] == [
         "map out-web.any: 1 element(s) missing or altered, 0 foreign"], state["drift"]
