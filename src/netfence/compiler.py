@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 from . import formats, ir, nfencode, setkinds
 from .compiler_denials import CT_NEW, accounting_rules, denial_chains, denies_through_chains
-from .compiler_lookups import DEFAULT, direction_lookups, rule_chain
+from .compiler_lookups import direction_lookups, rule_chain
 from .model import Settings, profile_accounts, profile_mode
 from .setkinds import (ACCT_IN, ACCT_OUT, AGID, AUID, GRANT_KINDS, RUID, SCG, STATIC_KINDS,
                        SUID, TSCG, TUCG, TUID, UCG, UID, WINDOW_KINDS, denied_set)
@@ -199,8 +199,8 @@ def _key_load(kind):
 
 def _profile_direction(profile, direction, settings):
     """(sets, chains, rules) of out-P / in-P: the rule chains out-P.N (one counted
-    verdict each, "P egress rule N") and out-P.default ("P egress default"), the verdict
-    maps, and the profile chain: grants, lookups, goto the default (compiler_lookups)."""
+    verdict each, "P egress rule N"), the verdict maps, and the profile chain: grants,
+    lookups, default (compiler_lookups)."""
     chain = _profile_chain(profile.name, direction)
     net_rules = profile.egress if direction == "egress" else profile.ingress
     default = profile.egress_default if direction == "egress" else profile.ingress_default
@@ -211,17 +211,13 @@ def _profile_direction(profile, direction, settings):
         verdict = _verdict(profile, net_rule.action, net_rule.protos, settings)
         rules.append(ir.RuleDef(target, (("counter",), verdict),
                                 f"{profile.name} {direction} rule {number}"))
-    # The default's counted rule has its own chain, the target of the maps' elements
-    # no rule claims and of the profile chain's last rule: one counter for the default.
-    default_chain = rule_chain(chain, DEFAULT)
-    chains += [ir.ChainDef(default_chain), ir.ChainDef(chain)]
-    rules.append(ir.RuleDef(default_chain, (("counter",), _verdict(profile, default, (),
-                                                                    settings)),
-                            f"{profile.name} {direction} default"))
+    chains.append(ir.ChainDef(chain))
     rules += _grant_rules(profile, direction, chain)
     sets, lookups = direction_lookups(profile, direction, net_rules, chain)
     rules += lookups
-    rules.append(ir.RuleDef(chain, (("verdict", "goto", default_chain),)))
+    verdict = _verdict(profile, default, (), settings)
+    rules.append(ir.RuleDef(chain, (("counter",), verdict),
+                            f"{profile.name} {direction} default"))
     return sets, chains, rules
 
 

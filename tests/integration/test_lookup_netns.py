@@ -337,9 +337,7 @@ def test_a_deleted_map_element_is_drift_and_gc_restores_it(nf):
 
     # the element as nft lists it (the key's field order is the compiler's choice)
     listing = nf.netns.nft("list", "map", "inet", "netfence", "out-web.any").stdout
-    entry = next(e for e in re.split(r"[{},]", listing)
-                 if e.strip().endswith(": goto out-web.1"))
-    box = entry.strip().rsplit(" : goto", 1)[0]
+    box = re.search(r"elements = \{ (.*) : goto out-web\.1", listing).group(1)
     nf.netns.nft("delete", "element", "inet", "netfence", "out-web.any", "{ %s }" % box)
     assert nf.probe("tcp", "127.0.0.1", 80, uid=60001) == "ok"     # the fence is open
     state = json.loads(nf.cli("status", "--json").stdout)

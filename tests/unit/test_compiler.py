@@ -31,8 +31,7 @@ def test_allow_is_return_never_accept():
     verdicts = [e for r in table.rules for e in r.exprs if e[0] == "verdict"]
     assert ("verdict", "return") in verdicts
     assert all(v[1] != "accept" for v in verdicts)
-    assert rules_in(table, "out-p")[-1] == (("verdict", "goto", "out-p.default"),)
-    assert rules_in(table, "out-p.default") == [(("counter",), ("verdict", "drop"))]
+    assert rules_in(table, "out-p")[-1] == (("counter",), ("verdict", "drop"))
 
 
 def test_linear_compile_expands_peers_protocols_and_ports_to_one_rule_each():
@@ -69,14 +68,11 @@ def test_a_profile_direction_is_lookups_and_one_rule_chain_per_policy_rule():
     assert v4[:2] == (("meta", "nfproto"), ("cmp", "eq", "02"))
     assert v4[-1] == ("vmap", "out-p.v4", 8)
     # each field into its own registers from NFT_REG32_00 on, the oif made big-endian
-    assert set(v4[2:-1]) == {("payload", "transport", 2, 2, 8), ("payload", "network", 16, 4, 9),
+    assert set(v4[2:-1]) == {("payload", "network", 16, 4, 8), ("payload", "transport", 2, 2, 9),
                              ("meta", "l4proto", 10), ("meta", "oif", 11),
                              ("byteorder", "hton", 4, 4, 11)}
-    assert ("payload", "network", 24, 16, 9) in v6 and v6[-1] == ("vmap", "out-p.v6", 8)
-    assert default == (("verdict", "goto", "out-p.default"),)
-    assert every_rule_in(table, "out-p.default") == [(("counter",), ("verdict", "return"))]
-    assert [r.comment for r in table.rules if r.chain == "out-p.default"] == [
-        "p egress default"]
+    assert ("payload", "network", 24, 16, 8) in v6 and v6[-1] == ("vmap", "out-p.v6", 8)
+    assert default == (("counter",), ("verdict", "return"))
     assert every_rule_in(table, "out-p.1") == [(("counter",), ("verdict", "drop"))]
     assert every_rule_in(table, "out-p.2") == [(("counter",), ("verdict", "return"))]
     assert [r.comment for r in table.rules if r.chain == "out-p.1"] == ["p egress rule 1"]
@@ -150,8 +146,7 @@ def test_ingress_matches_sources_and_loopback_by_input_interface():
     lookups = rules_in(table, "in-p")
     assert any(e[:2] == ("meta", "iif") for e in lookups[0])
     assert any(e[:4] == ("payload", "network", 12, 4) for e in lookups[0])   # source
-    assert lookups[-1] == (("verdict", "goto", "in-p.default"),)
-    assert rules_in(table, "in-p.default") == [(("counter",), ("verdict", "drop"))]
+    assert lookups[-1][-1] == ("verdict", "drop")
     loopback = {s.name: s for s in table.sets}["in-p.v4nl"]
     assert boxes_of(loopback) == {"in-p.1": [{"iface_index": (1, 1),
                                               "ipv4_addr": (0, 2 ** 32 - 1)}]}
@@ -170,14 +165,14 @@ def test_without_cidr_peers_a_packet_without_l4proto_meets_at_most_two_plain_rul
     table = table_of(Profile("p", egress=rules))
     assert rules_in(table, "out-p")[1:] == [
         (("meta", "oif"), ("cmp", "eq", "01000000"), ("verdict", "goto", "out-p.2")),
-        (("verdict", "goto", "out-p.4"),), (("verdict", "goto", "out-p.default"),)]
+        (("verdict", "goto", "out-p.4"),), (("counter",), ("verdict", "return"))]
 
 
 def test_logging_profiles_go_to_logging_chains():
     table = table_of(Profile("p", egress=(NetRule("deny", ("udp",)),), log=True,
                              egress_default="reject"))
     assert rules_in(table, "out-p.1")[0][-1] == ("verdict", "goto", "deny-p")
-    assert rules_in(table, "out-p.default")[-1][-1] == ("verdict", "goto", "reject-p")
+    assert rules_in(table, "out-p")[-1][-1] == ("verdict", "goto", "reject-p")
     assert rules_in(table, "deny-p") == [(("verdict", "jump", "log-p"),),
                                          (("verdict", "drop"),)]
     assert rules_in(table, "log-p") == [(("limit", 5, 1, 10), ("verdict", "goto", "emit-p"))]
