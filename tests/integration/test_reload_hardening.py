@@ -154,8 +154,14 @@ def test_20000_rule_profile_loads(nf):
     with open(os.path.join(nf.state_dir, "compiled.json")) as handle:
         applied = json.load(handle)
     assert applied["policy_id"] in out.stdout
-    assert sum(1 for r in applied["table"]["rules"]
-               if r["chain"].startswith("out-huge.")) == 20000
+    chains = [r["chain"] for r in applied["table"]["rules"]
+              if r["chain"].startswith("out-huge.")]
+    assert len(chains) == 20000
+    # the map in chunks of MAP_CHUNK elements (the kernel's insert is superlinear)
+    maps = [s for s in applied["table"]["sets"] if s.get("data") == "verdict"]
+    assert [m["name"] for m in maps] == ["out-huge.any"] + [
+        f"out-huge.any.{n}" for n in range(2, len(maps) + 1)]
+    assert len(maps) == 10 and all(len(m["elements"]) <= 2048 for m in maps)
     state = json.loads(nf.cli("status", "--json").stdout)
     assert state["drift"]["ok"], state["drift"]
 

@@ -216,6 +216,41 @@ def test_every_map_holds_disjoint_boxes_inside_its_fields(seed):
                                    for a, b in zip(first, second)), set_def.name
 
 
+def test_maps_past_the_chunk_size_are_split_and_decide_the_same(monkeypatch):
+    monkeypatch.setattr(compiler_lookups, "MAP_CHUNK", 3)
+    rng = random.Random(77)
+    chunked = 0
+    for _ in range(150):
+        direction = rng.choice(("egress", "ingress"))
+        profile = random_profile(rng, direction)
+        chain = ("out-" if direction == "egress" else "in-") + profile.name
+        table = compiler.build_table([profile])
+        maps = [s for s in table.sets if s.data == "verdict"]
+        assert all(len(m.elements) <= 3 for m in maps)
+        by_base = {}
+        for m in maps:                   # disjoint over all the chunks of one map too
+            by_base.setdefault(_base_suffix(chain, m.name), []).extend(
+                _box(m.fields, e) for e in m.elements)
+        for boxes in by_base.values():
+            for i, first in enumerate(boxes):
+                for second in boxes[i + 1:]:
+                    assert not all(a[0] <= b[1] and b[0] <= a[1]
+                                   for a, b in zip(first, second))
+        chunked += sum(1 for m in maps if m.name.split(".")[-1].isdigit())
+        lookups = [r for r in table.rules if r.chain == chain and r.exprs[-1][0] == "vmap"]
+        assert sorted(r.exprs[-1][1] for r in lookups) == sorted(m.name for m in maps)
+        for _ in range(12):
+            packet = random_packet(rng, profile)
+            assert run(table.to_json(), chain, packet, direction) == reference(
+                profile, direction, packet), (profile, packet)
+    assert chunked > 50
+
+
+def _base_suffix(chain, name):
+    """"out-p.v4.2" -> "v4" (the chunk number off)."""
+    return name[len(chain) + 1:].split(".")[0]
+
+
 def _box(fields, element):
     start, end = bytes.fromhex(element[0]), bytes.fromhex(element[1])
     box, offset = [], 0
