@@ -51,24 +51,24 @@ def _need_root(command):
 def cmd_doctor(args, paths):
     _need_root("doctor")
     results = run_checks(paths, args.pam_dir, login=not args.no_login)
-    if args.json:
-        print(json.dumps({"ok": all(r["ok"] for r in results), "checks": results},
-                         indent=2))
-    else:
-        print(format_text(results), end="")
-    return 0 if all(r["ok"] for r in results) else 1
+    return _report(results, "checks", format_text, args.json)
 
 
 def cmd_verify(args, paths):
     _need_root("verify")
     from .verify import format_text as verify_text, verify
     results = verify(paths, user=args.user, key=args.session)
-    if args.json:
-        print(json.dumps({"ok": all(r["ok"] for r in results), "sessions": results},
-                         indent=2))
+    return _report(results, "sessions", verify_text, args.json)
+
+
+def _report(results, name, text, as_json):
+    """Print the results (text or {"ok", name: results}); exit 0 all ok, 1 a problem."""
+    ok = all(r["ok"] for r in results)
+    if as_json:
+        print(json.dumps({"ok": ok, name: results}, indent=2))
     else:
-        print(verify_text(results), end="")
-    return 0 if all(r["ok"] for r in results) else 1
+        print(text(results), end="")
+    return 0 if ok else 1
 
 
 def add_commands(commands):

@@ -309,18 +309,8 @@ def test_overlapping_boxes_are_refused_whole(netns):
 
 # ---- the attack on a map: an element deleted by hand ---------------------------------
 
-WEB_POLICY = """
-[settings]
-cgroup_base = "{base}"
-
-[profile.web]
-egress = [ {{ action = "reject", proto = "tcp", ports = [80] }} ]
-
-[[rule]]
-users = ["*"]
-profiles = ["web"]
-scope = "user"
-"""
+# tcp to port 80 rejected for every user (the policy the watch tests use)
+from support.watcher import POLICY as WEB_POLICY  # noqa: E402
 
 
 def test_a_deleted_map_element_is_drift_and_gc_restores_it(nf):
