@@ -16,10 +16,9 @@ KEY_BYTES = {"uid": 4, "cg": 8}
 
 
 def login_elements(ruleset):
-    """{set: [hex key]} of the sets logins fill: not the profiles' lookup maps
-    (`out-P.v4`, `in-P.any`, ...: static elements made with the table; a profile name
-    never contains ".", a set a login fills never does either)."""
-    return {name: keys for name, keys in ruleset.read_elements().items() if "." not in name}
+    """{set: [hex key]} of the sets logins fill (read_elements leaves out the profiles'
+    lookup maps, whose elements are the table's own)."""
+    return ruleset.read_elements()
 
 
 def main(argv):

@@ -11,7 +11,7 @@ from .setkinds import (ACCT_IN, ACCT_OUT, LOG_PREFIX, NO_CGROUP, SESSION_LEVEL, 
 
 LOG_SNAPLEN = 128        # bytes of each denied packet copied to nflog: its headers
 REG_SAVED_MARK = 2       # emit-P keeps the packet's mark here while it lends it out
-TCP = "06"               # IPPROTO_TCP, as compiler_linear.L4PROTO
+TCP = "06"               # IPPROTO_TCP, as the key's meta l4proto holds it
 # ct state new: the state bits (host-order u32) & IP_CT_NEW's bit != 0
 CT_NEW = (("ct", "state"), ("bitwise", IP_CT_NEW_STATE_BIT.to_bytes(4, HOST_ORDER).hex(),
                             bytes(4).hex()), ("cmp", "neq", bytes(4).hex()))

@@ -183,11 +183,8 @@ def _vmap(set_json, words, register):
     """The chain of the element whose box holds the key, None on a miss."""
     if set_json is None:
         return None
-    spans, offset = [], 0
-    for _, length in set_json["fields"]:
-        spans.append((offset, offset + ir.padded_length(length)))
-        offset = spans[-1][1]
-    key = b"".join(words.get(register + i, bytes(4)) for i in range(offset // 4))
+    spans = ir.field_spans(set_json["fields"])
+    key = b"".join(words.get(register + i, bytes(4)) for i in range(spans[-1][1] // 4))
     for start_hex, end_hex, chain in set_json["elements"]:
         start, end = bytes.fromhex(start_hex), bytes.fromhex(end_hex)
         if all(start[a:b] <= key[a:b] <= end[a:b] for a, b in spans):

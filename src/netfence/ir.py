@@ -78,6 +78,16 @@ def padded_length(length):
     return (length + 3) // 4 * 4
 
 
+def field_spans(fields):
+    """[(start, end)] of each field in a concatenated key's bytes ((datatype, length)
+    pairs, as SetDef.fields): each field padded to whole registers."""
+    spans, offset = [], 0
+    for _, length in fields:
+        spans.append((offset, offset + padded_length(length)))
+        offset = spans[-1][1]
+    return spans
+
+
 def key_length(fields):
     """A concatenation's key length (NFTA_SET_KEY_LEN): its fields' padded lengths."""
     return sum(padded_length(length) for _, length in fields)

@@ -118,18 +118,11 @@ def set_names(table, raw_sets, maps=True):
 
 def _element_attrs(raw_elements):
     """(key hex, {attribute type: bytes}) of every element of a raw GETSETELEM dump."""
-    for raw in raw_elements:
-        for kind, items in m.iter_attrs(raw, m.ATTRS_OFFSET):
-            if kind != nf.NFTA_SET_ELEM_LIST_ELEMENTS:
-                continue
-            for item_kind, item in m.iter_attrs(items):
-                if item_kind != nf.NFTA_LIST_ELEM:
-                    continue
-                attrs = m.parse_attrs(item, 0)
-                key = attrs.get(nf.NFTA_SET_ELEM_KEY)
-                value = m.parse_attrs(key, 0).get(nf.NFTA_DATA_VALUE) if key else None
-                if value is not None:
-                    yield value.hex(), attrs
+    for attrs in m.iter_elements(raw_elements):
+        key = attrs.get(nf.NFTA_SET_ELEM_KEY)
+        value = m.parse_attrs(key, 0).get(nf.NFTA_DATA_VALUE) if key else None
+        if value is not None:
+            yield value.hex(), attrs
 
 
 def set_keys(raw_elements, with_flags=False):

@@ -181,17 +181,7 @@ def map_summary(set_attrs, raw_elements):
                     if kind == nf.NFTA_LIST_ELEM)
     shape = (_int(set_attrs.get(NFTA_SET_FLAGS)), _int(set_attrs.get(NFTA_SET_KEY_LEN)),
              _int(set_attrs.get(NFTA_SET_DATA_TYPE)), lengths)
-    return shape, frozenset(_elements(raw_elements))
-
-
-def _elements(raw_elements):
-    for raw in raw_elements:
-        for kind, items in m.iter_attrs(raw, m.ATTRS_OFFSET):
-            if kind != nf.NFTA_SET_ELEM_LIST_ELEMENTS:
-                continue
-            for item_kind, item in m.iter_attrs(items):
-                if item_kind == nf.NFTA_LIST_ELEM:
-                    yield _element(m.parse_attrs(item, 0))
+    return shape, frozenset(_element(attrs) for attrs in m.iter_elements(raw_elements))
 
 
 def _element(attrs):

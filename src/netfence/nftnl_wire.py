@@ -21,6 +21,7 @@ import struct
 from .nfconst import (NETWORK_ORDER, NFNL_SUBSYS_NFTABLES, NFPROTO_INET, NFPROTO_UNSPEC,
                       NLA_TYPE_MASK, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_REQUEST,
                       NLMSG_HDRLEN, NLMSGERR_ATTR_MSG, NFGENMSG_LEN)
+from .nfconst import NFTA_LIST_ELEM, NFTA_SET_ELEM_LIST_ELEMENTS
 from .nfencode import attr as nla, message
 
 ATTRS_OFFSET = NLMSG_HDRLEN + NFGENMSG_LEN      # an nf_tables message's first attribute
@@ -158,6 +159,18 @@ def iter_attrs(data, offset=0):
             break
         yield kind & NLA_TYPE_MASK, data[offset + 4:offset + length]
         offset += (length + 3) & ~3
+
+
+def iter_elements(raw_elements):
+    """The parsed attributes of every element of a raw GETSETELEM dump (each message's
+    NFTA_SET_ELEM_LIST_ELEMENTS, each NFTA_LIST_ELEM in it)."""
+    for raw in raw_elements:
+        for kind, items in iter_attrs(raw, ATTRS_OFFSET):
+            if kind != NFTA_SET_ELEM_LIST_ELEMENTS:
+                continue
+            for item_kind, item in iter_attrs(items):
+                if item_kind == NFTA_LIST_ELEM:
+                    yield parse_attrs(item, 0)
 
 
 def parse_error(raw):

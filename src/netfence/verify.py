@@ -17,7 +17,7 @@ import os
 import socket
 import struct
 
-from . import cgroups, liveness, records
+from . import cgroups, ir, liveness, records
 from .errors import StateError
 from .evaluate import first_match, parse_ip
 
@@ -53,24 +53,16 @@ def policy_ports(table, profiles):
     for set_def in table.get("sets", []):
         if set_def.get("data") != "verdict" or not set_def["name"].startswith(prefixes):
             continue
-        offset = _port_offset(set_def.get("fields", []))
-        if offset is None:
+        fields = set_def.get("fields", [])
+        spans = [span for (datatype, _), span in zip(fields, ir.field_spans(fields))
+                 if datatype == "inet_service"]
+        if not spans:
             continue
-        for key, key_end, chain in set_def.get("elements", []):
-            if chain.rpartition(".")[2].isdigit():     # a policy rule's box, not the default's
-                found += [int(value[offset:offset + 4], 16) for value in (key, key_end)]
+        start = spans[0][0]
+        for key, key_end, _chain in set_def.get("elements", []):
+            found += [int.from_bytes(bytes.fromhex(value)[start:start + 2], "big")
+                      for value in (key, key_end)]
     return [p for p in dict.fromkeys(found) if 0 < p < 65536]
-
-
-def _port_offset(fields):
-    """Where the port field starts in an element's hex key (each field padded to whole
-    32-bit words), or None when the map has no port field."""
-    offset = 0
-    for datatype, length in fields:
-        if datatype == "inet_service":
-            return offset
-        offset += -(-length // 4) * 8
-    return None
 
 
 def pick_ports(applied, profiles):

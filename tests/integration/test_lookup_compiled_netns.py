@@ -1,5 +1,5 @@
 """Compiled policies in the kernel (issue 12): random profiles compiled to verdict
-maps, and to the linear rules netfence compiled before (compiler_linear), sent to the
+maps, and to the linear rules netfence compiled before (tests/support/linear_compile.py), sent to the
 kernel in a private namespace; random packets written whole from local raw sockets
 (egress, or ingress from a peer namespace through a veth with any source address).
 For each packet the policy rule whose counter moved must be the same with maps and
@@ -152,9 +152,9 @@ def _rule_counts(rs, prefix):
 
 def linear_twin(table, profile, direction):
     """`table` with the profile's chain as netfence compiled it before issue 12
-    (compiler_linear: a rule per peer x protocol x port, walked in order), without the
+    (tests/support/linear_compile.py: a rule per peer x protocol x port, walked in order), without the
     maps and the rule chains."""
-    from netfence import compiler_linear
+    from support import linear_compile as compiler_linear
     from netfence.model import Settings
     chain = ("out-" if direction == "egress" else "in-") + profile.name
     linear = compiler_linear.linear_profile_rules(profile, direction, chain, Settings())

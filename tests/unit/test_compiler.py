@@ -2,7 +2,8 @@
 
 import json
 
-from netfence import compiler, compiler_linear, ir
+from netfence import compiler, ir
+from support import linear_compile as compiler_linear
 from netfence.model import (MatchRule, NetRule, Patterns, Policy, Profile, Settings,
                             TimeWindow)
 

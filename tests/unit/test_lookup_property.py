@@ -6,7 +6,7 @@ layer-4 class, ports at the rules' edges, lo or another interface, packets witho
 transport header, with a short one, without a layer-4 protocol): the compiled table
 run by evaluate.py (lookup rule -> verdict map element -> rule chain) must name the
 same rule and verdict as a straightforward first-match reading of model.NetRule written
-here, and so must the linear compile netfence shipped before (compiler_linear).
+here, and so must the linear compile netfence shipped before (tests/support/linear_compile.py).
 Seeded: a failure prints its seed, profile and packet.
 """
 
@@ -15,7 +15,8 @@ import random
 
 import pytest
 
-from netfence import compiler, compiler_linear, compiler_lookups, evaluate, ir
+from netfence import compiler, compiler_lookups, evaluate, ir
+from support import linear_compile as compiler_linear
 from netfence.errors import PolicyError
 from netfence.model import LOOPBACK, NetRule, Profile, Settings
 

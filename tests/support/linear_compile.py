@@ -1,17 +1,18 @@
 """The linear compile of a profile direction, as netfence built it before issue 12:
 one rule per peer x protocol x port of each policy rule, walked in order, first match
-wins. Not in the table any more (compiler_lookups builds verdict maps instead): kept as
-the reference the lookup property test (tests/unit/test_lookup_property.py) checks the
-maps against, and for the benchmark's "linear" comparison. Pure.
+wins. Not in the table any more (compiler_lookups builds verdict maps instead): kept here,
+with the tests, as the reference the lookup property test
+(tests/unit/test_lookup_property.py) and the kernel test
+(tests/integration/test_lookup_compiled_netns.py) check the maps against. Pure.
 """
 
 import ipaddress
 
-from . import ir
-from .compiler import _grant_rules, _verdict
-from .compiler_lookups import ADDR_OFFSET, LOOPBACK_IFINDEX, NFPROTO
-from .model import LOOPBACK
-from .nfconst import NETWORK_ORDER
+from netfence import ir
+from netfence.compiler import _grant_rules, _verdict
+from netfence.compiler_lookups import ADDR_OFFSET, LOOPBACK_IFINDEX, NFPROTO
+from netfence.model import LOOPBACK
+from netfence.nfconst import NETWORK_ORDER
 
 # Register values are compared as the kernel holds them: meta nfproto is one byte,
 # meta oif/iif are host-order u32 (nfconst), packet fields network order.
