@@ -23,6 +23,8 @@ BUILD_DEPS=(debhelper dh-virtualenv dpkg-dev python3 python3-venv python3-dev li
 usage() { sed -n "2,/^set -euo/p" "$0" | grep "^#" | sed "s/^# \{0,1\}//"; }
 die() { printf 'build-deb.sh: error: %s\n' "$*" >&2; exit 1; }
 step() { printf '==> %s\n' "$*"; }
+# shellcheck source=apt-missing.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-missing.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -36,20 +38,7 @@ while [ $# -gt 0 ]; do
 done
 
 install_build_deps() {
-    local missing=() pkg
-    for pkg in "${BUILD_DEPS[@]}"; do
-        [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)" = installed ] \
-            || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        step "build dependencies: all present"
-        return
-    fi
-    [ "$(id -u)" -eq 0 ] || die "missing Debian packages (${missing[*]}) and not root to install them"
-    step "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    apt_install_missing "build dependencies" "${BUILD_DEPS[@]}"
 }
 
 upstream_version() {

@@ -79,6 +79,8 @@ APT_PACKAGES=(nftables python3 python3-venv python3-dev gcc libc6-dev libffi-dev
 step() { printf '==> %s\n' "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=apt-missing.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt-missing.sh"
 
 systemd_running() { [ -z "$PREFIX" ] && [ -d /run/systemd/system ]; }
 cron_installed() { [ -x /usr/sbin/cron ] || [ -x /usr/sbin/crond ]; }
@@ -97,21 +99,7 @@ install_packages() {
         return
     fi
     command -v dpkg-query >/dev/null || die "dpkg-query not found: this installer is for Debian (use --no-apt)"
-    local missing=() pkg
-    for pkg in "${APT_PACKAGES[@]}"; do
-        if [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)" != installed ]; then
-            missing+=("$pkg")
-        fi
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        step "Debian packages: all present (${APT_PACKAGES[*]})"
-        return
-    fi
-    [ "$(id -u)" -eq 0 ] || die "missing Debian packages (${missing[*]}) and not root to install them"
-    step "apt-get install ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    apt_install_missing "Debian packages" "${APT_PACKAGES[@]}"
 }
 
 system_python() {

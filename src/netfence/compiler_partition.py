@@ -7,8 +7,10 @@ each rule's box claims its intersection with every unclaimed box it meets, which
 it (the difference: at most two pieces per field).
 """
 
+from .errors import NetfenceError
 
-class TooManyBoxes(Exception):
+
+class TooManyBoxes(NetfenceError):
     """The partition passed its limit (the caller names the profile)."""
 
 
