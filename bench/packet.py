@@ -15,6 +15,13 @@ Seven namespaces, each with a C accept-and-close server on 127.0.0.1:8080:
             cgroup looked up at two levels in acct-out (egress) or acct-in (ingress),
             whose elements count it; N fake sessions' session and user cgroup ids in
             both sets, and the real session's elements added by the hook;
+  floor     the cheapest table that enforces the restricted user's two egress
+            profiles on every packet, written by hand for its uid
+            (policies.floor_ruleset): one `meta skuid` test, then the rules in
+            first-match order as plain matches, no sets, no sessions, no grants, no
+            per-rule counters, and the conntrack variant's input rule. What any
+            nftables ruleset checking these rules per packet costs at least: the
+            nearest figure netfence's own table could reach;
   linear    the blog's way: one `meta skuid <other uid> counter drop` rule per live
             session (N of them), then the restricted user's own owner rules, in one
             output chain of its own table, loaded with `nft -f`.
@@ -136,6 +143,7 @@ def packet_section(ws, user, sessions, rounds, seconds):
     for name, env in envs.items():
         _check_enforced(ws, env, lambda client, n=name: who(n, client), name == "accounting",
                         ALLOW_RULE[name])
+    _check_floor(ws, variants["floor"], lambda client: who("floor", client))
     pairs = [(v, c) for v in variants for c in clients]
     rates = {pair: [] for pair in pairs}
     failures = 0
@@ -167,7 +175,8 @@ def packet_section(ws, user, sessions, rounds, seconds):
 RATIOS = (("netfence", "empty"), ("linear", "empty"), ("conntrack", "empty"),
           ("netfence", "conntrack"), ("empty_again", "empty"), ("accounting", "empty"),
           ("accounting", "netfence"), ("netfence200", "empty"),
-          ("netfence200", "conntrack"), ("netfence200", "netfence"))
+          ("netfence200", "conntrack"), ("netfence200", "netfence"),
+          ("floor", "empty"), ("floor", "conntrack"), ("netfence", "floor"))
 
 
 def _variants(ws, user, sessions):
@@ -189,7 +198,10 @@ def _variants(ws, user, sessions):
     tracked, linear = ws.netns(), ws.netns()
     conntrack_table(ws, tracked)
     linear_rules = linear_table(ws, linear, user, sessions)
+    floor = ws.netns()
+    floor_table(ws, floor, user)
     variants = {"empty": ws.netns(), "empty_again": ws.netns(), "conntrack": tracked,
+                "floor": floor,
                 "netfence": envs["netfence"].netns, "accounting": envs["accounting"].netns,
                 "netfence200": envs["netfence200"].netns, "linear": linear}
     for ns in variants.values():
@@ -197,6 +209,7 @@ def _variants(ws, user, sessions):
         start_server(ws, ns, PORT)
     for env in envs.values():
         start_server(ws, env.netns, BLOCKED_PORT)      # root may bind port 25
+    start_server(ws, floor, BLOCKED_PORT)
     return envs, logins, variants, linear_rules
 
 
@@ -218,6 +231,25 @@ def _check_enforced(ws, env, who, counted, allow_rule):
                            f"restricted={ok_allowed}, {allow_rule[0]} rule "
                            f"{allow_rule[1]} counted "
                            f"{counted_rule}, acct-out counted {sent} packets")
+
+
+def floor_table(ws, ns, user):
+    path = ws.path("floor.nft")
+    with open(path, "w") as handle:
+        handle.write(policies.floor_ruleset(user.uid))
+    ns.nft("-f", path)
+
+
+def _check_floor(ws, ns, who):
+    """The floor enforces what netfence does for this client: port 25 refused to it
+    (and not to others), port 8080 allowed."""
+    _, ok_blocked, _ = connect_rate(ws, ns, who("restricted"), 0.2, BLOCKED_PORT)
+    _, ok_free, _ = connect_rate(ws, ns, who("unrestricted"), 0.2, BLOCKED_PORT)
+    _, ok_allowed, _ = connect_rate(ws, ns, who("restricted"), 0.2, PORT)
+    if ok_blocked or not ok_free or not ok_allowed:
+        raise RuntimeError(f"floor: the namespace does not enforce the policy: port 25 "
+                           f"restricted={ok_blocked} unrestricted={ok_free}; port {PORT} "
+                           f"restricted={ok_allowed}")
 
 
 def _session_sent(ns, who):

@@ -317,3 +317,58 @@ def _nft_from_ipt(family, args):
         words += ["ip daddr" if family == 4 else "ip6 daddr", opts["-d"]]
     verdict = {"ACCEPT": "accept", "DROP": "drop", "REJECT": "reject"}[opts["-j"]]
     return " ".join(words + ["counter", verdict])
+
+
+# ---- section 3's floor: the fewest expressions nftables can enforce this with -------
+
+def floor_ruleset(uid, names=USER_PROFILES + SESSION_PROFILES, table="floor"):
+    """nft -f text: the egress rules of the user's profiles written by hand for this one
+    uid, as cheaply as nftables can check them on every packet: one `meta skuid` test,
+    then the rules in first-match order as plain matches (no sets, no per-rule counters,
+    no sessions, no grants), the last profile's default; plus the input rule that turns
+    connection tracking on, as the conntrack baseline has. A profile whose default is
+    allow falls through to the next one, as the profile chains do."""
+    lines = [f"table inet {table} {{", "  chain output {",
+             "    type filter hook output priority filter; policy accept;",
+             f"    meta skuid {uid} jump user", "  }", "  chain user {"]
+    default = "allow"
+    for name in names:
+        profile = PROFILES[name]
+        for action, protos, ports, peers in profile.get("egress", ()):
+            lines += [f"    {text}" for text in _floor_rules(action, protos, ports, peers)]
+        default = profile.get("egress_default", "allow")
+    if default != "allow":
+        lines.append("    " + {"deny": "drop", "reject": "reject"}[default])
+    lines += ["  }", "  chain input {",
+              "    type filter hook input priority filter; policy accept;",
+              "    ct state new", "  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _floor_rules(action, protos, ports, peers):
+    verdict = {"allow": "return", "deny": "drop",
+               "reject": "reject with tcp reset" if tuple(protos) == ("tcp",) else "reject"}
+    out = []
+    for peer in list(peers) or [None]:
+        if peer == "loopback":
+            where, family = 'oif "lo" ', None
+        elif peer is not None:
+            family = ipaddress.ip_network(peer).version
+            where = f"{'ip' if family == 4 else 'ip6'} daddr {peer} "
+        else:
+            where, family = "", None
+        names = [{4: "icmp", 6: "ipv6-icmp"}.get(family, "icmp") if p == "icmp" else p
+                 for p in protos]
+        if "icmp" in protos and family is None:
+            names.append("ipv6-icmp")
+        what = ""
+        if names:
+            what = f"meta l4proto {_floor_set(names)} "
+        if ports:
+            what += f"th dport {_floor_set([str(p) for p in ports])} "
+        out.append(f"{where}{what}{verdict[action]}")
+    return out
+
+
+def _floor_set(items):
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"

@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 from . import formats, ir, nfencode, setkinds
 from .compiler_denials import CT_NEW, accounting_rules, denial_chains, denies_through_chains
-from .compiler_lookups import direction_lookups, rule_chain
+from .compiler_lookups import default_chain, direction_lookups, rule_chain
 from .model import Settings, profile_accounts, profile_mode
 from .setkinds import (ACCT_IN, ACCT_OUT, AGID, AUID, GRANT_KINDS, RUID, SCG, STATIC_KINDS,
                        SUID, TSCG, TUCG, TUID, UCG, UID, WINDOW_KINDS, denied_set)
@@ -211,12 +211,15 @@ def _profile_direction(profile, direction, settings):
         verdict = _verdict(profile, net_rule.action, net_rule.protos, settings)
         rules.append(ir.RuleDef(target, (("counter",), verdict),
                                 f"{profile.name} {direction} rule {number}"))
-    chains.append(ir.ChainDef(chain))
+    # the default in a chain of its own: the fallback guard goes to it too
+    default_target = default_chain(chain)
+    chains += [ir.ChainDef(default_target), ir.ChainDef(chain)]
     rules += _grant_rules(profile, direction, chain)
     sets, lookups = direction_lookups(profile, direction, net_rules, chain)
     rules += lookups
+    rules.append(ir.RuleDef(chain, (("verdict", "goto", default_target),)))
     verdict = _verdict(profile, default, (), settings)
-    rules.append(ir.RuleDef(chain, (("counter",), verdict),
+    rules.append(ir.RuleDef(default_target, (("counter",), verdict),
                             f"{profile.name} {direction} default"))
     return sets, chains, rules
 

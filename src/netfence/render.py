@@ -12,6 +12,8 @@ from .nfconst import HOST_ORDER, NF_LOG_UID, NFPROTO_IPV4, NFPROTO_IPV6
 from .setkinds import KEY_TYPES, key_number
 
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp"}
+# nft's text for a comparison: "eq" prints nothing ("th dport 80")
+CMP_SYMBOLS = {"eq": "", "neq": "!= ", "lt": "< ", "lte": "<= ", "gt": "> ", "gte": ">= "}
 NFPROTO_NAMES = {NFPROTO_IPV4: "ip", NFPROTO_IPV6: "ip6"}
 NFPROTO_FAMILIES = {NFPROTO_IPV4: "ipv4", NFPROTO_IPV6: "ipv6"}
 ADDRESS_FIELDS = {(NFPROTO_IPV4, 16): "daddr", (NFPROTO_IPV4, 12): "saddr",
@@ -228,6 +230,8 @@ def _meta_cmp(key, cmp, rest, state):
         state["l4proto"] = value[0]
         if rest and rest[0][0] == "payload" and rest[0][1] == "transport":
             return ""
+        if cmp[1] == "gte" and value[0] == 0:     # the fallback guard; nft says "ip"
+            return "meta l4proto >= ip"
         return f"meta l4proto {PROTO_NAMES.get(value[0], value[0])}"
     if key in ("oif", "iif"):
         index = int.from_bytes(value, HOST_ORDER)
@@ -243,7 +247,7 @@ def _payload(exprs, i, state):
         if cmp[0] == "range":
             text = f"{int(cmp[2], 16)}-{int(cmp[3], 16)}"
         else:
-            text = str(int(cmp[2], 16))
+            text = CMP_SYMBOLS[cmp[1]] + str(int(cmp[2], 16))
         return 2, f"{proto} dport {text}"
     family = state.get("nfproto", NFPROTO_IPV4)
     field = ADDRESS_FIELDS[(family, offset)]

@@ -32,7 +32,8 @@ def test_allow_is_return_never_accept():
     verdicts = [e for r in table.rules for e in r.exprs if e[0] == "verdict"]
     assert ("verdict", "return") in verdicts
     assert all(v[1] != "accept" for v in verdicts)
-    assert rules_in(table, "out-p")[-1] == (("counter",), ("verdict", "drop"))
+    assert rules_in(table, "out-p")[-1] == (("verdict", "goto", "out-p.default"),)
+    assert every_rule_in(table, "out-p.default") == [(("counter",), ("verdict", "drop"))]
 
 
 def test_linear_compile_expands_peers_protocols_and_ports_to_one_rule_each():
@@ -65,7 +66,7 @@ def test_a_profile_direction_is_lookups_and_one_rule_chain_per_policy_rule():
     rule = NetRule("deny", ("tcp", "udp"), ((53, 53), (8000, 8099)),
                    ("10.0.0.0/8", "2001:db8::/32", "loopback"))
     table = table_of(Profile("p", egress=(rule, NetRule("allow", ("tcp",), ((22, 22),)))))
-    v4, v6, default = rules_in(table, "out-p")
+    v4, v6, to_default = rules_in(table, "out-p")     # no fallbacks: no guard
     assert v4[:2] == (("meta", "nfproto"), ("cmp", "eq", "02"))
     assert v4[-1] == ("vmap", "out-p.v4", 8)
     # each field into its own registers from NFT_REG32_00 on, the oif made big-endian
@@ -73,7 +74,9 @@ def test_a_profile_direction_is_lookups_and_one_rule_chain_per_policy_rule():
                              ("meta", "l4proto", 10), ("meta", "oif", 11),
                              ("byteorder", "hton", 4, 4, 11)}
     assert ("payload", "network", 24, 16, 8) in v6 and v6[-1] == ("vmap", "out-p.v6", 8)
-    assert default == (("counter",), ("verdict", "return"))
+    assert to_default == (("verdict", "goto", "out-p.default"),)
+    assert every_rule_in(table, "out-p.default") == [(("counter",), ("verdict", "return"))]
+    assert [r.comment for r in table.rules if r.chain == "out-p.default"] == ["p egress default"]
     assert every_rule_in(table, "out-p.1") == [(("counter",), ("verdict", "drop"))]
     assert every_rule_in(table, "out-p.2") == [(("counter",), ("verdict", "return"))]
     assert [r.comment for r in table.rules if r.chain == "out-p.1"] == ["p egress rule 1"]
@@ -93,6 +96,7 @@ def test_a_profile_direction_is_lookups_and_one_rule_chain_per_policy_rule():
     assert len(start) == 2 * 16 and start[8 * order.index("inet_proto") + 2:][:6] == "000000"
     names = [c.name for c in table.chains]
     assert names.index("out-p.1") < names.index("out-p") and "out-p.2" in names
+    assert names.index("out-p.default") < names.index("out-p")
 
 
 def test_the_most_selective_field_leads_the_key():
@@ -112,9 +116,15 @@ def test_maps_without_ports_follow_the_port_map_and_the_family_maps_without_l4pr
     rules = (NetRule("allow", ("tcp",), ((443, 443),)), NetRule("deny", (), (), ("10.0.0.0/8",)),
              NetRule("allow", ("icmp",)))
     table = table_of(Profile("p", egress=rules, egress_default="reject"))
-    lookups = [r[-1][1] for r in rules_in(table, "out-p") if r[-1][0] == "vmap"]
-    assert lookups == ["out-p.v4", "out-p.v4np", "out-p.v4nl",
-                       "out-p.v6", "out-p.v6np"]         # no v6 rule without l4proto
+    chain = rules_in(table, "out-p")
+    lookups = [r[-1][1] for r in chain if r[-1][0] == "vmap"]
+    assert lookups == ["out-p.v4", "out-p.v6", "out-p.v4np", "out-p.v4nl",
+                       "out-p.v6np"]                     # no v6 rule without l4proto
+    # between the main maps and the fallbacks, the guard: a packet whose port loaded
+    # missed its family's main map, so no rule matches it
+    assert chain[2] == (("payload", "transport", 2, 2), ("cmp", "gte", "0000"),
+                        ("verdict", "goto", "out-p.default"))
+    assert chain[-1] == (("verdict", "goto", "out-p.default"),)
     nl = {s.name: s for s in table.sets}["out-p.v4nl"]
     assert sorted(nl.fields) == [("iface_index", 4), ("ipv4_addr", 4)]
     assert boxes_of(nl) == {"out-p.2": [{"iface_index": (0, 2 ** 31 - 1),
@@ -147,7 +157,8 @@ def test_ingress_matches_sources_and_loopback_by_input_interface():
     lookups = rules_in(table, "in-p")
     assert any(e[:2] == ("meta", "iif") for e in lookups[0])
     assert any(e[:4] == ("payload", "network", 12, 4) for e in lookups[0])   # source
-    assert lookups[-1][-1] == ("verdict", "drop")
+    assert lookups[-1][-1] == ("verdict", "goto", "in-p.default")
+    assert rules_in(table, "in-p.default")[0][-1] == ("verdict", "drop")
     loopback = {s.name: s for s in table.sets}["in-p.v4nl"]
     assert boxes_of(loopback) == {"in-p.1": [{"iface_index": (1, 1),
                                               "ipv4_addr": (0, 2 ** 32 - 1)}]}
@@ -165,15 +176,17 @@ def test_without_cidr_peers_a_packet_without_l4proto_meets_at_most_two_plain_rul
              NetRule("deny", (), (), ("loopback",)), NetRule("reject"), NetRule("allow"))
     table = table_of(Profile("p", egress=rules))
     assert rules_in(table, "out-p")[1:] == [
+        (("meta", "l4proto"), ("cmp", "gte", "00"), ("verdict", "goto", "out-p.default")),
         (("meta", "oif"), ("cmp", "eq", "01000000"), ("verdict", "goto", "out-p.2")),
-        (("verdict", "goto", "out-p.4"),), (("counter",), ("verdict", "return"))]
+        (("verdict", "goto", "out-p.4"),), (("verdict", "goto", "out-p.default"),)]
+    assert rules_in(table, "out-p.default") == [(("counter",), ("verdict", "return"))]
 
 
 def test_logging_profiles_go_to_logging_chains():
     table = table_of(Profile("p", egress=(NetRule("deny", ("udp",)),), log=True,
                              egress_default="reject"))
     assert rules_in(table, "out-p.1")[0][-1] == ("verdict", "goto", "deny-p")
-    assert rules_in(table, "out-p")[-1][-1] == ("verdict", "goto", "reject-p")
+    assert rules_in(table, "out-p.default")[-1][-1] == ("verdict", "goto", "reject-p")
     assert rules_in(table, "deny-p") == [(("verdict", "jump", "log-p"),),
                                          (("verdict", "drop"),)]
     assert rules_in(table, "log-p") == [(("limit", 5, 1, 10), ("verdict", "goto", "emit-p"))]

@@ -49,7 +49,8 @@ def test_lookup_rules_print_as_nft_folds_them():
              NetRule("deny", (), (), (LOOPBACK,)))
     table = compiler.build_table([Profile("web", egress=rules, egress_default="reject")])
     text = render.render_chain(table, next(c for c in table.chains if c.name == "out-web"))
-    lookups = text.splitlines()[3:-2]
+    lines = text.splitlines()
+    assert lines[-2:] == ["\t\tgoto out-web.default", "\t}"]
     # the fields in the key's order (the most selective first), the family test
     # folded into the address field
     expected = {}
@@ -57,8 +58,15 @@ def test_lookup_rules_print_as_nft_folds_them():
         if s.data:
             fields = [FIELD_TEXT[name] for name, _ in s.fields]
             expected[s.name] = f"\t\t{' . '.join(fields)} vmap @{s.name}"
-    assert lookups == list(expected.values())
-    assert len(lookups) == 6 and "ip daddr . oif vmap @out-web.v4nl" in text
+    # the main maps of both families, the guard, then the fallbacks
+    assert lines[3:5] == [expected.pop("out-web.v4"), expected.pop("out-web.v6")]
+    assert lines[5] == "\t\tth dport >= 0 goto out-web.default"
+    assert lines[6:-2] == list(expected.values())
+    assert len(lines[6:-2]) == 4 and "ip daddr . oif vmap @out-web.v4nl" in text
+    default = next(c for c in table.chains if c.name == "out-web.default")
+    assert render.render_chain(table, default) == (
+        "\tchain out-web.default {\n"
+        '\t\tcounter packets 0 bytes 0 reject comment "web egress default"\n\t}')
     rule_chain = next(c for c in table.chains if c.name == "out-web.2")
     assert render.render_chain(table, rule_chain) == (
         "\tchain out-web.2 {\n"
@@ -72,8 +80,9 @@ def test_without_cidr_peers_one_map_and_the_plain_fallback():
     text = render.render_chain(table, next(c for c in table.chains if c.name == "in-srv"))
     assert text.splitlines()[3:] == [
         "\t\tiif . th dport . meta l4proto vmap @in-srv.any",
+        "\t\tth dport >= 0 goto in-srv.default",
         "\t\tiif . meta l4proto vmap @in-srv.anynp",
         '\t\tiif "lo" goto in-srv.1',
         "\t\tgoto in-srv.3",
-        '\t\tcounter packets 0 bytes 0 drop comment "srv ingress default"',
+        "\t\tgoto in-srv.default",
         "\t}"]
