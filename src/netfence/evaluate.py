@@ -17,6 +17,9 @@ headers, first match wins. The rules are the same ir expressions the kernel runs
     `out-P.N` the packet goes to, and that chain's rule (its comment "P egress rule N")
     decides; a load the packet cannot give ends the rule, as in the kernel, and so does
     a miss;
+  - a rule chain's deny or reject goes on to its denial chain (`out-P.deny`,
+    `.reject`, `.reset`: the grants, then the verdict); the rule that decided is
+    still the one with the comment;
   - set lookups (the grant rules) never match: a packet a grant let through was not
     denied.
 
@@ -113,7 +116,10 @@ def _run_chain(by_chain, maps, chain, headers, meta, depth):
             return _run_chain(by_chain, maps, outcome, headers, meta, depth + 1)
         last = rule["exprs"][-1]
         if last[0] == "verdict" and last[1] == "goto" and not last[2].startswith(VERDICT_CHAINS):
-            return _run_chain(by_chain, maps, last[2], headers, meta, depth + 1)
+            decided = _run_chain(by_chain, maps, last[2], headers, meta, depth + 1)
+            if decided and rule.get("comment"):      # a rule chain -> its denial chain
+                return rule["comment"], decided[1]
+            return decided
         return rule["comment"], _verdict(last)
     return None
 

@@ -59,8 +59,10 @@ def test_explain_shows_rules_scopes_and_nft_rules(nf):
     # the profile's map, its element going to the rule's chain, and that chain's rule
     assert "80 . tcp . 0-2147483647 : goto out-no-plain-http.1" in out
     assert "th dport . meta l4proto . oif vmap @out-no-plain-http.any" in out
-    assert ('counter reject with tcp reset comment "no-plain-http egress rule 1"'
+    assert ('counter goto out-no-plain-http.reset comment "no-plain-http egress rule 1"'
             in out), out
+    # the denial chain: the grants first, then the reset
+    assert "chain out-no-plain-http.reset {" in out and "reject with tcp reset" in out
     assert "not yet applied" in out
     quiet = nf.cli("explain", "nobody", "--service", "sshd", "--rhost", "10.1.1.1",
                    "--at", "2026-12-01 19:30").stdout

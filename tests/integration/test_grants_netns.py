@@ -260,3 +260,50 @@ def test_a_profile_removed_by_reload_leaves_its_grants_idle_not_the_others_stuck
     assert nf.cli("gc", check=False).returncode == 0
     nf.cli("restrict", str(FREE), "--profile", "no-web", "--for", "1h", "--reason", "r")
     assert probe(nf, FREE) == "refused"
+
+
+# ---- a grant holds on every denial path (grants tested where a profile denies) ------
+
+EVERY_DENIAL = """
+[settings]
+cgroup_base = "{base}"
+
+[profile.every]
+egress = [
+  {{ action = "deny", proto = "tcp", ports = [7031] }},
+  {{ action = "reject", proto = "tcp", ports = [7032] }},
+  {{ action = "reject", proto = ["tcp", "udp"], ports = [7033] }},
+  {{ action = "allow", proto = "tcp", ports = [7034] }},
+]
+egress_default = "{default}"
+log = {log}
+
+[[rule]]
+scope = "always"
+uids = [{fenced}, {other}]
+profiles = ["every"]
+"""
+DENIED = {7031: "dropped", 7032: "refused", 7033: "refused", 7035: None}
+
+
+@pytest.mark.parametrize("default,log", [("reject", "false"), ("deny", "true")])
+def test_a_grant_lets_through_what_each_kind_of_denial_stops_and_only_for_its_uid(
+        nf, default, log):
+    """Deny (drop), reject of a TCP-only rule (reset), reject of a mixed rule (ICMP),
+    the default (reject or deny), in a profile that logs and in one that does not:
+    every path a packet can be denied on asks the grant first; the same profile still
+    denies another uid, and allows what it allows to both."""
+    ports = [7031, 7032, 7033, 7034, 7035]
+    nf.echo_server([f"tcp:127.0.0.1:{port}" for port in ports])
+    nf.write_policy(EVERY_DENIAL.format(base=nf.cgroup_base, default=default, log=log,
+                                        fenced=FENCED, other=FREE))
+    nf.cli("reload")
+    denied = {**DENIED, 7035: "refused" if default == "reject" else "dropped"}
+    for port, outcome in denied.items():
+        assert probe(nf, FENCED, port=port) == outcome, port
+    assert probe(nf, FENCED, port=7034) == "ok"
+    nf.cli("grant", str(FENCED), "--profile", "every", "--for", "1h", "--reason", "test")
+    for port in ports:
+        assert probe(nf, FENCED, port=port) == "ok", port
+        expected = denied.get(port, "ok")
+        assert probe(nf, FREE, port=port) == expected, port

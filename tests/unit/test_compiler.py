@@ -33,7 +33,9 @@ def test_allow_is_return_never_accept():
     assert ("verdict", "return") in verdicts
     assert all(v[1] != "accept" for v in verdicts)
     assert rules_in(table, "out-p")[-1] == (("verdict", "goto", "out-p.default"),)
-    assert every_rule_in(table, "out-p.default") == [(("counter",), ("verdict", "drop"))]
+    assert every_rule_in(table, "out-p.default") == [(("counter",),
+                                                      ("verdict", "goto", "out-p.deny"))]
+    assert rules_in(table, "out-p.deny") == [(("verdict", "drop"),)]
 
 
 def test_linear_compile_expands_peers_protocols_and_ports_to_one_rule_each():
@@ -77,7 +79,7 @@ def test_a_profile_direction_is_lookups_and_one_rule_chain_per_policy_rule():
     assert to_default == (("verdict", "goto", "out-p.default"),)
     assert every_rule_in(table, "out-p.default") == [(("counter",), ("verdict", "return"))]
     assert [r.comment for r in table.rules if r.chain == "out-p.default"] == ["p egress default"]
-    assert every_rule_in(table, "out-p.1") == [(("counter",), ("verdict", "drop"))]
+    assert every_rule_in(table, "out-p.1") == [(("counter",), ("verdict", "goto", "out-p.deny"))]
     assert every_rule_in(table, "out-p.2") == [(("counter",), ("verdict", "return"))]
     assert [r.comment for r in table.rules if r.chain == "out-p.1"] == ["p egress rule 1"]
     maps = {s.name: s for s in table.sets if s.data == "verdict"}
@@ -145,8 +147,11 @@ def test_icmp_follows_the_address_family():
 
 def test_tcp_only_reject_is_a_reset():
     rule = NetRule("reject", ("tcp",), ((80, 80),))
-    assert rules_in(table_of(Profile("p", egress=(rule,))), "out-p.1")[0][-1] == (
-        "reject", "tcp-reset")
+    table = table_of(Profile("p", egress=(rule, NetRule("reject", ("tcp", "udp"), ((81, 81),)))))
+    assert rules_in(table, "out-p.1")[0][-1] == ("verdict", "goto", "out-p.reset")
+    assert rules_in(table, "out-p.reset") == [(("reject", "tcp-reset"),)]
+    assert rules_in(table, "out-p.2")[0][-1] == ("verdict", "goto", "out-p.reject")
+    assert rules_in(table, "out-p.reject") == [(("reject", "icmpx-port-unreachable"),)]
 
 
 def test_ingress_matches_sources_and_loopback_by_input_interface():
@@ -158,7 +163,8 @@ def test_ingress_matches_sources_and_loopback_by_input_interface():
     assert any(e[:2] == ("meta", "iif") for e in lookups[0])
     assert any(e[:4] == ("payload", "network", 12, 4) for e in lookups[0])   # source
     assert lookups[-1][-1] == ("verdict", "goto", "in-p.default")
-    assert rules_in(table, "in-p.default")[0][-1] == ("verdict", "drop")
+    assert rules_in(table, "in-p.default")[0][-1] == ("verdict", "goto", "in-p.deny")
+    assert rules_in(table, "in-p.deny") == [(("verdict", "drop"),)]
     loopback = {s.name: s for s in table.sets}["in-p.v4nl"]
     assert boxes_of(loopback) == {"in-p.1": [{"iface_index": (1, 1),
                                               "ipv4_addr": (0, 2 ** 32 - 1)}]}
@@ -185,8 +191,10 @@ def test_without_cidr_peers_a_packet_without_l4proto_meets_at_most_two_plain_rul
 def test_logging_profiles_go_to_logging_chains():
     table = table_of(Profile("p", egress=(NetRule("deny", ("udp",)),), log=True,
                              egress_default="reject"))
-    assert rules_in(table, "out-p.1")[0][-1] == ("verdict", "goto", "deny-p")
-    assert rules_in(table, "out-p.default")[-1][-1] == ("verdict", "goto", "reject-p")
+    assert rules_in(table, "out-p.1")[0][-1] == ("verdict", "goto", "out-p.deny")
+    assert rules_in(table, "out-p.deny") == [(("verdict", "goto", "deny-p"),)]
+    assert rules_in(table, "out-p.default")[-1][-1] == ("verdict", "goto", "out-p.reject")
+    assert rules_in(table, "out-p.reject") == [(("verdict", "goto", "reject-p"),)]
     assert rules_in(table, "deny-p") == [(("verdict", "jump", "log-p"),),
                                          (("verdict", "drop"),)]
     assert rules_in(table, "log-p") == [(("limit", 5, 1, 10), ("verdict", "goto", "emit-p"))]
@@ -223,7 +231,7 @@ def test_accounting_counts_every_packet_and_each_denial_per_cgroup():
     assert rules_in(table, "deny-p") == [
         (("socket", "cgroupv2", 3), ("lookup", "denied-p")),
         (("socket", "cgroupv2", 2), ("lookup", "denied-p")), (("verdict", "drop"),)]
-    assert rules_in(table, "out-q.1")[-1][-1] == ("verdict", "drop")     # q: unchanged
+    assert rules_in(table, "out-q.deny")[-1][-1] == ("verdict", "drop")  # q: unchanged
 
 
 def test_unrestricted_traffic_costs_one_guard_lookup_per_kind_whatever_the_profiles():
@@ -262,16 +270,25 @@ def test_compile_is_deterministic_and_json_round_trips():
         "uid_set": "any-uid", "ucg_set": "any-ucg", "scg_set": "any-scg"}
 
 
-def test_the_first_rules_of_a_profile_chain_return_for_its_grants():
-    profile = Profile("p", egress=(NetRule("deny", ("tcp",), ((25, 25),)),),
+def test_the_grants_are_asked_where_a_profile_denies_and_nowhere_else():
+    profile = Profile("p", egress=(NetRule("deny", ("tcp",), ((25, 25),)),
+                                   NetRule("allow", ("tcp",), ((80, 80),))),
                       ingress_default="deny")
     table = table_of(profile)
-    assert every_rule_in(table, "out-p")[:2] == [
+    assert every_rule_in(table, "out-p.deny") == [
         (("meta", "skuid"), ("lookup", "guid-p"), ("verdict", "return")),
-        (("socket", "cgroupv2", 3), ("lookup", "gscg-p"), ("verdict", "return"))]
-    assert every_rule_in(table, "in-p")[:2] == [
+        (("socket", "cgroupv2", 3), ("lookup", "gscg-p"), ("verdict", "return")),
+        (("verdict", "drop"),)]
+    assert every_rule_in(table, "in-p.deny") == [
         (("socket", "cgroupv2", 2), ("lookup", "gucg-p"), ("verdict", "return")),
-        (("socket", "cgroupv2", 3), ("lookup", "gscg-p"), ("verdict", "return"))]
+        (("socket", "cgroupv2", 3), ("lookup", "gscg-p"), ("verdict", "return")),
+        (("verdict", "drop"),)]
+    # what P allows needs no grant: neither the profile chain, its allow rule nor its
+    # allow default looks one up
+    for chain in ("out-p", "out-p.2", "out-p.default"):
+        assert not any(e[0] == "lookup" for r in every_rule_in(table, chain) for e in r)
+    names = [c.name for c in table.chains]
+    assert names.index("out-p.deny") < names.index("out-p.1")
     timed = {s.name for s in table.sets if s.timeout}
     assert timed == {"guid-p", "gucg-p", "gscg-p", "ruid-p", "any-ruid"}
     assert not any(s.timeout for s in table.sets if s.name.startswith(("uid-", "any-uid")))

@@ -59,18 +59,18 @@ def test_lookup_rules_print_as_nft_folds_them():
             fields = [FIELD_TEXT[name] for name, _ in s.fields]
             expected[s.name] = f"\t\t{' . '.join(fields)} vmap @{s.name}"
     # the main maps of both families, the guard, then the fallbacks
-    assert lines[3:5] == [expected.pop("out-web.v4"), expected.pop("out-web.v6")]
-    assert lines[5] == "\t\tth dport >= 0 goto out-web.default"
-    assert lines[6:-2] == list(expected.values())
-    assert len(lines[6:-2]) == 4 and "ip daddr . oif vmap @out-web.v4nl" in text
+    assert lines[1:3] == [expected.pop("out-web.v4"), expected.pop("out-web.v6")]
+    assert lines[3] == "\t\tth dport >= 0 goto out-web.default"
+    assert lines[4:-2] == list(expected.values())
+    assert len(lines[4:-2]) == 4 and "ip daddr . oif vmap @out-web.v4nl" in text
     default = next(c for c in table.chains if c.name == "out-web.default")
     assert render.render_chain(table, default) == (
         "\tchain out-web.default {\n"
-        '\t\tcounter packets 0 bytes 0 reject comment "web egress default"\n\t}')
+        '\t\tcounter packets 0 bytes 0 goto out-web.reject comment "web egress default"\n\t}')
     rule_chain = next(c for c in table.chains if c.name == "out-web.2")
     assert render.render_chain(table, rule_chain) == (
         "\tchain out-web.2 {\n"
-        '\t\tcounter packets 0 bytes 0 drop comment "web egress rule 2"\n\t}')
+        '\t\tcounter packets 0 bytes 0 goto out-web.deny comment "web egress rule 2"\n\t}')
 
 
 def test_without_cidr_peers_one_map_and_the_plain_fallback():
@@ -78,7 +78,7 @@ def test_without_cidr_peers_one_map_and_the_plain_fallback():
              NetRule("deny"))
     table = compiler.build_table([Profile("srv", ingress=rules, ingress_default="deny")])
     text = render.render_chain(table, next(c for c in table.chains if c.name == "in-srv"))
-    assert text.splitlines()[3:] == [
+    assert text.splitlines()[1:] == [
         "\t\tiif . th dport . meta l4proto vmap @in-srv.any",
         "\t\tth dport >= 0 goto in-srv.default",
         "\t\tiif . meta l4proto vmap @in-srv.anynp",
