@@ -237,8 +237,8 @@ def _granted(chain, verdict, denials):
     reject as a `goto` to the profile direction's denial chain of that kind (out-P.deny,
     out-P.reject, out-P.reset), which tests P's grants and then ends as `verdict` did.
     A grant only changes what P denies, so only a packet P denies pays its lookups (they
-    were the first rules of out-P, looked up for every restricted packet: ~10% of a
-    restricted connection's rate)."""
+    were the first rules of out-P, looked up for every restricted packet: 2-10% of a
+    restricted connection's rate in alternated runs)."""
     if verdict == ("verdict", "return"):
         return verdict
     kind = DENIAL_KIND.get(verdict) or verdict[2].split("-", 1)[0]    # goto deny-P / reject-P

@@ -158,8 +158,7 @@ def element_key(fields, corner):
 
 def direction_lookups(profile, direction, net_rules, chain):
     """(sets, lookup rules) of one profile direction: the maps with their elements, and
-    the rules of `chain` (out-P / in-P) between the grants and the `goto` to its default
-    chain; a map of more than MAP_CHUNK elements is several (`chunks`). The main maps
+    the rules of `chain` (out-P / in-P) before its `goto` to the default chain; a map of more than MAP_CHUNK elements is several (`chunks`). The main maps
     come first (both families), then, when fallbacks follow, the guard (`fallback_guard`),
     then the fallbacks."""
     specs = map_specs(net_rules)
@@ -202,8 +201,8 @@ def fallback_guard(main_spec, chain):
     field of their key (`th dport` needs the layer-4 protocol and a first fragment; the
     interface and the address always load): such a packet missed the main map of its
     family, so it matches no rule, and the fallbacks (subsets of the main maps) need not
-    be looked up. Measured: the two fallback lookups a missing packet skips are ~5% of
-    a restricted connection's rate."""
+    be looked up. Measured: the two fallback lookups a missing packet skips were 1-8%
+    of a restricted connection's rate (five alternated runs, median ~3.5%)."""
     if main_spec.port:
         load = ("payload", "transport", 2, 2)
         zero = "0000"
