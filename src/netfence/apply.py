@@ -59,28 +59,34 @@ def compile_from(paths, check_ownership=True, nss=None):
     """The policy in the config dir, and its snapshot. Refuses an always rule's group
     with gid 0 (resolve.root_group_problems): which gid a name has is NSS's answer,
     so check and reload ask it, as they report every other policy problem."""
+    policy, compiled = _compile(paths, check_ownership, nss)
+    return policy, compiled.snapshot
+
+
+def _compile(paths, check_ownership=True, nss=None):
+    """compile_from's policy and its compiler.Compiled (the snapshot with its table)."""
     policy = load_policy(paths.config_dir, check_ownership=check_ownership)
     problems = resolve.root_group_problems(policy.rules, nss)
     if problems:
         raise PolicyError(problems)
-    return policy, compiler.compile_policy(policy)
+    return policy, compiler.compile_snapshot(policy)
 
 
 def reload(paths):
     from .nftnl import PreparedTable
-    policy, snap = compile_from(paths)
+    policy, compiled = _compile(paths)
+    snap = compiled.snapshot
     # The always rules' ranges, from NSS now: sent with the table, kept in compiled.json
     # (after the policy id: the same policy resolved later is the same policy).
     snap["resolved"] = resolve.resolve(snap["always"])
-    table = ir.TableDef.from_json(snap["table"])
-    prepared = PreparedTable(table, new_marker(snap["policy_id"]),
+    prepared = PreparedTable(compiled.table, new_marker(snap["policy_id"]),
                              ranges=snap["resolved"]["sets"])
     with state_lock(paths.state_dir):
         try:
             previous = snapshot.read_raw(paths.state_dir)  # parsed only for a roll back
         except StateError:
             previous = None           # unreadable: this reload is what replaces it
-        staged = snapshot.stage(paths.state_dir, snap)
+        staged = snapshot.stage(paths.state_dir, snap, {"table": compiled.table_text})
         try:
             outcome = _replace(prepared, paths.run_dir, paths.state_dir)
         except BaseException:

@@ -41,8 +41,7 @@ ceil(n/4) of them (the kernel zero-pads a short load), for a "vmap" lookup.
   ("verdict", kind, chain)           kind: jump goto
 """
 
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from . import setkinds
 
@@ -110,10 +109,15 @@ class RuleDef:
 
 def _set_json(set_def):
     """asdict without its deep copies (a map's elements are thousands of tuples)."""
-    data = {f.name: getattr(set_def, f.name) for f in dataclasses.fields(SetDef)}
-    data["fields"] = [list(f) for f in set_def.fields]
-    data["elements"] = [list(e) for e in set_def.elements]
-    return data
+    return {"name": set_def.name, "key": set_def.key, "interval": set_def.interval,
+            "timeout": set_def.timeout, "counter": set_def.counter,
+            "fields": [list(f) for f in set_def.fields], "data": set_def.data,
+            "elements": [list(e) for e in set_def.elements]}
+
+
+def _chain_json(chain):
+    return {"name": chain.name, "hook": chain.hook, "priority": chain.priority,
+            "policy": chain.policy}
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ class TableDef:
             "family": self.family,
             "name": self.name,
             "sets": [_set_json(s) for s in self.sets],
-            "chains": [asdict(c) for c in self.chains],
+            "chains": [_chain_json(c) for c in self.chains],
             "rules": [{"chain": r.chain, "exprs": [list(e) for e in r.exprs],
                        "comment": r.comment} for r in self.rules],
         }

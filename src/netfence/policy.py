@@ -7,8 +7,6 @@ texts to `parse_policy_text`, the pure part. Every problem in every file is coll
 raised as one PolicyError of (path, line, message). The language is in docs/policy.md.
 """
 
-import difflib
-
 from . import model
 from .errors import PolicyError
 from .policy_files import read_files
@@ -81,6 +79,7 @@ class _File:
         self.problems.append((self.path, self.locator.line(*keys), message))
 
     def unknown(self, keys, allowed, context):
+        import difflib                  # errors only: not on a valid policy's path
         key = keys[-1]
         close = difflib.get_close_matches(str(key), allowed, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
@@ -388,6 +387,7 @@ def _check_references(state):
     for name, path, line, context in state.references:
         if name in state.profile_where:
             continue
+        import difflib
         close = difflib.get_close_matches(name, list(state.profile_where), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         state.problems.append((path, line, f"{context}: unknown profile {name!r}{hint}"))

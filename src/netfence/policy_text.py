@@ -11,8 +11,6 @@ import re
 import tomllib
 
 _TOML_POSITION = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)$")
-_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
-_SCALAR_END = frozenset(",]}#\n") | {""}          # "" is the end of the text
 
 
 class TomlSyntaxError(Exception):
@@ -69,6 +67,22 @@ class _ScanError(Exception):
     """The scanner met text it does not understand (tomllib accepted it, though)."""
 
 
+# The scanner's tokens, each matched at a position (a policy of 1,000 rules is ~100,000
+# characters: one regex match per token instead of a method call per character).
+_BLANK = re.compile(r"(?:[ \t\r\n]|#[^\n]*)*+")            # spaces, newlines, comments
+_SPACES = re.compile(r"[ \t]*+")
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}#\n]*+")                   # up to , ] } # newline or the end
+_STRINGS = {                                             # (opening, whole string)
+    ('"', False): re.compile(r'"(?:[^"\\]|\\[\s\S])*+"'),
+    ("'", False): re.compile(r"'[^']*+'"),
+    # a run of three or more quotes ends a multi-line string (the extra ones are its
+    # content: TOML allows two), a shorter run is content
+    ('"', True): re.compile(r'"""(?:[^"\\]|\\[\s\S]|""?(?!"))*+"{3,}'),
+    ("'", True): re.compile(r"'''(?:[^']|''?(?!'))*+'{3,}"),
+}
+
+
 class _Scanner:
     def __init__(self, text, lines):
         self.text = text
@@ -80,38 +94,29 @@ class _Scanner:
     def run(self):
         table = ()
         while self._skip_blank():
-            if self._char() == "[":
+            if self.text[self.pos] == "[":
                 table = self._header()
             else:
                 self._keyval(table)
 
-    def _char(self, ahead=0):
-        index = self.pos + ahead
-        return self.text[index] if index < len(self.text) else ""
+    def _char(self):
+        return self.text[self.pos:self.pos + 1]             # "" at the end of the text
 
     def _expect(self, char):
-        if self._char() != char:
+        if self.text[self.pos:self.pos + 1] != char:
             raise _ScanError(f"expected {char!r} at line {self.lineno}")
         self.pos += 1
 
     def _skip_blank(self):
         """Skip spaces, newlines and comments; False at the end of the text."""
-        while self.pos < len(self.text):
-            char = self.text[self.pos]
-            if char == "\n":
-                self.lineno += 1
-            elif char == "#":
-                end = self.text.find("\n", self.pos)
-                self.pos = len(self.text) if end < 0 else end
-                continue
-            elif char not in " \t\r":
-                return True
-            self.pos += 1
-        return False
+        start = self.pos
+        end = self.pos = _BLANK.match(self.text, start).end()
+        if end > start:
+            self.lineno += self.text.count("\n", start, end)
+        return end < len(self.text)
 
     def _skip_spaces(self):
-        while self._char() in (" ", "\t"):
-            self.pos += 1
+        self.pos = _SPACES.match(self.text, self.pos).end()
 
     def _record(self, path, line, implicit_from=0):
         for size in range(max(implicit_from, 1), len(path)):
@@ -154,29 +159,31 @@ class _Scanner:
         self._value(path)
 
     def _key(self):
-        keys = []
+        text, keys = self.text, []
         while True:
-            self._skip_spaces()
-            keys.append(self._simple_key())
-            self._skip_spaces()
-            if self._char() != ".":
+            self.pos = _SPACES.match(text, self.pos).end()
+            bare = _BARE.match(text, self.pos)
+            if bare:
+                keys.append(bare.group())
+                self.pos = bare.end()
+            else:
+                keys.append(self._quoted_key())
+            self.pos = _SPACES.match(text, self.pos).end()
+            if text.startswith(".", self.pos):
+                self.pos += 1
+            else:
                 return tuple(keys)
-            self.pos += 1
 
-    def _simple_key(self):
+    def _quoted_key(self):
         start = self.pos
-        if self._char() in ("'", '"'):
-            self._string()
-            raw = self.text[start:self.pos]
-            try:
-                return tomllib.loads(f"k = {raw}")["k"]
-            except tomllib.TOMLDecodeError as err:
-                raise _ScanError(str(err)) from None
-        while self._char() in _BARE_KEY:
-            self.pos += 1
-        if self.pos == start:
+        if self._char() not in ("'", '"'):
             raise _ScanError(f"expected a key at line {self.lineno}")
-        return self.text[start:self.pos]
+        self._string()
+        raw = self.text[start:self.pos]
+        try:
+            return tomllib.loads(f"k = {raw}")["k"]
+        except tomllib.TOMLDecodeError as err:
+            raise _ScanError(str(err)) from None
 
     def _value(self, path):
         char = self._char()
@@ -188,8 +195,7 @@ class _Scanner:
             self._string()
         else:
             start = self.pos
-            while self._char() not in _SCALAR_END:
-                self.pos += 1
+            self.pos = _SCALAR.match(self.text, start).end()
             if self.pos == start:
                 raise _ScanError(f"expected a value at line {self.lineno}")
 
@@ -197,23 +203,24 @@ class _Scanner:
         self.pos += 1
         index = 0
         while self._skip_blank():
-            if self._char() == "]":
+            if self.text[self.pos] == "]":
                 self.pos += 1
                 return
             self.lines[path + (index,)] = self.lineno
             self._value(path + (index,))
             self._skip_blank()
-            if self._char() == ",":
+            char = self._char()
+            if char == ",":
                 self.pos += 1
                 index += 1
-            elif self._char() != "]":
+            elif char != "]":
                 raise _ScanError(f"expected ',' or ']' at line {self.lineno}")
         raise _ScanError("unterminated array")
 
     def _inline_table(self, path):
         self.pos += 1
         while self._skip_blank():
-            if self._char() == "}":
+            if self.text[self.pos] == "}":
                 self.pos += 1
                 return
             line = self.lineno
@@ -229,31 +236,10 @@ class _Scanner:
         raise _ScanError("unterminated inline table")
 
     def _string(self):
-        quote = self._char()
-        if self.text.startswith(quote * 3, self.pos):
-            self.pos += 3
-            self._string_body(quote, multiline=True)
-        else:
-            self.pos += 1
-            self._string_body(quote, multiline=False)
-
-    def _string_body(self, quote, multiline):
-        while self.pos < len(self.text):
-            char = self.text[self.pos]
-            if char == "\\" and quote == '"':
-                if self._char(1) == "\n":
-                    self.lineno += 1
-                self.pos += 2
-                continue
-            if char == "\n":
-                self.lineno += 1
-            if char != quote:
-                self.pos += 1
-                continue
-            run = 1
-            while self._char(run) == quote:
-                run += 1
-            self.pos += run if multiline else 1
-            if not multiline or run >= 3:
-                return
-        raise _ScanError("unterminated string")
+        quote = self.text[self.pos]
+        multiline = self.text.startswith(quote * 3, self.pos)
+        found = _STRINGS[quote, multiline].match(self.text, self.pos)
+        if not found:
+            raise _ScanError("unterminated string")
+        self.lineno += self.text.count("\n", self.pos, found.end())
+        self.pos = found.end()
