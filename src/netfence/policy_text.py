@@ -45,20 +45,42 @@ def _syntax_error(text, document):
 # ---- line numbers --------------------------------------------------------------------
 
 class Locator:
-    """Maps a key path (keys and array indices) to the 1-based line where it starts."""
+    """Maps a key path (keys and array indices) to the 1-based line where it starts.
+
+    Two scans of the text: at once, the paths of at most SHALLOW keys, every array and
+    inline table deeper than that skipped whole (a valid policy asks for no more: a
+    rule's ("profile", P, "egress", N), ("rule", N, "profiles", K)); the whole map only
+    when a longer path is asked for (a problem inside a rule) or `lines` is read. A
+    path of at most SHALLOW keys has the same line either way (its prefixes are as
+    short), so which scan answers is invisible."""
+
+    SHALLOW = 4
 
     def __init__(self, text):
-        self.lines = {}
-        scanner = _Scanner(text, self.lines)
+        self._text, self._lines = text, None
+        self._shallow = {}
         try:
-            scanner.run()
+            _Scanner(text, self._shallow, skip_from=self.SHALLOW).run()
         except (_ScanError, RecursionError):
-            pass                  # keep what was mapped so far; lookups fall back
+            self._shallow = None          # the whole scan tells where it stops
+
+    @property
+    def lines(self):
+        """{path: line} of every key, table and array element."""
+        if self._lines is None:
+            self._lines = {}
+            try:
+                _Scanner(self._text, self._lines).run()
+            except (_ScanError, RecursionError):
+                pass              # keep what was mapped so far; lookups fall back
+        return self._lines
 
     def line(self, *path):
+        lines = (self._shallow if len(path) <= self.SHALLOW and self._shallow is not None
+                 else self.lines)
         while path:
-            if path in self.lines:
-                return self.lines[path]
+            if path in lines:
+                return lines[path]
             path = path[:-1]
         return 0
 
@@ -73,23 +95,36 @@ _BLANK = re.compile(r"(?:[ \t\r\n]|#[^\n]*)*+")            # spaces, newlines, c
 _SPACES = re.compile(r"[ \t]*+")
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _SCALAR = re.compile(r"[^,\]}#\n]*+")                   # up to , ] } # newline or the end
-_STRINGS = {                                             # (opening, whole string)
-    ('"', False): re.compile(r'"(?:[^"\\]|\\[\s\S])*+"'),
-    ("'", False): re.compile(r"'[^']*+'"),
+_STRING_PATTERNS = {                                     # (opening, whole string)
     # a run of three or more quotes ends a multi-line string (the extra ones are its
     # content: TOML allows two), a shorter run is content
-    ('"', True): re.compile(r'"""(?:[^"\\]|\\[\s\S]|""?(?!"))*+"{3,}'),
-    ("'", True): re.compile(r"'''(?:[^']|''?(?!'))*+'{3,}"),
+    ('"', True): r'"""(?:[^"\\]|\\[\s\S]|""?(?!"))*+"{3,}',
+    ("'", True): r"'''(?:[^']|''?(?!'))*+'{3,}",
+    ('"', False): r'"(?:[^"\\]|\\[\s\S])*+"',
+    ("'", False): r"'[^']*+'",
 }
+_STRINGS = {kind: re.compile(pattern) for kind, pattern in _STRING_PATTERNS.items()}
+# A value skipped whole (Locator's first scan): an array or an inline table holding
+# nothing deeper than flat arrays, in one match (a policy's rules are such tables); any
+# other is walked bracket by bracket (_Scanner._skip_nested).
+_ANY_STRING = "(?:" + "|".join(_STRING_PATTERNS.values()) + ")"
+_FLAT_ARRAY = r"\[(?:[^\[\]{}\"'#]|" + _ANY_STRING + r"|#[^\n]*)*+\]"
+_FLAT = re.compile(r"\{(?:[^\[\]{}\"'#]|" + _ANY_STRING + "|" + _FLAT_ARRAY + r")*+\}|"
+                   + _FLAT_ARRAY)
+_TO_BRACKET = re.compile(r"[^\[\]{}\"'#]*+")
 
 
 class _Scanner:
-    def __init__(self, text, lines):
+    """skip_from: values (arrays, inline tables) at paths of that many keys or more are
+    skipped whole, their contents not mapped (None: everything is mapped)."""
+
+    def __init__(self, text, lines, skip_from=None):
         self.text = text
         self.pos = 0
         self.lineno = 1
         self.lines = lines
         self.last_index = {}             # array-of-tables path -> index of its last element
+        self.skip_from = skip_from
 
     def run(self):
         table = ()
@@ -187,7 +222,9 @@ class _Scanner:
 
     def _value(self, path):
         char = self._char()
-        if char == "[":
+        if self.skip_from is not None and len(path) >= self.skip_from and char in ("[", "{"):
+            self._skip_value()
+        elif char == "[":
             self._array(path)
         elif char == "{":
             self._inline_table(path)
@@ -243,3 +280,34 @@ class _Scanner:
             raise _ScanError("unterminated string")
         self.lineno += self.text.count("\n", self.pos, found.end())
         self.pos = found.end()
+
+    def _skip_value(self):
+        """Past the array or inline table at pos, mapping nothing inside it."""
+        start = self.pos
+        found = _FLAT.match(self.text, start)
+        end = found.end() if found else self._skip_nested(start)
+        self.lineno += self.text.count("\n", start, end)
+        self.pos = end
+
+    def _skip_nested(self, pos):
+        """The end of the bracketed value at pos, nested any depth."""
+        text, depth = self.text, 0
+        while True:
+            pos = _TO_BRACKET.match(text, pos).end()
+            char = text[pos:pos + 1]
+            if char in ("[", "{"):
+                depth, pos = depth + 1, pos + 1
+            elif char in ("]", "}"):
+                depth, pos = depth - 1, pos + 1
+                if depth == 0:
+                    return pos
+            elif char == "#":
+                end = text.find("\n", pos)
+                pos = len(text) if end < 0 else end
+            elif char:
+                found = _STRINGS[char, text.startswith(char * 3, pos)].match(text, pos)
+                if not found:
+                    raise _ScanError("unterminated string")
+                pos = found.end()
+            else:
+                raise _ScanError("unterminated array or inline table")
