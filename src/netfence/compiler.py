@@ -54,7 +54,8 @@ def compile_snapshot(policy):
                         always["profiles"], windowed)
     login = build_login(policy, windowed)
     table_json = table.to_json()
-    table_text = json.dumps(table_json, sort_keys=True)
+    # to_json's keys come sorted: the text of sort_keys=True, without the sorting
+    table_text = json.dumps(table_json, check_circular=False)
     body = {"format": formats.SNAPSHOT, "files": list(policy.files),
             "settings": asdict(policy.settings), "table": table_json, "login": login,
             "always": always, "locations": rule_locations(policy)}
