@@ -159,9 +159,17 @@ def merge_adjacent(claimed):
 def _merge_along(claimed, dim):
     groups = {}
     for box, number in claimed:
-        groups.setdefault((number, box[:dim] + box[dim + 1:]), []).append(box)
+        key = (number, box[:dim] + box[dim + 1:])
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [box]
+        else:
+            group.append(box)
     merged = []
     for (number, _), boxes in groups.items():
+        if len(boxes) == 1:                   # most boxes: nothing to join
+            merged.append((boxes[0], number))
+            continue
         boxes.sort(key=lambda b: b[dim])
         run = boxes[0]
         for box in boxes[1:]:
