@@ -105,9 +105,11 @@ _STRING_PATTERNS = {                                     # (opening, whole strin
 }
 _STRINGS = {kind: re.compile(pattern) for kind, pattern in _STRING_PATTERNS.items()}
 # A value skipped whole (Locator's first scan): an array or an inline table holding
-# nothing deeper than flat arrays, in one match (a policy's rules are such tables); any
-# other is walked bracket by bracket (_Scanner._skip_nested).
-_ANY_STRING = "(?:" + "|".join(_STRING_PATTERNS.values()) + ")"
+# nothing deeper than flat arrays and no multi-line string, in one match (a policy's
+# rules are such tables); any other is walked bracket by bracket (_skip_nested). A
+# quote opening three is no single-line string here: the match fails rather than
+# read a multi-line string as an empty one.
+_ANY_STRING = r"""(?:"(?!"")(?:[^"\\]|\\[\s\S])*+"|'(?!'')[^']*+')"""
 _FLAT_ARRAY = r"\[(?:[^\[\]{}\"'#]|" + _ANY_STRING + r"|#[^\n]*)*+\]"
 _FLAT = re.compile(r"\{(?:[^\[\]{}\"'#]|" + _ANY_STRING + "|" + _FLAT_ARRAY + r")*+\}|"
                    + _FLAT_ARRAY)
