@@ -147,7 +147,7 @@ def _replace(prepared, run_dir, state_dir, restoring=False):
                 return kept, dropped, attempt + 2, time.monotonic() - started
     finally:
         for ruleset in sockets:
-            ruleset.close()
+            close_soon(ruleset)
     raise AssertionError("unreachable")
 
 
@@ -182,12 +182,21 @@ def _attempt(prepared, run_dir, state_dir, restoring=False, sockets=None):
                               timed=timed, counts=carried_counters(prepared.table))
     finally:
         if sockets is None:
-            ruleset.close()
+            close_soon(ruleset)
         else:
             sockets.append(ruleset)
     # Counted as the admin thinks of them: guard sets mirror the others.
     return sum(len(keys) for name, keys in kept.items()
                if name not in setkinds.guards().values()), dropped
+
+
+def close_soon(ruleset):
+    """Close a connection in a thread of its own. After a transaction that replaced the
+    table, the kernel's close of the socket waits 8-16 ms (nft pays it at exit too):
+    time in which this thread promotes the snapshot and logs. The interpreter waits
+    for the thread before it exits."""
+    import threading
+    threading.Thread(target=ruleset.close, name="netfence-close").start()
 
 
 def carried_counters(table):
