@@ -91,16 +91,16 @@ class _ScanError(Exception):
 
 # The scanner's tokens, each matched at a position (a policy of 1,000 rules is ~100,000
 # characters: one regex match per token instead of a method call per character).
-_BLANK = re.compile(r"(?:[ \t\r\n]|#[^\n]*)*+")            # spaces, newlines, comments
+_BLANK = re.compile(r"(?:[ \t\r\n]++|#[^\n]*+)*+")            # spaces, newlines, comments
 _SPACES = re.compile(r"[ \t]*+")
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _SCALAR = re.compile(r"[^,\]}#\n]*+")                   # up to , ] } # newline or the end
 _STRING_PATTERNS = {                                     # (opening, whole string)
     # a run of three or more quotes ends a multi-line string (the extra ones are its
     # content: TOML allows two), a shorter run is content
-    ('"', True): r'"""(?:[^"\\]|\\[\s\S]|""?(?!"))*+"{3,}',
-    ("'", True): r"'''(?:[^']|''?(?!'))*+'{3,}",
-    ('"', False): r'"(?:[^"\\]|\\[\s\S])*+"',
+    ('"', True): r'"""(?:[^"\\]++|\\[\s\S]|""?(?!"))*+"{3,}',
+    ("'", True): r"'''(?:[^']++|''?(?!'))*+'{3,}",
+    ('"', False): r'"(?:[^"\\]++|\\[\s\S])*+"',
     ("'", False): r"'[^']*+'",
 }
 _STRINGS = {kind: re.compile(pattern) for kind, pattern in _STRING_PATTERNS.items()}
@@ -109,9 +109,9 @@ _STRINGS = {kind: re.compile(pattern) for kind, pattern in _STRING_PATTERNS.item
 # rules are such tables); any other is walked bracket by bracket (_skip_nested). A
 # quote opening three is no single-line string here: the match fails rather than
 # read a multi-line string as an empty one.
-_ANY_STRING = r"""(?:"(?!"")(?:[^"\\]|\\[\s\S])*+"|'(?!'')[^']*+')"""
-_FLAT_ARRAY = r"\[(?:[^\[\]{}\"'#]|" + _ANY_STRING + r"|#[^\n]*)*+\]"
-_FLAT = re.compile(r"\{(?:[^\[\]{}\"'#]|" + _ANY_STRING + "|" + _FLAT_ARRAY + r")*+\}|"
+_ANY_STRING = r"""(?:"(?!"")(?:[^"\\]++|\\[\s\S])*+"|'(?!'')[^']*+')"""
+_FLAT_ARRAY = r"\[(?:[^\[\]{}\"'#]++|" + _ANY_STRING + r"|#[^\n]*+)*+\]"
+_FLAT = re.compile(r"\{(?:[^\[\]{}\"'#]++|" + _ANY_STRING + "|" + _FLAT_ARRAY + r")*+\}|"
                    + _FLAT_ARRAY)
 _TO_BRACKET = re.compile(r"[^\[\]{}\"'#]*+")
 
