@@ -59,28 +59,34 @@ def compile_from(paths, check_ownership=True, nss=None):
     """The policy in the config dir, and its snapshot. Refuses an always rule's group
     with gid 0 (resolve.root_group_problems): which gid a name has is NSS's answer,
     so check and reload ask it, as they report every other policy problem."""
+    policy, compiled = _compile(paths, check_ownership, nss)
+    return policy, compiled.snapshot
+
+
+def _compile(paths, check_ownership=True, nss=None):
+    """compile_from's policy and its compiler.Compiled (the snapshot with its table)."""
     policy = load_policy(paths.config_dir, check_ownership=check_ownership)
     problems = resolve.root_group_problems(policy.rules, nss)
     if problems:
         raise PolicyError(problems)
-    return policy, compiler.compile_policy(policy)
+    return policy, compiler.compile_snapshot(policy)
 
 
 def reload(paths):
     from .nftnl import PreparedTable
-    policy, snap = compile_from(paths)
+    policy, compiled = _compile(paths)
+    snap = compiled.snapshot
     # The always rules' ranges, from NSS now: sent with the table, kept in compiled.json
     # (after the policy id: the same policy resolved later is the same policy).
     snap["resolved"] = resolve.resolve(snap["always"])
-    table = ir.TableDef.from_json(snap["table"])
-    prepared = PreparedTable(table, new_marker(snap["policy_id"]),
+    prepared = PreparedTable(compiled.table, new_marker(snap["policy_id"]),
                              ranges=snap["resolved"]["sets"])
     with state_lock(paths.state_dir):
         try:
             previous = snapshot.read_raw(paths.state_dir)  # parsed only for a roll back
         except StateError:
             previous = None           # unreadable: this reload is what replaces it
-        staged = snapshot.stage(paths.state_dir, snap)
+        staged = snapshot.stage(paths.state_dir, snap, {"table": compiled.table_text})
         try:
             outcome = _replace(prepared, paths.run_dir, paths.state_dir)
         except BaseException:
@@ -141,7 +147,7 @@ def _replace(prepared, run_dir, state_dir, restoring=False):
                 return kept, dropped, attempt + 2, time.monotonic() - started
     finally:
         for ruleset in sockets:
-            ruleset.close()
+            close_soon(ruleset)
     raise AssertionError("unreachable")
 
 
@@ -176,12 +182,21 @@ def _attempt(prepared, run_dir, state_dir, restoring=False, sockets=None):
                               timed=timed, counts=carried_counters(prepared.table))
     finally:
         if sockets is None:
-            ruleset.close()
+            close_soon(ruleset)
         else:
             sockets.append(ruleset)
     # Counted as the admin thinks of them: guard sets mirror the others.
     return sum(len(keys) for name, keys in kept.items()
                if name not in setkinds.guards().values()), dropped
+
+
+def close_soon(ruleset):
+    """Close a connection in a thread of its own. After a transaction that replaced the
+    table, the kernel's close of the socket waits 8-16 ms (nft pays it at exit too):
+    time in which this thread promotes the snapshot and logs. The interpreter waits
+    for the thread before it exits."""
+    import threading
+    threading.Thread(target=ruleset.close, name="netfence-close").start()
 
 
 def carried_counters(table):

@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict
 
 from . import formats, ir, nfencode, setkinds
+from .snapshot import json_text
 from .compiler_denials import CT_NEW, accounting_rules, denial_chains, denies_through_chains
 from .compiler_lookups import default_chain, direction_lookups, rule_chain
 from .model import Settings, profile_accounts, profile_mode
@@ -33,20 +34,38 @@ def has_ingress(profile):
 
 def compile_policy(policy):
     """Return the snapshot dict (JSON-serialisable) for a parsed model.Policy."""
+    return compile_snapshot(policy).snapshot
+
+
+class Compiled:
+    """compile_snapshot's result: the snapshot dict; its table as the ir.TableDef it
+    was built from (what reload sends, instead of one rebuilt from the JSON); and that
+    table's JSON text (snapshot.json_text: compiled.json reuses it)."""
+
+    def __init__(self, snapshot, table, table_text):
+        self.snapshot, self.table, self.table_text = snapshot, table, table_text
+
+
+def compile_snapshot(policy):
+    """The snapshot of a parsed model.Policy, as Compiled."""
     always = build_always(policy)
     windowed = windowed_profiles(policy)
     table = build_table(policy.profiles.values(), policy.settings,
                         always["profiles"], windowed)
     login = build_login(policy, windowed)
+    table_json = table.to_json()
+    # to_json's keys come sorted: the text of sort_keys=True, without the sorting
+    table_text = json.dumps(table_json, check_circular=False)
     body = {"format": formats.SNAPSHOT, "files": list(policy.files),
-            "settings": asdict(policy.settings), "table": table.to_json(), "login": login,
+            "settings": asdict(policy.settings), "table": table_json, "login": login,
             "always": always, "locations": rule_locations(policy)}
-    policy_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    policy_id = hashlib.sha256(
+        json_text(body, {"table": table_text}).encode()).hexdigest()[:16]
     login["policy_id"] = policy_id
     body["policy_id"] = policy_id
     # Derived from the rest, and bytes: added after hashing.
     login["templates"] = nfencode.build_templates(login)
-    return body
+    return Compiled(body, table, table_text)
 
 
 def rule_locations(policy):

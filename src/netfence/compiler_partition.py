@@ -21,17 +21,16 @@ def partition(numbered_boxes, space, limit=None):
     `limit` (a policy that cannot be a map: stop early rather than compute millions of
     boxes)."""
     unclaimed, claimed = _Unclaimed(space), []
+    meets, live = _meets(len(space)), unclaimed.live
     for number, boxes in numbered_boxes:
         for box in boxes:
-            for ident, free in unclaimed.meeting(box):
+            for ident, free in unclaimed.meeting(box, meets):
                 common = _intersection(free, box)
-                if common is None:
-                    continue
                 claimed.append((common, number))
                 unclaimed.replace(ident, _difference(free, common))
-            if limit is not None and max(len(claimed), len(unclaimed)) > limit:
-                raise TooManyBoxes(max(len(claimed), len(unclaimed)))
-            if not len(unclaimed):
+            if limit is not None and max(len(claimed), len(live)) > limit:
+                raise TooManyBoxes(max(len(claimed), len(live)))
+            if not live:
                 return claimed, []
     return claimed, unclaimed.boxes()
 
@@ -54,32 +53,41 @@ class _Unclaimed:
         return (low - self.low) >> self.shift, (high - self.low) >> self.shift
 
     def replace(self, old, pieces):
+        live, low, shift = self.live, self.low, self.shift
         if old is not None:
-            del self.live[old]
+            del live[old]
             self.wide.discard(old)
         for piece in pieces:
-            ident, self.next_id = self.next_id, self.next_id + 1
-            self.live[ident] = piece
-            first, last = self._span(piece)
+            ident = self.next_id
+            self.next_id += 1
+            live[ident] = piece
+            first, last = piece[-1]                       # self._span(piece), inline
+            first, last = (first - low) >> shift, (last - low) >> shift
             if last - first >= self.WIDE:
                 self.wide.add(ident)
-                continue
-            for bucket in range(first, last + 1):
-                self.buckets.setdefault(bucket, []).append(ident)
+            elif first == last:
+                self.buckets.setdefault(first, []).append(ident)
+            else:
+                for bucket in range(first, last + 1):
+                    self.buckets.setdefault(bucket, []).append(ident)
 
-    def meeting(self, box):
-        """(id, box) of the unclaimed boxes that may meet `box` (a copy: the caller
-        replaces some while it walks them)."""
+    def meeting(self, box, meets):
+        """(id, box) of the unclaimed boxes that meet `box` (meets(free, box): see
+        _meets), in the order of their ids (a copy: the caller replaces some while it
+        walks them)."""
+        live = self.live
         first, last = self._span(box)
         if last - first >= self.WIDE:
-            idents = set(self.live)
+            idents = live                             # dict order: ascending ids
         else:
             idents = {i for b in range(first, last + 1) for i in self.buckets.get(b, ())
-                      if i in self.live} | (self.wide & self.live.keys())
+                      if i in live}
+            idents.update(self.wide)                  # (the wide set holds live ids only)
             for bucket in range(first, last + 1):     # drop the dead ids as we go
-                self.buckets[bucket] = [i for i in self.buckets.get(bucket, ())
-                                        if i in self.live]
-        return [(i, self.live[i]) for i in sorted(idents)]
+                if bucket in self.buckets:
+                    self.buckets[bucket] = [i for i in self.buckets[bucket] if i in live]
+            idents = sorted(idents)
+        return [(i, live[i]) for i in idents if meets(live[i], box)]
 
     def __len__(self):
         return len(self.live)
@@ -88,11 +96,34 @@ class _Unclaimed:
         return [self.live[i] for i in sorted(self.live)]
 
 
+def _meets(dims):
+    """Whether two boxes of `dims` fields meet, as one expression: the test runs for
+    every unclaimed box near each rule box (most pairs do not meet: the selective
+    fields, port and address, last in the key, are tested first)."""
+    def meets_any(first, second):
+        for (low1, high1), (low2, high2) in zip(reversed(first), reversed(second)):
+            if low1 > high2 or low2 > high1:
+                return False
+        return True
+    return _MEETS.get(dims, meets_any)
+
+
+_MEETS = {
+    1: lambda a, b: a[0][0] <= b[0][1] and b[0][0] <= a[0][1],
+    2: lambda a, b: (a[1][0] <= b[1][1] and b[1][0] <= a[1][1]
+                     and a[0][0] <= b[0][1] and b[0][0] <= a[0][1]),
+    3: lambda a, b: (a[2][0] <= b[2][1] and b[2][0] <= a[2][1]
+                     and a[1][0] <= b[1][1] and b[1][0] <= a[1][1]
+                     and a[0][0] <= b[0][1] and b[0][0] <= a[0][1]),
+    4: lambda a, b: (a[3][0] <= b[3][1] and b[3][0] <= a[3][1]
+                     and a[2][0] <= b[2][1] and b[2][0] <= a[2][1]
+                     and a[1][0] <= b[1][1] and b[1][0] <= a[1][1]
+                     and a[0][0] <= b[0][1] and b[0][0] <= a[0][1]),
+}
+
+
 def _intersection(first, second):
-    # most pairs do not meet: test the selective fields (port, address) first, cheaply
-    for (low1, high1), (low2, high2) in zip(reversed(first), reversed(second)):
-        if low1 > high2 or low2 > high1:
-            return None
+    """The common box of two boxes that meet."""
     return tuple((max(low1, low2), min(high1, high2))
                  for (low1, high1), (low2, high2) in zip(first, second))
 
@@ -102,9 +133,11 @@ def _difference(box, inner):
     pieces, current = [], list(box)
     for dim, ((low, high), (inner_low, inner_high)) in enumerate(zip(box, inner)):
         if low < inner_low:
-            pieces.append(tuple(current[:dim] + [(low, inner_low - 1)] + current[dim + 1:]))
+            current[dim] = (low, inner_low - 1)
+            pieces.append(tuple(current))
         if inner_high < high:
-            pieces.append(tuple(current[:dim] + [(inner_high + 1, high)] + current[dim + 1:]))
+            current[dim] = (inner_high + 1, high)
+            pieces.append(tuple(current))
         current[dim] = (inner_low, inner_high)
     return pieces
 
@@ -126,9 +159,17 @@ def merge_adjacent(claimed):
 def _merge_along(claimed, dim):
     groups = {}
     for box, number in claimed:
-        groups.setdefault((number, box[:dim] + box[dim + 1:]), []).append(box)
+        key = (number, box[:dim] + box[dim + 1:])
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [box]
+        else:
+            group.append(box)
     merged = []
     for (number, _), boxes in groups.items():
+        if len(boxes) == 1:                   # most boxes: nothing to join
+            merged.append((boxes[0], number))
+            continue
         boxes.sort(key=lambda b: b[dim])
         run = boxes[0]
         for box in boxes[1:]:

@@ -15,7 +15,7 @@ from . import nfconst as nf
 from .counters import counter_expression
 from .nfencode import (attr, cstring, element_list_message, interval_list_message, nested,
                        nft_message, set_flush_message, static_elements, timed_list_message)
-from .nftnl_raw import rule_body
+from .nftnl_raw import rule_body, rule_head
 
 HOOKS = {"prerouting": nf.NF_INET_PRE_ROUTING, "input": nf.NF_INET_LOCAL_IN,
          "forward": nf.NF_INET_FORWARD, "output": nf.NF_INET_LOCAL_OUT,
@@ -49,7 +49,8 @@ def comment_udata(comment):
     raw = comment.encode()
     if len(raw) > MAX_COMMENT:
         raw = raw[:MAX_COMMENT].decode("utf-8", "ignore").encode()
-    return wire.udata_tlvs([(nf.NFTNL_UDATA_RULE_COMMENT, raw + b"\0")])
+    # wire.udata_tlvs' bytes for the one TLV, written here: a rule each
+    return bytes((nf.NFTNL_UDATA_RULE_COMMENT, len(raw) + 1)) + raw + b"\0"
 
 
 class Batch:
@@ -120,9 +121,19 @@ class PreparedTable:
         # Regular chains first (stable order otherwise): the kernel keeps creation order,
         # which is what `nft list` and read_table() show. Every chain exists before the
         # first rule, so jumps resolve either way; base chains only see packets after commit.
+        table_attr = attr(nf.NFTA_CHAIN_TABLE, cstring(name))
         for chain in sorted(table.chains, key=lambda c: bool(c.hook)):
-            body.add(f"add chain {chain.name}", nf.NFT_MSG_NEWCHAIN,
-                     _chain_attrs(name, chain))
+            if chain.hook:
+                body.add(f"add chain {chain.name}", nf.NFT_MSG_NEWCHAIN,
+                         _chain_attrs(name, chain))
+                continue
+            # a regular chain (a thousand and more: a chain per policy rule) written
+            # directly: what nftnl_wire writes for its two string attributes
+            seq = body.next_seq()
+            data = nft_message(nf.NFT_MSG_NEWCHAIN, ACKED | nf.NLM_F_CREATE | nf.NLM_F_EXCL,
+                               table_attr + attr(nf.NFTA_CHAIN_NAME, cstring(chain.name)),
+                               seq)
+            body.messages.append((f"add chain {chain.name}", data, seq))
         _add_map_elements(body, table)
         _add_rules(body, table)
         self.body = body.messages
@@ -218,14 +229,18 @@ def _chain_attrs(table_name, chain):
 def _add_rules(batch, table):
     counts = {}
     flags = ACKED | nf.NLM_F_CREATE | nf.NLM_F_APPEND
+    heads = {}                  # chain -> its rules' first two attributes (rule_body's)
     for rule in table.rules:
-        counts[rule.chain] = counts.get(rule.chain, 0) + 1
+        chain = rule.chain
+        counts[chain] = counts.get(chain, 0) + 1
+        head = heads.get(chain)
+        if head is None:
+            head = heads[chain] = rule_head(table.name, chain)
         udata = comment_udata(rule.comment) if rule.comment else None
         seq = batch.next_seq()
         data = nft_message(nf.NFT_MSG_NEWRULE, flags,
-                           rule_body(table.name, rule.chain, rule.exprs, udata), seq)
-        batch.messages.append((f"add rule #{counts[rule.chain]} to chain {rule.chain}",
-                               data, seq))
+                           rule_body(table.name, chain, rule.exprs, udata, head), seq)
+        batch.messages.append((f"add rule #{counts[chain]} to chain {chain}", data, seq))
 
 
 def add_element_messages(batch, table_name, elements, msg_type, verb):

@@ -121,20 +121,33 @@ def map_set_body(table_name, set_def, set_id):
             + attr(NFTA_SET_USERDATA, CONCAT_UDATA))
 
 
+_GOTO_CODE = attr(nf.NFTA_VERDICT_CODE, nf.NFT_GOTO.to_bytes(4, nf.NETWORK_ORDER, signed=True))
+
+
 def goto_data(chain):
     """NFTA_SET_ELEM_DATA's payload: the verdict `goto chain`."""
-    verdict = (attr(nf.NFTA_VERDICT_CODE, nf.NFT_GOTO.to_bytes(4, nf.NETWORK_ORDER,
-                                                                 signed=True))
-               + attr(nf.NFTA_VERDICT_CHAIN, cstring(chain)))
-    return nested(nf.NFTA_DATA_VERDICT, verdict)
+    return nested(nf.NFTA_DATA_VERDICT, _GOTO_CODE + attr(nf.NFTA_VERDICT_CHAIN, cstring(chain)))
+
+
+_VALUE_WRAPS = {}
+
+
+def _value_in(outer, value):
+    """nested(outer, attr(NFTA_DATA_VALUE, value)): the headers and padding are the
+    same for every value of a length, cut once from an encoded zero value (a map's
+    two keys per element, thousands of elements)."""
+    wrap = _VALUE_WRAPS.get((outer, len(value)))
+    if wrap is None:
+        whole = nested(outer, attr(nf.NFTA_DATA_VALUE, bytes(len(value))))
+        wrap = _VALUE_WRAPS[outer, len(value)] = (whole[:2 * 4], whole[2 * 4 + len(value):])
+    return wrap[0] + value + wrap[1]
 
 
 def element_item(key_hex, key_end_hex, chain):
     """One NFTA_LIST_ELEM of a map's NEWSETELEM message."""
     return nested(nf.NFTA_LIST_ELEM,
-                  nested(nf.NFTA_SET_ELEM_KEY, attr(nf.NFTA_DATA_VALUE, bytes.fromhex(key_hex)))
-                  + nested(NFTA_SET_ELEM_KEY_END,
-                           attr(nf.NFTA_DATA_VALUE, bytes.fromhex(key_end_hex)))
+                  _value_in(nf.NFTA_SET_ELEM_KEY, bytes.fromhex(key_hex))
+                  + _value_in(NFTA_SET_ELEM_KEY_END, bytes.fromhex(key_end_hex))
                   + nested(NFTA_SET_ELEM_DATA, goto_data(chain)))
 
 

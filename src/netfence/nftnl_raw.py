@@ -162,10 +162,16 @@ def expr_bytes(expr):
     return data
 
 
-def rule_body(table, chain, exprs, udata=None):
-    """The attributes of a NEWRULE message (after nlmsghdr and nfgenmsg)."""
-    body = (nla(nf.NFTA_RULE_TABLE, cstring(table)) + nla(nf.NFTA_RULE_CHAIN, cstring(chain))
-            + nla(nf.NFTA_RULE_EXPRESSIONS, b"".join(expr_bytes(e) for e in exprs)))
+def rule_head(table, chain):
+    """A NEWRULE message's first attributes: its table and chain."""
+    return nla(nf.NFTA_RULE_TABLE, cstring(table)) + nla(nf.NFTA_RULE_CHAIN, cstring(chain))
+
+
+def rule_body(table, chain, exprs, udata=None, head=None):
+    """The attributes of a NEWRULE message (after nlmsghdr and nfgenmsg); head:
+    rule_head(table, chain), when the caller keeps it for a chain's rules."""
+    body = ((head or rule_head(table, chain))
+            + nla(nf.NFTA_RULE_EXPRESSIONS, b"".join([expr_bytes(e) for e in exprs])))
     if udata:
         body += nla(nf.NFTA_RULE_USERDATA, udata)
     return body

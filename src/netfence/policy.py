@@ -7,8 +7,6 @@ texts to `parse_policy_text`, the pure part. Every problem in every file is coll
 raised as one PolicyError of (path, line, message). The language is in docs/policy.md.
 """
 
-import difflib
-
 from . import model
 from .errors import PolicyError
 from .policy_files import read_files
@@ -81,6 +79,7 @@ class _File:
         self.problems.append((self.path, self.locator.line(*keys), message))
 
     def unknown(self, keys, allowed, context):
+        import difflib                  # errors only: not on a valid policy's path
         key = keys[-1]
         close = difflib.get_close_matches(str(key), allowed, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"expected one of: {', '.join(allowed)}"
@@ -165,6 +164,7 @@ def _each(doc, keys, context, value, check, empty):
 _PROFILE_KEYS = ("egress", "egress_default", "ingress", "ingress_default", "log", "mode",
                  "account")
 _PEER_KEY = {"egress": "to", "ingress": "from"}
+_PEER_KEYS = tuple(_PEER_KEY.values())
 _NET_KEYS = ("action", "proto", "ports")
 _PORT_PROTOS = ("tcp", "udp")
 
@@ -229,15 +229,19 @@ def _net_rule(doc, context, keys, item, direction):
     allowed = _NET_KEYS + (peer_key,)
     fields, ok = {}, "action" in item
     for key, value in item.items():
-        if key in _PEER_KEY.values() and key != peer_key:
+        if key in allowed:
+            try:                            # _check, inline: a rule has 3 or 4 keys
+                fields[key] = _NET_VALUES[key](value, key)
+            except (ItemError, TimeSpecError) as err:
+                doc.error(keys + (key,), f"{context}: {err}")
+                fields[key] = None
+            continue
+        if key in _PEER_KEYS:
             other = "ingress" if direction == "egress" else "egress"
             doc.error(keys + (key,), f"{context}: {key!r} is for {other} rules; "
                                      f"{direction} rules use {peer_key!r}")
-        elif key not in allowed:
-            doc.unknown(keys + (key,), allowed, context)
         else:
-            fields[key] = _check(doc, keys + (key,), context, _NET_VALUES[key], value, key)
-            continue
+            doc.unknown(keys + (key,), allowed, context)
         ok = False
     if "action" not in item:
         doc.error(keys, f"{context}: action is required (allow, deny or reject)")
@@ -388,6 +392,7 @@ def _check_references(state):
     for name, path, line, context in state.references:
         if name in state.profile_where:
             continue
+        import difflib
         close = difflib.get_close_matches(name, list(state.profile_where), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         state.problems.append((path, line, f"{context}: unknown profile {name!r}{hint}"))

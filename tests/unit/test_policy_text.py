@@ -71,6 +71,23 @@ def test_crlf_line_endings():
     assert (loc.line("settings", "log_rate"), loc.line("rule", 0, "users")) == (2, 5)
 
 
+def test_deep_values_skipped_first_give_the_same_lines():
+    """The first scan skips values deeper than Locator.SHALLOW keys whole; the lines
+    after them, and every deeper path (the whole scan, on demand), are as before."""
+    text = ('[profile.p]\negress = [\n  { action = "a", proto = ["tcp", # c ]\n'
+            '    "udp"], to = ["x"] },\n  { action = "b", x = { y = [[1, "]"],\n'
+            '    2] } },\n  [ "}", \'\'\'\n{\n\'\'\' ],\n  { a = """]\n}"""},\n]\n'
+            'ingress = [{ action = "c" }]\n[[rule]]\nprofiles = [\n "p",\n]\n')
+    loc = lines_of(text)
+    assert [loc.line("profile", "p", "egress", n) for n in range(4)] == [3, 5, 7, 10]
+    assert loc.line("profile", "p", "ingress", 0) == 13
+    assert loc.line("rule", 0, "profiles", 0) == 16
+    assert loc.line("profile", "p", "egress", 0, "proto", 1) == 4
+    assert loc.line("profile", "p", "egress", 1, "x", "y", 1) == 6
+    assert loc.line("profile", "p", "egress", 3, "a") == 10
+    assert loc.lines[("profile", "p", "egress", 0, "to")] == 4
+
+
 def test_unknown_paths_fall_back_to_zero():
     loc = lines_of("")
     assert loc.line("anything", 3) == 0
