@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 from . import doctor_pam
+from .doctor import SYSTEM_PAM_DIR     # doctor imports this module only when it runs
 
 POLICY = """[settings]
 cgroup_base = "{base}"
@@ -35,7 +36,6 @@ profiles = ["doctor-probe"]
 scope = "session"
 """
 DENIED_PORT, ALLOWED_PORT = 47391, 47392
-SYSTEM_PAM_DIR = "/etc/pam.d"
 
 
 def service_text(line, state_dir, run_dir, user):
