@@ -323,24 +323,29 @@ def _nft_from_ipt(family, args):
 
 def floor_ruleset(uid, names=USER_PROFILES + SESSION_PROFILES, table="floor"):
     """nft -f text: the egress rules of the user's profiles written by hand for this one
-    uid, as cheaply as nftables can check them on every packet: one `meta skuid` test,
-    then the rules in first-match order as plain matches (no sets, no per-rule counters,
-    no sessions, no grants), the last profile's default; plus the input rule that turns
-    connection tracking on, as the conntrack baseline has. A profile whose default is
-    allow falls through to the next one, as the profile chains do."""
+    uid, as cheaply as nftables can check them on every packet with netfence's meaning
+    (every profile must allow): one `meta skuid` compare per profile jumping to its
+    chain, the rules in first-match order as plain matches (no sets, no sessions, no
+    grants, no per-rule counters), allow as `return` (the next profile is asked), the
+    default (allow: nothing); plus the input rule that turns connection tracking on, as
+    the conntrack baseline has."""
     lines = [f"table inet {table} {{", "  chain output {",
-             "    type filter hook output priority filter; policy accept;",
-             f"    meta skuid {uid} jump user", "  }", "  chain user {"]
-    default = "allow"
+             "    type filter hook output priority filter; policy accept;"]
+    lines += [f"    meta skuid {uid} jump {name}" for name in names
+              if PROFILES[name].get("egress")]
+    lines.append("  }")
     for name in names:
         profile = PROFILES[name]
-        for action, protos, ports, peers in profile.get("egress", ()):
+        if not profile.get("egress"):
+            continue
+        lines.append(f"  chain {name} {{")
+        for action, protos, ports, peers in profile["egress"]:
             lines += [f"    {text}" for text in _floor_rules(action, protos, ports, peers)]
         default = profile.get("egress_default", "allow")
-    if default != "allow":
-        lines.append("    " + {"deny": "drop", "reject": "reject"}[default])
-    lines += ["  }", "  chain input {",
-              "    type filter hook input priority filter; policy accept;",
+        if default != "allow":
+            lines.append("    " + {"deny": "drop", "reject": "reject"}[default])
+        lines.append("  }")
+    lines += ["  chain input {", "    type filter hook input priority filter; policy accept;",
               "    ct state new", "  }", "}"]
     return "\n".join(lines) + "\n"
 

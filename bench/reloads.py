@@ -38,7 +38,8 @@ LOADABLE = "meta mark set socket mark"
 # parses; netfence's reset chains `out-P.reset` (issue 12) have none: only TCP-only
 # rules go there, and the lookup map's key already holds the protocol. The twin's rule then has one expression more (nft's work is
 # counted a little high); the listings are compared without it.
-IMPLIED = re.compile(r"meta l4proto tcp ((?:counter packets \d+ bytes \d+ )?reject with tcp reset)")
+IMPLIED = re.compile(
+    r"meta l4proto tcp ((?:counter packets \d+ bytes \d+ )?reject with tcp reset)")
 
 
 def nft_twin(ws, env, name):

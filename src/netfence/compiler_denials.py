@@ -18,9 +18,9 @@ CT_NEW = (("ct", "state"), ("bitwise", IP_CT_NEW_STATE_BIT.to_bytes(4, HOST_ORDE
 
 
 def denies_through_chains(profile, settings):
-    """Whether P's deny and reject verdicts go to its deny-P / reject-P chains (which
-    log, count and, in monitor mode, let the packet through) instead of ending in
-    place."""
+    """Whether P's denial chains (out-P.deny, .reject, ...: the grants first) end by
+    going to its deny-P / reject-P chains (which log, count and, in monitor mode, let
+    the packet through) instead of ending in place."""
     return (profile_logs(profile, settings) or profile_accounts(profile, settings)
             or profile_mode(profile, settings) == "monitor")
 
@@ -39,7 +39,8 @@ def accounting_rules(counted):
 
 
 def denial_chains(profile, settings):
-    """deny-P and reject-P, where P's deny and reject verdicts go (goto):
+    """deny-P and reject-P, where P's denial chains of both directions go (goto)
+    after the grants:
       1. jump log-P (when P logs): at most log_rate lines a second per profile, then
          emit-P sends the packet's headers to nflog group log_group;
       2. the denial counted for the socket's session and user cgroups (when P counts);

@@ -158,9 +158,10 @@ def element_key(fields, corner):
 
 def direction_lookups(profile, direction, net_rules, chain):
     """(sets, lookup rules) of one profile direction: the maps with their elements, and
-    the rules of `chain` (out-P / in-P) before its `goto` to the default chain; a map of more than MAP_CHUNK elements is several (`chunks`). The main maps
-    come first (both families), then, when fallbacks follow, the guard (`fallback_guard`),
-    then the fallbacks."""
+    the rules of `chain` (out-P / in-P) before its `goto` to the default chain; a map
+    of more than MAP_CHUNK elements is several (`chunks`). The main maps come first
+    (both families), then, when fallbacks follow, the guard (`fallback_guard`), then
+    the fallbacks."""
     specs = map_specs(net_rules)
     sets, main, fallbacks = [], [], []
     for spec in specs:

@@ -264,8 +264,8 @@ def target_of(entry):
 def conflict(entries, new, now):
     """Why `new` cannot join the entries in force at now, or "".
 
-    A grant is consulted before the profile's rules (the first rules of out-P return),
-    so a grant and a restriction of one uid and profile would leave the uid exempt
+    A grant overrides whatever the profile denies (the first rules of its denial
+    chains out-P.deny / .reset / .reject return), so a grant and a restriction of one uid and profile would leave the uid exempt
     whatever the order they came in: refused both ways, naming the one to revoke.
     The same target, profile and kind twice is refused too (one line per decision
     in `netfence grants`; revoke it and give the new duration)."""

@@ -230,8 +230,8 @@ def _meta_cmp(key, cmp, rest, state):
         state["l4proto"] = value[0]
         if rest and rest[0][0] == "payload" and rest[0][1] == "transport":
             return ""
-        if cmp[1] == "gte" and value[0] == 0:     # the fallback guard; nft says "ip"
-            return "meta l4proto >= ip"
+        if cmp[1] == "gte" and value[0] == 0:     # the fallback guard: ">= ip"
+            return f"meta l4proto >= {protocol_name(0)}"
         return f"meta l4proto {PROTO_NAMES.get(value[0], value[0])}"
     if key in ("oif", "iif"):
         index = int.from_bytes(value, HOST_ORDER)

@@ -29,8 +29,8 @@ one of their elements, with its expiry, from the records, the grants and the clo
   tucg  tucg_set  tucg-P  any-tucg  cgroup (2)     user       with `time`, while its
   tscg  tscg_set  tscg-P  any-tscg  cgroup (3)     session    window is open (WINDOW_KINDS)
   guid  -         guid-P  -         uid            user     grants: exempt from P (the
-  gucg  -         gucg-P  -         cgroup (2)     user       first rules of out-P/in-P
-  gscg  -         gscg-P  -         cgroup (3)     session    return) (GRANT_KINDS)
+  gucg  -         gucg-P  -         cgroup (2)     user       first rules of P's denial
+  gscg  -         gscg-P  -         cgroup (3)     session    chains return) (GRANT_KINDS)
   ruid  -         ruid-P  any-ruid  uid            user     restrictions: P applied to
                                                             the uid's egress (RESTRICT_KINDS)
 

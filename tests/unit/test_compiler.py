@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from netfence import compiler, ir
 from support import linear_compile as compiler_linear
 from netfence.model import (MatchRule, NetRule, Patterns, Policy, Profile, Settings,
@@ -377,3 +379,30 @@ def test_a_verdict_map_set_def_round_trips_through_json():
     assert back == table
     assert back.sets[0].fields == fields and back.sets[0].elements == elements
     assert ir.key_length(fields) == 16
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_every_denial_chain_asks_the_grants_first(log):
+    """Deny, TCP reset, ICMP reject and the default, egress and ingress, logging or not:
+    every chain a deny or reject goes to starts with the direction's grants, and every
+    deny or reject verdict of a rule chain or a default goes to one of them."""
+    rules = (NetRule("deny", ("tcp",), ((25, 25),)), NetRule("reject", ("tcp",), ((26, 26),)),
+             NetRule("reject", ("tcp", "udp"), ((27, 27),)), NetRule("allow", ("udp",)))
+    table = table_of(Profile("p", egress=rules, ingress=rules, egress_default="reject",
+                             ingress_default="deny", log=log))
+    grants = {"out": [("lookup", "guid-p"), ("lookup", "gscg-p")],
+              "in": [("lookup", "gucg-p"), ("lookup", "gscg-p")]}
+    targets = set()
+    for side in ("out", "in"):
+        for chain in [f"{side}-p.{n}" for n in range(1, 5)] + [f"{side}-p.default"]:
+            [rule] = every_rule_in(table, chain)
+            if rule[-1] != ("verdict", "return"):
+                assert rule[-1][:2] == ("verdict", "goto"), chain
+                targets.add(rule[-1][2])
+    kinds = {"deny", "reject"} | (set() if log else {"reset"})
+    assert targets == {f"{side}-p.{kind}" for side in ("out", "in") for kind in kinds}
+    for target in targets:
+        denial = every_rule_in(table, target)
+        assert [r[-2] for r in denial[:2]] == grants[target[:target.index("-")]], target
+        assert all(r[-1] == ("verdict", "return") for r in denial[:2]) and len(denial) == 3
+        assert denial[2][-1] != ("verdict", "return"), target
