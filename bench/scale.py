@@ -6,6 +6,18 @@ Other users' live sessions are faked where the hook would see them: their elemen
 the kernel (added with netfence's own Ruleset.add_elements) and their records in
 run_dir (written with netfence.records), the PAM applications' pids above pid_max so
 that none is ever alive.
+
+Method: 5 rounds (2 with --quick) of `per_round` logins per size, the sizes in
+alternating order, logins LOGIN_GAP_MS apart; medians. Then the extra processes
+(processes_rounds): at the largest size, at least MIN_PROCESS_ROUNDS rounds, each a
+batch of logins without them and a batch with them (`netbench idle N` started before
+the batch, stopped and reaped after it, SETTLE_S after either), the order reversed
+every other round. `close_processes_ratio` and `open_processes_ratio` are the medians
+of the per-round ratios (median with / median without, the same round); the
+per-round close ratios are in `close_processes_ratios`. Before issue 12's review the
+rounds with processes ran after all the others, and a close's time moves with the
+cgroup migration's RCU wait of the moment (docs/hook.md, "The migration's wait"), so
+one run's ratio ranged from 0.89 to 1.85 without any change to the close.
 """
 
 import json
@@ -128,6 +140,59 @@ def reloads_with_sessions(ws, envs, reps):
     return out
 
 
+MIN_PROCESS_ROUNDS = 3          # a median of per-round ratios needs a few rounds
+SETTLE_S = 0.3                  # after starting or stopping the extra processes
+
+
+def processes_rounds(ws, user, env, size, processes, rounds, per_round):
+    """Live sessions come with processes; close asks the kernel's cgroup accounting of
+    the closing user only, so `processes` more (sleeping) processes on the host must
+    not change its cost. At least MIN_PROCESS_ROUNDS rounds at `size` live sessions,
+    each one batch of logins without the extra processes and one with them (started
+    before, stopped after it), the order reversed every other round; the ratios are
+    taken within a round (the machine's load and the migration's RCU wait move from
+    one moment to the next: docs/benchmarks.md) and their median reported. The same
+    for open, which never looked at other processes: how much slower the machine
+    itself is with them (process start, page faults, scheduling)."""
+    rounds = max(rounds, MIN_PROCESS_ROUNDS)
+    log(f"  {rounds} rounds x {per_round} logins at {size} sessions, without and with "
+        f"{processes} extra processes, alternated ...")
+    spec = login_spec(ws, env, user, per_round, LOGIN_GAP_MS)
+    samples = {"with": {"open": [], "close": []}, "without": {"open": [], "close": []}}
+    ratios = {"open": [], "close": []}
+
+    def batch(variant, r):
+        if variant == "with":
+            idle = idle_processes(ws, processes)
+            time.sleep(SETTLE_S)
+        try:
+            res = run_driver(ws, env.netns, spec, f"scale{size}-{variant}-procs-{r}")
+        finally:
+            if variant == "with":
+                stop_idle(idle)
+        time.sleep(SETTLE_S)
+        return {step: ms(res[step]) for step in ("open", "close")}
+
+    for r in range(rounds):
+        got = {v: batch(v, r) for v in (("without", "with") if r % 2 == 0
+                                         else ("with", "without"))}
+        for step in ("open", "close"):
+            for variant in got:
+                samples[variant][step] += got[variant][step]
+            ratios[step].append(median(got["with"][step]) / median(got["without"][step]))
+    return {
+        "scale_extra_processes": processes,
+        "scale_process_rounds": rounds,
+        "open_ms_median_with_processes": median(samples["with"]["open"]),
+        "close_ms_median_with_processes": median(samples["with"]["close"]),
+        "open_ms_median_without_processes": median(samples["without"]["open"]),
+        "close_ms_median_without_processes": median(samples["without"]["close"]),
+        "close_processes_ratio": median(ratios["close"]),
+        "open_processes_ratio": median(ratios["open"]),
+        "close_processes_ratios": [round(v, 3) for v in ratios["close"]],
+    }
+
+
 def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_rounds=2,
                   reload_reps=3):
     envs, setup_s = scale_envs(ws, user, sizes)
@@ -153,32 +218,9 @@ def scale_section(ws, user, sizes, rounds, per_round, processes=0, process_round
     out["open_scale_ratio_sessions"] = largest
     out["open_scale_ratio"] = out[f"open_ms_median_at_{largest}"] / out["open_ms_median_at_0"]
     out["close_scale_ratio"] = out[f"close_ms_median_at_{largest}"] / out["close_ms_median_at_0"]
-    # Live sessions come with processes; close asks the kernel's cgroup accounting of
-    # the closing user only, so `processes` more (sleeping) processes on the host must
-    # not change its cost: the same logins at the largest size with them.
     processes = min(processes, process_headroom())
     if processes:
-        proc_rounds = process_rounds
-        log(f"  {proc_rounds} rounds x {per_round} logins at {largest} sessions with "
-            f"{processes} extra processes ...")
-        idle = idle_processes(ws, processes)
-        with_procs = {"open": [], "close": []}
-        env = envs[largest]
-        for r in range(proc_rounds):
-            res = run_driver(ws, env.netns,
-                             login_spec(ws, env, user, per_round, LOGIN_GAP_MS),
-                             f"scale{largest}-procs")
-            with_procs["open"] += ms(res["open"])
-            with_procs["close"] += ms(res["close"])
-        stop_idle(idle)
-        out["scale_extra_processes"] = processes
-        out["open_ms_median_with_processes"] = median(with_procs["open"])
-        out["close_ms_median_with_processes"] = median(with_procs["close"])
-        out["close_processes_ratio"] = (out["close_ms_median_with_processes"]
-                                        / out[f"close_ms_median_at_{largest}"])
-        # the same for open, which never looked at other processes: how much slower
-        # the machine itself is with them (process start, page faults, scheduling)
-        out["open_processes_ratio"] = (out["open_ms_median_with_processes"]
-                                       / out[f"open_ms_median_at_{largest}"])
+        out.update(processes_rounds(ws, user, envs[largest], largest, processes,
+                                    process_rounds, per_round))
     out.update(reloads_with_sessions(ws, envs, reload_reps))
     return {k: rnd(v, 3) if isinstance(v, float) else v for k, v in out.items()}, envs
