@@ -9,15 +9,18 @@ that none is ever alive.
 
 Method: 5 rounds (2 with --quick) of `per_round` logins per size, the sizes in
 alternating order, logins LOGIN_GAP_MS apart; medians. Then the extra processes
-(processes_rounds): at the largest size, at least MIN_PROCESS_ROUNDS rounds, each a
-batch of logins without them and a batch with them (`netbench idle N` started before
-the batch, stopped and reaped after it, SETTLE_S after either), the order reversed
-every other round. `close_processes_ratio` and `open_processes_ratio` are the medians
-of the per-round ratios (median with / median without, the same round); the
-per-round close ratios are in `close_processes_ratios`. Before issue 12's review the
-rounds with processes ran after all the others, and a close's time moves with the
-cgroup migration's RCU wait of the moment (docs/hook.md, "The migration's wait"), so
-one run's ratio ranged from 0.89 to 1.85 without any change to the close.
+(processes_rounds): at the largest size, at least MIN_PROCESS_ROUNDS rounds, each
+without-with-without: half a batch of logins without them, a full batch with them
+(`netbench idle N` started before it, the batch timed once the host is calm again:
+settled), stopped and reaped, the other half without. `close_processes_ratio` and
+`open_processes_ratio` are the medians of the per-round ratios (median with / median
+of the two halves around it, the same round: a drift of the machine's load during a
+round cancels out); the per-round ratios are in `close_processes_ratios` and
+`open_processes_ratios`. Before issue 12's review the rounds with processes ran after
+all the others, right after the processes were forked, and a close's time moves with
+the cgroup migration's RCU wait and the host's load of the moment (docs/hook.md, "The
+migration's wait"), so one run's ratio ranged from 0.89 to 1.85 with no change to the
+close.
 """
 
 import json
@@ -141,42 +144,72 @@ def reloads_with_sessions(ws, envs, reps):
 
 
 MIN_PROCESS_ROUNDS = 3          # a median of per-round ratios needs a few rounds
-SETTLE_S = 0.3                  # after starting or stopping the extra processes
+SETTLE_S = 0.3                  # calm before a batch, after starting or stopping them
+
+
+def runnable():
+    """Tasks runnable now (/proc/loadavg's fourth field: runnable/total)."""
+    with open("/proc/loadavg") as handle:
+        return int(handle.read().split()[3].split("/")[0])
+
+
+def settled(after, timeout=15.0):
+    """Wait until the host is calm after `after` (starting or stopping the extra
+    processes: forking and reaping 20,000 of them keeps both CPUs busy for a second
+    or two): SETTLE_S in a row with at most cpus + 4 runnable tasks, other work on
+    the host included. Gives up after `timeout` s, with a log line."""
+    limit = (os.cpu_count() or 1) + 4
+    deadline = time.monotonic() + timeout
+    calm_since = None
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if runnable() > limit:
+            calm_since = None
+        elif calm_since is None:
+            calm_since = now
+        elif now - calm_since >= SETTLE_S:
+            return
+        time.sleep(0.02)
+    log(f"  the host did not settle within {timeout:.0f} s after {after} (more than "
+        f"{limit} runnable tasks): measuring anyway")
 
 
 def processes_rounds(ws, user, env, size, processes, rounds, per_round):
     """Live sessions come with processes; close asks the kernel's cgroup accounting of
     the closing user only, so `processes` more (sleeping) processes on the host must
     not change its cost. At least MIN_PROCESS_ROUNDS rounds at `size` live sessions,
-    each one batch of logins without the extra processes and one with them (started
-    before, stopped after it), the order reversed every other round; the ratios are
-    taken within a round (the machine's load and the migration's RCU wait move from
-    one moment to the next: docs/benchmarks.md) and their median reported. The same
-    for open, which never looked at other processes: how much slower the machine
-    itself is with them (process start, page faults, scheduling)."""
+    each without-with-without: half a batch of logins without the extra processes,
+    a batch with them (started before it, once the host is calm again: settled;
+    stopped and reaped after it), the other half without. The ratios are taken within
+    a round, the with batch against both halves around it (the machine's load and the
+    migration's RCU wait move from one second to the next: docs/benchmarks.md), and
+    their median reported. The same for open, which never looked at other processes:
+    how much slower the machine itself is with them (process start, scheduling)."""
     rounds = max(rounds, MIN_PROCESS_ROUNDS)
-    log(f"  {rounds} rounds x {per_round} logins at {size} sessions, without and with "
-        f"{processes} extra processes, alternated ...")
-    spec = login_spec(ws, env, user, per_round, LOGIN_GAP_MS)
+    half = max(1, per_round // 2)
+    log(f"  {rounds} rounds at {size} sessions: {half} logins without, {per_round} with "
+        f"{processes} extra processes, {half} without ...")
+    spec = {"with": login_spec(ws, env, user, per_round, LOGIN_GAP_MS),
+            "without": login_spec(ws, env, user, half, LOGIN_GAP_MS)}
     samples = {"with": {"open": [], "close": []}, "without": {"open": [], "close": []}}
     ratios = {"open": [], "close": []}
 
-    def batch(variant, r):
-        if variant == "with":
-            idle = idle_processes(ws, processes)
-            time.sleep(SETTLE_S)
-        try:
-            res = run_driver(ws, env.netns, spec, f"scale{size}-{variant}-procs-{r}")
-        finally:
-            if variant == "with":
-                stop_idle(idle)
-        time.sleep(SETTLE_S)
+    def batch(variant, name):
+        res = run_driver(ws, env.netns, spec[variant], f"scale{size}-{name}")
         return {step: ms(res[step]) for step in ("open", "close")}
 
     for r in range(rounds):
-        got = {v: batch(v, r) for v in (("without", "with") if r % 2 == 0
-                                         else ("with", "without"))}
+        got = {"without": batch("without", f"before-procs-{r}")}
+        idle = idle_processes(ws, processes)
+        try:
+            settled(f"starting {processes} processes")
+            got["with"] = batch("with", f"procs-{r}")
+        finally:
+            stop_idle(idle)
+        settled(f"stopping {processes} processes")
+        after = batch("without", f"after-procs-{r}")
         for step in ("open", "close"):
+            got["without"][step] += after[step]
             for variant in got:
                 samples[variant][step] += got[variant][step]
             ratios[step].append(median(got["with"][step]) / median(got["without"][step]))
@@ -190,6 +223,7 @@ def processes_rounds(ws, user, env, size, processes, rounds, per_round):
         "close_processes_ratio": median(ratios["close"]),
         "open_processes_ratio": median(ratios["open"]),
         "close_processes_ratios": [round(v, 3) for v in ratios["close"]],
+        "open_processes_ratios": [round(v, 3) for v in ratios["open"]],
     }
 
 
