@@ -39,6 +39,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,10 @@
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
 #endif
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+#define INTO_CGROUP 0x200000000ULL      /* CLONE_INTO_CGROUP, linux/sched.h (5.7) */
 
 static const char *syslog_path = "/dev/log";
 static const char *kmsg_path = "/dev/kmsg";
@@ -374,6 +379,49 @@ static void prime_migrations(void)
 }
 
 /*
+ * At close the hook moves the PAM application (then itself and the launcher) out of
+ * the session cgroup, and that first move waits for the same grace period. A child
+ * forked here would be one more task in the session cgroup, which the close counts
+ * (the user's release) and must find empty to remove it. So the child is created in
+ * the root cgroup of the cgroup2 hierarchy (clone3 with CLONE_INTO_CGROUP: it is
+ * never in the session cgroup, not even while it waits), where it moves itself in
+ * place and exits. The only cgroup named is the root, from the cgroup2 mount in
+ * /proc/self/mountinfo (nothing of the environment); the child moves nothing but
+ * itself. Without clone3 or CLONE_INTO_CGROUP (before Linux 5.7, a seccomp filter),
+ * no priming: never a fork in the session cgroup. docs/hook.md, "The migration's
+ * wait".
+ */
+static void prime_migrations_from_root(void)
+{
+    struct {                            /* struct clone_args, CLONE_ARGS_SIZE_VER2 */
+        uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+                 tls, set_tid, set_tid_size, cgroup;
+    } args;
+    char mount[PATH_MAX];
+    int dir, procs;
+
+    if (!cgroup2_mount(mount, sizeof mount))
+        return;
+    dir = open(mount, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (dir < 0)
+        return;
+    procs = openat(dir, "cgroup.procs", O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (procs >= 0) {
+        memset(&args, 0, sizeof args);
+        args.flags = INTO_CGROUP;
+        args.exit_signal = SIGCHLD;
+        args.cgroup = (uint64_t)dir;
+        if (syscall(SYS_clone3, &args, sizeof args) == 0) {
+            ssize_t ignored = write(procs, "0", 1);     /* the child: in the root */
+            (void)ignored;
+            _exit(0);
+        }
+        close(procs);
+    }
+    close(dir);
+}
+
+/*
  * Scheduling survives exec of setuid su too: `chrt -i 0`, `nice -n 19`, `taskset`,
  * `ionice -c 3` would let a user stretch each hold of the records lock (and starve
  * the launcher's deadline) with a few CPU hogs. Put back the defaults.
@@ -456,8 +504,10 @@ int main(int argc, char **argv, char **envp)
                  "cgroup the user controls: %s'", event, who, strerror((int)-n));
         return 1;
     }
-    if (strcmp(event, "open") == 0)     /* not at close: the child would be a task */
-        prime_migrations();             /* in the session cgroup the close counts */
+    if (strcmp(event, "open") == 0)
+        prime_migrations();
+    else if (strcmp(event, "close") == 0)   /* a child born in the root cgroup: none */
+        prime_migrations_from_root();       /* in the session cgroup the close counts */
     parent = getpid();
     pid = fork();
     if (pid < 0) {

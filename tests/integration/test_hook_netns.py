@@ -464,6 +464,55 @@ def test_user_elements_stay_while_the_uid_has_processes(world):
     assert records.list_users(str(world.run_dir)) == []
 
 
+def test_close_priming_leaves_liveness_records_and_elements_as_they_were(world):
+    """The static launcher primes the close's cgroup migration with a child born in the
+    root cgroup (docs/hook.md, "The migration's wait"). The close must still remove
+    exactly what its session added, release the user when nothing of it is left, keep
+    the user's elements while a process of the user is, and leave no cgroup, record or
+    element behind: closes in a row (each one's child may still be waiting while the
+    hook counts the user's tasks), then one with a process left."""
+    if not os.path.exists(world.hook + ".py"):
+        pytest.skip("no static launcher built: nothing primes the close")
+    for _ in range(6):
+        parent = world.parent()
+        origin = parent.cgroup()
+        assert parent.open() == 0
+        record = records.read_session(str(world.run_dir), parent.key())
+        assert parent.close() == 0
+        assert all(v == [] for v in world.all_elements().values())
+        assert parent.cgroup() == origin
+        assert not os.path.exists(world.mount + record["user_cgroup"])
+        assert records.list_sessions(str(world.run_dir)) == []
+        assert records.list_users(str(world.run_dir)) == []
+        parent.stop()
+
+    first, second = world.parent(), world.parent()
+    assert first.open() == 0 and second.open() == 0
+    kept = records.read_session(str(world.run_dir), second.key())
+    gone = records.read_session(str(world.run_dir), first.key())
+    before = world.all_elements()
+    sleeper = first.ask(cmd="spawn", argv=["setpriv", f"--reuid={UID}", f"--regid={UID}",
+                                           "--clear-groups", "sleep", "60"])["pid"]
+    time.sleep(0.2)
+    assert first.close() == 0                            # a process left, a session live
+    found = world.all_elements()
+    assert len(before["scg-srv"]) == 2 and len(found["scg-srv"]) == 1
+    assert set(found["scg-srv"]) < set(before["scg-srv"])
+    assert {k: v for k, v in found.items() if k != "scg-srv"} == \
+        {k: v for k, v in before.items() if k != "scg-srv"}    # the user's: all kept
+    assert os.path.exists(world.mount + gone["cgroup"])  # busy: left for gc
+    assert [r["key"] for r in records.list_sessions(str(world.run_dir))] == [kept["key"]]
+    assert records.read_user(str(world.run_dir), UID)["sessions"] == [kept["key"]]
+
+    first.ask(cmd="reap", pid=sleeper)                   # nothing of the user left
+    assert second.close() == 0                           # but the closing application
+    assert all(v == [] for v in world.all_elements().values())
+    assert records.list_sessions(str(world.run_dir)) == []
+    assert records.list_users(str(world.run_dir)) == []
+    world.gc()                                           # the first one's empty cgroup
+    assert not os.path.exists(world.mount + gone["user_cgroup"])
+
+
 def test_gc_cleans_up_after_a_killed_pam_application(world):
     parent = world.parent()
     assert parent.open() == 0

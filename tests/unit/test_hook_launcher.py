@@ -36,8 +36,21 @@ def _procs():
         return open(mount[0] + own[0].rstrip("/") + "/cgroup.procs").read().split()
     except (IndexError, OSError):
         return None
+def _cgroup_of(pid):   # a sibling's cgroup v2 path, None once it is reaped
+    try:
+        return [l[3:].strip() for l in open(f"/proc/{{pid}}/cgroup") if l.startswith("0::")][0]
+    except (OSError, IndexError):
+        return None
+samples = []
+if "watch" in args:   # the launcher's cgroup, sampled from the hook's start for 0.1 s
+    until = time.monotonic() + 0.1
+    while time.monotonic() < until:
+        samples.append(_procs())
+        time.sleep(0.002)
 with open(out, "w") as f:
-    f.write(repr({{"argv": args, "environ": open("/proc/self/environ", "rb").read(),
+    f.write(repr({{"samples": samples,
+                  "sibling_cgroups": {{k: _cgroup_of(k) for k in _siblings()}},
+                  "argv": args, "environ": open("/proc/self/environ", "rb").read(),
                   "sigblk": int(status["SigBlk"], 16), "sigign": int(status["SigIgn"], 16),
                   "fifo": fd >= 0 and (os.fstat(fd).st_mode & 0o170000) == 0o010000,
                   "pid": os.getpid(), "cgroup": open("/proc/self/cgroup").read(),
@@ -267,14 +280,57 @@ def test_open_primes_a_migration_that_moves_nothing(launcher, tmp_path, own_cgro
     assert _left_in(own_cgroup) == []
 
 
-def test_close_starts_no_extra_process_in_the_session_cgroup(launcher, tmp_path, own_cgroup):
+def _close_env(*before):
+    return dict(before, PAM_SERVICE="su-l", PAM_USER="alice", PAM_TYPE="close_session")
+
+
+def test_close_primes_from_the_root_cgroup_never_in_the_session_cgroup(launcher, tmp_path,
+                                                                       own_cgroup):
     """At close the hook counts the tasks left in the session cgroup besides the
-    launcher and itself (the user's release): the launcher must add none."""
-    env = {"PAM_SERVICE": "su-l", "PAM_USER": "alice", "PAM_TYPE": "close_session"}
-    code, _, seen, _ = run(launcher, tmp_path, "exit=0", env=env,
-                           preexec_fn=_start_in(own_cgroup))
+    launcher and itself (the user's release) and removes it: the launcher's priming
+    child is born in the root cgroup (clone3 CLONE_INTO_CGROUP), so the session cgroup
+    never holds more than the launcher and the hook, sampled from the hook's start."""
+    for _ in range(5):
+        code, _, seen, _ = run(launcher, tmp_path, "watch", "exit=0", env=_close_env(),
+                               preexec_fn=_start_in(own_cgroup))
+        assert code == 0
+        assert len(seen["siblings"]) == 1                # the priming child
+        assert set(seen["sibling_cgroups"].values()) <= {"/", None}
+        assert str(seen["pid"]) in seen["cgroup_procs"]
+        assert len(seen["cgroup_procs"]) == 2            # the launcher and the hook
+        assert seen["samples"] and all(len(pids) == 2 for pids in seen["samples"])
+        assert seen["cgroup"].strip().endswith("::/" + os.path.basename(own_cgroup))
+        assert _left_in(own_cgroup) == []
+
+
+def test_close_primer_cannot_be_steered_into_a_user_cgroup(launcher, tmp_path, own_cgroup):
+    """The attack: a login whose application sits in a cgroup the user controls (a
+    delegated subtree, here a cgroup chowned to a uid), with a PAM environment full of
+    look-alikes naming that cgroup. The launcher leaves it for the root cgroup, and
+    the priming child is born in the root cgroup: nothing of the hook is left in the
+    user's cgroup or below it, and nothing but the launcher's own child moves."""
+    user_cg = f"{own_cgroup}/delegated"
+    os.mkdir(user_cg)
+    try:
+        os.chown(user_cg, 64999, 64999)
+        os.chown(f"{user_cg}/cgroup.procs", 64999, 64999)
+        rel = user_cg[len(os.path.dirname(own_cgroup)):]
+        env = _close_env(("PAM_CGROUP", rel), ("PAM_ORIGIN", f"../..{rel}"),
+                         ("PAM_RHOST", rel))
+        code, _, seen, _ = run(launcher, tmp_path, "watch", "exit=0", env=env,
+                               preexec_fn=_start_in(user_cg))
+        assert code == 0
+        assert seen["cgroup"].strip().endswith("0::/")   # the hook runs in the root
+        assert set(seen["sibling_cgroups"].values()) <= {"/", None}
+        assert _left_in(user_cg) == []
+    finally:
+        os.rmdir(user_cg)
+
+
+def test_open_still_primes_in_place(launcher, tmp_path, own_cgroup):
+    """An open's priming child stays a fork in the launcher's own cgroup (where the
+    PAM application is moved from); only the close's is born in the root cgroup."""
+    code, _, seen, _ = run(launcher, tmp_path, "exit=0", preexec_fn=_start_in(own_cgroup))
     assert code == 0
-    assert seen["siblings"] == []                # no priming child at close
-    assert str(seen["pid"]) in seen["cgroup_procs"]
-    assert len(seen["cgroup_procs"]) == 2        # the launcher and the hook, nothing else
-    assert _left_in(own_cgroup) == []
+    assert len(seen["siblings"]) == 1
+    assert set(seen["sibling_cgroups"].values()) <= {"/" + os.path.basename(own_cgroup), None}
