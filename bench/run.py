@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Workspace, leftovers, log, reap_children  # noqa: E402
 
 FULL = {"logins": 100, "unseed_logins": 5, "scale_sizes": (0, 1000, 10000),
-        "scale_rounds": 5, "scale_processes": 20000, "scale_process_rounds": 2,
+        "scale_rounds": 5, "scale_processes": 20000, "scale_process_rounds": 5,
         "scale_reloads": 3, "packet_sessions": 10000,
         "scale_per_round": 20, "packet_rounds": 10, "packet_seconds": 1,
         "reload_sizes": (10, 100, 1000), "reload_rounds": 10, "launcher_logins": 60,

@@ -326,14 +326,29 @@ class Fence:
 
     def filled(self):
         """The non-empty profile sets. The guard sets (any-uid, any-ucg, any-scg) must
-        hold exactly the union of the profile sets of their kind: checked here."""
-        sets = self.sets()
+        hold exactly the union of the profile sets of their kind: checked here. nft
+        prints a cgroup element as its path while the cgroup exists and as its id once
+        it is gone: a listing taken while a close removes a session cgroup can show
+        one element both ways (a path in one set, the id in the next), so a listing
+        that disagrees is read again, for at most 2 s; a real difference stays."""
+        for _attempt in range(10):
+            sets = self.sets()
+            if not self._guard_differences(sets):
+                break
+            time.sleep(0.2)
+        assert not self._guard_differences(sets), sets
+        return {name: elems for name, elems in sets.items()
+                if elems and not name.startswith("any-")}
+
+    @staticmethod
+    def _guard_differences(sets):
+        out = []
         for kind in ("uid", "ucg", "scg"):
             union = {e for name, elems in sets.items() if name.startswith(f"{kind}-")
                      for e in elems}
-            assert set(sets.get(f"any-{kind}", [])) == union, (kind, sets)
-        return {name: elems for name, elems in sets.items()
-                if elems and not name.startswith("any-")}
+            if set(sets.get(f"any-{kind}", [])) != union:
+                out.append(kind)
+        return out
 
     def status(self):
         shown = self.nf.cli("status", "--json", check=False)
