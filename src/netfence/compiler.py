@@ -229,8 +229,9 @@ def _profile_direction(profile, direction, settings):
     for number, net_rule in enumerate(net_rules, 1):
         target = rule_chain(chain, number)
         chains.append(ir.ChainDef(target))
-        verdict = _verdict(profile, net_rule.action, net_rule.protos, settings)
-        rules.append(ir.RuleDef(target, (("counter",), _granted(chain, verdict, denials)),
+        verdict = _granted(chain, profile, net_rule.action, net_rule.protos, settings,
+                           denials)
+        rules.append(ir.RuleDef(target, (("counter",), verdict),
                                 f"{profile.name} {direction} rule {number}"))
     # the default in a chain of its own: the fallback guard goes to it too
     default_target = default_chain(chain)
@@ -238,8 +239,8 @@ def _profile_direction(profile, direction, settings):
     sets, lookups = direction_lookups(profile, direction, net_rules, chain)
     rules += lookups
     rules.append(ir.RuleDef(chain, (("verdict", "goto", default_target),)))
-    verdict = _verdict(profile, default, (), settings)
-    rules.append(ir.RuleDef(default_target, (("counter",), _granted(chain, verdict, denials)),
+    verdict = _granted(chain, profile, default, (), settings, denials)
+    rules.append(ir.RuleDef(default_target, (("counter",), verdict),
                             f"{profile.name} {direction} default"))
     for target, final in sorted(denials.items()):
         chains.insert(0, ir.ChainDef(target))
@@ -247,23 +248,20 @@ def _profile_direction(profile, direction, settings):
     return sets, chains, rules
 
 
-DENIAL_KIND = {("verdict", "drop"): "deny", ("reject", "tcp-reset"): "reset",
-               ("reject", "icmpx-port-unreachable"): "reject"}
-
-
-def _granted(chain, verdict, denials):
-    """A rule's verdict as its rule chain says it: `return` (allow) as it is; a deny or
-    reject as a `goto` to the profile direction's denial chain of that kind (out-P.deny,
-    out-P.reject, out-P.reset), which tests P's grants and then ends as `verdict` did.
+def _granted(chain, profile, action, protos, settings, denials):
+    """The verdict of a rule chain or the default chain: `return` for allow; for a deny
+    or reject a `goto` to the profile direction's denial chain of that kind (out-P.deny,
+    out-P.reset for a TCP-only reject that ends in place, else out-P.reject), which
+    tests P's grants and then ends with _verdict's verdict (recorded in `denials`).
     A grant only changes what P denies, so only a packet P denies pays its lookups (they
     were the first rules of out-P, looked up for every restricted packet: 2-10% of a
     restricted connection's rate in alternated runs)."""
-    if verdict == ("verdict", "return"):
+    verdict = _verdict(profile, action, protos, settings)
+    if action == "allow":
         return verdict
-    kind = DENIAL_KIND.get(verdict) or verdict[2].split("-", 1)[0]    # goto deny-P / reject-P
-    target = f"{chain}.{kind}"
-    denials[target] = verdict
-    return ("verdict", "goto", target)
+    kind = "reset" if verdict == ("reject", "tcp-reset") else action
+    denials[f"{chain}.{kind}"] = verdict
+    return ("verdict", "goto", f"{chain}.{kind}")
 
 
 def _grant_rules(profile, direction, chain):

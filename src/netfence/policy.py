@@ -230,11 +230,7 @@ def _net_rule(doc, context, keys, item, direction):
     fields, ok = {}, "action" in item
     for key, value in item.items():
         if key in allowed:
-            try:                            # _check, inline: a rule has 3 or 4 keys
-                fields[key] = _NET_VALUES[key](value, key)
-            except (ItemError, TimeSpecError) as err:
-                doc.error(keys + (key,), f"{context}: {err}")
-                fields[key] = None
+            fields[key] = _check(doc, keys + (key,), context, _NET_VALUES[key], value, key)
             continue
         if key in _PEER_KEYS:
             other = "ingress" if direction == "egress" else "egress"
