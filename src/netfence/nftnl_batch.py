@@ -49,8 +49,7 @@ def comment_udata(comment):
     raw = comment.encode()
     if len(raw) > MAX_COMMENT:
         raw = raw[:MAX_COMMENT].decode("utf-8", "ignore").encode()
-    # wire.udata_tlvs' bytes for the one TLV, written here: a rule each
-    return bytes((nf.NFTNL_UDATA_RULE_COMMENT, len(raw) + 1)) + raw + b"\0"
+    return wire.udata_tlvs([(nf.NFTNL_UDATA_RULE_COMMENT, raw + b"\0")])
 
 
 class Batch:
@@ -71,6 +70,13 @@ class Batch:
         seq = self.next_seq()
         data = wire.build(msg_type, attrs, seq, flags=ACKED | flags)
         self.messages.append((operation, data, seq))
+
+    def add_encoded(self, operation, msg_type, payload, flags):
+        """Queue one message whose attributes are already bytes (the chains and rules
+        reload writes by the thousand, without nftnl_wire's attribute lists)."""
+        seq = self.next_seq()
+        self.messages.append((operation, nft_message(msg_type, ACKED | flags, payload, seq),
+                              seq))
 
     def finish(self):
         seq = self.next_seq()
@@ -127,13 +133,11 @@ class PreparedTable:
                 body.add(f"add chain {chain.name}", nf.NFT_MSG_NEWCHAIN,
                          _chain_attrs(name, chain))
                 continue
-            # a regular chain (a thousand and more: a chain per policy rule) written
-            # directly: what nftnl_wire writes for its two string attributes
-            seq = body.next_seq()
-            data = nft_message(nf.NFT_MSG_NEWCHAIN, ACKED | nf.NLM_F_CREATE | nf.NLM_F_EXCL,
-                               table_attr + attr(nf.NFTA_CHAIN_NAME, cstring(chain.name)),
-                               seq)
-            body.messages.append((f"add chain {chain.name}", data, seq))
+            # a regular chain (a thousand and more: a chain per policy rule), encoded
+            # directly: its two string attributes
+            body.add_encoded(f"add chain {chain.name}", nf.NFT_MSG_NEWCHAIN,
+                             table_attr + attr(nf.NFTA_CHAIN_NAME, cstring(chain.name)),
+                             nf.NLM_F_CREATE | nf.NLM_F_EXCL)
         _add_map_elements(body, table)
         _add_rules(body, table)
         self.body = body.messages
@@ -181,10 +185,9 @@ def _add_set(batch, table_name, set_def, set_id):
         batch.add(f"add set {set_def.name}", nf.NFT_MSG_NEWSET,
                   _set_attrs(table_name, set_def, set_id))
         return
-    seq = batch.next_seq()
-    data = nft_message(nf.NFT_MSG_NEWSET, ACKED | nf.NLM_F_CREATE | nf.NLM_F_EXCL,
-                       nftnl_maps.map_set_body(table_name, set_def, set_id), seq)
-    batch.messages.append((f"add map {set_def.name}", data, seq))
+    batch.add_encoded(f"add map {set_def.name}", nf.NFT_MSG_NEWSET,
+                      nftnl_maps.map_set_body(table_name, set_def, set_id),
+                      nf.NLM_F_CREATE | nf.NLM_F_EXCL)
 
 
 def _add_map_elements(batch, table):
@@ -228,7 +231,6 @@ def _chain_attrs(table_name, chain):
 
 def _add_rules(batch, table):
     counts = {}
-    flags = ACKED | nf.NLM_F_CREATE | nf.NLM_F_APPEND
     heads = {}                  # chain -> its rules' first two attributes (rule_body's)
     for rule in table.rules:
         chain = rule.chain
@@ -237,10 +239,9 @@ def _add_rules(batch, table):
         if head is None:
             head = heads[chain] = rule_head(table.name, chain)
         udata = comment_udata(rule.comment) if rule.comment else None
-        seq = batch.next_seq()
-        data = nft_message(nf.NFT_MSG_NEWRULE, flags,
-                           rule_body(table.name, chain, rule.exprs, udata, head), seq)
-        batch.messages.append((f"add rule #{counts[chain]} to chain {chain}", data, seq))
+        batch.add_encoded(f"add rule #{counts[chain]} to chain {chain}", nf.NFT_MSG_NEWRULE,
+                          rule_body(table.name, chain, rule.exprs, udata, head),
+                          nf.NLM_F_CREATE | nf.NLM_F_APPEND)
 
 
 def add_element_messages(batch, table_name, elements, msg_type, verb):
@@ -281,18 +282,17 @@ def add_counted_messages(batch, table_name, elements):
         items = sorted(keys.items())
         for start in range(0, len(items), ELEMENTS_PER_MESSAGE):
             chunk = items[start:start + ELEMENTS_PER_MESSAGE]
-            seq = batch.next_seq()
             body = b"".join(
                 nested(nf.NFTA_LIST_ELEM,
                        nested(nf.NFTA_SET_ELEM_KEY, attr(nf.NFTA_DATA_VALUE, bytes.fromhex(k)))
                        + nested(nf.NFTA_SET_ELEM_EXPR, counter_expression(*count)))
                 for k, count in chunk)
-            data = nft_message(nf.NFT_MSG_NEWSETELEM, ACKED | nf.NLM_F_CREATE, (
-                attr(nf.NFTA_SET_ELEM_LIST_TABLE, cstring(table_name))
-                + attr(nf.NFTA_SET_ELEM_LIST_SET, cstring(set_name))
-                + nested(nf.NFTA_SET_ELEM_LIST_ELEMENTS, body)), seq)
-            batch.messages.append((f"add {len(chunk)} counted element(s) of set {set_name}",
-                                   data, seq))
+            batch.add_encoded(f"add {len(chunk)} counted element(s) of set {set_name}",
+                              nf.NFT_MSG_NEWSETELEM,
+                              attr(nf.NFTA_SET_ELEM_LIST_TABLE, cstring(table_name))
+                              + attr(nf.NFTA_SET_ELEM_LIST_SET, cstring(set_name))
+                              + nested(nf.NFTA_SET_ELEM_LIST_ELEMENTS, body),
+                              nf.NLM_F_CREATE)
 
 
 def add_timed_messages(batch, table_name, elements):
