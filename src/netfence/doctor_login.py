@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 from . import doctor_pam
+from .fsutil import remove_quietly
 from .doctor import SYSTEM_PAM_DIR     # doctor imports this module only when it runs
 
 POLICY = """[settings]
@@ -119,7 +120,7 @@ def _clean(names):
     made = names["made"]
     service = os.path.join(SYSTEM_PAM_DIR, names["service"])
     if "service" in made:
-        _unlink_quietly(service)
+        remove_quietly(service)      # one that stays is named below
     if "user" in made and not _no_user(names["user"]):
         # no process of it should be left (the probe exits); if one is, userdel
         # refuses and the user is named as left behind
@@ -139,13 +140,6 @@ def _clean(names):
               ("root", names["root"], lambda: not os.path.exists(names["root"])),
               ("base", f"cgroup {base}", lambda: not os.path.exists(base)))
     return [what for kind, what, gone in checks if kind in made and not gone()]
-
-
-def _unlink_quietly(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _no_user(name):
