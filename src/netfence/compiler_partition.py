@@ -89,9 +89,6 @@ class _Unclaimed:
             idents = sorted(idents)
         return [(i, live[i]) for i in idents if meets(live[i], box)]
 
-    def __len__(self):
-        return len(self.live)
-
     def boxes(self):
         return [self.live[i] for i in sorted(self.live)]
 
